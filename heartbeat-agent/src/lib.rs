@@ -1,0 +1,5 @@
+//! The heartbeat agent: loads the XDP fast path, sends heartbeats, turns maps
+//! and events into membership decisions, and exports them.
+
+/// The XDP object built from heartbeat-ebpf, embedded at compile time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heartbeat"));

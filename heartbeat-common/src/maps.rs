@@ -1,0 +1,319 @@
+//! Types of the BPF maps shared by the XDP program and the agent.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding, no `bool` and no
+//! `Option`, so both sides agree on the layout byte for byte.
+
+/// Highest node id + 1. Node ids are 1..MAX_NODES.
+pub const MAX_NODES: u32 = 64;
+/// Links (heartbeat networks) per peer. Link ids are 0..MAX_LINKS.
+pub const MAX_LINKS: u32 = 8;
+/// Entries of the per-(peer, link) maps.
+pub const LINK_SLOTS: u32 = MAX_NODES * MAX_LINKS;
+/// Buckets of the RTT log2 histogram: bucket `i` counts RTTs in
+/// `[2^i, 2^(i+1))` ns; bucket 0 also holds 0 and 1 ns, the last one holds
+/// everything above.
+pub const RTT_BUCKETS: usize = 32;
+/// Ring buffer size for events (bytes, a power of two multiple of the page).
+pub const EVENT_RING_BYTES: usize = 64 * 1024;
+
+/// Map names, as the agent looks them up.
+pub mod names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const KEYS: &str = "KEYS";
+    pub const STATUS: &str = "STATUS";
+    pub const PEERS: &str = "PEERS";
+    pub const LINKS: &str = "LINKS";
+    pub const TIMERS: &str = "TIMERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const PROGRAM: &str = "heartbeat";
+}
+
+/// Index of a (peer, link) pair in the per-link maps, or `None` when either
+/// is out of range.
+#[inline(always)]
+pub const fn link_slot(node: u16, link: u8) -> Option<u32> {
+    let node = node as u32;
+    let link = link as u32;
+    if node == 0 || node >= MAX_NODES || link >= MAX_LINKS {
+        None
+    } else {
+        Some(node * MAX_LINKS + link)
+    }
+}
+
+/// Static configuration written once by the agent (`CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Silence after which a (peer, link) is declared down.
+    pub node_timeout_ns: u64,
+    /// Age of the agent's liveness stamp after which requests go unanswered.
+    pub agent_timeout_ns: u64,
+    pub cluster_id: u32,
+    pub local_node: u16,
+    /// UDP port in host order.
+    pub port: u16,
+    /// Non-zero once the agent has filled every map; before that the program
+    /// passes everything.
+    pub enabled: u32,
+    pub _pad: u32,
+}
+
+/// One MAC key slot (`KEYS[0]` current, `KEYS[1]` next).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeySlot {
+    pub k0: u64,
+    pub k1: u64,
+    /// Non-zero when the slot holds a key.
+    pub active: u32,
+    pub _pad: u32,
+}
+
+/// The local node's status, written by the agent (`STATUS[0]`) and echoed in
+/// every reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalStatus {
+    /// CLOCK_MONOTONIC ns of the agent's last liveness refresh (the dead-man stamp).
+    pub agent_stamp_ns: u64,
+    /// Health bitmap of the packages this node runs.
+    pub packages: u64,
+    /// The agent's generation: changes when the agent restarts.
+    pub generation: u32,
+    /// One of `wire::node_state`.
+    pub node_state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A configured peer (`PEERS[node_id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerConf {
+    /// Non-zero when the node is a cluster member.
+    pub known: u32,
+    /// Bit `l` set when link `l` is configured for this peer.
+    pub links: u32,
+}
+
+/// Per-(peer, link) state kept by the XDP program (`LINKS[link_slot]`).
+/// The agent only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    /// CLOCK_MONOTONIC ns of the last valid packet from the peer on this link.
+    pub last_rx_ns: u64,
+    /// Highest request sequence accepted from the peer.
+    pub last_req_seq: u64,
+    /// Highest reply sequence accepted from the peer.
+    pub last_reply_seq: u64,
+    pub requests_rx: u64,
+    pub replies_rx: u64,
+    pub replies_tx: u64,
+    pub rtt_last_ns: u64,
+    pub rtt_min_ns: u64,
+    pub rtt_max_ns: u64,
+    /// Exponentially weighted moving average, alpha = 1/8.
+    pub rtt_ewma_ns: u64,
+    pub rtt_count: u64,
+    pub rtt_sum_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last down (timer expiry) and up transitions.
+    pub last_down_ns: u64,
+    pub last_up_ns: u64,
+    pub down_events: u64,
+    pub up_events: u64,
+    /// Status the peer reported in its last reply or request.
+    pub peer_packages: u64,
+    pub peer_generation: u32,
+    pub peer_state: u8,
+    /// 1 while the link is up (a valid packet arrived within node_timeout).
+    pub up: u8,
+    /// 1 once the deadline timer of this slot has been initialised.
+    pub timer_ready: u8,
+    pub _pad: u8,
+    pub rtt_hist: [u64; RTT_BUCKETS],
+}
+
+impl LinkState {
+    pub const ZERO: Self = Self {
+        last_rx_ns: 0,
+        last_req_seq: 0,
+        last_reply_seq: 0,
+        requests_rx: 0,
+        replies_rx: 0,
+        replies_tx: 0,
+        rtt_last_ns: 0,
+        rtt_min_ns: 0,
+        rtt_max_ns: 0,
+        rtt_ewma_ns: 0,
+        rtt_count: 0,
+        rtt_sum_ns: 0,
+        last_down_ns: 0,
+        last_up_ns: 0,
+        down_events: 0,
+        up_events: 0,
+        peer_packages: 0,
+        peer_generation: 0,
+        peer_state: 0,
+        up: 0,
+        timer_ready: 0,
+        _pad: 0,
+        rtt_hist: [0; RTT_BUCKETS],
+    };
+}
+
+impl Default for LinkState {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
+/// The log2 histogram bucket for an RTT in ns.
+#[inline(always)]
+pub const fn rtt_bucket(ns: u64) -> usize {
+    if ns < 2 {
+        0
+    } else {
+        let b = 63 - ns.leading_zeros() as usize;
+        if b >= RTT_BUCKETS { RTT_BUCKETS - 1 } else { b }
+    }
+}
+
+/// Kinds of [`Event`].
+pub mod event_kind {
+    /// The deadline timer of a (peer, link) expired.
+    pub const LINK_DOWN: u32 = 1;
+    /// The first valid packet after a down (or ever) arrived.
+    pub const LINK_UP: u32 = 2;
+    /// The dead-man gate closed: a request went unanswered because the
+    /// local agent's stamp is stale.
+    pub const AGENT_STALE: u32 = 3;
+}
+
+/// A record of the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    pub peer: u16,
+    pub link: u8,
+    pub _pad: u8,
+    /// CLOCK_MONOTONIC ns of the last valid packet before the event.
+    pub last_rx_ns: u64,
+    /// CLOCK_MONOTONIC ns at which the kernel raised the event.
+    pub at_ns: u64,
+}
+
+/// Indexes of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Every frame the program saw.
+    pub const RX_FRAMES: u32 = 0;
+    /// Not a heartbeat to our port: passed untouched.
+    pub const PASS_NOT_HEARTBEAT: u32 = 1;
+    /// To our port but malformed (length, magic, version, kind).
+    pub const DROP_MALFORMED: u32 = 2;
+    /// Cluster id is not ours.
+    pub const DROP_OTHER_CLUSTER: u32 = 3;
+    /// MAC failed under both key slots.
+    pub const DROP_BAD_MAC: u32 = 4;
+    /// Sender is not a configured node, or the link is not configured.
+    pub const DROP_UNKNOWN_NODE: u32 = 5;
+    /// Sequence not newer than the last accepted one.
+    pub const DROP_REPLAY: u32 = 6;
+    /// Target is another node.
+    pub const DROP_NOT_FOR_US: u32 = 7;
+    /// A request left unanswered because the local agent is stale.
+    pub const DROP_AGENT_STALE: u32 = 8;
+    /// Valid requests received.
+    pub const RX_REQUEST: u32 = 9;
+    /// Replies sent with XDP_TX.
+    pub const TX_REPLY: u32 = 10;
+    /// Valid replies received (and consumed).
+    pub const RX_REPLY: u32 = 11;
+    /// Packets authenticated with the next key slot.
+    pub const KEY_NEXT: u32 = 12;
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 13;
+    /// Deadline timers that expired.
+    pub const TIMER_EXPIRED: u32 = 14;
+    /// Heartbeats arriving before the agent enabled the program.
+    pub const PASS_DISABLED: u32 = 15;
+    /// Replies whose echoed timestamp lies in the future.
+    pub const DROP_BAD_TIMESTAMP: u32 = 16;
+    /// Number of counters in use.
+    pub const COUNT: u32 = 17;
+    /// Size of the counters array (room to grow without a layout change).
+    pub const SLOTS: u32 = 32;
+
+    /// (index, action, reason) of every counter, for metrics.
+    pub const ALL: [(u32, &str, &str); COUNT as usize] = [
+        (RX_FRAMES, "seen", "frame"),
+        (PASS_NOT_HEARTBEAT, "pass", "not_heartbeat"),
+        (DROP_MALFORMED, "drop", "malformed"),
+        (DROP_OTHER_CLUSTER, "drop", "other_cluster"),
+        (DROP_BAD_MAC, "drop", "bad_mac"),
+        (DROP_UNKNOWN_NODE, "drop", "unknown_node"),
+        (DROP_REPLAY, "drop", "replay"),
+        (DROP_NOT_FOR_US, "drop", "not_for_us"),
+        (DROP_AGENT_STALE, "drop", "agent_stale"),
+        (RX_REQUEST, "rx", "request"),
+        (TX_REPLY, "tx", "reply"),
+        (RX_REPLY, "drop", "reply_consumed"),
+        (KEY_NEXT, "rx", "next_key"),
+        (EVENTS_LOST, "lost", "event"),
+        (TIMER_EXPIRED, "timer", "expired"),
+        (PASS_DISABLED, "pass", "disabled"),
+        (DROP_BAD_TIMESTAMP, "drop", "bad_timestamp"),
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding fields and
+    // only integer members, so any byte pattern is valid.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KeySlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LocalStatus {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PeerConf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LinkState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<KeySlot>(), 24);
+        assert_eq!(size_of::<LocalStatus>(), 24);
+        assert_eq!(size_of::<PeerConf>(), 8);
+        assert_eq!(size_of::<Event>(), 24);
+        assert_eq!(size_of::<LinkState>(), 17 * 8 + 8 + RTT_BUCKETS * 8);
+    }
+
+    #[test]
+    fn slots_and_buckets() {
+        assert_eq!(link_slot(0, 0), None);
+        assert_eq!(link_slot(1, 0), Some(8));
+        assert_eq!(link_slot(63, 7), Some(511));
+        assert_eq!(link_slot(64, 0), None);
+        assert_eq!(link_slot(1, 8), None);
+        assert_eq!(rtt_bucket(0), 0);
+        assert_eq!(rtt_bucket(1), 0);
+        assert_eq!(rtt_bucket(2), 1);
+        assert_eq!(rtt_bucket(1023), 9);
+        assert_eq!(rtt_bucket(1024), 10);
+        assert_eq!(rtt_bucket(u64::MAX), RTT_BUCKETS - 1);
+    }
+}
