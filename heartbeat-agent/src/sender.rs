@@ -1,0 +1,365 @@
+//! The heartbeat sender: a dedicated real-time thread that sends a request
+//! to every peer on every heartbeat link each `heartbeat_interval`, on
+//! absolute deadlines, and refreshes the dead-man stamp the XDP program
+//! checks before answering requests.
+//!
+//! It is the only writer of `STATUS[0]`. The main loop proves it is alive by
+//! updating [`Shared::main_alive_ns`]; if the main loop stops doing so, the
+//! sender stops refreshing the stamp, so a hung agent is seen as failed.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use heartbeat_common::{Header, LocalStatus, siphash::SipKey};
+use thiserror::Error;
+
+use crate::{clock, fastpath::StatusWriter};
+
+/// Priority of the sender thread under SCHED_FIFO.
+pub const RT_PRIORITY: i32 = 50;
+/// Upper bounds (ns) of the lateness histogram buckets.
+pub const LATENESS_BOUNDS_NS: [u64; 16] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+];
+
+/// Why the sender could not start.
+#[derive(Debug, Error)]
+pub enum SenderError {
+    #[error("link {link}: cannot bind UDP {addr} on {interface}: {source}")]
+    Bind {
+        link: u8,
+        interface: String,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the sender thread: {0}")]
+    Spawn(#[source] io::Error),
+}
+
+/// One heartbeat link of the local node and the peers reachable on it.
+#[derive(Clone, Debug)]
+pub struct SenderLink {
+    pub link_id: u8,
+    pub interface: String,
+    pub local: IpAddr,
+    pub peers: Vec<(u16, SocketAddr)>,
+}
+
+/// What the sender needs.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    pub cluster_id: u32,
+    pub local_node: u16,
+    pub port: u16,
+    pub interval: Duration,
+    pub agent_timeout: Duration,
+    pub key: [u8; 16],
+    pub links: Vec<SenderLink>,
+}
+
+/// Counters of one link's sends.
+#[derive(Debug, Default)]
+pub struct LinkSendStats {
+    pub sent: AtomicU64,
+    pub errors: AtomicU64,
+    /// Heartbeats that reached the socket instead of the XDP program.
+    pub userspace_rx: AtomicU64,
+}
+
+/// State shared between the sender thread and the main loop (atomics only).
+#[derive(Debug)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    /// CLOCK_MONOTONIC ns of the main loop's last check-in.
+    pub main_alive_ns: AtomicU64,
+    pub generation: u32,
+    pub node_state: AtomicU8,
+    pub packages: AtomicU64,
+    pub links: Vec<(u8, LinkSendStats)>,
+    /// Non-cumulative counts per `LATENESS_BOUNDS_NS` bucket, plus overflow.
+    pub lateness: [AtomicU64; LATENESS_BOUNDS_NS.len() + 1],
+    pub lateness_sum_ns: AtomicU64,
+    pub lateness_max_ns: AtomicU64,
+    pub ticks: AtomicU64,
+    /// Deadlines skipped because the thread woke more than one interval late.
+    pub missed: AtomicU64,
+    /// Whether SCHED_FIFO could be set (1) or not (0).
+    pub realtime: AtomicU8,
+    /// Set while the sender withholds the dead-man stamp (main loop stale).
+    pub withholding: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(generation: u32, link_ids: &[u8]) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            main_alive_ns: AtomicU64::new(clock::mono_ns()),
+            generation,
+            node_state: AtomicU8::new(heartbeat_common::node_state::STARTING),
+            packages: AtomicU64::new(0),
+            links: link_ids
+                .iter()
+                .map(|&l| (l, LinkSendStats::default()))
+                .collect(),
+            lateness: Default::default(),
+            lateness_sum_ns: AtomicU64::new(0),
+            lateness_max_ns: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            realtime: AtomicU8::new(0),
+            withholding: AtomicBool::new(false),
+        }
+    }
+
+    fn record_lateness(&self, ns: u64) {
+        let idx = LATENESS_BOUNDS_NS
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(LATENESS_BOUNDS_NS.len());
+        self.lateness[idx].fetch_add(1, Ordering::Relaxed);
+        self.lateness_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.lateness_max_ns.fetch_max(ns, Ordering::Relaxed);
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn link_stats(&self, link: u8) -> Option<&LinkSendStats> {
+        self.links.iter().find(|(l, _)| *l == link).map(|(_, s)| s)
+    }
+}
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn bind_to_device(fd: i32, interface: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `interface`'s bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            interface.as_ptr().cast(),
+            interface.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens the socket of one link: bound to the link's address and the
+/// heartbeat port, pinned to its interface, DSCP CS6 and SO_PRIORITY 6.
+fn open_socket(link: &SenderLink, port: u16) -> Result<UdpSocket, SenderError> {
+    let addr = SocketAddr::new(link.local, port);
+    let err = |source| SenderError::Bind {
+        link: link.link_id,
+        interface: link.interface.clone(),
+        addr,
+        source,
+    };
+    let sock = UdpSocket::bind(addr).map_err(err)?;
+    let fd = sock.as_raw_fd();
+    bind_to_device(fd, &link.interface).map_err(err)?;
+    let tos = 0xc0; // DSCP CS6 (network control)
+    match link.local {
+        IpAddr::V4(_) => setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TOS, tos).map_err(err)?,
+        IpAddr::V6(_) => {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, tos).map_err(err)?
+        }
+    }
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, 6).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    Ok(sock)
+}
+
+fn set_realtime() -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: RT_PRIORITY,
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sleep_until_mono(deadline_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: `ts` is a valid timespec; the remaining-time pointer may be
+        // null with TIMER_ABSTIME.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != libc::EINTR {
+            break;
+        }
+    }
+}
+
+/// Opens every link's socket and starts the sender thread.
+pub fn spawn(
+    cfg: SenderConfig,
+    mut status: StatusWriter,
+    shared: Arc<Shared>,
+) -> Result<JoinHandle<()>, SenderError> {
+    let mut sockets = Vec::with_capacity(cfg.links.len());
+    for link in &cfg.links {
+        sockets.push((link.clone(), open_socket(link, cfg.port)?));
+    }
+    std::thread::Builder::new()
+        .name("hb-sender".into())
+        .spawn(move || run(cfg, sockets, &mut status, &shared))
+        .map_err(SenderError::Spawn)
+}
+
+fn run(
+    cfg: SenderConfig,
+    sockets: Vec<(SenderLink, UdpSocket)>,
+    status: &mut StatusWriter,
+    shared: &Shared,
+) {
+    match set_realtime() {
+        Ok(()) => shared.realtime.store(1, Ordering::Relaxed),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot run the sender as SCHED_FIFO; heartbeats may be late under CPU load"
+        ),
+    }
+    let key = SipKey::from_bytes(&cfg.key);
+    let interval = cfg.interval.as_nanos().max(1) as u64;
+    let agent_timeout = cfg.agent_timeout.as_nanos() as u64;
+    // Refresh the stamp several times per agent_timeout, but never more
+    // often than we send.
+    let refresh_every = (agent_timeout / 4).max(interval);
+    // The main loop checks in every 100 ms; allow it a generous grace.
+    let main_grace = agent_timeout.max(2_000_000_000);
+    let mut seq = clock::wall_ns();
+    let mut last_refresh = 0u64;
+    let mut next = clock::mono_ns();
+    let mut drain = [0u8; 128];
+    while !shared.stop.load(Ordering::Relaxed) {
+        sleep_until_mono(next);
+        let woke = clock::mono_ns();
+        shared.record_lateness(woke.saturating_sub(next));
+
+        let state = shared.node_state.load(Ordering::Relaxed);
+        let packages = shared.packages.load(Ordering::Relaxed);
+        if woke.saturating_sub(last_refresh) >= refresh_every {
+            let main_alive = shared.main_alive_ns.load(Ordering::Relaxed);
+            let fresh = woke.saturating_sub(main_alive) < main_grace;
+            let was = shared.withholding.swap(!fresh, Ordering::Relaxed);
+            if fresh {
+                let st = LocalStatus {
+                    agent_stamp_ns: woke,
+                    packages,
+                    generation: shared.generation,
+                    node_state: state,
+                    _pad: [0; 3],
+                };
+                if let Err(e) = status.write(&st) {
+                    tracing::error!(error = %e, "cannot refresh the dead-man stamp");
+                }
+                last_refresh = woke;
+            } else if !was {
+                tracing::error!(
+                    "main loop has not checked in for {} ms: withholding the dead-man stamp",
+                    woke.saturating_sub(main_alive) / 1_000_000
+                );
+            }
+        }
+
+        for (link, sock) in &sockets {
+            let stats = shared.link_stats(link.link_id);
+            for &(peer, dst) in &link.peers {
+                let mut h = Header::request(cfg.cluster_id, cfg.local_node, peer, link.link_id);
+                seq = seq.wrapping_add(1);
+                h.set_sequence(seq);
+                h.set_generation(shared.generation);
+                h.node_state = state;
+                h.set_packages(packages);
+                h.set_tx_timestamp_ns(clock::mono_ns());
+                h.seal(key);
+                match sock.send_to(h.as_bytes(), dst) {
+                    Ok(_) => {
+                        if let Some(s) = stats {
+                            s.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        if let Some(s) = stats {
+                            s.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            // Heartbeats reach the socket only when XDP is not in the path.
+            while sock.recv(&mut drain).is_ok() {
+                if let Some(s) = stats {
+                    s.userspace_rx.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+
+        next = next.saturating_add(interval);
+        let now = clock::mono_ns();
+        if now > next.saturating_add(interval) {
+            // Woke more than an interval late: skip the missed deadlines
+            // rather than sending a burst.
+            let missed = (now - next) / interval;
+            shared.missed.fetch_add(missed, Ordering::Relaxed);
+            next = next.saturating_add(missed * interval);
+        }
+    }
+}

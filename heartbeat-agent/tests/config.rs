@@ -1,0 +1,866 @@
+//! Integration tests of the configuration module: one test per class of
+//! error, asserting on the file name, line number, key path and wording, plus
+//! the examples/ files, defaults, path resolution and the system checks.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use heartbeat_agent::config::{ClusterConfig, ConfigError, LinkRole};
+
+const FILE: &str = "/etc/heartbeat/test.toml";
+
+/// The usual `[cluster]` (lines 1-4).
+const CLUSTER: &str = r#"[cluster]
+name = "demo"
+id = 42
+key_file = "cluster.key"
+"#;
+
+/// Two nodes with one link each, starting on line 5 after CLUSTER.
+/// Lines: 6 `[[node]]`, 7 id, 8 name, 9 `[[node.link]]`, 10 interface,
+/// 11 address, 13 `[[node]]`, 14 id, 15 name, 16 `[[node.link]]`,
+/// 17 interface, 18 address.
+const NODES: &str = r#"
+[[node]]
+id = 1
+name = "alpha"
+  [[node.link]]
+  interface = "eth1"
+  address = "10.0.0.1"
+
+[[node]]
+id = 2
+name = "beta"
+  [[node.link]]
+  interface = "eth1"
+  address = "10.0.0.2"
+"#;
+
+fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+    ClusterConfig::from_str(text, Path::new(FILE))
+}
+
+/// Parses `text`, expects an error at `line` about `key` containing every
+/// piece of `wording`, and returns the message.
+#[track_caller]
+fn expect_err(text: &str, line: usize, key: Option<&str>, wording: &[&str]) -> String {
+    let err = match parse(text) {
+        Ok(cfg) => panic!("expected an error, got {cfg:#?}"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    let prefix = format!("{FILE}:{line}:");
+    assert!(msg.starts_with(&prefix), "wanted prefix {prefix:?}: {msg}");
+    let place = err.place().expect("error has a place");
+    assert_eq!(place.line, line, "{msg}");
+    assert!(place.column >= 1, "{msg}");
+    if let Some(key) = key {
+        assert!(
+            msg.contains(&format!(": key `{key}`: ")),
+            "wanted key {key}: {msg}"
+        );
+        assert_eq!(err.key(), Some(key), "{msg}");
+    }
+    for w in wording {
+        assert!(msg.contains(w), "wanted {w:?}: {msg}");
+    }
+    assert!(!msg.contains('\n'), "one line: {msg}");
+    msg
+}
+
+/// Replaces the first occurrence of `from` (which must be there).
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} not in the text");
+    text.replacen(from, to, 1)
+}
+
+fn base() -> String {
+    format!("{CLUSTER}{NODES}")
+}
+
+#[test]
+fn valid_config_and_defaults() {
+    let cfg = parse(&base()).expect("valid");
+    assert_eq!(cfg.path, Path::new(FILE));
+    assert_eq!(cfg.cluster.name, "demo");
+    assert_eq!(cfg.cluster.id, 42);
+    assert_eq!(
+        cfg.cluster.key_file,
+        Path::new("/etc/heartbeat/cluster.key")
+    );
+    assert_eq!(cfg.cluster.port, 6405);
+    assert_eq!(cfg.cluster.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(cfg.cluster.node_timeout, Duration::from_millis(500));
+    assert_eq!(cfg.cluster.agent_timeout, Duration::from_secs(1));
+    assert_eq!(cfg.cluster.network_polling_interval, Duration::from_secs(2));
+    assert_eq!(cfg.cluster.events_file, None);
+    assert_eq!(cfg.metrics, None);
+    assert_eq!(cfg.control.socket, Path::new("/run/heartbeat/control.sock"));
+    assert_eq!(cfg.nodes.len(), 2);
+    let alpha = &cfg.nodes[0];
+    assert_eq!((alpha.id, alpha.name.as_str()), (1, "alpha"));
+    assert_eq!((alpha.priority, alpha.votes), (100, 1));
+    assert_eq!(alpha.links.len(), 1);
+    let link = &alpha.links[0];
+    assert_eq!(link.id, 0);
+    assert_eq!(link.interface, "eth1");
+    assert_eq!(link.address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
+    assert_eq!(link.role, LinkRole::Heartbeat);
+    assert_eq!(link.standby, None);
+    assert_eq!(cfg.node(2).map(|n| n.name.as_str()), Some("beta"));
+    assert!(cfg.node(3).is_none());
+    assert_eq!(
+        cfg.locations.get("node[1].link[0].interface"),
+        Some((17, 15))
+    );
+    assert_eq!(cfg.locations.get("cluster.key_file"), Some((4, 12)));
+}
+
+#[test]
+fn every_option() {
+    let text = r#"[cluster]
+name = "x"
+id = 4294967295
+key_file = "keys/k"
+port = 7000
+heartbeat_interval = "200us"
+node_timeout = "1ms"
+agent_timeout = "1.5ms"
+network_polling_interval = "1s 500ms"
+events_file = "../log/events.jsonl"
+
+[metrics]
+listen = "[::1]:9465"
+
+[control]
+socket = "run/ctl.sock"
+
+[[node]]
+id = 63
+name = "n63"
+priority = 7
+votes = 0
+link = [
+  { id = 7, interface = "eth7", address = "fd00::1", role = "heartbeat", standby = "eth8" },
+  { id = 3, interface = "eth3", address = "10.3.0.1", role = "stationary" },
+]
+
+[[node]]
+id = 1
+name = "n1"
+link = [
+  { id = 7, interface = "eth7", address = "fd00::2" },
+  { id = 3, interface = "eth3", address = "10.3.0.2", role = "stationary" },
+]
+"#;
+    let cfg = ClusterConfig::from_str(text, Path::new("/srv/hb/cluster.toml")).expect("valid");
+    let c = &cfg.cluster;
+    assert_eq!(c.id, u32::MAX);
+    assert_eq!(c.key_file, Path::new("/srv/hb/keys/k"));
+    assert_eq!(c.port, 7000);
+    assert_eq!(c.heartbeat_interval, Duration::from_micros(200));
+    assert_eq!(c.node_timeout, Duration::from_millis(1));
+    assert_eq!(c.agent_timeout, Duration::from_micros(1500));
+    assert_eq!(c.network_polling_interval, Duration::from_millis(1500));
+    assert_eq!(
+        c.events_file.as_deref(),
+        Some(Path::new("/srv/hb/../log/events.jsonl"))
+    );
+    assert_eq!(
+        cfg.metrics.map(|m| m.listen),
+        Some("[::1]:9465".parse().expect("addr"))
+    );
+    assert_eq!(cfg.control.socket, Path::new("/srv/hb/run/ctl.sock"));
+    let n = &cfg.nodes[0];
+    assert_eq!((n.id, n.priority, n.votes), (63, 7, 0));
+    assert_eq!(n.links[0].id, 7);
+    assert_eq!(n.links[0].standby.as_deref(), Some("eth8"));
+    assert_eq!(n.links[1].role, LinkRole::Stationary);
+}
+
+#[test]
+fn relative_config_path_resolves_against_cwd() {
+    let cfg = ClusterConfig::from_str(&base(), Path::new("cluster.toml")).expect("valid");
+    let cwd = std::env::current_dir().expect("cwd");
+    assert_eq!(cfg.cluster.key_file, cwd.join("cluster.key"));
+    assert!(cfg.cluster.key_file.is_absolute());
+}
+
+#[test]
+fn toml_syntax_error() {
+    let text = edit(&base(), "name = \"demo\"", "name = \"demo");
+    let msg = expect_err(&text, 2, None, &["TOML syntax error", "string"]);
+    assert!(msg.starts_with(&format!("{FILE}:2:13: ")), "{msg}");
+    let text = edit(&base(), "id = 42", "id = 42\nid = 43");
+    expect_err(&text, 4, None, &["TOML syntax error: duplicate key"]);
+}
+
+#[test]
+fn unknown_key_top_level() {
+    let text = format!("{}\n[clustr]\nx = 1\n", base());
+    expect_err(
+        &text,
+        20,
+        Some("clustr"),
+        &[
+            "unknown key (did you mean `cluster`?)",
+            "the valid keys in the top level are: cluster, metrics, control, node",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_cluster() {
+    let text = edit(&base(), "id = 42", "id = 42\nhearbeat_interval = \"1ms\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.hearbeat_interval"),
+        &[
+            "unknown key (did you mean `heartbeat_interval`?)",
+            "the valid keys in [cluster] are: name, id, key_file, port, heartbeat_interval",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_node() {
+    let text = edit(&base(), "name = \"beta\"", "name = \"beta\"\nweight = 3");
+    expect_err(
+        &text,
+        16,
+        Some("node[1].weight"),
+        &["unknown key; the valid keys in [[node]] are: id, name, priority, votes, link"],
+    );
+}
+
+#[test]
+fn unknown_key_in_link() {
+    let text = edit(
+        &base(),
+        "  address = \"10.0.0.2\"",
+        "  adress = \"10.0.0.2\"",
+    );
+    expect_err(
+        &text,
+        18,
+        Some("node[1].link[0].adress"),
+        &[
+            "unknown key (did you mean `address`?)",
+            "the valid keys in [[node.link]] are: id, interface, address, role, standby",
+        ],
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    // Points at the table that lacks the key.
+    let text = edit(&base(), "id = 42\n", "");
+    expect_err(
+        &text,
+        1,
+        Some("cluster.id"),
+        &["required key is missing in [cluster] (expected a cluster id in 1..=4294967295)"],
+    );
+    let text = edit(&base(), "name = \"beta\"\n", "");
+    expect_err(
+        &text,
+        13,
+        Some("node[1].name"),
+        &["required key is missing in [[node]]"],
+    );
+    let text = edit(&base(), "  address = \"10.0.0.1\"\n", "");
+    expect_err(
+        &text,
+        9,
+        Some("node[0].link[0].address"),
+        &[
+            "required key is missing in [[node.link]]",
+            "IPv4 or IPv6 address",
+        ],
+    );
+    expect_err(
+        NODES,
+        1,
+        Some("cluster"),
+        &["the required section [cluster] is missing"],
+    );
+    let text = edit(&base(), "key_file = \"cluster.key\"\n", "");
+    expect_err(
+        &text,
+        1,
+        Some("cluster.key_file"),
+        &["required key is missing", "heartbeat-agent keygen"],
+    );
+}
+
+#[test]
+fn wrong_types() {
+    let text = edit(&base(), "id = 42", "id = \"42\"");
+    expect_err(
+        &text,
+        3,
+        Some("cluster.id"),
+        &["expected a cluster id in 1..=4294967295, found a string (\"42\")"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nport = \"6405\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.port"),
+        &["expected a UDP port in 1..=65535, found a string"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nheartbeat_interval = 5");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.heartbeat_interval"),
+        &[
+            "expected a duration such as \"200us\", \"5ms\" or \"2s\" (a quoted string), found an integer (5)",
+        ],
+    );
+    let text = edit(&base(), "name = \"alpha\"", "name = true");
+    expect_err(&text, 8, Some("node[0].name"), &["found a boolean (true)"]);
+    let text = format!("{CLUSTER}\n[node]\nid = 1\n");
+    expect_err(
+        &text,
+        6,
+        Some("node"),
+        &["expected an array of tables ([[node]]), found a table"],
+    );
+    let text = format!("cluster = 5\n{NODES}");
+    expect_err(
+        &text,
+        1,
+        Some("cluster"),
+        &["expected a table ([cluster]), found an integer (5)"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nport = 70000");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.port"),
+        &["expected a UDP port in 1..=65535, found 70000"],
+    );
+    let text = edit(&base(), "id = 42", "id = 0");
+    expect_err(&text, 3, Some("cluster.id"), &["found 0"]);
+}
+
+#[test]
+fn bad_values() {
+    let text = edit(
+        &base(),
+        "address = \"10.0.0.2\"",
+        "address = \"10.0.0.300\"",
+    );
+    expect_err(
+        &text,
+        18,
+        Some("node[1].link[0].address"),
+        &["expected an IPv4 or IPv6 address", "found \"10.0.0.300\""],
+    );
+    let text = edit(&base(), "address = \"10.0.0.2\"", "address = \"224.0.0.1\"");
+    expect_err(
+        &text,
+        18,
+        Some("node[1].link[0].address"),
+        &["unspecified, multicast or broadcast"],
+    );
+    let text = edit(
+        &base(),
+        "address = \"10.0.0.2\"",
+        "address = \"10.0.0.2\"\n  role = \"backup\"",
+    );
+    expect_err(
+        &text,
+        19,
+        Some("node[1].link[0].role"),
+        &["expected \"heartbeat\" or \"stationary\", found \"backup\""],
+    );
+    let text = edit(&base(), "interface = \"eth1\"", "interface = \"a/b\"");
+    expect_err(
+        &text,
+        10,
+        Some("node[0].link[0].interface"),
+        &["interface name"],
+    );
+    let text = edit(
+        &base(),
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\n  standby = \"eth1\"",
+    );
+    expect_err(
+        &text,
+        11,
+        Some("node[0].link[0].standby"),
+        &["must differ from the link's interface `eth1`"],
+    );
+    let text = edit(&base(), "name = \"alpha\"", "name = \"al pha\"");
+    expect_err(
+        &text,
+        8,
+        Some("node[0].name"),
+        &["a name of 1 to 64 letters"],
+    );
+    let text = format!("{}[metrics]\nlisten = \"localhost\"\n", base());
+    expect_err(
+        &text,
+        20,
+        Some("metrics.listen"),
+        &["expected an address and port such as \"127.0.0.1:9465\""],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = edit(&base(), "id = 42", "id = 42\nnode_timeout = \"5 parsecs\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.node_timeout"),
+        &[
+            "bad duration `5 parsecs`: unknown time unit \"parsecs\"",
+            "expected a duration such as \"200us\", \"5ms\" or \"2s\"",
+        ],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nagent_timeout = \"5\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.agent_timeout"),
+        &["bad duration `5`: time unit needed"],
+    );
+}
+
+#[test]
+fn zero_durations() {
+    for key in [
+        "heartbeat_interval",
+        "node_timeout",
+        "agent_timeout",
+        "network_polling_interval",
+    ] {
+        let text = edit(&base(), "id = 42", &format!("id = 42\n{key} = \"0s\""));
+        expect_err(
+            &text,
+            4,
+            Some(&format!("cluster.{key}")),
+            &["the duration must be greater than zero"],
+        );
+    }
+    let text = edit(&base(), "id = 42", "id = 42\nheartbeat_interval = \"1us\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.heartbeat_interval"),
+        &["1us is too short; the smallest heartbeat_interval is 10us"],
+    );
+}
+
+#[test]
+fn node_timeout_must_exceed_heartbeat_interval() {
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nheartbeat_interval = \"5ms\"\nnode_timeout = \"5ms\"",
+    );
+    expect_err(
+        &text,
+        5,
+        Some("cluster.node_timeout"),
+        &[
+            "node_timeout = 5ms must be larger than heartbeat_interval = 5ms",
+            "about 5 × heartbeat_interval is recommended",
+        ],
+    );
+    // node_timeout left at its default: point at heartbeat_interval.
+    let text = edit(&base(), "id = 42", "id = 42\nheartbeat_interval = \"1s\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.heartbeat_interval"),
+        &["node_timeout = 500ms (the default) must be larger than heartbeat_interval = 1s"],
+    );
+}
+
+#[test]
+fn agent_timeout_must_exceed_heartbeat_interval() {
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nheartbeat_interval = \"1ms\"\nnode_timeout = \"5ms\"\nagent_timeout = \"500us\"",
+    );
+    expect_err(
+        &text,
+        6,
+        Some("cluster.agent_timeout"),
+        &["agent_timeout = 500us must be larger than heartbeat_interval = 1ms"],
+    );
+}
+
+#[test]
+fn duplicate_node_ids() {
+    let text = edit(&base(), "id = 2", "id = 1");
+    expect_err(
+        &text,
+        14,
+        Some("node[1].id"),
+        &["node id 1 is already used by node[0] (node alpha, line 7)"],
+    );
+}
+
+#[test]
+fn duplicate_node_names() {
+    let text = edit(&base(), "name = \"beta\"", "name = \"alpha\"");
+    expect_err(
+        &text,
+        15,
+        Some("node[1].name"),
+        &["node name `alpha` is already used by node[0] (line 8)"],
+    );
+}
+
+#[test]
+fn duplicate_addresses() {
+    let text = edit(&base(), "address = \"10.0.0.2\"", "address = \"10.0.0.1\"");
+    expect_err(
+        &text,
+        18,
+        Some("node[1].link[0].address"),
+        &["address 10.0.0.1 is already used by node[0].link[0] of node alpha (line 11)"],
+    );
+}
+
+#[test]
+fn duplicate_link_ids_within_a_node() {
+    let text = edit(
+        &base(),
+        "  address = \"10.0.0.1\"\n",
+        "  address = \"10.0.0.1\"\n  [[node.link]]\n  id = 0\n  interface = \"eth2\"\n  address = \"10.1.0.1\"\n",
+    );
+    expect_err(
+        &text,
+        13,
+        Some("node[0].link[1].id"),
+        &["link id 0 is already used by node[0].link[0] of node alpha"],
+    );
+    // Implied ids: the second link is id 1 by position, the first says 1.
+    let text = edit(
+        &base(),
+        "  interface = \"eth1\"\n  address = \"10.0.0.1\"\n",
+        "  id = 1\n  interface = \"eth1\"\n  address = \"10.0.0.1\"\n  [[node.link]]\n  interface = \"eth2\"\n  address = \"10.1.0.1\"\n",
+    );
+    expect_err(
+        &text,
+        13,
+        Some("node[0].link[1].id"),
+        &["link id 1 (implied by its position 1 in the list) is already used by node[0].link[0]"],
+    );
+}
+
+#[test]
+fn node_and_link_id_ranges() {
+    for bad in ["0", "64", "-1"] {
+        let text = edit(&base(), "id = 2", &format!("id = {bad}"));
+        expect_err(
+            &text,
+            14,
+            Some("node[1].id"),
+            &[&format!("expected a node id in 1..=63, found {bad}")],
+        );
+    }
+    let text = edit(
+        &base(),
+        "  interface = \"eth1\"",
+        "  id = 8\n  interface = \"eth1\"",
+    );
+    expect_err(
+        &text,
+        10,
+        Some("node[0].link[0].id"),
+        &["expected a link id in 0..=7, found 8"],
+    );
+}
+
+#[test]
+fn at_least_two_nodes() {
+    let one = format!(
+        "{CLUSTER}\n[[node]]\nid = 1\nname = \"alpha\"\n  [[node.link]]\n  interface = \"eth1\"\n  address = \"10.0.0.1\"\n"
+    );
+    expect_err(
+        &one,
+        6,
+        Some("node"),
+        &["a cluster needs at least 2 nodes, found 1"],
+    );
+    expect_err(
+        CLUSTER,
+        1,
+        Some("node"),
+        &["a cluster needs at least 2 nodes, found 0"],
+    );
+}
+
+#[test]
+fn node_without_heartbeat_link() {
+    let text = edit(
+        &base(),
+        "  address = \"10.0.0.2\"",
+        "  address = \"10.0.0.2\"\n  role = \"stationary\"",
+    );
+    // beta's only link is stationary.
+    expect_err(
+        &text,
+        13,
+        Some("node[1].link"),
+        &["node beta has no heartbeat link"],
+    );
+}
+
+#[test]
+fn heartbeat_link_without_peer() {
+    let text = edit(
+        &base(),
+        "  address = \"10.0.0.1\"\n",
+        "  address = \"10.0.0.1\"\n  [[node.link]]\n  interface = \"eth2\"\n  address = \"10.1.0.1\"\n",
+    );
+    expect_err(
+        &text,
+        12,
+        Some("node[0].link[1].id"),
+        &["link 1 of alpha has no peer on any other node"],
+    );
+}
+
+#[test]
+fn mixed_address_families_on_one_link() {
+    let text = edit(&base(), "address = \"10.0.0.2\"", "address = \"fd00::2\"");
+    expect_err(
+        &text,
+        18,
+        Some("node[1].link[0].address"),
+        &[
+            "link 0 mixes address families: node alpha uses 10.0.0.1 (IPv4) but node beta uses fd00::2 (IPv6)",
+        ],
+    );
+}
+
+#[test]
+fn role_differs_between_nodes() {
+    let text = format!(
+        "{CLUSTER}{}",
+        r#"
+[[node]]
+id = 1
+name = "alpha"
+link = [{ id = 0, interface = "eth1", address = "10.0.0.1" },
+        { id = 1, interface = "eth2", address = "10.1.0.1", role = "stationary" }]
+
+[[node]]
+id = 2
+name = "beta"
+link = [{ id = 0, interface = "eth1", address = "10.0.0.2" },
+        { id = 1, interface = "eth2", address = "10.1.0.2" }]
+"#
+    );
+    // beta's link 1 has the default role; the error points at its table.
+    expect_err(
+        &text,
+        16,
+        Some("node[1].link[1].role"),
+        &["link 1 is \"stationary\" on node alpha (line 10) but \"heartbeat\" on node beta"],
+    );
+}
+
+#[test]
+fn local_node_by_name_and_hostname() {
+    let cfg = parse(&base()).expect("valid");
+    assert_eq!(cfg.local_node(Some("beta")).expect("beta").id, 2);
+    let err = cfg.local_node(Some("gamma")).expect_err("gamma");
+    assert_eq!(
+        err.to_string(),
+        format!("{FILE}: --node `gamma` names no [[node]]; the nodes are: alpha, beta")
+    );
+
+    let host = nix::unistd::gethostname().expect("hostname");
+    let host = host.to_string_lossy().into_owned();
+    let short = host.split('.').next().unwrap_or(&host).to_owned();
+    if short.is_empty()
+        || !short
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return; // hostname not usable as a node name here
+    }
+    let err = cfg
+        .local_node(None)
+        .expect_err("no node named like the host");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "this host's name `{host}` matches no [[node]] name"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("the nodes are: alpha, beta"), "{msg}");
+    assert!(msg.contains("--node NAME"), "{msg}");
+
+    let text = edit(&base(), "name = \"beta\"", &format!("name = \"{short}\""));
+    let cfg = parse(&text).expect("valid");
+    assert_eq!(cfg.local_node(None).expect("by hostname").id, 2);
+}
+
+/// A unique directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("heartbeat-config-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config in `dir` whose node alpha uses `interface` and `standby`, with
+/// `cluster.key` next to it. Lines as in `base()`.
+fn system_config(dir: &TempDir, interface: &str, standby: Option<&str>) -> ClusterConfig {
+    let mut text = edit(
+        &base(),
+        "interface = \"eth1\"",
+        &format!("interface = \"{interface}\""),
+    );
+    if let Some(standby) = standby {
+        text = edit(
+            &text,
+            "  address = \"10.0.0.1\"",
+            &format!("  address = \"10.0.0.1\"\n  standby = \"{standby}\""),
+        );
+    }
+    let path = dir.0.join("cluster.toml");
+    std::fs::write(&path, text).expect("write config");
+    ClusterConfig::load(&path).expect("valid")
+}
+
+fn write_key(dir: &TempDir, text: &str, mode: u32) {
+    let path = dir.0.join("cluster.key");
+    std::fs::write(&path, text).expect("write key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn check_system_passes() {
+    let dir = TempDir::new();
+    let cfg = system_config(&dir, "lo", None);
+    heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    cfg.check_system(alpha).expect("system ok");
+}
+
+#[test]
+fn check_system_missing_interface() {
+    let dir = TempDir::new();
+    let cfg = system_config(&dir, "hbnosuch0", None);
+    heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    let err = cfg.check_system(alpha).expect_err("no such interface");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:10:15: key `node[0].link[0].interface`: interface `hbnosuch0` does not exist on this host",
+            dir.0.join("cluster.toml").display()
+        )
+    );
+    // beta's interfaces are not checked on alpha's behalf, and vice versa.
+    let cfg2 = system_config(&dir, "lo", Some("hbnosuch1"));
+    let alpha = cfg2.local_node(Some("alpha")).expect("alpha");
+    let err = cfg2
+        .check_system(alpha)
+        .expect_err("no such standby interface");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:12:13: key `node[0].link[0].standby`: interface `hbnosuch1` does not exist on this host",
+            dir.0.join("cluster.toml").display()
+        )
+    );
+    let beta = cfg2.local_node(Some("beta")).expect("beta");
+    let err = cfg2.check_system(beta).expect_err("eth1 is absent here");
+    assert!(
+        err.to_string().contains("node[1].link[0].interface"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_system_key_file_problems() {
+    let dir = TempDir::new();
+    let cfg = system_config(&dir, "lo", None);
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    let key_path = dir.0.join("cluster.key");
+    let prefix = format!(
+        "{}:4:12: key `cluster.key_file`: key file {}: ",
+        dir.0.join("cluster.toml").display(),
+        key_path.display()
+    );
+
+    let msg = cfg.check_system(alpha).expect_err("missing").to_string();
+    assert_eq!(msg, format!("{prefix}not found"));
+
+    write_key(&dir, "00112233445566778899aabbccddee\n", 0o600);
+    let msg = cfg.check_system(alpha).expect_err("short").to_string();
+    assert_eq!(
+        msg,
+        format!("{prefix}line 1: expected 32 hex digits (128 bits), found 30")
+    );
+
+    write_key(&dir, "00112233445566778899aabbccddeeff\n", 0o644);
+    let msg = cfg.check_system(alpha).expect_err("readable").to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "{prefix}mode 0644 lets group/other read it; chmod 600 {}",
+            key_path.display()
+        )
+    );
+
+    write_key(&dir, "00112233445566778899aabbccddeeff\n", 0o600);
+    cfg.check_system(alpha).expect("good key");
+}
+
+#[test]
+fn examples_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = ClusterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(cfg.nodes.len() >= 2, "{}", path.display());
+            count += 1;
+        }
+    }
+    assert!(count >= 3, "found {count} examples");
+}
+
+#[test]
+fn unreadable_file() {
+    let err = ClusterConfig::load(Path::new("/nonexistent/heartbeat.toml")).expect_err("missing");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/heartbeat.toml: cannot read the configuration: "),
+        "{err}"
+    );
+}

@@ -1,0 +1,446 @@
+//! Fixtures for agent integration tests: a cluster of real agents in network
+//! namespaces, their journals, control sockets and metrics.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use heartbeat_tests::{ChildGuard, Netns, VethPair};
+use serde_json::Value;
+
+/// The agent binary built by `cargo build --workspace` (xtask test builds it
+/// before running the tests).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/heartbeat-agent
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("heartbeat-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p heartbeat-agent), or run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "hb-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Timing of a test cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub interval: &'static str,
+    pub node_timeout: &'static str,
+    pub agent_timeout: &'static str,
+}
+
+pub const FAST: Timing = Timing {
+    interval: "200us",
+    node_timeout: "1ms",
+    agent_timeout: "20ms",
+};
+
+/// A node of a test cluster: its namespace and (while running) its agent.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub agent: Option<ChildGuard>,
+    /// Heartbeat interface names per link id.
+    pub ifaces: Vec<String>,
+    /// The node's wire port per link id (where a silent fault is injected).
+    pub wires: Vec<String>,
+}
+
+/// Several namespaces, each running an agent, joined by veth pairs.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub nodes: Vec<Node>,
+    pub links: usize,
+    /// Pass-through XDP programs on the bridge side of heartbeat veths.
+    _pass: Vec<aya::Ebpf>,
+}
+
+/// Address of node `i` (0-based) on link `l`.
+pub fn addr(i: usize, l: usize) -> String {
+    format!("10.{}.{}.{}", 210 + l, 0, i + 1)
+}
+
+impl Cluster {
+    /// `n` nodes (2 or 3), `links` heartbeat links.
+    ///
+    /// Each node's heartbeat interface is one end of a veth pair whose other
+    /// end sits, inside the node's own namespace, in a bridge with the
+    /// node's "wire" port (`wires[l]`). A frame the XDP program sends back
+    /// with XDP_TX therefore leaves the node through the wire port's normal
+    /// transmit path, where an nftables netdev egress rule in the node's
+    /// namespace can silence it (XDP_TX on a veth bypasses the egress hook
+    /// of the interface it was received on). Two nodes' wire ports are
+    /// joined directly; with three, through a bridge in a hub namespace.
+    pub fn new(n: usize, links: usize, timing: Timing, metrics: bool) -> Self {
+        assert!((2..=3).contains(&n) && (1..=2).contains(&links));
+        let dir = TempDir::new("cluster");
+        let names: Vec<String> = ["alpha", "beta", "gamma"][..n]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut nodes: Vec<Node> = names
+            .iter()
+            .map(|name| Node {
+                name: name.clone(),
+                ns: Netns::new("hbt").expect("netns"),
+                agent: None,
+                ifaces: Vec::new(),
+                wires: Vec::new(),
+            })
+            .collect();
+        // The bridge lives in the node's namespace too: answer ARP only on
+        // the interface that holds the address, or the bridge answers with
+        // its own MAC and heartbeats are delivered to the bridge instead.
+        for node in &nodes {
+            for key in ["all", "default"] {
+                node.ns
+                    .exec(&[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{key}.arp_ignore=1"),
+                    ])
+                    .expect("sysctl arp_ignore");
+            }
+        }
+        let mut inner_ends: Vec<(usize, String)> = Vec::new();
+        for l in 0..links {
+            for (i, node) in nodes.iter_mut().enumerate() {
+                let pair = VethPair::connect(
+                    &node.ns,
+                    &node.ns,
+                    format!("{}/24", addr(i, l)),
+                    Vec::<String>::new(),
+                )
+                .expect("inner veth");
+                let br = format!("br{l}");
+                node.ns.ip(&["link", "add", &br, "type", "bridge"]).unwrap();
+                node.ns.ip(&["link", "set", &br, "up"]).unwrap();
+                node.ns
+                    .ip(&["link", "set", &pair.if_b, "master", &br])
+                    .unwrap();
+                node.ifaces.push(pair.if_a.clone());
+                inner_ends.push((i, pair.if_b.clone()));
+            }
+        }
+        let mut hubs = Vec::new();
+        for l in 0..links {
+            if n == 2 {
+                let (a, b) = nodes.split_at_mut(1);
+                let pair = VethPair::connect(
+                    &a[0].ns,
+                    &b[0].ns,
+                    Vec::<String>::new(),
+                    Vec::<String>::new(),
+                )
+                .expect("wire veth");
+                a[0].wires.push(pair.if_a.clone());
+                b[0].wires.push(pair.if_b.clone());
+            } else {
+                let hub = Netns::new("hbt").expect("hub netns");
+                hub.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+                hub.ip(&["link", "set", "br0", "up"]).unwrap();
+                for node in nodes.iter_mut() {
+                    let pair = VethPair::connect(
+                        &node.ns,
+                        &hub,
+                        Vec::<String>::new(),
+                        Vec::<String>::new(),
+                    )
+                    .expect("wire veth");
+                    hub.ip(&["link", "set", &pair.if_b, "master", "br0"])
+                        .unwrap();
+                    node.wires.push(pair.if_a.clone());
+                }
+                hubs.push(hub);
+            }
+            for node in nodes.iter_mut() {
+                let wire = node.wires[l].clone();
+                node.ns
+                    .ip(&["link", "set", &wire, "master", &format!("br{l}")])
+                    .unwrap();
+            }
+        }
+        // The bridge-side end of each heartbeat veth receives XDP_TX frames:
+        // it needs an XDP program of its own (the heartbeat program, left
+        // disabled, passes everything).
+        let mut pass = Vec::new();
+        for (i, ifname) in inner_ends {
+            pass.push(attach_pass(&nodes[i].ns, ifname));
+        }
+        // New bridge ports forward only once the kernel's link watcher has
+        // seen their carrier (up to a second): wait until every node reaches
+        // every other one, so the agents start on a working network.
+        for (i, node) in nodes.iter().enumerate() {
+            for l in 0..links {
+                for j in (0..n).filter(|&j| j != i) {
+                    let target = addr(j, l);
+                    let ok = (0..20).any(|_| {
+                        node.ns
+                            .exec(&["ping", "-c", "1", "-W", "1", "-i", "0.2", &target])
+                            .is_ok()
+                    });
+                    assert!(ok, "{} cannot reach {target}", node.name);
+                }
+            }
+        }
+        let key = dir.0.join("cluster.key");
+        fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut toml = format!(
+            "[cluster]\nname = \"test\"\nid = 7\nkey_file = \"cluster.key\"\nport = 6405\n\
+             heartbeat_interval = \"{}\"\nnode_timeout = \"{}\"\nagent_timeout = \"{}\"\n\
+             events_file = \"{{node}}.events.jsonl\"\n\n[control]\nsocket = \"{{node}}.sock\"\n\n",
+            timing.interval, timing.node_timeout, timing.agent_timeout
+        );
+        if metrics {
+            toml.push_str("[metrics]\nlisten = \"127.0.0.1:9465\"\n\n");
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[node]]\nid = {}\nname = \"{}\"\n",
+                i + 1,
+                node.name
+            ));
+            for l in 0..links {
+                toml.push_str(&format!(
+                    "  [[node.link]]\n  id = {l}\n  interface = \"{}\"\n  address = \"{}\"\n",
+                    node.ifaces[l],
+                    addr(i, l)
+                ));
+            }
+            toml.push('\n');
+        }
+        let config = dir.0.join("cluster.toml");
+        fs::write(&config, toml).unwrap();
+        // Keep the hub namespaces alive as long as the cluster by parking
+        // them in a node-less slot.
+        let mut c = Self {
+            dir,
+            config,
+            nodes,
+            links,
+            _pass: pass,
+        };
+        for hub in hubs {
+            c.nodes.push(Node {
+                name: String::new(),
+                ns: hub,
+                agent: None,
+                ifaces: Vec::new(),
+                wires: Vec::new(),
+            });
+        }
+        c
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| !n.name.is_empty())
+    }
+
+    pub fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("node")
+    }
+
+    pub fn journal_path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(format!("{name}.events.jsonl"))
+    }
+
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.0.join(format!("{name}.sock"))
+    }
+
+    pub fn start(&mut self, name: &str) {
+        let i = self.index(name);
+        let log = self.dir.0.join(format!("{name}.log"));
+        let bin = agent_binary();
+        let cfg = self.config.to_str().unwrap().to_owned();
+        let node = &mut self.nodes[i];
+        let guard = node
+            .ns
+            .spawn_logged(
+                &[
+                    bin.to_str().unwrap(),
+                    "run",
+                    "--config",
+                    &cfg,
+                    "--node",
+                    name,
+                ],
+                &log,
+            )
+            .expect("spawn agent");
+        node.agent = Some(guard);
+    }
+
+    pub fn start_all(&mut self) {
+        let names: Vec<String> = self.members().map(|n| n.name.clone()).collect();
+        for n in names {
+            self.start(&n);
+        }
+    }
+
+    pub fn agent(&mut self, name: &str) -> &mut ChildGuard {
+        let i = self.index(name);
+        self.nodes[i].agent.as_mut().expect("agent running")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.0.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Journal entries of `name`.
+    pub fn journal(&self, name: &str) -> Vec<Value> {
+        fs::read_to_string(self.journal_path(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a journal entry of `observer` matching `event` and `peer`
+    /// whose kernel time is at or after `after_wall_ns`.
+    pub fn wait_event(
+        &self,
+        observer: &str,
+        event: &str,
+        peer: &str,
+        after_wall_ns: u64,
+        timeout: Duration,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.journal(observer).into_iter().find(|e| {
+                e["event"] == event
+                    && e["peer"] == peer
+                    && e["kernel_wall_ns"].as_u64().unwrap_or(0) >= after_wall_ns
+            }) {
+                return Some(e);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every pair of members sees each other up.
+    pub fn wait_all_up(&self, timeout: Duration) {
+        let names: Vec<String> = self.members().map(|n| n.name.clone()).collect();
+        for a in &names {
+            for b in names.iter().filter(|b| *b != a) {
+                assert!(
+                    self.wait_event(a, "node_up", b, 0, timeout).is_some(),
+                    "{a} never saw {b} up\n--- {a} log:\n{}\n--- journal: {:?}",
+                    self.log(a),
+                    self.journal(a)
+                );
+            }
+        }
+    }
+
+    /// Runs the agent CLI (status/events) against `name`'s socket.
+    pub fn cli(&self, name: &str, args: &[&str]) -> std::process::Output {
+        Command::new(agent_binary())
+            .args(args)
+            .args(["--socket", self.socket(name).to_str().unwrap()])
+            .output()
+            .expect("agent cli")
+    }
+
+    pub fn status_json(&self, name: &str) -> Value {
+        let out = self.cli(name, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+}
+
+/// Attaches the (disabled, hence pass-everything) heartbeat program to
+/// `ifname` in `ns`, so that veth end runs NAPI and receives XDP_TX frames.
+pub fn attach_pass(ns: &Netns, ifname: String) -> aya::Ebpf {
+    in_netns(ns, move || {
+        let mut ebpf = aya::Ebpf::load(heartbeat_agent::EBPF_OBJECT).expect("load");
+        let prog: &mut aya::programs::Xdp =
+            ebpf.program_mut("heartbeat").unwrap().try_into().unwrap();
+        prog.load().expect("load prog");
+        prog.attach(&ifname, aya::programs::XdpMode::Driver)
+            .expect("attach pass");
+        ebpf
+    })
+}
+
+/// Runs `f` on a thread that has entered `ns`'s network namespace.
+pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).expect("netns file");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// GETs `path` from `addr` inside `ns`; returns the body.
+pub fn http_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
+    in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    })
+}

@@ -1,0 +1,144 @@
+//! The bench's network: nodes A and B in their own namespaces joined by one
+//! veth pair that carries heartbeats and data, and a traffic generator
+//! namespace routed through A onto that same link.
+//!
+//! ```text
+//!  gen 10.200.11.2 ── 10.200.11.1 A 10.200.10.1 ══ link ══ 10.200.10.2 B
+//! ```
+//!
+//! Every namespace is a [`Netns`] guard: dropping the topology kills what
+//! runs inside and deletes them, also while a panic unwinds.
+
+use std::{
+    fs::File,
+    mem,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use heartbeat_tests::{Netns, VethPair};
+
+use super::wall_ns;
+
+/// Address of node A on the link.
+pub const IP_A: Ipv4Addr = Ipv4Addr::new(10, 200, 10, 1);
+/// Address of node B on the link.
+pub const IP_B: Ipv4Addr = Ipv4Addr::new(10, 200, 10, 2);
+/// The generator's address.
+pub const IP_GEN: Ipv4Addr = Ipv4Addr::new(10, 200, 11, 2);
+/// A's address towards the generator.
+pub const IP_A_GEN: Ipv4Addr = Ipv4Addr::new(10, 200, 11, 1);
+
+/// The three namespaces and their links.
+pub struct Topology {
+    /// A UDP socket created inside A, used for interface ioctls (an ioctl
+    /// acts in the namespace of the socket it is made on).
+    ctl_a: OwnedFd,
+    /// The heartbeat link: `if_a` in A, `if_b` in B.
+    pub link: VethPair,
+    /// The generator's link: `if_a` in gen, `if_b` in A.
+    pub gen_link: VethPair,
+    // Declared last so they are dropped last, after the socket above.
+    pub gen: Netns,
+    pub a: Netns,
+    pub b: Netns,
+}
+
+/// Runs `f` on a thread that has entered namespace `netns`.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    let path = Path::new("/run/netns").join(netns);
+    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("thread in namespace {netns} panicked"))
+    })
+}
+
+fn udp_socket() -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(AF_INET)");
+    }
+    // SAFETY: `raw` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn ifreq(ifname: &str) -> anyhow::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    let bytes = ifname.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        bail!("interface name {ifname} too long");
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(req)
+}
+
+impl Topology {
+    /// Creates the namespaces, links, addresses and routes.
+    pub fn new() -> anyhow::Result<Self> {
+        let gen = Netns::new("hbbench-g").context("creating generator namespace")?;
+        let a = Netns::new("hbbench-a").context("creating namespace A")?;
+        let b = Netns::new("hbbench-b").context("creating namespace B")?;
+        let link = VethPair::connect(&a, &b, format!("{IP_A}/24"), format!("{IP_B}/24"))
+            .context("creating the A-B link")?;
+        let gen_link = VethPair::connect(&gen, &a, format!("{IP_GEN}/24"), format!("{IP_A_GEN}/24"))
+            .context("creating the generator link")?;
+        gen.ip(&["route", "add", "default", "via", &IP_A_GEN.to_string()])?;
+        b.ip(&["route", "add", "10.200.11.0/24", "via", &IP_A.to_string()])?;
+        a.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let ctl_a = in_netns(a.name(), udp_socket)?;
+        Ok(Topology {
+            ctl_a,
+            link,
+            gen_link,
+            gen,
+            a,
+            b,
+        })
+    }
+
+    /// A's end of the heartbeat link.
+    pub fn if_a(&self) -> &str {
+        &self.link.if_a
+    }
+
+    /// B's end of the heartbeat link.
+    pub fn if_b(&self) -> &str {
+        &self.link.if_b
+    }
+
+    /// Sets A's link interface up or down with one ioctl; returns the wall
+    /// time taken just before the call.
+    pub fn set_link_a(&self, up: bool) -> anyhow::Result<i64> {
+        let mut req = ifreq(self.if_a())?;
+        let fd = self.ctl_a.as_raw_fd();
+        // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq we own.
+        if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &raw mut req) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
+        }
+        // SAFETY: the kernel just wrote ifru_flags.
+        let mut flags = unsafe { req.ifr_ifru.ifru_flags };
+        if up {
+            flags |= libc::IFF_UP as libc::c_short;
+        } else {
+            flags &= !(libc::IFF_UP as libc::c_short);
+        }
+        req.ifr_ifru.ifru_flags = flags;
+        let t = wall_ns();
+        // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+        if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &raw mut req) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS");
+        }
+        Ok(t)
+    }
+}
