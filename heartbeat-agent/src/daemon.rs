@@ -330,7 +330,11 @@ impl Ctx<'_> {
             let mut links = Vec::new();
             let mut generation = None;
             for l in &n.links {
-                let view = p.links.get(&l.id);
+                // Only the networks this node shares with the peer.
+                let Some(view) = p.links.get(&l.id) else {
+                    continue;
+                };
+                let view = Some(view);
                 let st = fp.link_state(n.id, l.id).unwrap_or_default();
                 if st.peer_generation != 0 {
                     generation = Some(st.peer_generation);

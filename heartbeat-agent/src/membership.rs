@@ -190,6 +190,7 @@ mod tests {
             link,
             _pad: 0,
             last_rx_ns: at.saturating_sub(500),
+            // (tests use at >= 500 so the silence is exactly 500 ns)
             at_ns: at,
         }
     }
@@ -202,24 +203,24 @@ mod tests {
     fn one_link_down_of_two_keeps_node_up() {
         let mut m = Membership::new("a", &[(2, "b".into(), vec![0, 1])]);
         assert_eq!(
-            names(&m.apply(&ev(event_kind::LINK_UP, 2, 0, 10))),
+            names(&m.apply(&ev(event_kind::LINK_UP, 2, 0, 1_000))),
             ["link_up", "node_up"]
         );
         assert_eq!(
-            names(&m.apply(&ev(event_kind::LINK_UP, 2, 1, 11))),
+            names(&m.apply(&ev(event_kind::LINK_UP, 2, 1, 1_100))),
             ["link_up"]
         );
         assert_eq!(
-            names(&m.apply(&ev(event_kind::LINK_DOWN, 2, 0, 20))),
+            names(&m.apply(&ev(event_kind::LINK_DOWN, 2, 0, 2_000))),
             ["link_down"]
         );
         assert_eq!(m.peer(2).unwrap().state, State::Up);
-        let out = m.apply(&ev(event_kind::LINK_DOWN, 2, 1, 30));
+        let out = m.apply(&ev(event_kind::LINK_DOWN, 2, 1, 3_000));
         assert_eq!(names(&out), ["link_down", "node_down"]);
         assert_eq!(out[1].since_last_rx_ns, Some(500));
         assert_eq!(m.peer(2).unwrap().state, State::Down);
         assert_eq!(
-            names(&m.apply(&ev(event_kind::LINK_UP, 2, 1, 40))),
+            names(&m.apply(&ev(event_kind::LINK_UP, 2, 1, 4_000))),
             ["link_up", "node_up"]
         );
     }

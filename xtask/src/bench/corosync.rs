@@ -1,0 +1,234 @@
+//! corosync 3 (knet) as a peer: a two-node cluster, `two_node: 1`, the
+//! token timeout given by the bench (the smallest that stays stable at
+//! idle). B's log `[QUORUM] Members[..]` without node 1 is B declaring A
+//! failed; "A processor failed" (token loss) is recorded as a suspect.
+//!
+//! corosync locks the fixed path `/run/corosync.pid`, so each instance runs
+//! with its own directory bind-mounted on `/run` (inside the private mount
+//! namespace that `ip netns exec` creates); its IPC sockets are abstract,
+//! hence per network namespace.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use heartbeat_tests::{ChildGuard, Signal};
+
+use super::{
+    parse::{self, CorosyncLine, Obs},
+    sniff::Stream,
+    system::{FileTail, Node, System, check_started, kill_guard, up_and_settled},
+    topology::{IP_A, IP_B, Topology},
+    wall_ns,
+};
+
+struct Instance {
+    guard: Option<ChildGuard>,
+    tail: FileTail,
+    obs: Vec<Obs>,
+    peer_id: u32,
+    /// Wall time and text of "not scheduled" warnings.
+    warnings: Vec<(i64, String)>,
+}
+
+/// Two corosync instances.
+pub struct Corosync {
+    dir: PathBuf,
+    token_ms: u32,
+    a: Instance,
+    b: Instance,
+}
+
+/// The default `token_retransmits_before_loss_const`, kept as is.
+pub const RETRANSMITS: u32 = 4;
+
+fn file(dir: &Path, node: Node, suffix: &str) -> PathBuf {
+    let n = if node == Node::A { "a" } else { "b" };
+    dir.join(format!("{n}.{suffix}"))
+}
+
+impl Corosync {
+    pub fn new(dir: &Path, token_ms: u32) -> Self {
+        let inst = |node, peer_id| Instance {
+            guard: None,
+            tail: FileTail::new(&file(dir, node, "log")),
+            obs: Vec::new(),
+            peer_id,
+            warnings: Vec::new(),
+        };
+        Corosync {
+            dir: dir.to_owned(),
+            token_ms,
+            a: inst(Node::A, 2),
+            b: inst(Node::B, 1),
+        }
+    }
+
+    /// The token timeout in use.
+    pub fn token_ms(&self) -> u32 {
+        self.token_ms
+    }
+
+    fn config(&self, node: Node) -> String {
+        let log = file(&self.dir, node, "log");
+        let state = file(&self.dir, node, "state");
+        format!(
+            "totem {{\n  version: 2\n  cluster_name: hbbench\n  transport: knet\n  \
+             crypto_cipher: none\n  crypto_hash: none\n  token: {token}\n}}\n\
+             logging {{\n  fileline: off\n  to_stderr: no\n  to_logfile: yes\n  logfile: {log}\n  \
+             to_syslog: no\n  timestamp: hires\n  debug: off\n}}\n\
+             quorum {{\n  provider: corosync_votequorum\n  two_node: 1\n}}\n\
+             system {{\n  state_dir: {state}\n}}\n\
+             nodelist {{\n  node {{\n    name: a\n    nodeid: 1\n    ring0_addr: {IP_A}\n  }}\n  \
+             node {{\n    name: b\n    nodeid: 2\n    ring0_addr: {IP_B}\n  }}\n}}\n",
+            token = self.token_ms,
+            log = log.display(),
+            state = state.display(),
+        )
+    }
+
+    fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
+        let ns = match node {
+            Node::A => &topo.a,
+            Node::B => &topo.b,
+        };
+        let conf = file(&self.dir, node, "conf");
+        let run = file(&self.dir, node, "run");
+        std::fs::create_dir_all(&run)?;
+        std::fs::create_dir_all(file(&self.dir, node, "state"))?;
+        std::fs::write(&conf, self.config(node))?;
+        let out = file(&self.dir, node, "out");
+        let script = format!(
+            "mount --bind '{}' /run && exec corosync -f -c '{}'",
+            run.display(),
+            conf.display()
+        );
+        let mut cmd = ns.command("sh");
+        cmd.env("TZ", "UTC")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::options().append(true).open(&out)?);
+        let mut guard = ns.spawn(&mut cmd).context("starting corosync")?;
+        if let Err(e) = check_started(&mut guard, &file(&self.dir, node, "log"), "corosync") {
+            let out_text = std::fs::read_to_string(&out).unwrap_or_default();
+            return Err(e.context(out_text.trim().to_owned()));
+        }
+        let inst = if node == Node::A { &mut self.a } else { &mut self.b };
+        inst.guard = Some(guard);
+        Ok(())
+    }
+}
+
+impl Instance {
+    fn poll(&mut self) {
+        let now = wall_ns();
+        for line in self.tail.lines() {
+            if let Some((ns, CorosyncLine::NotScheduled(msg))) = parse::corosync_line(&line, now) {
+                self.warnings.push((ns, format!("not scheduled {msg}")));
+            }
+            if let Some(o) = parse::corosync_obs(&line, self.peer_id, now) {
+                self.obs.push(o);
+            }
+        }
+    }
+}
+
+impl System for Corosync {
+    fn label(&self) -> String {
+        "corosync".into()
+    }
+    fn stream(&self) -> Stream {
+        Stream::Corosync
+    }
+    fn interval_ns(&self) -> i64 {
+        // The token circulates continuously; its retransmit timeout is the
+        // natural period.
+        i64::from(self.token_ms) * 1_000_000 * 10 / (i64::from(RETRANSMITS) * 10 + 2)
+    }
+    fn max_wait(&self) -> Duration {
+        Duration::from_millis(u64::from(self.token_ms) * 10 + 2000)
+    }
+    fn settings(&self) -> String {
+        format!(
+            "knet, two_node, token {} ms (token_retransmits_before_loss_const {RETRANSMITS}, consensus 1.2 x token); failure = B's log `[QUORUM] Members` without A",
+            self.token_ms
+        )
+    }
+
+    fn start(&mut self, topo: &Topology) -> anyhow::Result<()> {
+        self.start_node(topo, Node::A)?;
+        self.start_node(topo, Node::B)
+    }
+
+    fn stop(&mut self) {
+        for inst in [&mut self.a, &mut self.b] {
+            if let Some(mut g) = inst.guard.take() {
+                let _ = g.shutdown(Duration::from_secs(3));
+            }
+        }
+    }
+
+    fn poll(&mut self) -> anyhow::Result<()> {
+        self.a.poll();
+        self.b.poll();
+        Ok(())
+    }
+
+    fn observations(&self, node: Node) -> &[Obs] {
+        match node {
+            Node::A => &self.a.obs,
+            Node::B => &self.b.obs,
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        up_and_settled(&self.a.obs, 200_000_000) && up_and_settled(&self.b.obs, 200_000_000)
+    }
+
+    fn stop_a(&mut self) -> anyhow::Result<i64> {
+        let g = self.a.guard.as_mut().context("corosync A is not running")?;
+        let t = wall_ns();
+        g.signal(Signal::SIGSTOP)?;
+        Ok(t)
+    }
+
+    fn cont_a(&mut self) -> anyhow::Result<()> {
+        let g = self.a.guard.as_mut().context("corosync A is not running")?;
+        g.signal(Signal::SIGCONT)?;
+        Ok(())
+    }
+
+    fn kill_a(&mut self) -> anyhow::Result<i64> {
+        let mut g = self.a.guard.take().context("corosync A is not running")?;
+        kill_guard(&mut g)
+    }
+
+    fn restart_a(&mut self, topo: &Topology) -> anyhow::Result<()> {
+        self.start_node(topo, Node::A)
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        [&self.a, &self.b]
+            .iter()
+            .filter_map(|i| i.guard.as_ref().map(|g| g.pid() as i32))
+            .collect()
+    }
+
+    fn warnings_since(&self, since: i64) -> Vec<String> {
+        [&self.a, &self.b]
+            .iter()
+            .flat_map(|i| i.warnings.iter())
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+}
+
+impl Drop for Corosync {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

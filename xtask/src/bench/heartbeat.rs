@@ -1,0 +1,260 @@
+//! heartbeat itself: `heartbeat-agent run` in each namespace, one link on
+//! the veth, `heartbeat_interval` = node_timeout / 5 (the documented
+//! recommendation), a small `agent_timeout` (the dead-man gate), and an
+//! events journal per node. B's `node_down` for A is the declaration; its
+//! time is the kernel's own (`kernel_wall_ns`), the agent's handling time is
+//! kept beside it.
+
+use std::{
+    io::Read as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use heartbeat_tests::{ChildGuard, Signal};
+
+use super::{
+    parse::{self, Obs},
+    sniff::Stream,
+    system::{FileTail, Node, System, check_started, kill_guard, up_and_settled},
+    topology::{IP_A, IP_B, Topology},
+    wall_ns,
+};
+
+/// The UDP port the bench's clusters use.
+pub const PORT: u16 = 6405;
+
+struct Instance {
+    guard: Option<ChildGuard>,
+    tail: FileTail,
+    obs: Vec<Obs>,
+    peer: &'static str,
+    /// (wall ns, event) of agent-level events worth reporting.
+    warnings: Vec<(i64, String)>,
+}
+
+/// Two heartbeat agents.
+pub struct Heartbeat {
+    dir: PathBuf,
+    agent: PathBuf,
+    node_timeout: Duration,
+    interval: Duration,
+    agent_timeout: Duration,
+    a: Instance,
+    b: Instance,
+}
+
+fn file(dir: &Path, node: Node, suffix: &str) -> PathBuf {
+    let n = if node == Node::A { "a" } else { "b" };
+    dir.join(format!("{n}.{suffix}"))
+}
+
+/// A duration as the agent's config reads it, in whole microseconds.
+fn human(d: Duration) -> String {
+    format!("{}us", d.as_micros())
+}
+
+/// A duration for people: µs below 1 ms, else ms.
+pub fn pretty(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 1000 {
+        format!("{us}µs")
+    } else if us % 1000 == 0 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    }
+}
+
+impl Heartbeat {
+    /// `agent_timeout` = `gate_intervals` × heartbeat_interval.
+    pub fn new(dir: &Path, agent: &Path, node_timeout: Duration, gate_intervals: u32) -> Self {
+        let interval = node_timeout / 5;
+        let inst = |node, peer| Instance {
+            guard: None,
+            tail: FileTail::new(&file(dir, node, "events.jsonl")),
+            obs: Vec::new(),
+            peer,
+            warnings: Vec::new(),
+        };
+        Heartbeat {
+            dir: dir.to_owned(),
+            agent: agent.to_owned(),
+            node_timeout,
+            interval,
+            agent_timeout: interval * gate_intervals,
+            a: inst(Node::A, "b"),
+            b: inst(Node::B, "a"),
+        }
+    }
+
+    /// (heartbeat_interval, node_timeout, agent_timeout).
+    pub fn timing(&self) -> (Duration, Duration, Duration) {
+        (self.interval, self.node_timeout, self.agent_timeout)
+    }
+
+    fn write_key(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("cluster.key");
+        let mut key = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .context("reading /dev/urandom")?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&path, format!("{hex}\n")).context("writing the key file")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(path)
+    }
+
+    fn config(&self, node: Node, topo: &Topology) -> String {
+        let n = if node == Node::A { "a" } else { "b" };
+        format!(
+            "[cluster]\nname = \"bench\"\nid = 4242\nkey_file = \"cluster.key\"\nport = {PORT}\n\
+             heartbeat_interval = \"{hb}\"\nnode_timeout = \"{nt}\"\nagent_timeout = \"{at}\"\n\
+             events_file = \"{n}.events.jsonl\"\n\n[control]\nsocket = \"{n}.sock\"\n\n\
+             [[node]]\nid = 1\nname = \"a\"\n  [[node.link]]\n  id = 0\n  interface = \"{if_a}\"\n  address = \"{IP_A}\"\n\n\
+             [[node]]\nid = 2\nname = \"b\"\n  [[node.link]]\n  id = 0\n  interface = \"{if_b}\"\n  address = \"{IP_B}\"\n",
+            hb = human(self.interval),
+            nt = human(self.node_timeout),
+            at = human(self.agent_timeout),
+            if_a = topo.if_a(),
+            if_b = topo.if_b(),
+        )
+    }
+
+    fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
+        let (ns, name) = match node {
+            Node::A => (&topo.a, "a"),
+            Node::B => (&topo.b, "b"),
+        };
+        let conf = file(&self.dir, node, "toml");
+        std::fs::write(&conf, self.config(node, topo))?;
+        let log = file(&self.dir, node, "log");
+        let agent = self.agent.display().to_string();
+        let conf_s = conf.display().to_string();
+        let mut guard = ns
+            .spawn_logged(&[&agent, "run", "--config", &conf_s, "--node", name], &log)
+            .context("starting heartbeat-agent")?;
+        check_started(&mut guard, &log, "heartbeat-agent")?;
+        let inst = if node == Node::A { &mut self.a } else { &mut self.b };
+        inst.guard = Some(guard);
+        Ok(())
+    }
+}
+
+impl Instance {
+    fn poll(&mut self) {
+        for line in self.tail.lines() {
+            if let Some(o) = parse::heartbeat_obs(&line, self.peer) {
+                self.obs.push(o);
+            } else if let Some(ev) = parse::heartbeat_event_name(&line) {
+                if ev == "agent_stale" {
+                    self.warnings.push((wall_ns(), ev));
+                }
+            }
+        }
+    }
+}
+
+impl System for Heartbeat {
+    fn label(&self) -> String {
+        format!("heartbeat {}", pretty(self.node_timeout))
+    }
+    fn stream(&self) -> Stream {
+        Stream::Heartbeat
+    }
+    fn interval_ns(&self) -> i64 {
+        self.interval.as_nanos() as i64
+    }
+    fn max_wait(&self) -> Duration {
+        Duration::from_millis(500) + (self.node_timeout + self.agent_timeout) * 20
+    }
+    fn settings(&self) -> String {
+        format!(
+            "node_timeout {}, heartbeat_interval {} (node_timeout/5, the recommended ratio), agent_timeout {} (dead-man gate); failure = B's node_down, kernel_wall_ns",
+            pretty(self.node_timeout),
+            pretty(self.interval),
+            pretty(self.agent_timeout)
+        )
+    }
+
+    fn start(&mut self, topo: &Topology) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        self.write_key()?;
+        self.start_node(topo, Node::A)?;
+        self.start_node(topo, Node::B)
+    }
+
+    fn stop(&mut self) {
+        for inst in [&mut self.a, &mut self.b] {
+            if let Some(mut g) = inst.guard.take() {
+                let _ = g.shutdown(Duration::from_secs(3));
+            }
+        }
+    }
+
+    fn poll(&mut self) -> anyhow::Result<()> {
+        self.a.poll();
+        self.b.poll();
+        Ok(())
+    }
+
+    fn observations(&self, node: Node) -> &[Obs] {
+        match node {
+            Node::A => &self.a.obs,
+            Node::B => &self.b.obs,
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        up_and_settled(&self.a.obs, 50_000_000) && up_and_settled(&self.b.obs, 50_000_000)
+    }
+
+    fn stop_a(&mut self) -> anyhow::Result<i64> {
+        let g = self.a.guard.as_mut().context("agent A is not running")?;
+        let t = wall_ns();
+        g.signal(Signal::SIGSTOP)?;
+        Ok(t)
+    }
+
+    fn cont_a(&mut self) -> anyhow::Result<()> {
+        let g = self.a.guard.as_mut().context("agent A is not running")?;
+        g.signal(Signal::SIGCONT)?;
+        Ok(())
+    }
+
+    fn kill_a(&mut self) -> anyhow::Result<i64> {
+        let mut g = self.a.guard.take().context("agent A is not running")?;
+        kill_guard(&mut g)
+    }
+
+    fn restart_a(&mut self, topo: &Topology) -> anyhow::Result<()> {
+        self.start_node(topo, Node::A)
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        [&self.a, &self.b]
+            .iter()
+            .filter_map(|i| i.guard.as_ref().map(|g| g.pid() as i32))
+            .collect()
+    }
+
+    fn warnings_since(&self, since: i64) -> Vec<String> {
+        [(&self.a, "a"), (&self.b, "b")]
+            .iter()
+            .flat_map(|(i, n)| {
+                i.warnings
+                    .iter()
+                    .filter(move |(t, _)| *t >= since)
+                    .map(move |(_, w)| format!("{w} on {n}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
