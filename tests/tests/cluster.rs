@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use heartbeat_tests::{Signal, nft_egress_drop, xdp_attached};
-use support::{Cluster, FAST, wall_ns};
+use support::{Cluster, FAST, STEADY, wall_ns};
 
 /// Generous upper bound for detection in tests (the benchmark measures the
 /// real numbers): the deadline is 1 ms (plus agent_timeout for SIGSTOP).
@@ -127,7 +127,7 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
 
 #[test]
 fn one_link_of_two_failing_keeps_the_node_up() {
-    let mut c = Cluster::new(2, 2, FAST, false);
+    let mut c = Cluster::new(2, 2, STEADY, false);
     c.start_all();
     c.wait_all_up(UP);
     std::thread::sleep(Duration::from_millis(300));
@@ -179,7 +179,7 @@ fn one_link_of_two_failing_keeps_the_node_up() {
 
 #[test]
 fn three_nodes_metrics_status_and_events() {
-    let mut c = Cluster::new(3, 1, FAST, true);
+    let mut c = Cluster::new(3, 1, STEADY, true);
     c.start_all();
     c.wait_all_up(UP);
     std::thread::sleep(Duration::from_millis(500));
@@ -252,9 +252,13 @@ fn three_nodes_metrics_status_and_events() {
     assert_eq!(lines[0]["event"], "agent_started");
     let down = lines
         .iter()
-        .find(|e| e["event"] == "node_down" && e["peer"] == "alpha")
+        .find(|e| {
+            e["event"] == "node_down"
+                && e["peer"] == "alpha"
+                && e["kernel_wall_ns"].as_u64().unwrap_or(0) >= fault
+        })
         .expect("node_down in events");
     assert!(down["kernel_wall_ns"].as_u64().unwrap() >= fault);
     assert!(down["handled_wall_ns"].as_u64().unwrap() >= down["kernel_wall_ns"].as_u64().unwrap());
-    assert!(down["since_last_rx_ns"].as_u64().unwrap() >= 1_000_000);
+    assert!(down["since_last_rx_ns"].as_u64().unwrap() >= 20_000_000);
 }

@@ -68,6 +68,14 @@ pub struct Timing {
     pub agent_timeout: &'static str,
 }
 
+/// Tolerant timing for tests about semantics rather than speed (no flaps
+/// when the machine is busy).
+pub const STEADY: Timing = Timing {
+    interval: "1ms",
+    node_timeout: "20ms",
+    agent_timeout: "200ms",
+};
+
 pub const FAST: Timing = Timing {
     interval: "200us",
     node_timeout: "1ms",
