@@ -123,7 +123,10 @@ pub fn run() -> anyhow::Result<()> {
         bail!("tests left things behind: {}", leaks.describe());
     }
     // The plain closing line CI reads (stdout, alone on its line).
-    println!("tests: {} passed, {} failed", summary.passed, summary.failed);
+    println!(
+        "tests: {} passed, {} failed",
+        summary.passed, summary.failed
+    );
     Ok(())
 }
 

@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use anyhow::Context as _;
 use heartbeat_tests::{ChildGuard, Signal};
 
@@ -90,6 +92,7 @@ impl Bfdd {
         let out = file(&self.dir, node, "out");
         let mut cmd = ns.command(BFDD);
         cmd.env("TZ", "UTC")
+            .process_group(0)
             .arg("-f")
             .arg(&conf)
             .arg("-i")
@@ -103,10 +106,14 @@ impl Bfdd {
             .args(["-P", "0", "-u", "frr", "-g", "frr"])
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&out)?)
-            .stderr(std::fs::File::create(&out.with_extension("err"))?);
+            .stderr(std::fs::File::create(out.with_extension("err"))?);
         let mut guard = ns.spawn(&mut cmd).context("starting bfdd")?;
         check_started(&mut guard, &out.with_extension("err"), "bfdd")?;
-        let inst = if node == Node::A { &mut self.a } else { &mut self.b };
+        let inst = if node == Node::A {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
         inst.guard = Some(guard);
         Ok(())
     }

@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use anyhow::Context as _;
 use heartbeat_tests::{ChildGuard, Signal};
 
@@ -66,11 +68,6 @@ impl Corosync {
         }
     }
 
-    /// The token timeout in use.
-    pub fn token_ms(&self) -> u32 {
-        self.token_ms
-    }
-
     fn config(&self, node: Node) -> String {
         let log = file(&self.dir, node, "log");
         let state = file(&self.dir, node, "state");
@@ -107,6 +104,7 @@ impl Corosync {
         );
         let mut cmd = ns.command("sh");
         cmd.env("TZ", "UTC")
+            .process_group(0)
             .args(["-c", &script])
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&out)?)
@@ -116,7 +114,11 @@ impl Corosync {
             let out_text = std::fs::read_to_string(&out).unwrap_or_default();
             return Err(e.context(out_text.trim().to_owned()));
         }
-        let inst = if node == Node::A { &mut self.a } else { &mut self.b };
+        let inst = if node == Node::A {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
         inst.guard = Some(guard);
         Ok(())
     }

@@ -18,7 +18,7 @@ use heartbeat_tests::{ChildGuard, Signal};
 use super::{
     parse::{self, Obs},
     sniff::Stream,
-    system::{FileTail, Node, System, check_started, kill_guard, up_and_settled},
+    system::{FileTail, Node, System, check_started, kill_guard, spawn_logged, up_and_settled},
     topology::{IP_A, IP_B, Topology},
     wall_ns,
 };
@@ -61,7 +61,7 @@ pub fn pretty(d: Duration) -> String {
     let us = d.as_micros();
     if us < 1000 {
         format!("{us}µs")
-    } else if us % 1000 == 0 {
+    } else if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{:.1}ms", us as f64 / 1000.0)
@@ -88,11 +88,6 @@ impl Heartbeat {
             a: inst(Node::A, "b"),
             b: inst(Node::B, "a"),
         }
-    }
-
-    /// (heartbeat_interval, node_timeout, agent_timeout).
-    pub fn timing(&self) -> (Duration, Duration, Duration) {
-        (self.interval, self.node_timeout, self.agent_timeout)
     }
 
     fn write_key(&self) -> anyhow::Result<PathBuf> {
@@ -133,11 +128,18 @@ impl Heartbeat {
         let log = file(&self.dir, node, "log");
         let agent = self.agent.display().to_string();
         let conf_s = conf.display().to_string();
-        let mut guard = ns
-            .spawn_logged(&[&agent, "run", "--config", &conf_s, "--node", name], &log)
-            .context("starting heartbeat-agent")?;
+        let mut guard = spawn_logged(
+            ns,
+            &[&agent, "run", "--config", &conf_s, "--node", name],
+            &log,
+        )
+        .context("starting heartbeat-agent")?;
         check_started(&mut guard, &log, "heartbeat-agent")?;
-        let inst = if node == Node::A { &mut self.a } else { &mut self.b };
+        let inst = if node == Node::A {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
         inst.guard = Some(guard);
         Ok(())
     }
@@ -148,10 +150,10 @@ impl Instance {
         for line in self.tail.lines() {
             if let Some(o) = parse::heartbeat_obs(&line, self.peer) {
                 self.obs.push(o);
-            } else if let Some(ev) = parse::heartbeat_event_name(&line) {
-                if ev == "agent_stale" {
-                    self.warnings.push((wall_ns(), ev));
-                }
+            } else if let Some(ev) = parse::heartbeat_event_name(&line)
+                && ev == "agent_stale"
+            {
+                self.warnings.push((wall_ns(), ev));
             }
         }
     }

@@ -16,7 +16,7 @@ use super::{
     sniff::Stream,
     system::{
         FifoStamper, FileTail, Node, System, check_started, kill_guard, read_pid_file, signal_pid,
-        up_and_settled,
+        spawn_logged, up_and_settled,
     },
     topology::{IP_A, IP_B, Topology},
     wall_ns,
@@ -97,7 +97,11 @@ impl Keepalived {
             let _ = std::fs::remove_file(p);
         }
         let log = file(&self.dir, node, "log");
-        let inst = if node == Node::A { &mut self.a } else { &mut self.b };
+        let inst = if node == Node::A {
+            &mut self.a
+        } else {
+            &mut self.b
+        };
         if inst._stamper.is_none() {
             inst._stamper = Some(FifoStamper::start(
                 &file(&self.dir, node, "fifo"),
@@ -122,12 +126,15 @@ impl Keepalived {
         .chain(["--checkers_pid".into(), chk_pid.display().to_string()])
         .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut guard = ns.spawn_logged(&args, &log).context("starting keepalived")?;
+        let mut guard = spawn_logged(ns, &args, &log).context("starting keepalived")?;
         check_started(&mut guard, &log, "keepalived")?;
         inst.vrrp_pid = read_pid_file(&vrrp_pid, Duration::from_secs(3));
         inst.guard = Some(guard);
         if inst.vrrp_pid.is_none() {
-            anyhow::bail!("keepalived did not start its VRRP process (no {})", vrrp_pid.display());
+            anyhow::bail!(
+                "keepalived did not start its VRRP process (no {})",
+                vrrp_pid.display()
+            );
         }
         Ok(())
     }
@@ -142,22 +149,28 @@ impl Keepalived {
 impl Instance {
     fn poll(&mut self) {
         for line in self.tail.lines() {
-            let Some((ns, text)) = parse::stamped_line(&line) else { continue };
-            let Some(n) = parse::keepalived_notify(text) else { continue };
+            let Some((ns, text)) = parse::stamped_line(&line) else {
+                continue;
+            };
+            let Some(n) = parse::keepalived_notify(text) else {
+                continue;
+            };
             if n.kind != "INSTANCE" {
                 continue;
             }
-            if n.state != self.state {
+            // MASTER_RX_LOWER_PRI and the like are events, not states.
+            let is_state = matches!(n.state.as_str(), "MASTER" | "BACKUP" | "FAULT" | "STOP");
+            if is_state && n.state != self.state {
                 self.state = n.state.clone();
                 self.state_since = ns;
             }
             // Only the backup's view is an observation of the peer: B taking
             // over means it declared A failed. The master does not track
             // its backups, so A's states only tell its role.
-            if self.node == Node::B {
-                if let Some(o) = parse::keepalived_obs(&line) {
-                    self.obs.push(o);
-                }
+            if self.node == Node::B
+                && let Some(o) = parse::keepalived_obs(&line)
+            {
+                self.obs.push(o);
             }
         }
     }
@@ -177,7 +190,9 @@ impl System for Keepalived {
         Duration::from_secs(2)
     }
     fn settings(&self) -> String {
-        format!("VRRPv3 unicast, advert_int {ADVERT_INT_S} s, priorities 200/100, failure = B's notify_fifo MASTER/FAULT")
+        format!(
+            "VRRPv3 unicast, advert_int {ADVERT_INT_S} s, priorities 200/100, failure = B's notify_fifo MASTER/FAULT"
+        )
     }
 
     fn start(&mut self, topo: &Topology) -> anyhow::Result<()> {

@@ -4,12 +4,15 @@
 //! plus CPU together. Every load is bounded in time twice: by the tool's
 //! own duration option and by the guard that kills it at the window's end.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{os::unix::process::CommandExt as _, path::Path, process::Command, time::Duration};
 
 use anyhow::Context as _;
 use heartbeat_tests::ChildGuard;
 
-use super::topology::{IP_B, Topology};
+use super::{
+    system::spawn_logged,
+    topology::{IP_B, Topology},
+};
 
 /// SCHED_FIFO priority of the hogs: the agent's sender thread runs at
 /// SCHED_FIFO 50, so the hogs are at its level (FIFO does not preempt at an
@@ -41,7 +44,7 @@ impl Load {
         Load::TcpAndCpu,
     ];
     /// The ladder of `--quick`.
-    pub const QUICK: [Load; 4] = [Load::Idle, Load::IperfTcp, Load::Cpu, Load::Fifo];
+    pub const QUICK: [Load; 3] = [Load::Idle, Load::IperfTcp, Load::Fifo];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -62,7 +65,9 @@ impl Load {
             Load::IperfTcp => "iperf3 -c B -t T (TCP, gen -> A -> B)".into(),
             Load::IperfUdp => "iperf3 -c B -u -b 0 -t T (UDP at line rate)".into(),
             Load::Cpu => format!("stress-ng --cpu {cpus}"),
-            Load::TimerSwitch => format!("stress-ng --timer {cpus} --hrtimers {cpus} --switch {cpus}"),
+            Load::TimerSwitch => {
+                format!("stress-ng --timer {cpus} --hrtimers {cpus} --switch {cpus}")
+            }
             Load::Fifo => format!(
                 "stress-ng --cpu {cpus} --sched fifo --sched-prio {FIFO_PRIORITY} (the agent's sender: SCHED_FIFO 50)"
             ),
@@ -92,16 +97,20 @@ fn stress(args: &[String], secs: u64, log: &Path) -> anyhow::Result<ChildGuard> 
         .args(["--timeout", &format!("{secs}s"), "--quiet"])
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
-        .stderr(out);
+        .stderr(out)
+        // stress-ng signals its whole process group when it stops.
+        .process_group(0);
     ChildGuard::spawn(&mut cmd).context("starting stress-ng")
 }
 
 fn iperf(topo: &Topology, udp: bool, secs: u64, dir: &Path) -> anyhow::Result<Vec<ChildGuard>> {
     let b = IP_B.to_string();
-    let server = topo
-        .b
-        .spawn_logged(&["iperf3", "-s", "-1", "-B", &b], &dir.join("iperf3-server.log"))
-        .context("starting iperf3 server")?;
+    let server = spawn_logged(
+        &topo.b,
+        &["iperf3", "-s", "-1", "-B", &b],
+        &dir.join("iperf3-server.log"),
+    )
+    .context("starting iperf3 server")?;
     // Wait until it listens (bounded).
     for _ in 0..50 {
         let out = topo.b.exec_unchecked(&["ss", "-Hltn", "sport = :5201"]);
@@ -115,15 +124,19 @@ fn iperf(topo: &Topology, udp: bool, secs: u64, dir: &Path) -> anyhow::Result<Ve
     if udp {
         args.extend(["-u", "-b", "0"]);
     }
-    let client = topo
-        .gen
-        .spawn_logged(&args, &dir.join("iperf3-client.log"))
+    let client = spawn_logged(&topo.generator, &args, &dir.join("iperf3-client.log"))
         .context("starting iperf3 client")?;
     Ok(vec![client, server])
 }
 
 /// Starts `load` for `secs` seconds (logs go to `dir`).
-pub fn start(load: Load, topo: &Topology, secs: u64, cpus: usize, dir: &Path) -> anyhow::Result<Running> {
+pub fn start(
+    load: Load,
+    topo: &Topology,
+    secs: u64,
+    cpus: usize,
+    dir: &Path,
+) -> anyhow::Result<Running> {
     let n = cpus.to_string();
     let mut children = Vec::new();
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();

@@ -94,10 +94,7 @@ fn month_number(name: &str) -> Option<u32> {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    MONTHS
-        .iter()
-        .position(|m| *m == name)
-        .map(|i| i as u32 + 1)
+    MONTHS.iter().position(|m| *m == name).map(|i| i as u32 + 1)
 }
 
 /// `YYYY/MM/DD HH:MM:SS.ffffff` (UTC) to ns since the epoch.
@@ -322,7 +319,10 @@ pub fn corosync_line(line: &str, now_ns: i64) -> Option<(i64, CorosyncLine)> {
         return Some((ns, CorosyncLine::TokenLate(msg.trim().to_owned())));
     }
     if let Some((_, msg)) = tail.split_once("[KNET  ] link: host: ") {
-        if let Some(host) = msg.strip_suffix(" is down").and_then(|m| m.split(' ').next()) {
+        if let Some(host) = msg
+            .strip_suffix(" is down")
+            .and_then(|m| m.split(' ').next())
+        {
             return Some((ns, CorosyncLine::KnetLinkDown(host.parse().ok()?)));
         }
         return None;
@@ -434,7 +434,10 @@ mod tests {
         assert_eq!(vrrp_transition("FAULT"), Some(Transition::Down));
         assert!(keepalived_notify("garbage").is_none());
         assert!(keepalived_obs("no stamp INSTANCE \"VI_1\" MASTER 1").is_none());
-        assert_eq!(stamped_line(&format!("{} x", format_stamp(ns(5, 7)))), Some((ns(5, 7), "x")));
+        assert_eq!(
+            stamped_line(&format!("{} x", format_stamp(ns(5, 7)))),
+            Some((ns(5, 7), "x"))
+        );
     }
 
     #[test]
@@ -453,7 +456,10 @@ mod tests {
         // Another peer's sessions are ignored.
         let other: Ipv4Addr = "10.200.99.7".parse().unwrap();
         assert_eq!(BFDD.lines().filter_map(|l| bfdd_obs(l, other)).count(), 0);
-        assert!(bfdd_state_change("2026/13/22 11:01:19.1 BFD: state-change: [peer:1.2.3.4] up -> down").is_none());
+        assert!(
+            bfdd_state_change("2026/13/22 11:01:19.1 BFD: state-change: [peer:1.2.3.4] up -> down")
+                .is_none()
+        );
     }
 
     #[test]
@@ -463,35 +469,65 @@ mod tests {
             .lines()
             .filter_map(|l| corosync_obs(l, 1, now))
             .collect();
-        let downs: Vec<&Obs> = obs.iter().filter(|o| o.transition == Transition::Down).collect();
+        let downs: Vec<&Obs> = obs
+            .iter()
+            .filter(|o| o.transition == Transition::Down)
+            .collect();
         let suspects: Vec<&Obs> = obs
             .iter()
             .filter(|o| o.transition == Transition::Suspect)
             .collect();
-        assert_eq!(downs.len(), 1);
-        assert_eq!(suspects.len(), 1);
-        assert!(suspects[0].wall_ns < downs[0].wall_ns);
-        assert!(suspects[0].detail.contains("token timed out"));
+        // The sample: B starts alone (members: 2), A joins, then three
+        // token losses (two spontaneous at idle with token 130 ms, one a
+        // SIGSTOP), each followed by a membership without A.
+        assert_eq!(downs.len(), 4);
+        assert_eq!(suspects.len(), 3);
+        for (s, d) in suspects.iter().zip(&downs[1..]) {
+            assert!(s.detail.contains("token timed out"));
+            // consensus = 1.2 x token = 156 ms
+            assert_eq!(d.wall_ns - s.wall_ns, 156_000_000);
+        }
         // Nov 22 11:02:05.235
         let expect = now + ((11 * 60 + 2) * 60 + 5) * NS + 235_000_000;
-        assert_eq!(downs[0].wall_ns, expect);
-        assert_eq!(obs.last().unwrap().transition, Transition::Up);
+        assert_eq!(downs[2].wall_ns, expect);
+        assert_eq!(downs[2].detail, "members: 2");
+        assert_eq!(obs.last().unwrap().transition, Transition::Down);
         // The year is the one closest to "now", also across new year.
         let jan = days_from_civil(2027, 1, 1) * 86_400 * NS;
-        let (t, _) = corosync_line("Dec 31 23:59:59.999 [1] vm corosync notice  [QUORUM] Members[1]: 2", jan).unwrap();
+        let (t, _) = corosync_line(
+            "Dec 31 23:59:59.999 [1] vm corosync notice  [QUORUM] Members[1]: 2",
+            jan,
+        )
+        .unwrap();
         assert_eq!(year_of(t), 2026);
-        let (_, what) = corosync_line("Nov  2 01:02:03.004 [1] vm corosync info    [KNET  ] link: host: 1 link: 0 is down", now).unwrap();
+        let (_, what) = corosync_line(
+            "Nov  2 01:02:03.004 [1] vm corosync info    [KNET  ] link: host: 1 link: 0 is down",
+            now,
+        )
+        .unwrap();
         assert_eq!(what, CorosyncLine::KnetLinkDown(1));
         assert!(corosync_line("Foo 22 11:02:05.235 x", now).is_none());
     }
 
     #[test]
     fn heartbeat_journal_sample() {
-        let obs: Vec<Obs> = HEARTBEAT.lines().filter_map(|l| heartbeat_obs(l, "a")).collect();
+        let obs: Vec<Obs> = HEARTBEAT
+            .lines()
+            .filter_map(|l| heartbeat_obs(l, "a"))
+            .collect();
         assert!(obs.iter().any(|o| o.transition == Transition::Down));
-        let down = obs.iter().find(|o| o.transition == Transition::Down).unwrap();
+        let down = obs
+            .iter()
+            .find(|o| o.transition == Transition::Down)
+            .unwrap();
         assert!(down.handled_ns.unwrap() >= down.wall_ns);
         assert!(heartbeat_obs("{not json", "a").is_none());
-        assert!(heartbeat_obs(r#"{"event":"node_down","peer":"zz","kernel_wall_ns":1}"#, "a").is_none());
+        assert!(
+            heartbeat_obs(
+                r#"{"event":"node_down","peer":"zz","kernel_wall_ns":1}"#,
+                "a"
+            )
+            .is_none()
+        );
     }
 }

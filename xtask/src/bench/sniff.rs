@@ -83,7 +83,11 @@ pub struct Gaps {
 
 impl Gaps {
     fn push(&mut self, ts: i64) {
-        let prev = if self.last_ns > 0 { self.last_ns } else { self.start_ns };
+        let prev = if self.last_ns > 0 {
+            self.last_ns
+        } else {
+            self.start_ns
+        };
         let gap = ts - prev;
         if gap > self.max_gap_ns {
             self.max_gap_ns = gap;
@@ -95,7 +99,11 @@ impl Gaps {
 
     /// The stats with the silence from the last packet to `end` counted.
     fn closed(mut self, end: i64) -> Self {
-        let prev = if self.last_ns > 0 { self.last_ns } else { self.start_ns };
+        let prev = if self.last_ns > 0 {
+            self.last_ns
+        } else {
+            self.start_ns
+        };
         if end - prev > self.max_gap_ns {
             self.max_gap_ns = end - prev;
             self.max_gap_end_ns = end;
@@ -138,12 +146,12 @@ const PACKET_OUTGOING: u8 = 4;
 fn filter(src: Ipv4Addr) -> Vec<libc::sock_filter> {
     let ins = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     vec![
-        ins(0x28, 0, 0, 12),                      // ldh [12]
-        ins(0x15, 0, 3, 0x0800),                  // jeq #IPv4, else drop
-        ins(0x20, 0, 0, 26),                      // ld [26] (source address)
-        ins(0x15, 0, 1, u32::from(src)),          // jeq #src, else drop
-        ins(0x06, 0, 0, 128),                     // ret #128
-        ins(0x06, 0, 0, 0),                       // ret #0
+        ins(0x28, 0, 0, 12),             // ldh [12]
+        ins(0x15, 0, 3, 0x0800),         // jeq #IPv4, else drop
+        ins(0x20, 0, 0, 26),             // ld [26] (source address)
+        ins(0x15, 0, 1, u32::from(src)), // jeq #src, else drop
+        ins(0x06, 0, 0, 128),            // ret #128
+        ins(0x06, 0, 0, 0),              // ret #0
     ]
 }
 
@@ -185,9 +193,21 @@ fn open_socket(ifname: &str, src: Ipv4Addr) -> anyhow::Result<OwnedFd> {
         len: prog.len() as u16,
         filter: prog.as_mut_ptr(),
     };
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog, "SO_ATTACH_FILTER")?;
+    setsockopt(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &fprog,
+        "SO_ATTACH_FILTER",
+    )?;
     let on: libc::c_int = 1;
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &on, "SO_TIMESTAMPNS")?;
+    setsockopt(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPNS,
+        &on,
+        "SO_TIMESTAMPNS",
+    )?;
     let rcvbuf: libc::c_int = 4 << 20;
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf, "SO_RCVBUF")?;
     let tv = libc::timeval {
@@ -258,7 +278,9 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Option<(usize, u8, i64)> {
     }
     let now = wall_ns();
     // A missing or implausible kernel stamp falls back to the read time.
-    let ts = ts.filter(|t| (now - t).abs() < 2_000_000_000).unwrap_or(now);
+    let ts = ts
+        .filter(|t| (now - t).abs() < 2_000_000_000)
+        .unwrap_or(now);
     Some(((n as usize).min(buf.len()), sll.sll_pkttype, ts))
 }
 
@@ -278,7 +300,11 @@ fn socket_drops(fd: &OwnedFd) -> u64 {
             &raw mut len,
         )
     };
-    if rc == 0 { u64::from(stats.tp_drops) } else { 0 }
+    if rc == 0 {
+        u64::from(stats.tp_drops)
+    } else {
+        0
+    }
 }
 
 impl Sniffer {
@@ -325,10 +351,12 @@ impl Sniffer {
                         let got = recv(&fd, &mut buf);
                         polls = polls.wrapping_add(1);
                         let Ok(mut sh) = shared.lock() else { return };
-                        if polls % 64 == 0 {
+                        if polls.is_multiple_of(64) {
                             sh.drops += socket_drops(&fd);
                         }
-                        let Some((n, pkttype, ts)) = got else { continue };
+                        let Some((n, pkttype, ts)) = got else {
+                            continue;
+                        };
                         let outgoing = pkttype == PACKET_OUTGOING;
                         if outgoing != (direction == Direction::Outbound) {
                             continue;
@@ -421,8 +449,14 @@ mod tests {
     fn classification() {
         assert_eq!(Stream::classify(&frame(112, 0), 6405), Some(Stream::Vrrp));
         assert_eq!(Stream::classify(&frame(17, 3784), 6405), Some(Stream::Bfd));
-        assert_eq!(Stream::classify(&frame(17, 5405), 6405), Some(Stream::Corosync));
-        assert_eq!(Stream::classify(&frame(17, 6405), 6405), Some(Stream::Heartbeat));
+        assert_eq!(
+            Stream::classify(&frame(17, 5405), 6405),
+            Some(Stream::Corosync)
+        );
+        assert_eq!(
+            Stream::classify(&frame(17, 6405), 6405),
+            Some(Stream::Heartbeat)
+        );
         assert_eq!(Stream::classify(&frame(17, 53), 6405), None);
         assert_eq!(Stream::classify(&frame(6, 5405), 6405), None);
         assert_eq!(Stream::classify(&[0u8; 10], 6405), None);

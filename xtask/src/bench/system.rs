@@ -5,7 +5,10 @@
 use std::{
     fs::File,
     io::{Read as _, Seek as _, SeekFrom, Write as _},
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -185,7 +188,9 @@ impl FifoStamper {
                         continue;
                     }
                     let now = wall_ns();
-                    let Ok(n) = input.read(&mut buf) else { continue };
+                    let Ok(n) = input.read(&mut buf) else {
+                        continue;
+                    };
                     partial.extend_from_slice(&buf[..n]);
                     while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = partial.drain(..=pos).collect();
@@ -280,6 +285,29 @@ pub fn kill_guard(guard: &mut ChildGuard) -> anyhow::Result<i64> {
     guard.signal(Signal::SIGKILL).context("SIGKILL")?;
     let _ = guard.wait_timeout(Duration::from_secs(2));
     Ok(t)
+}
+
+/// Starts `args` in `ns` with stdout and stderr appended to `log`, in a
+/// process group of its own: some tools signal their whole group when they
+/// stop (stress-ng does), which must not reach the bench.
+pub fn spawn_logged(
+    ns: &heartbeat_tests::Netns,
+    args: &[&str],
+    log: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let (program, rest) = args.split_first().context("empty command")?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = ns.command(program);
+    cmd.args(rest)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0);
+    Ok(ns.spawn(&mut cmd)?)
 }
 
 /// Fails unless `guard` is still running a moment after start, with the

@@ -38,16 +38,17 @@ pub struct Topology {
     ctl_a: OwnedFd,
     /// The heartbeat link: `if_a` in A, `if_b` in B.
     pub link: VethPair,
-    /// The generator's link: `if_a` in gen, `if_b` in A.
-    pub gen_link: VethPair,
     // Declared last so they are dropped last, after the socket above.
-    pub gen: Netns,
+    pub generator: Netns,
     pub a: Netns,
     pub b: Netns,
 }
 
 /// Runs `f` on a thread that has entered namespace `netns`.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+pub fn in_netns<T: Send>(
+    netns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     let path = Path::new("/run/netns").join(netns);
     let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|s| {
@@ -83,25 +84,38 @@ fn ifreq(ifname: &str) -> anyhow::Result<libc::ifreq> {
     Ok(req)
 }
 
+/// (tx dropped, rx dropped) counters of `ifname` in `ns`.
+pub fn drop_counters(ns: &Netns, ifname: &str) -> Option<(u64, u64)> {
+    let out = ns.ip(&["-s", "-j", "link", "show", "dev", ifname]).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let stats = v.get(0)?.get("stats64")?;
+    let get = |dir: &str| stats.get(dir)?.get("dropped")?.as_u64();
+    Some((get("tx")?, get("rx")?))
+}
+
 impl Topology {
     /// Creates the namespaces, links, addresses and routes.
     pub fn new() -> anyhow::Result<Self> {
-        let gen = Netns::new("hbbench-g").context("creating generator namespace")?;
+        let generator = Netns::new("hbbench-g").context("creating generator namespace")?;
         let a = Netns::new("hbbench-a").context("creating namespace A")?;
         let b = Netns::new("hbbench-b").context("creating namespace B")?;
         let link = VethPair::connect(&a, &b, format!("{IP_A}/24"), format!("{IP_B}/24"))
             .context("creating the A-B link")?;
-        let gen_link = VethPair::connect(&gen, &a, format!("{IP_GEN}/24"), format!("{IP_A_GEN}/24"))
-            .context("creating the generator link")?;
-        gen.ip(&["route", "add", "default", "via", &IP_A_GEN.to_string()])?;
+        VethPair::connect(
+            &generator,
+            &a,
+            format!("{IP_GEN}/24"),
+            format!("{IP_A_GEN}/24"),
+        )
+        .context("creating the generator link")?;
+        generator.ip(&["route", "add", "default", "via", &IP_A_GEN.to_string()])?;
         b.ip(&["route", "add", "10.200.11.0/24", "via", &IP_A.to_string()])?;
         a.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         let ctl_a = in_netns(a.name(), udp_socket)?;
         Ok(Topology {
             ctl_a,
             link,
-            gen_link,
-            gen,
+            generator,
             a,
             b,
         })
@@ -115,6 +129,13 @@ impl Topology {
     /// B's end of the heartbeat link.
     pub fn if_b(&self) -> &str {
         &self.link.if_b
+    }
+
+    /// Drop counters of both ends of the link: (A tx, A rx, B tx, B rx).
+    pub fn link_drops(&self) -> [u64; 4] {
+        let (atx, arx) = drop_counters(&self.a, self.if_a()).unwrap_or_default();
+        let (btx, brx) = drop_counters(&self.b, self.if_b()).unwrap_or_default();
+        [atx, arx, btx, brx]
     }
 
     /// Sets A's link interface up or down with one ioctl; returns the wall

@@ -157,7 +157,11 @@ impl EmptyProg {
     fn run(&self, data: &[u8], repeat: u32) -> anyhow::Result<(u32, u32)> {
         let mut out = vec![0u8; data.len() + 256];
         let mut attr = [0u8; 128];
-        put32(&mut attr, 0, std::os::fd::AsRawFd::as_raw_fd(&self.fd) as u32);
+        put32(
+            &mut attr,
+            0,
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd) as u32,
+        );
         put32(&mut attr, 8, data.len() as u32);
         put32(&mut attr, 12, out.len() as u32);
         put64(&mut attr, 16, data.as_ptr() as u64);
@@ -255,8 +259,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Measures everything; `single_runs` requests are run one per call.
 pub fn measure(object_path: &Path, repeat: u32, single_runs: u32) -> anyhow::Result<XdpCost> {
-    let object = std::fs::read(object_path)
-        .with_context(|| format!("reading {}", object_path.display()))?;
+    let object =
+        std::fs::read(object_path).with_context(|| format!("reading {}", object_path.display()))?;
     let empty = EmptyProg::load()?;
     let mut hb = HeartbeatProg::load(&object)?;
     let udp = udp_frame();
