@@ -463,7 +463,7 @@ fn inject(
             // so the fault time is exact; it is installed well before.
             let at_s = (wall_ns() + 150_000_000) / 1_000_000_000 + 1;
             let rule = format!("meta time >= \"{}\" drop", nft_date(at_s));
-            let guard = heartbeat_tests::nft_egress_rule(&topo.a, topo.if_a(), &rule)
+            let guard = heartbeat_tests::nft_egress_rule(&topo.a, &topo.wire_a, &rule)
                 .context("installing the nftables egress drop")?;
             let at = at_s * 1_000_000_000;
             let wait = at - wall_ns();
@@ -824,7 +824,15 @@ fn execute(plan: &Plan) -> anyhow::Result<Results> {
     ];
 
     step("topology: namespaces gen -> A == B");
-    let topo = Topology::new()?;
+    // The topology needs the XDP object (pass-through programs on the
+    // veth ends that receive XDP_TX frames), so the agent must build.
+    let agent_object = match &agent {
+        Ok((_, object)) => object.clone(),
+        Err(e) => {
+            bail!("building heartbeat-agent failed, no topology without its XDP object: {e:#}")
+        }
+    };
+    let topo = Topology::new(&agent_object)?;
     let taps = Taps {
         rx_b: Sniffer::start(
             topo.b.name(),
@@ -914,10 +922,10 @@ fn execute(plan: &Plan) -> anyhow::Result<Results> {
         ));
     }
     results.notes.push(
-        "silent egress: nftables netdev egress rule `meta time >= <whole second> drop` on A's interface, so the fault time is exact to the kernel's clock".into(),
+        "silent egress: nftables netdev egress rule `meta time >= <whole second> drop` on A's wire port (A's interface is bridged to it inside A, so every frame A sends, XDP_TX replies included, crosses it), so the fault time is exact to the kernel's clock".into(),
     );
     results.notes.push(
-        "heartbeat under silent egress: A's XDP program keeps answering B's requests with XDP_TX, which bypasses the netdev egress hook, so B keeps hearing A; a miss there is that, not a lost event".into(),
+        "pfifo_fast on A's and B's transmitting veths (a bare veth is noqueue), as on a real NIC: heartbeats sent with SO_PRIORITY 6 use its top band; XDP_TX replies bypass every qdisc".into(),
     );
     results.notes.push(
         "stall = the largest wake-up lateness of a SCHED_FIFO 99 thread sleeping 1 ms at a time during the window: a whole-machine stall (VM descheduled, RT throttling) shows there".into(),

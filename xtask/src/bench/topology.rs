@@ -1,10 +1,23 @@
 //! The bench's network: nodes A and B in their own namespaces joined by one
-//! veth pair that carries heartbeats and data, and a traffic generator
+//! veth "wire" that carries heartbeats and data, and a traffic generator
 //! namespace routed through A onto that same link.
 //!
 //! ```text
-//!  gen 10.200.11.2 ── 10.200.11.1 A 10.200.10.1 ══ link ══ 10.200.10.2 B
+//!  gen 10.200.11.2 ── 10.200.11.1 A: if_a 10.200.10.1 ─ in_a [br0] wire_a ══ wire ══ if_b 10.200.10.2 B
 //! ```
+//!
+//! A's interface is bridged, inside A, to its wire port. Every frame A sends
+//! crosses the wire port's transmit path, including the replies its XDP
+//! program sends with XDP_TX (which skip the netdev egress hook of the
+//! interface they arrived on): the silent-egress fault is an nftables egress
+//! drop on that wire port, inside A's namespace, so it silences A as a
+//! broken cable would, for every system alike. The veth ends that receive
+//! XDP_TX frames (in_a, wire_a) run the heartbeat program disabled, which
+//! passes everything, so they run NAPI and take those frames.
+//!
+//! Like a real NIC (and unlike a bare veth, which starts as `noqueue`), the
+//! transmitting interfaces get the default `pfifo_fast` qdisc: traffic with
+//! SO_PRIORITY 6 (every system's heartbeats that set it) goes in its top band.
 //!
 //! Every namespace is a [`Netns`] guard: dropping the topology kills what
 //! runs inside and deletes them, also while a panic unwinds.
@@ -31,13 +44,24 @@ pub const IP_GEN: Ipv4Addr = Ipv4Addr::new(10, 200, 11, 2);
 /// A's address towards the generator.
 pub const IP_A_GEN: Ipv4Addr = Ipv4Addr::new(10, 200, 11, 1);
 
+/// The heartbeat interfaces of A and B.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub if_a: String,
+    pub if_b: String,
+}
+
 /// The three namespaces and their links.
 pub struct Topology {
     /// A UDP socket created inside A, used for interface ioctls (an ioctl
     /// acts in the namespace of the socket it is made on).
     ctl_a: OwnedFd,
-    /// The heartbeat link: `if_a` in A, `if_b` in B.
-    pub link: VethPair,
+    /// The heartbeat link: `if_a` in A, `if_b` in B (see the module doc).
+    pub link: Link,
+    /// A's wire port (where the silent-egress fault is injected).
+    pub wire_a: String,
+    /// Pass-through XDP programs on the veth ends that receive XDP_TX frames.
+    _pass: Vec<aya::Ebpf>,
     // Declared last so they are dropped last, after the socket above.
     pub generator: Netns,
     pub a: Netns,
@@ -94,13 +118,49 @@ pub fn drop_counters(ns: &Netns, ifname: &str) -> Option<(u64, u64)> {
 }
 
 impl Topology {
-    /// Creates the namespaces, links, addresses and routes.
-    pub fn new() -> anyhow::Result<Self> {
+    /// Creates the namespaces, links, addresses, bridge, qdiscs and routes.
+    /// `object` is the heartbeat XDP object (for the pass-through programs).
+    pub fn new(object: &Path) -> anyhow::Result<Self> {
         let generator = Netns::new("hbbench-g").context("creating generator namespace")?;
         let a = Netns::new("hbbench-a").context("creating namespace A")?;
         let b = Netns::new("hbbench-b").context("creating namespace B")?;
-        let link = VethPair::connect(&a, &b, format!("{IP_A}/24"), format!("{IP_B}/24"))
-            .context("creating the A-B link")?;
+        // Answer ARP only on the interface that owns the address, or A's
+        // bridge answers with its own MAC and swallows A's traffic.
+        for key in ["all", "default"] {
+            a.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{key}.arp_ignore=1"),
+            ])?;
+        }
+        let inner = VethPair::connect(&a, &a, format!("{IP_A}/24"), Vec::<String>::new())
+            .context("creating A's inner link")?;
+        let wire = VethPair::connect(&a, &b, Vec::<String>::new(), format!("{IP_B}/24"))
+            .context("creating the A-B wire")?;
+        a.ip(&["link", "add", "br0", "type", "bridge"])?;
+        a.ip(&["link", "set", "br0", "up"])?;
+        a.ip(&["link", "set", &inner.if_b, "master", "br0"])?;
+        a.ip(&["link", "set", &wire.if_a, "master", "br0"])?;
+        for (ns, dev) in [(&a, &inner.if_a), (&a, &wire.if_a), (&b, &wire.if_b)] {
+            ns.exec(&["tc", "qdisc", "replace", "dev", dev, "root", "pfifo_fast"])?;
+        }
+        let object =
+            std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+        let mut pass = Vec::new();
+        for dev in [inner.if_b.clone(), wire.if_a.clone()] {
+            let object = &object;
+            pass.push(in_netns(a.name(), move || {
+                let mut ebpf = aya::Ebpf::load(object).context("loading the XDP object")?;
+                let prog: &mut aya::programs::Xdp = ebpf
+                    .program_mut("heartbeat")
+                    .context("no heartbeat program")?
+                    .try_into()?;
+                prog.load()?;
+                prog.attach(&dev, aya::programs::XdpMode::Driver)
+                    .with_context(|| format!("attaching the pass-through program to {dev}"))?;
+                Ok(ebpf)
+            })?);
+        }
         VethPair::connect(
             &generator,
             &a,
@@ -112,13 +172,37 @@ impl Topology {
         b.ip(&["route", "add", "10.200.11.0/24", "via", &IP_A.to_string()])?;
         a.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         let ctl_a = in_netns(a.name(), udp_socket)?;
-        Ok(Topology {
+        // The bench's view of "the link": A's heartbeat interface and B's.
+        let link = Link {
+            if_a: inner.if_a.clone(),
+            if_b: wire.if_b.clone(),
+        };
+        let topo = Topology {
             ctl_a,
             link,
+            wire_a: wire.if_a.clone(),
+            _pass: pass,
             generator,
             a,
             b,
-        })
+        };
+        topo.wait_reachable()?;
+        Ok(topo)
+    }
+
+    /// New bridge ports forward once the kernel's link watcher has seen
+    /// their carrier (up to a second): wait until A and B reach each other.
+    fn wait_reachable(&self) -> anyhow::Result<()> {
+        for _ in 0..20 {
+            if self
+                .a
+                .exec(&["ping", "-c", "1", "-W", "1", "-i", "0.2", &IP_B.to_string()])
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        bail!("A cannot reach B over the bench link")
     }
 
     /// A's end of the heartbeat link.
