@@ -135,6 +135,23 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         links: sender_links,
     };
     let sender_thread = sender::spawn(sender_cfg, status_writer, shared.clone())?;
+    let mut tid = 0;
+    for _ in 0..200 {
+        tid = shared.tid.load(Ordering::Relaxed);
+        if tid != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match fastpath.watch_agent(tid) {
+        Ok(()) => tracing::info!(
+            "kernel watch on the agent attached (exit and stop close the gate at once)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot watch the agent from the kernel; a killed or stopped agent is seen only after agent_timeout"
+        ),
+    }
     fastpath.enable()?;
     shared
         .node_state

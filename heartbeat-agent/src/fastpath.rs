@@ -9,10 +9,10 @@
 use aya::{
     Ebpf,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, RawTracePoint, Xdp, XdpMode},
 };
 use heartbeat_common::{
-    Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, counter, link_slot, names,
+    AgentWatch, Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, counter, link_slot, names,
 };
 use thiserror::Error;
 
@@ -81,6 +81,7 @@ pub struct FastPath {
     keys: Array<MapData, KeySlot>,
     links: Array<MapData, LinkState>,
     counters: PerCpuArray<MapData, u64>,
+    agent: Array<MapData, AgentWatch>,
     params: FastPathParams,
 }
 
@@ -150,6 +151,7 @@ impl FastPath {
         let links: Array<MapData, LinkState> = take(&mut ebpf, names::LINKS)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, names::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        let agent: Array<MapData, AgentWatch> = take(&mut ebpf, names::AGENT)?;
 
         for &(id, links) in &params.peers {
             peers
@@ -172,6 +174,7 @@ impl FastPath {
             keys,
             links,
             counters,
+            agent,
             params,
         };
         fp.set_keys(&fp.params.keys.clone())?;
@@ -216,6 +219,37 @@ impl FastPath {
             .map_err(map_err(names::KEYS))?;
         self.params.keys = keys.clone();
         Ok(())
+    }
+
+    /// Attaches the tracepoints that tell the XDP program the moment the
+    /// agent's sender thread (`sender_tid`) or main thread exits, or the
+    /// agent is stopped. Without them (no tracefs, old kernel) the
+    /// dead-man stamp alone closes the gate, after `agent_timeout`.
+    pub fn watch_agent(&mut self, sender_tid: u32) -> Result<(), FastPathError> {
+        for (name, event) in [
+            (names::AGENT_EXIT, "sched_process_exit"),
+            (names::AGENT_STOP, "signal_deliver"),
+        ] {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(FastPathError::Missing(name))?
+                .try_into()
+                .map_err(FastPathError::Program)?;
+            prog.load().map_err(FastPathError::Program)?;
+            prog.attach(event).map_err(FastPathError::Program)?;
+        }
+        let watch = AgentWatch {
+            tgid: std::process::id(),
+            sender_tid,
+            ..AgentWatch::default()
+        };
+        self.agent.set(0, watch, 0).map_err(map_err(names::AGENT))
+    }
+
+    /// What the kernel's agent watch has seen (halts, last halt time).
+    pub fn agent_watch(&self) -> Option<AgentWatch> {
+        self.agent.get(&0, 0).ok()
     }
 
     /// Lets the program act on heartbeats.

@@ -112,6 +112,8 @@ pub struct Shared {
     pub realtime: AtomicU8,
     /// Set while the sender withholds the dead-man stamp (main loop stale).
     pub withholding: AtomicBool,
+    /// The sender thread's kernel thread id (0 until it runs).
+    pub tid: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ impl Shared {
             missed: AtomicU64::new(0),
             realtime: AtomicU8::new(0),
             withholding: AtomicBool::new(false),
+            tid: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -270,6 +273,9 @@ fn run(
     status: &mut StatusWriter,
     shared: &Shared,
 ) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    shared.tid.store(tid as u32, Ordering::Relaxed);
     match set_realtime() {
         Ok(()) => shared.realtime.store(1, Ordering::Relaxed),
         Err(e) => tracing::warn!(

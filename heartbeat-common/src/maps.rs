@@ -26,7 +26,12 @@ pub mod names {
     pub const TIMERS: &str = "TIMERS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const AGENT: &str = "AGENT";
     pub const PROGRAM: &str = "heartbeat";
+    /// Raw tracepoint program on `sched_process_exit`.
+    pub const AGENT_EXIT: &str = "agent_exit";
+    /// Raw tracepoint program on `signal_deliver`.
+    pub const AGENT_STOP: &str = "agent_stop";
 }
 
 /// Index of a (peer, link) pair in the per-link maps, or `None` when either
@@ -85,6 +90,25 @@ pub struct LocalStatus {
     /// One of `wire::node_state`.
     pub node_state: u8,
     pub _pad: [u8; 3],
+}
+
+/// The kernel's watch on the agent process (`AGENT[0]`): the agent writes
+/// its pid and its sender thread's tid once; two tracepoint programs record
+/// the moment the sender (or main) thread exits or the process takes a stop
+/// signal. The XDP program treats the agent as stale from that moment until
+/// the sender writes a newer liveness stamp, so a killed or stopped agent
+/// stops being answered for at once instead of after `agent_timeout`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentWatch {
+    /// CLOCK_MONOTONIC ns of the last exit or stop seen (0: never).
+    pub halted_at_ns: u64,
+    /// How many exits and stops were seen.
+    pub halts: u64,
+    /// The agent's process id (0: not watched).
+    pub tgid: u32,
+    /// The sender thread's id.
+    pub sender_tid: u32,
 }
 
 /// A configured peer (`PEERS[node_id]`).
@@ -282,6 +306,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for PeerConf {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for AgentWatch {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for LinkState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
@@ -298,6 +324,7 @@ mod tests {
         assert_eq!(size_of::<KeySlot>(), 24);
         assert_eq!(size_of::<LocalStatus>(), 24);
         assert_eq!(size_of::<PeerConf>(), 8);
+        assert_eq!(size_of::<AgentWatch>(), 24);
         assert_eq!(size_of::<Event>(), 24);
         assert_eq!(size_of::<LinkState>(), 17 * 8 + 8 + RTT_BUCKETS * 8);
     }

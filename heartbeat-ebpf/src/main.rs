@@ -22,6 +22,7 @@
 mod deadline;
 mod maps;
 mod packet;
+mod watch;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
@@ -38,7 +39,7 @@ use heartbeat_common::{
 
 use crate::{
     deadline::mark_alive,
-    maps::{CONFIG, GATE, KEYS, LINKS, PEERS, STATUS, count, emit},
+    maps::{AGENT, CONFIG, GATE, KEYS, LINKS, PEERS, STATUS, count, emit},
     packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, SEGMENT_LEN, Segment, UdpHdr, VlanTag, at, be16},
 };
 
@@ -253,8 +254,13 @@ fn answer(seg: &mut Segment, key: SipKey, now: u64) -> Result<(), Reject> {
     let status = STATUS.get(0).ok_or(stale)?;
     let gate = GATE.get_ptr_mut(0).ok_or(stale)?;
     // A stamp ahead of `now` (written between our clock read and this
-    // check) counts as fresh.
-    if now.saturating_sub(status.agent_stamp_ns) > cfg.agent_timeout_ns {
+    // check) counts as fresh. The agent is also stale from the moment the
+    // kernel saw it exit or stop (watch.rs) until its sender writes a newer
+    // stamp.
+    let halted_at = AGENT.get(0).map(|w| w.halted_at_ns).unwrap_or(0);
+    if now.saturating_sub(status.agent_stamp_ns) > cfg.agent_timeout_ns
+        || (halted_at != 0 && halted_at >= status.agent_stamp_ns)
+    {
         // SAFETY: `gate` is a live GATE value returned by the map lookup.
         // Two CPUs closing the gate at the same instant may both see it open
         // and write two events; the agent treats them as one.

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use heartbeat_common::{
-    Config, EVENT_RING_BYTES, Event, KeySlot, LINK_SLOTS, LinkState, LocalStatus, MAX_NODES,
-    PeerConf, counter,
+    AgentWatch, Config, EVENT_RING_BYTES, Event, KeySlot, LINK_SLOTS, LinkState, LocalStatus,
+    MAX_NODES, PeerConf, counter,
 };
 
 /// A deadline timer of one (peer, link) slot (`TIMERS[link_slot]`).
@@ -49,6 +49,9 @@ pub static LINKS: Array<LinkState, { LINK_SLOTS as usize }> = Array::new();
 
 #[btf_map]
 pub static TIMERS: Array<TimerSlot, { LINK_SLOTS as usize }> = Array::new();
+
+#[btf_map]
+pub static AGENT: Array<AgentWatch, 1> = Array::new();
 
 #[btf_map]
 pub static GATE: Array<GateState, 1> = Array::new();

@@ -148,6 +148,22 @@ impl Harness {
         m.set(1, next, 0).unwrap();
     }
 
+    fn set_agent_halt(&mut self, halted_at_ns: u64) {
+        let mut m: Array<_, heartbeat_common::AgentWatch> =
+            Array::try_from(self.ebpf.map_mut(names::AGENT).unwrap()).unwrap();
+        m.set(
+            0,
+            heartbeat_common::AgentWatch {
+                halted_at_ns,
+                halts: 1,
+                tgid: 1,
+                sender_tid: 1,
+            },
+            0,
+        )
+        .unwrap();
+    }
+
     fn set_status(&mut self, agent_stamp_ns: u64) {
         let mut m: Array<_, LocalStatus> =
             Array::try_from(self.ebpf.map_mut(names::STATUS).unwrap()).unwrap();
@@ -623,6 +639,35 @@ fn dead_man_gate_drops_requests_while_agent_is_stale() {
     let ev = h.drain_events();
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].kind, event_kind::AGENT_STALE);
+}
+
+#[test]
+fn kernel_seen_halt_closes_the_gate_until_a_newer_stamp() {
+    // agent_timeout is long: only the halt recorded in AGENT can close the gate.
+    let mut h = Harness::with_timeouts(60_000_000_000, 60_000_000_000);
+    let stamp = mono_ns();
+    h.set_status(stamp);
+    answered(&h, V4, None, &request(1, 0, KEY0));
+    h.set_agent_halt(stamp + 1);
+    h.expect_counters(
+        &frame(V4, None, &request(2, 0, KEY0)),
+        XDP_DROP,
+        &[counter::RX_REQUEST, counter::DROP_AGENT_STALE],
+    );
+    // The sender runs again (SIGCONT): a stamp newer than the halt reopens it.
+    h.set_status(mono_ns());
+    answered(&h, V4, None, &request(3, 0, KEY0));
+}
+
+#[test]
+fn agent_watch_tracepoints_load() {
+    let mut ebpf = Ebpf::load(heartbeat_agent::EBPF_OBJECT).expect("load object");
+    for name in [names::AGENT_EXIT, names::AGENT_STOP] {
+        let prog: &mut aya::programs::RawTracePoint =
+            ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("{name} rejected: {e}"));
+    }
 }
 
 #[test]
