@@ -24,6 +24,9 @@ use thiserror::Error;
 
 use crate::{clock, fastpath::StatusWriter};
 
+/// How often the sender drains heartbeats that reached its sockets.
+const DRAIN_EVERY_NS: u64 = 100_000_000;
+
 /// Priority of the sender thread under SCHED_FIFO.
 pub const RT_PRIORITY: i32 = 50;
 /// Upper bounds (ns) of the lateness histogram buckets.
@@ -295,6 +298,7 @@ fn run(
     let mut last_refresh = 0u64;
     let mut next = clock::mono_ns();
     let mut drain = [0u8; 128];
+    let mut last_drain = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         sleep_until_mono(next);
         let woke = clock::mono_ns();
@@ -326,6 +330,7 @@ fn run(
             }
         }
 
+        let drain_due = woke.saturating_sub(last_drain) >= DRAIN_EVERY_NS;
         for (link, sock) in &sockets {
             let stats = shared.link_stats(link.link_id);
             for &(peer, dst) in &link.peers {
@@ -350,12 +355,18 @@ fn run(
                     }
                 }
             }
-            // Heartbeats reach the socket only when XDP is not in the path.
-            while sock.recv(&mut drain).is_ok() {
-                if let Some(s) = stats {
-                    s.userspace_rx.fetch_add(1, Ordering::Relaxed);
+            // Heartbeats reach the socket only when XDP is not in the path;
+            // drain it now and then, not on every tick (a syscall each).
+            if drain_due {
+                while sock.recv(&mut drain).is_ok() {
+                    if let Some(s) = stats {
+                        s.userspace_rx.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
+        }
+        if drain_due {
+            last_drain = woke;
         }
 
         next = next.saturating_add(interval);
