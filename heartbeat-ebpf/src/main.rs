@@ -227,21 +227,25 @@ fn on_request(
         }
         (*ls).last_req_seq = seq;
         (*ls).requests_rx += 1;
+    }
+    heard_from(slot, ls, hdr, cfg.node_timeout_ns, now);
+    count(counter::RX_REQUEST);
+    Ok(())
+}
+
+/// A valid packet (request or reply) came from the peer on this link:
+/// record the time and the status it carries, and push its deadline back.
+#[inline(always)]
+fn heard_from(slot: u32, ls: *mut LinkState, hdr: &Header, node_timeout_ns: u64, now: u64) {
+    // SAFETY: `ls` is the live LINKS value of `slot` from the map lookup;
+    // plain stores of integers (races accepted, see the module doc).
+    unsafe {
         (*ls).last_rx_ns = now;
         (*ls).peer_generation = hdr.generation();
         (*ls).peer_state = hdr.node_state;
         (*ls).peer_packages = hdr.packages();
     }
-    mark_alive(
-        slot,
-        ls,
-        cfg.node_timeout_ns,
-        now,
-        hdr.sender_id(),
-        hdr.link_id,
-    );
-    count(counter::RX_REQUEST);
-    Ok(())
+    mark_alive(slot, ls, node_timeout_ns, now, hdr.sender_id(), hdr.link_id);
 }
 
 /// The dead-man gate and the reply header: fails with `DROP_AGENT_STALE`
@@ -370,19 +374,8 @@ fn on_reply(
             *bucket += 1;
         }
         (*ls).replies_rx += 1;
-        (*ls).last_rx_ns = now;
-        (*ls).peer_generation = hdr.generation();
-        (*ls).peer_state = hdr.node_state;
-        (*ls).peer_packages = hdr.packages();
     }
-    mark_alive(
-        slot,
-        ls,
-        cfg.node_timeout_ns,
-        now,
-        hdr.sender_id(),
-        hdr.link_id,
-    );
+    heard_from(slot, ls, hdr, cfg.node_timeout_ns, now);
     Ok(())
 }
 

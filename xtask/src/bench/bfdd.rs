@@ -13,14 +13,13 @@ use std::{
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::Context as _;
-use heartbeat_tests::{ChildGuard, Signal};
+use heartbeat_tests::ChildGuard;
 
 use super::{
     parse::{self, Obs},
     sniff::Stream,
-    system::{FileTail, Node, System, check_started, kill_guard, up_and_settled},
+    system::{ChildPair, FileTail, Node, System, check_started, up_and_settled},
     topology::{IP_A, IP_B, Topology},
-    wall_ns,
 };
 
 /// Where Debian installs the daemon.
@@ -129,6 +128,24 @@ impl Instance {
     }
 }
 
+impl ChildPair for Bfdd {
+    const WHAT: &'static str = "bfdd";
+
+    fn guard(&mut self, node: Node) -> &mut Option<ChildGuard> {
+        match node {
+            Node::A => &mut self.a.guard,
+            Node::B => &mut self.b.guard,
+        }
+    }
+
+    fn guard_ref(&self, node: Node) -> &Option<ChildGuard> {
+        match node {
+            Node::A => &self.a.guard,
+            Node::B => &self.b.guard,
+        }
+    }
+}
+
 impl System for Bfdd {
     fn label(&self) -> String {
         "FRR bfdd".into()
@@ -154,11 +171,7 @@ impl System for Bfdd {
     }
 
     fn stop(&mut self) {
-        for inst in [&mut self.a, &mut self.b] {
-            if let Some(mut g) = inst.guard.take() {
-                let _ = g.shutdown(Duration::from_secs(2));
-            }
-        }
+        self.shutdown_both(Duration::from_secs(2));
     }
 
     fn poll(&mut self) -> anyhow::Result<()> {
@@ -179,21 +192,15 @@ impl System for Bfdd {
     }
 
     fn stop_a(&mut self) -> anyhow::Result<i64> {
-        let g = self.a.guard.as_mut().context("bfdd A is not running")?;
-        let t = wall_ns();
-        g.signal(Signal::SIGSTOP)?;
-        Ok(t)
+        self.sigstop_a()
     }
 
     fn cont_a(&mut self) -> anyhow::Result<()> {
-        let g = self.a.guard.as_mut().context("bfdd A is not running")?;
-        g.signal(Signal::SIGCONT)?;
-        Ok(())
+        self.sigcont_a()
     }
 
     fn kill_a(&mut self) -> anyhow::Result<i64> {
-        let mut g = self.a.guard.take().context("bfdd A is not running")?;
-        kill_guard(&mut g)
+        self.sigkill_a()
     }
 
     fn restart_a(&mut self, topo: &Topology) -> anyhow::Result<()> {
@@ -201,10 +208,7 @@ impl System for Bfdd {
     }
 
     fn pids(&self) -> Vec<i32> {
-        [&self.a, &self.b]
-            .iter()
-            .filter_map(|i| i.guard.as_ref().map(|g| g.pid() as i32))
-            .collect()
+        self.child_pids()
     }
 }
 

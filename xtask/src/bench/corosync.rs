@@ -16,12 +16,12 @@ use std::{
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::Context as _;
-use heartbeat_tests::{ChildGuard, Signal};
+use heartbeat_tests::ChildGuard;
 
 use super::{
     parse::{self, CorosyncLine, Obs},
     sniff::Stream,
-    system::{FileTail, Node, System, check_started, kill_guard, up_and_settled},
+    system::{ChildPair, FileTail, Node, System, check_started, up_and_settled},
     topology::{IP_A, IP_B, Topology},
     wall_ns,
 };
@@ -138,6 +138,24 @@ impl Instance {
     }
 }
 
+impl ChildPair for Corosync {
+    const WHAT: &'static str = "corosync";
+
+    fn guard(&mut self, node: Node) -> &mut Option<ChildGuard> {
+        match node {
+            Node::A => &mut self.a.guard,
+            Node::B => &mut self.b.guard,
+        }
+    }
+
+    fn guard_ref(&self, node: Node) -> &Option<ChildGuard> {
+        match node {
+            Node::A => &self.a.guard,
+            Node::B => &self.b.guard,
+        }
+    }
+}
+
 impl System for Corosync {
     fn label(&self) -> String {
         "corosync".into()
@@ -166,11 +184,7 @@ impl System for Corosync {
     }
 
     fn stop(&mut self) {
-        for inst in [&mut self.a, &mut self.b] {
-            if let Some(mut g) = inst.guard.take() {
-                let _ = g.shutdown(Duration::from_secs(3));
-            }
-        }
+        self.shutdown_both(Duration::from_secs(3));
     }
 
     fn poll(&mut self) -> anyhow::Result<()> {
@@ -191,21 +205,15 @@ impl System for Corosync {
     }
 
     fn stop_a(&mut self) -> anyhow::Result<i64> {
-        let g = self.a.guard.as_mut().context("corosync A is not running")?;
-        let t = wall_ns();
-        g.signal(Signal::SIGSTOP)?;
-        Ok(t)
+        self.sigstop_a()
     }
 
     fn cont_a(&mut self) -> anyhow::Result<()> {
-        let g = self.a.guard.as_mut().context("corosync A is not running")?;
-        g.signal(Signal::SIGCONT)?;
-        Ok(())
+        self.sigcont_a()
     }
 
     fn kill_a(&mut self) -> anyhow::Result<i64> {
-        let mut g = self.a.guard.take().context("corosync A is not running")?;
-        kill_guard(&mut g)
+        self.sigkill_a()
     }
 
     fn restart_a(&mut self, topo: &Topology) -> anyhow::Result<()> {
@@ -213,10 +221,7 @@ impl System for Corosync {
     }
 
     fn pids(&self) -> Vec<i32> {
-        [&self.a, &self.b]
-            .iter()
-            .filter_map(|i| i.guard.as_ref().map(|g| g.pid() as i32))
-            .collect()
+        self.child_pids()
     }
 
     fn warnings_since(&self, since: i64) -> Vec<String> {

@@ -321,3 +321,60 @@ pub fn check_started(guard: &mut ChildGuard, log: &Path, what: &str) -> anyhow::
     }
     Ok(())
 }
+
+/// The A and B instances of a system that runs one child process per node:
+/// the process-control half of [`System`] that bfdd, corosync and the
+/// heartbeat agent share (keepalived signals its VRRP child instead).
+pub trait ChildPair {
+    /// What the process is called in errors ("bfdd", "agent", ...).
+    const WHAT: &'static str;
+    fn guard(&mut self, node: Node) -> &mut Option<ChildGuard>;
+    fn guard_ref(&self, node: Node) -> &Option<ChildGuard>;
+
+    /// Stops both instances, each given `grace` to exit.
+    fn shutdown_both(&mut self, grace: Duration) {
+        for node in [Node::A, Node::B] {
+            if let Some(mut g) = self.guard(node).take() {
+                let _ = g.shutdown(grace);
+            }
+        }
+    }
+
+    /// SIGSTOP of A; the wall time just before the signal.
+    fn sigstop_a(&mut self) -> anyhow::Result<i64> {
+        let g = self
+            .guard(Node::A)
+            .as_mut()
+            .with_context(|| format!("{} A is not running", Self::WHAT))?;
+        let t = wall_ns();
+        g.signal(Signal::SIGSTOP)?;
+        Ok(t)
+    }
+
+    /// SIGCONT of A.
+    fn sigcont_a(&mut self) -> anyhow::Result<()> {
+        let g = self
+            .guard(Node::A)
+            .as_mut()
+            .with_context(|| format!("{} A is not running", Self::WHAT))?;
+        g.signal(Signal::SIGCONT)?;
+        Ok(())
+    }
+
+    /// SIGKILL of A; the wall time just before the signal.
+    fn sigkill_a(&mut self) -> anyhow::Result<i64> {
+        let mut g = self
+            .guard(Node::A)
+            .take()
+            .with_context(|| format!("{} A is not running", Self::WHAT))?;
+        kill_guard(&mut g)
+    }
+
+    /// Pids of the running instances.
+    fn child_pids(&self) -> Vec<i32> {
+        [Node::A, Node::B]
+            .iter()
+            .filter_map(|&n| self.guard_ref(n).as_ref().map(|g| g.pid() as i32))
+            .collect()
+    }
+}
