@@ -35,6 +35,10 @@ pub enum FastPathError {
     },
     #[error("the eBPF object has no map or program named {0}")]
     Missing(&'static str),
+    #[error(
+        "interface {interface} already has an XDP program attached (is another heartbeat-agent running on it? `ip link show {interface}` shows it)"
+    )]
+    Busy { interface: String },
     #[error("attaching XDP to interface {interface} failed: {source}")]
     Attach {
         interface: String,
@@ -271,6 +275,13 @@ impl FastPath {
                 interface: interface.to_owned(),
                 source: ProgramError::UnknownInterface { name },
             }),
+            Err(ProgramError::SyscallError(e))
+                if matches!(e.io_error.raw_os_error(), Some(libc::EEXIST | libc::EBUSY)) =>
+            {
+                Err(FastPathError::Busy {
+                    interface: interface.to_owned(),
+                })
+            }
             Err(native) => {
                 tracing::warn!(
                     interface,
