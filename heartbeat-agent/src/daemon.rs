@@ -386,6 +386,9 @@ impl Ctx<'_> {
                     replies_rx: st.replies_rx,
                     replies_tx: st.replies_tx,
                     down_events: st.down_events,
+                    max_gap_ms: (st.gap_max_ns != 0).then(|| st.gap_max_ns as f64 / 1e6),
+                    max_gap_at_mono_ns: st.gap_max_at_ns,
+                    gap_hist: st.gap_hist.to_vec(),
                 });
             }
             nodes.push(NodeStatus {

@@ -62,6 +62,16 @@ pub struct LinkStatus {
     pub replies_rx: u64,
     pub replies_tx: u64,
     pub down_events: u64,
+    /// Largest gap between valid packets from the peer (ms) and when it
+    /// ended (CLOCK_MONOTONIC ns).
+    #[serde(default)]
+    pub max_gap_ms: Option<f64>,
+    #[serde(default)]
+    pub max_gap_at_mono_ns: u64,
+    /// Log2 histogram of gaps between valid packets: bucket i counts gaps in
+    /// [2^i, 2^(i+1)) ns.
+    #[serde(default)]
+    pub gap_hist: Vec<u64>,
 }
 
 fn opt_us(v: Option<f64>) -> String {

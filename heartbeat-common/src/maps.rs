@@ -157,6 +157,12 @@ pub struct LinkState {
     pub timer_ready: u8,
     pub _pad: u8,
     pub rtt_hist: [u64; RTT_BUCKETS],
+    /// Largest gap between two valid packets from the peer on this link
+    /// (what the receiving side saw on the wire), and when it ended.
+    pub gap_max_ns: u64,
+    pub gap_max_at_ns: u64,
+    /// Log2 histogram of those gaps (same buckets as `rtt_hist`).
+    pub gap_hist: [u64; RTT_BUCKETS],
 }
 
 impl LinkState {
@@ -184,6 +190,9 @@ impl LinkState {
         timer_ready: 0,
         _pad: 0,
         rtt_hist: [0; RTT_BUCKETS],
+        gap_max_ns: 0,
+        gap_max_at_ns: 0,
+        gap_hist: [0; RTT_BUCKETS],
     };
 }
 
@@ -326,7 +335,10 @@ mod tests {
         assert_eq!(size_of::<PeerConf>(), 8);
         assert_eq!(size_of::<AgentWatch>(), 24);
         assert_eq!(size_of::<Event>(), 24);
-        assert_eq!(size_of::<LinkState>(), 17 * 8 + 8 + RTT_BUCKETS * 8);
+        assert_eq!(
+            size_of::<LinkState>(),
+            17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8
+        );
     }
 
     #[test]

@@ -240,6 +240,17 @@ fn heard_from(slot: u32, ls: *mut LinkState, hdr: &Header, node_timeout_ns: u64,
     // SAFETY: `ls` is the live LINKS value of `slot` from the map lookup;
     // plain stores of integers (races accepted, see the module doc).
     unsafe {
+        let last = (*ls).last_rx_ns;
+        if last != 0 && now > last {
+            let gap = now - last;
+            if gap > (*ls).gap_max_ns {
+                (*ls).gap_max_ns = gap;
+                (*ls).gap_max_at_ns = now;
+            }
+            if let Some(bucket) = (*ls).gap_hist.get_mut(rtt_bucket(gap)) {
+                *bucket += 1;
+            }
+        }
         (*ls).last_rx_ns = now;
         (*ls).peer_generation = hdr.generation();
         (*ls).peer_state = hdr.node_state;

@@ -646,6 +646,8 @@ fn load_ladder(
         taps.tx_a.reset();
         taps.stall.reset();
         let drops0 = topo.link_drops();
+        let rx_gaps0: Vec<Option<system::ReceiverGaps>> =
+            group.iter().map(|s| s.receiver_gaps()).collect();
         let t0 = wall_ns();
         let running = load::start(load, topo, secs, cpus, dir);
         let running = match running {
@@ -678,6 +680,8 @@ fn load_ladder(
             .iter()
             .map(|s| (taps.rx_b.window(s.stream()), taps.tx_a.window(s.stream())))
             .collect();
+        let rx_gaps1: Vec<Option<system::ReceiverGaps>> =
+            group.iter().map(|s| s.receiver_gaps()).collect();
         // Declarations caused by the load can land just after it stops.
         sleep_checked(Duration::from_millis(500))?;
         let mut row = LoadRow {
@@ -710,7 +714,10 @@ fn load_ladder(
                 system: s.label(),
                 down_events: downs.len(),
                 downs,
-                max_gap_rx_ns: (s.stream() != Stream::Heartbeat).then_some(rx.max_gap_ns),
+                max_gap_rx_ns: match (&rx_gaps0[i], &rx_gaps1[i]) {
+                    (Some(before), Some(after)) => after.window_max_ns(before),
+                    _ => (s.stream() != Stream::Heartbeat).then_some(rx.max_gap_ns),
+                },
                 packets_rx: rx.packets,
                 max_gap_tx_ns: Some(tx.max_gap_ns),
                 packets_tx: tx.packets,
@@ -931,7 +938,7 @@ fn execute(plan: &Plan) -> anyhow::Result<Results> {
         "stall = the largest wake-up lateness of a SCHED_FIFO 99 thread sleeping 1 ms at a time during the window: a whole-machine stall (VM descheduled, RT throttling) shows there".into(),
     );
     results.notes.push(
-        "max gap rx is measured on B's interface; heartbeat's XDP program consumes its frames before any tap there, so for heartbeat only the sender-side gap (tx on A) exists".into(),
+        "max gap rx is measured on B's interface by a packet tap; heartbeat's XDP program consumes its frames before any tap there, so for heartbeat it comes from B's XDP program itself (largest gap between valid packets from A, exact when it is the largest seen so far, else the upper bound of its log2 bucket)".into(),
     );
 
     let mut rng = Rng::new();

@@ -18,7 +18,10 @@ use heartbeat_tests::ChildGuard;
 use super::{
     parse::{self, Obs},
     sniff::Stream,
-    system::{ChildPair, FileTail, Node, System, check_started, spawn_logged, up_and_settled},
+    system::{
+        ChildPair, FileTail, Node, ReceiverGaps, System, check_started, spawn_logged,
+        up_and_settled,
+    },
     topology::{IP_A, IP_B, Topology},
     wall_ns,
 };
@@ -245,6 +248,27 @@ impl System for Heartbeat {
 
     fn pids(&self) -> Vec<i32> {
         self.child_pids()
+    }
+
+    fn receiver_gaps(&self) -> Option<ReceiverGaps> {
+        let out = std::process::Command::new(&self.agent)
+            .args(["status", "--json", "--socket"])
+            .arg(file(&self.dir, Node::B, "sock"))
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let link = v["nodes"].as_array()?.iter().find(|n| n["name"] == "a")?["links"]
+            .get(0)?
+            .clone();
+        Some(ReceiverGaps {
+            max_ns: (link["max_gap_ms"].as_f64().unwrap_or(0.0) * 1e6) as i64,
+            max_at_mono_ns: link["max_gap_at_mono_ns"].as_u64().unwrap_or(0),
+            hist: link["gap_hist"]
+                .as_array()?
+                .iter()
+                .map(|x| x.as_u64().unwrap_or(0))
+                .collect(),
+        })
     }
 
     fn warnings_since(&self, since: i64) -> Vec<String> {

@@ -70,6 +70,13 @@ pub trait System {
     fn pids(&self) -> Vec<i32>;
     /// Anything odd it logged that the report should count (e.g. the
     /// agent's `agent_stale`, corosync's "not scheduled"), since `since`.
+    /// The receiving side's own record of gaps between A's heartbeats, for
+    /// systems whose frames no packet tap on B can see (heartbeat's XDP
+    /// program consumes them first). `None`: use the tap.
+    fn receiver_gaps(&self) -> Option<ReceiverGaps> {
+        None
+    }
+
     fn warnings_since(&self, _since: i64) -> Vec<String> {
         Vec::new()
     }
@@ -376,5 +383,61 @@ pub trait ChildPair {
             .iter()
             .filter_map(|&n| self.guard_ref(n).as_ref().map(|g| g.pid() as i32))
             .collect()
+    }
+}
+
+/// B's record of the gaps between valid packets from A (cumulative since
+/// the receiver started).
+#[derive(Clone, Debug, Default)]
+pub struct ReceiverGaps {
+    /// Largest gap so far and the monotonic time it ended.
+    pub max_ns: i64,
+    pub max_at_mono_ns: u64,
+    /// Log2 histogram: bucket i counts gaps in [2^i, 2^(i+1)) ns.
+    pub hist: Vec<u64>,
+}
+
+impl ReceiverGaps {
+    /// The largest gap between `before` and `self` (a later snapshot):
+    /// exact when it set a new record, else the upper bound of the highest
+    /// log2 bucket that grew (at most twice the real gap).
+    pub fn window_max_ns(&self, before: &ReceiverGaps) -> Option<i64> {
+        if self.max_at_mono_ns != before.max_at_mono_ns && self.max_ns > before.max_ns {
+            return Some(self.max_ns);
+        }
+        let grew = (0..self.hist.len())
+            .rev()
+            .find(|&i| self.hist[i] > before.hist.get(i).copied().unwrap_or(0))?;
+        Some(1i64 << (grew + 1).min(62))
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::ReceiverGaps;
+
+    fn snap(max_ns: i64, at: u64, hist: &[(usize, u64)]) -> ReceiverGaps {
+        let mut h = vec![0; 32];
+        for &(i, c) in hist {
+            h[i] = c;
+        }
+        ReceiverGaps {
+            max_ns,
+            max_at_mono_ns: at,
+            hist: h,
+        }
+    }
+
+    #[test]
+    fn window_max_is_exact_on_a_new_record_else_a_bucket_bound() {
+        let before = snap(5_000_000, 10, &[(19, 100), (22, 1)]);
+        // New record during the window: exact.
+        let after = snap(9_000_000, 20, &[(19, 200), (22, 1), (23, 1)]);
+        assert_eq!(after.window_max_ns(&before), Some(9_000_000));
+        // No new record: the highest bucket that grew, as its upper bound.
+        let after = snap(5_000_000, 10, &[(19, 300), (20, 2), (22, 1)]);
+        assert_eq!(after.window_max_ns(&before), Some(1 << 21));
+        // Nothing arrived at all.
+        assert_eq!(before.window_max_ns(&before), None);
     }
 }
