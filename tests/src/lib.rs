@@ -105,6 +105,12 @@ pub enum HarnessError {
         #[source]
         source: io::Error,
     },
+    /// Entering a namespace from a helper thread failed.
+    #[error("entering namespace {netns}: {reason}")]
+    Setns { netns: String, reason: String },
+    /// Loading or attaching the pass-through XDP program failed.
+    #[error("pass-through XDP program on {ifname}: {reason}")]
+    Xdp { ifname: String, reason: String },
 }
 
 /// Result type of this crate.
@@ -864,6 +870,49 @@ pub fn xdp_attached(ns: &Netns, ifname: &str) -> bool {
     ns.ip(&["-d", "link", "show", "dev", ifname])
         .map(|out| String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
         .unwrap_or(false)
+}
+
+/// Runs `f` on a scoped thread that has entered namespace `netns` (the
+/// caller's own threads stay where they are).
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let setns_err = |reason: String| HarnessError::Setns {
+        netns: netns.to_owned(),
+        reason,
+    };
+    let file =
+        File::open(Path::new("/run/netns").join(netns)).map_err(|e| setns_err(e.to_string()))?;
+    thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| setns_err(e.to_string()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(setns_err("the thread panicked".into())))
+    })
+}
+
+/// Attaches the heartbeat XDP program (`object`: its ELF bytes), left
+/// disabled so it passes every frame, to `ifname` in `ns`. A veth end needs
+/// an XDP program of its own to run NAPI and so to receive the frames its
+/// peer sends back with XDP_TX. Dropping the returned handle detaches it.
+pub fn attach_xdp_pass(ns: &Netns, ifname: &str, object: &[u8]) -> Result<aya::Ebpf> {
+    let err = |reason: String| HarnessError::Xdp {
+        ifname: ifname.to_owned(),
+        reason,
+    };
+    in_netns(ns.name(), || {
+        let mut ebpf = aya::Ebpf::load(object).map_err(|e| err(e.to_string()))?;
+        let prog: &mut aya::programs::Xdp = ebpf
+            .program_mut(heartbeat_common::names::PROGRAM)
+            .ok_or_else(|| err("no heartbeat program in the object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+        prog.load().map_err(|e| err(e.to_string()))?;
+        prog.attach(ifname, aya::programs::XdpMode::Driver)
+            .map_err(|e| err(e.to_string()))?;
+        Ok(ebpf)
+    })?
 }
 
 #[cfg(test)]

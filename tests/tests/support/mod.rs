@@ -216,7 +216,14 @@ impl Cluster {
         // disabled, passes everything).
         let mut pass = Vec::new();
         for (i, ifname) in inner_ends {
-            pass.push(attach_pass(&nodes[i].ns, ifname));
+            pass.push(
+                heartbeat_tests::attach_xdp_pass(
+                    &nodes[i].ns,
+                    &ifname,
+                    heartbeat_agent::EBPF_OBJECT,
+                )
+                .expect("pass-through XDP"),
+            );
         }
         // New bridge ports forward only once the kernel's link watcher has
         // seen their carrier (up to a second): wait until every node reaches
@@ -412,30 +419,9 @@ impl Cluster {
     }
 }
 
-/// Attaches the (disabled, hence pass-everything) heartbeat program to
-/// `ifname` in `ns`, so that veth end runs NAPI and receives XDP_TX frames.
-pub fn attach_pass(ns: &Netns, ifname: String) -> aya::Ebpf {
-    in_netns(ns, move || {
-        let mut ebpf = aya::Ebpf::load(heartbeat_agent::EBPF_OBJECT).expect("load");
-        let prog: &mut aya::programs::Xdp =
-            ebpf.program_mut("heartbeat").unwrap().try_into().unwrap();
-        prog.load().expect("load prog");
-        prog.attach(&ifname, aya::programs::XdpMode::Driver)
-            .expect("attach pass");
-        ebpf
-    })
-}
-
 /// Runs `f` on a thread that has entered `ns`'s network namespace.
-pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = fs::File::open(&path).expect("netns file");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    heartbeat_tests::in_netns(ns.name(), f).expect("netns thread")
 }
 
 /// GETs `path` from `addr` inside `ns`; returns the body.

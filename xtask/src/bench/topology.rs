@@ -23,7 +23,6 @@
 //! runs inside and deletes them, also while a panic unwinds.
 
 use std::{
-    fs::File,
     mem,
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -31,7 +30,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use heartbeat_tests::{Netns, VethPair};
+use heartbeat_tests::{Netns, VethPair, attach_xdp_pass, in_netns};
 
 use super::wall_ns;
 
@@ -66,23 +65,6 @@ pub struct Topology {
     pub generator: Netns,
     pub a: Netns,
     pub b: Netns,
-}
-
-/// Runs `f` on a thread that has entered namespace `netns`.
-pub fn in_netns<T: Send>(
-    netns: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send,
-) -> anyhow::Result<T> {
-    let path = Path::new("/run/netns").join(netns);
-    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| bail!("thread in namespace {netns} panicked"))
-    })
 }
 
 fn udp_socket() -> anyhow::Result<OwnedFd> {
@@ -146,21 +128,10 @@ impl Topology {
         }
         let object =
             std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
-        let mut pass = Vec::new();
-        for dev in [inner.if_b.clone(), wire.if_a.clone()] {
-            let object = &object;
-            pass.push(in_netns(a.name(), move || {
-                let mut ebpf = aya::Ebpf::load(object).context("loading the XDP object")?;
-                let prog: &mut aya::programs::Xdp = ebpf
-                    .program_mut("heartbeat")
-                    .context("no heartbeat program")?
-                    .try_into()?;
-                prog.load()?;
-                prog.attach(&dev, aya::programs::XdpMode::Driver)
-                    .with_context(|| format!("attaching the pass-through program to {dev}"))?;
-                Ok(ebpf)
-            })?);
-        }
+        let pass = [&inner.if_b, &wire.if_a]
+            .into_iter()
+            .map(|dev| attach_xdp_pass(&a, dev, &object))
+            .collect::<Result<Vec<_>, _>>()?;
         VethPair::connect(
             &generator,
             &a,
@@ -171,7 +142,7 @@ impl Topology {
         generator.ip(&["route", "add", "default", "via", &IP_A_GEN.to_string()])?;
         b.ip(&["route", "add", "10.200.11.0/24", "via", &IP_A.to_string()])?;
         a.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-        let ctl_a = in_netns(a.name(), udp_socket)?;
+        let ctl_a = in_netns(a.name(), udp_socket)??;
         // The bench's view of "the link": A's heartbeat interface and B's.
         let link = Link {
             if_a: inner.if_a.clone(),
