@@ -134,15 +134,7 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         key: keys.current,
         links: sender_links,
     };
-    let sender_thread = sender::spawn(sender_cfg, status_writer, shared.clone())?;
-    let mut tid = 0;
-    for _ in 0..200 {
-        tid = shared.tid.load(Ordering::Relaxed);
-        if tid != 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let (sender_thread, tid) = sender::spawn(sender_cfg, status_writer, shared.clone())?;
     match fastpath.watch_agent(tid) {
         Ok(()) => tracing::info!(
             "kernel watch on the agent attached (exit and stop close the gate at once)"
@@ -351,7 +343,6 @@ impl Ctx<'_> {
                 let Some(view) = p.links.get(&l.id) else {
                     continue;
                 };
-                let view = Some(view);
                 let st = fp.link_state(n.id, l.id).unwrap_or_default();
                 if st.peer_generation != 0 {
                     generation = Some(st.peer_generation);
@@ -372,10 +363,7 @@ impl Ctx<'_> {
                         LinkRole::Heartbeat => "heartbeat".into(),
                         LinkRole::Stationary => "stationary".into(),
                     },
-                    state: view
-                        .map(|v| v.state.as_str())
-                        .unwrap_or("not_monitored")
-                        .into(),
+                    state: view.state.as_str().into(),
                     rtt_last_us: have_rtt.then(|| us(st.rtt_last_ns)),
                     rtt_avg_us: have_rtt.then(|| us(st.rtt_ewma_ns)),
                     rtt_min_us: have_rtt.then(|| us(st.rtt_min_ns)),

@@ -115,8 +115,6 @@ pub struct Shared {
     pub realtime: AtomicU8,
     /// Set while the sender withholds the dead-man stamp (main loop stale).
     pub withholding: AtomicBool,
-    /// The sender thread's kernel thread id (0 until it runs).
-    pub tid: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -138,7 +136,6 @@ impl Shared {
             missed: AtomicU64::new(0),
             realtime: AtomicU8::new(0),
             withholding: AtomicBool::new(false),
-            tid: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -254,20 +251,28 @@ fn sleep_until_mono(deadline_ns: u64) {
     }
 }
 
-/// Opens every link's socket and starts the sender thread.
+/// Opens every link's socket and starts the sender thread; returns its
+/// handle and its kernel thread id (for the kernel's watch on the agent).
 pub fn spawn(
     cfg: SenderConfig,
     mut status: StatusWriter,
     shared: Arc<Shared>,
-) -> Result<JoinHandle<()>, SenderError> {
+) -> Result<(JoinHandle<()>, u32), SenderError> {
     let mut sockets = Vec::with_capacity(cfg.links.len());
     for link in &cfg.links {
         sockets.push((link.clone(), open_socket(link, cfg.port)?));
     }
-    std::thread::Builder::new()
+    let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name("hb-sender".into())
-        .spawn(move || run(cfg, sockets, &mut status, &shared))
-        .map_err(SenderError::Spawn)
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() } as u32);
+            run(cfg, sockets, &mut status, &shared)
+        })
+        .map_err(SenderError::Spawn)?;
+    let tid = tid_rx.recv().unwrap_or(0);
+    Ok((handle, tid))
 }
 
 fn run(
@@ -276,9 +281,6 @@ fn run(
     status: &mut StatusWriter,
     shared: &Shared,
 ) {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    shared.tid.store(tid as u32, Ordering::Relaxed);
     match set_realtime() {
         Ok(()) => shared.realtime.store(1, Ordering::Relaxed),
         Err(e) => tracing::warn!(
