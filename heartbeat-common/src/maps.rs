@@ -275,8 +275,10 @@ pub mod counter {
     pub const PASS_DISABLED: u32 = 15;
     /// Replies whose echoed timestamp lies in the future.
     pub const DROP_BAD_TIMESTAMP: u32 = 16;
+    /// Membership messages (kind 3) passed up to the agent.
+    pub const PASS_MEMBERSHIP: u32 = 17;
     /// Number of counters in use.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Size of the counters array (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
 
@@ -299,6 +301,7 @@ pub mod counter {
         (TIMER_EXPIRED, "timer", "expired"),
         (PASS_DISABLED, "pass", "disabled"),
         (DROP_BAD_TIMESTAMP, "drop", "bad_timestamp"),
+        (PASS_MEMBERSHIP, "pass", "membership"),
     ];
 }
 

@@ -17,6 +17,14 @@ pub const HEADER_LEN: usize = 64;
 pub const MAC_OFFSET: usize = 56;
 /// Default UDP port.
 pub const DEFAULT_PORT: u16 = 6405;
+/// Kind byte of a membership message. Membership messages share the
+/// heartbeats' port and their first [`PREFIX_LEN`] bytes (magic, version,
+/// kind) but have a layout and length of their own (defined by the agent's
+/// `cluster::wire`); the XDP program passes them up to the agent untouched
+/// and never answers them.
+pub const KIND_MEMBERSHIP: u8 = 3;
+/// Bytes every datagram on the heartbeat port starts with: magic, version, kind.
+pub const PREFIX_LEN: usize = 6;
 
 /// What a heartbeat asks for.
 #[repr(u8)]

@@ -31,10 +31,11 @@ use heartbeat_common::{
     Config, Header, Kind, LinkState, checksum, counter, event_kind,
     frame::{
         ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_LEN,
-        IPV6_LEN, VLAN_LEN,
+        IPV6_LEN, UDP_LEN, VLAN_LEN,
     },
     link_slot, rtt_bucket,
     siphash::SipKey,
+    wire::{KIND_MEMBERSHIP, MAGIC, PREFIX_LEN, VERSION},
 };
 
 use crate::{
@@ -138,6 +139,14 @@ fn try_heartbeat(ctx: &XdpContext) -> Result<u32, Reject> {
     }
     if cfg.enabled == 0 {
         return Err(Reject::Pass(counter::PASS_DISABLED));
+    }
+
+    // --- Membership messages (their own kind and length) go to the agent ---
+    let prefix: *const [u8; PREFIX_LEN] = at(ctx, udp_off + UDP_LEN).ok_or(MALFORMED)?;
+    // SAFETY: `at` checked that the prefix lies inside the packet.
+    let prefix = unsafe { *prefix };
+    if prefix[..4] == MAGIC && prefix[4] == VERSION && prefix[5] == KIND_MEMBERSHIP {
+        return Err(Reject::Pass(counter::PASS_MEMBERSHIP));
     }
 
     // --- A datagram to our port: it must be exactly one well-formed header ---

@@ -432,7 +432,7 @@ fn rejected_heartbeats_are_dropped_and_counted() {
     r.seal(KEY0);
     h.expect(&frame(V4, None, &r), XDP_DROP, counter::DROP_NOT_FOR_US);
     // Bad magic, version, kind.
-    for (at, v) in [(0usize, b'X'), (4, 2), (5, 0), (5, 3)] {
+    for (at, v) in [(0usize, b'X'), (4, 2), (5, 0), (5, 4)] {
         let mut b = *request(1, 0, KEY0).as_bytes();
         b[at] = v;
         h.expect(
@@ -550,6 +550,27 @@ fn other_traffic_passes_untouched() {
     pass(&arp);
     // A bare Ethernet header.
     pass(&arp[..ETH_LEN]);
+}
+
+#[test]
+fn membership_messages_are_passed_up_untouched() {
+    let h = Harness::new();
+    // Any length: the agent authenticates and decodes membership messages.
+    for len in [heartbeat_common::PREFIX_LEN, 40, 100] {
+        let mut payload = vec![0x5au8; len];
+        payload[..4].copy_from_slice(&heartbeat_common::MAGIC);
+        payload[4] = heartbeat_common::VERSION;
+        payload[5] = heartbeat_common::KIND_MEMBERSHIP;
+        let f = frame_with(V4, None, PORT, &payload);
+        let out = h.expect(&f, XDP_PASS, counter::PASS_MEMBERSHIP);
+        assert_eq!(out, f, "len {len}");
+    }
+    // A heartbeat-sized datagram with kind 3 is a membership message too,
+    // never answered as a request.
+    let mut req = request(1, 0, KEY0);
+    req.kind = heartbeat_common::KIND_MEMBERSHIP;
+    let f = frame(V4, None, &req);
+    h.expect(&f, XDP_PASS, counter::PASS_MEMBERSHIP);
 }
 
 #[test]
