@@ -1,141 +1,150 @@
-//! The daemon: wires configuration, the XDP fast path, the sender thread,
-//! membership, the journal, the control socket and metrics together, and
-//! runs the main loop until SIGINT/SIGTERM.
+//! The daemon's supervisor: builds a [`Plan`] from the configuration,
+//! starts one task per subsystem, and stops them in order.
 //!
-//! Data flows one way: kernel events and map reads come in, membership
-//! decides, the journal/status/metrics report.
+//! Subsystems, each the single owner of its state (after tokio-rs/mini-redis:
+//! a task per job, shutdown by a broadcast — here a `CancellationToken` —
+//! and a `TaskTracker` to wait for every task):
+//! - fast path (`fastpath::run`): the loaded XDP program, its maps and
+//!   attachments; kernel events in, transport events and map snapshots out;
+//! - sender (`sender`): the real-time thread sending requests and
+//!   refreshing the dead-man stamp; commands in over a channel;
+//! - transport (`transport::receive`): what reaches the links' sockets;
+//! - cluster (`cluster::run`): reachability and membership;
+//! - journal (`journal`): the event history, followers and the file;
+//! - control (`control::serve`) and metrics (`metrics::serve`): operators;
+//! - liveness (here): proves every 100 ms that the runtime still runs its
+//!   tasks; the sender withholds the stamp and its requests when it stops.
+//!
+//! Data flows one way: kernel events and messages in, decisions out;
+//! status and metrics read what the subsystems publish (watch channels and
+//! atomics) and never wait for them.
+//!
+//! Startup checks everything that can fail without side effects (config,
+//! key file, control socket path, metrics port, link sockets) before XDP is
+//! attached, and every error path undoes what was done (guards).
+//! Shutdown: the node announces it is halting, the tasks stop, the sender
+//! thread stops, and XDP is detached last.
 
 use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::Path,
-    sync::{Arc, Mutex, atomic::Ordering},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use heartbeat_common::{counter, node_state};
+use heartbeat_common::node_state;
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     EBPF_OBJECT, clock,
-    config::{ClusterConfig, LinkRole, NodeConfig},
-    control::{self, Call, Reply, Request},
-    fastpath::{self, AttachMode, FastPath, FastPathParams},
-    journal::{Entry, Journal},
-    keyfile,
-    membership::{Membership, State},
-    metrics::{self, LinkRow, NodeRow, Snapshot},
+    cluster::{self, ClusterView},
+    config::ClusterConfig,
+    control::{self, Call, Request},
+    fastpath::{self, FastPath, FastPathParams, FastSnapshot},
+    journal::{self, EventKind, JournalHandle},
+    keyfile, metrics,
+    plan::{LinkPlan, Plan},
     sender::{self, SenderConfig, SenderLink, Shared},
-    status::{AgentStatus, LinkStatus, NodeStatus, StatusReport},
+    status::Sources,
+    transport::{self, LinkSocket, RxStats},
 };
 
-/// How often the main loop checks in and refreshes its snapshot.
-const POLL: Duration = Duration::from_millis(100);
+pub use crate::plan::expand_node;
 
-/// Heartbeat links of `local` shared with `peer`: (link id, local link, peer address).
-fn shared_links<'a>(
-    local: &'a NodeConfig,
-    peer: &'a NodeConfig,
-) -> impl Iterator<Item = (u8, &'a crate::config::LinkConfig, std::net::IpAddr)> + 'a {
-    local
-        .links
+/// How often the liveness task checks in for the sender.
+const LIVENESS_EVERY: Duration = Duration::from_millis(100);
+
+/// The sender's links: each planned link with its socket.
+fn sender_links(links: &[LinkPlan], sockets: &[LinkSocket]) -> Vec<SenderLink> {
+    links
         .iter()
-        .filter(|l| l.role == LinkRole::Heartbeat)
-        .filter_map(move |l| {
-            peer.links
-                .iter()
-                .find(|p| p.id == l.id && p.role == LinkRole::Heartbeat)
-                .map(|p| (l.id, l, p.address))
+        .filter_map(|l| {
+            let s = sockets.iter().find(|s| s.link_id == l.link_id)?;
+            Some(SenderLink {
+                link_id: l.link_id,
+                interface: l.interface.clone(),
+                local: l.local,
+                peers: l.peers.clone(),
+                socket: s.socket.clone(),
+            })
         })
+        .collect()
 }
 
-/// Replaces `{node}` in a configured path with the local node's name, so one
-/// cluster file serves several nodes on one machine (tests, the demo).
-pub fn expand_node(path: &Path, node: &str) -> std::path::PathBuf {
-    match path.to_str() {
-        Some(s) if s.contains("{node}") => s.replace("{node}", node).into(),
-        _ => path.to_owned(),
+fn fastpath_params(plan: &Plan) -> FastPathParams {
+    let c = &plan.config.cluster;
+    FastPathParams {
+        cluster_id: c.id,
+        local_node: plan.local.id,
+        port: c.port,
+        node_timeout_ns: c.node_timeout.as_nanos() as u64,
+        agent_timeout_ns: c.agent_timeout.as_nanos() as u64,
+        keys: plan.keys.clone(),
+        peers: plan.peers.iter().map(|p| (p.id, p.link_bitmap())).collect(),
     }
+}
+
+/// Reads and checks the configuration and key file of `node`.
+fn load_plan(config_path: &Path, node: Option<&str>) -> Result<Plan> {
+    let cfg = ClusterConfig::load(config_path)?;
+    let local = cfg.local_node(node)?.clone();
+    cfg.check_system(&local)?;
+    let keys = keyfile::read(&cfg.cluster.key_file)?;
+    Ok(Plan::new(cfg, &local, keys))
 }
 
 /// Runs the agent for `config_path` as node `node` (or the hostname).
 pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
-    let mut cfg = ClusterConfig::load(config_path)?;
-    let local = cfg.local_node(node)?.clone();
-    cfg.control.socket = expand_node(&cfg.control.socket, &local.name);
-    cfg.cluster.events_file = cfg
-        .cluster
-        .events_file
-        .as_deref()
-        .map(|p| expand_node(p, &local.name));
-    cfg.check_system(&local)?;
-    let keys = keyfile::read(&cfg.cluster.key_file)?;
-    let c = &cfg.cluster;
+    let plan = Arc::new(load_plan(config_path, node)?);
+    let c = plan.config.cluster.clone();
 
-    let peers: Vec<&NodeConfig> = cfg.nodes.iter().filter(|n| n.id != local.id).collect();
-    let mut peer_params = Vec::new();
-    let mut member_peers = Vec::new();
-    for p in &peers {
-        let ids: Vec<u8> = shared_links(&local, p).map(|(id, _, _)| id).collect();
-        let bitmap = ids.iter().fold(0u32, |b, &l| b | (1 << l));
-        peer_params.push((p.id, bitmap));
-        member_peers.push((p.id, p.name.clone(), ids));
-    }
-    let params = FastPathParams {
-        cluster_id: c.id,
-        local_node: local.id,
-        port: c.port,
-        node_timeout_ns: c.node_timeout.as_nanos() as u64,
-        agent_timeout_ns: c.agent_timeout.as_nanos() as u64,
-        keys: keys.clone(),
-        peers: peer_params,
+    // Everything that can fail without side effects, before XDP.
+    let bound = control::bind(&plan.config.control.socket).await?;
+    let metrics_listener = match &plan.config.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("[metrics] listen = {}", m.listen))?,
+        ),
+        None => None,
     };
-    let (mut fastpath, status_writer, ring) = FastPath::load(EBPF_OBJECT, params)?;
+    let sockets = transport::open(&plan.links, c.port)?;
 
-    let mut attached: Vec<(String, AttachMode)> = Vec::new();
-    for l in local.links.iter().filter(|l| l.role == LinkRole::Heartbeat) {
-        if attached.iter().any(|(i, _)| *i == l.interface) {
-            continue;
-        }
-        let mode = fastpath.attach(&l.interface)?;
-        tracing::info!(interface = %l.interface, mode = mode.as_str(), "XDP attached");
-        attached.push((l.interface.clone(), mode));
+    let (mut fp, status_writer, ring) = FastPath::load(EBPF_OBJECT, fastpath_params(&plan))?;
+    for iface in &plan.interfaces {
+        let mode = fp.attach(iface)?;
+        tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
     }
 
-    let mut sender_links: Vec<SenderLink> = Vec::new();
-    for l in local.links.iter().filter(|l| l.role == LinkRole::Heartbeat) {
-        let mut dsts = Vec::new();
-        for p in &peers {
-            if let Some((_, _, addr)) = shared_links(&local, p).find(|(id, _, _)| *id == l.id) {
-                dsts.push((p.id, SocketAddr::new(addr, c.port)));
-            }
-        }
-        sender_links.push(SenderLink {
-            link_id: l.id,
-            interface: l.interface.clone(),
-            local: l.address,
-            peers: dsts,
-        });
-    }
     let generation = clock::unix_secs() as u32;
-    let link_ids: Vec<u8> = sender_links.iter().map(|l| l.link_id).collect();
+    let link_ids: Vec<u8> = plan.links.iter().map(|l| l.link_id).collect();
     let shared = Arc::new(Shared::new(generation, &link_ids));
-    let sender_cfg = SenderConfig {
-        cluster_id: c.id,
-        local_node: local.id,
-        port: c.port,
-        interval: c.heartbeat_interval,
-        agent_timeout: c.agent_timeout,
-        key: keys.current,
-        links: sender_links,
+    let sender = sender::spawn(
+        SenderConfig {
+            cluster_id: c.id,
+            local_node: plan.local.id,
+            port: c.port,
+            interval: c.heartbeat_interval,
+            agent_timeout: c.agent_timeout,
+            key: plan.keys.current,
+            links: sender_links(&plan.links, &sockets),
+        },
+        status_writer,
+        shared.clone(),
+    )?;
+    // From here on the sender thread runs: stop it on every path out.
+    let stop_sender = StopSender {
+        shared: shared.clone(),
+        thread: Some(sender.thread),
     };
-    let (sender_thread, tid) = sender::spawn(sender_cfg, status_writer, shared.clone())?;
-    match fastpath.watch_agent(tid) {
+    match fp.watch_agent(sender.tid) {
         Ok(()) => tracing::info!(
             "kernel watch on the agent attached (exit and stop close the gate at once)"
         ),
@@ -144,48 +153,101 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
             "cannot watch the agent from the kernel; a killed or stopped agent is seen only after agent_timeout"
         ),
     }
-    fastpath.enable()?;
+    fp.enable()?;
     shared
         .node_state
         .store(node_state::RUNNING, Ordering::Relaxed);
 
-    let mut journal = Journal::open(c.events_file.as_deref())
-        .with_context(|| format!("events_file {:?}", c.events_file))?;
-    let mut membership = Membership::new(&local.name, &member_peers);
-
+    // The tasks.
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let journal = journal::start(c.events_file.clone(), &tracker, cancel.clone());
+    let (plan_tx, plan_rx) = watch::channel(plan.clone());
+    let (fast_tx, fast_rx) = watch::channel(FastSnapshot::default());
+    let (view_tx, view_rx) = watch::channel(ClusterView::default());
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let (fast_cmd_tx, fast_cmd_rx) = mpsc::channel(16);
+    let (cluster_cmd_tx, cluster_cmd_rx) = mpsc::channel(16);
+    let (dgram_tx, dgram_rx) = mpsc::channel(1024);
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
-    let listener = control::bind(&cfg.control.socket).await?;
-    let control_task = tokio::spawn(control::serve(listener, calls_tx));
+    let rx_stats = Arc::new(RxStats::default());
+    let refused = Arc::new(AtomicU64::new(0));
 
-    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-    let metrics_task = match &cfg.metrics {
-        Some(m) => {
-            let listener = tokio::net::TcpListener::bind(m.listen)
-                .await
-                .with_context(|| format!("[metrics] listen = {}", m.listen))?;
-            let registry = Arc::new(metrics::registry(
-                snapshot.clone(),
-                shared.clone(),
-                &local.name,
-            ));
-            tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
-            Some(tokio::spawn(metrics::serve(listener, registry)))
-        }
-        None => None,
+    let attached = fp
+        .attached()
+        .iter()
+        .map(|(i, m)| format!("{i}:{}", m.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let fast_task = tracker.spawn(fastpath::run(
+        fp,
+        ring,
+        events_tx,
+        fast_tx,
+        fast_cmd_rx,
+        cancel.clone(),
+    ));
+    tracker.spawn(cluster::run(
+        plan.clone(),
+        journal.clone(),
+        cluster::Channels {
+            events: events_rx,
+            commands: cluster_cmd_rx,
+            messages: dgram_rx,
+            view: view_tx,
+            sockets: sockets.clone(),
+        },
+        cancel.clone(),
+    ));
+    tracker.spawn(transport::receive(
+        sockets.clone(),
+        dgram_tx,
+        rx_stats.clone(),
+        shared.clone(),
+        cancel.clone(),
+    ));
+    let sources = Sources {
+        plan: plan_rx,
+        fast: fast_rx,
+        cluster: view_rx,
+        sender: shared.clone(),
+        journal: journal.stats().clone(),
+        rx: rx_stats,
+        refused: refused.clone(),
+        started: Instant::now(),
     };
+    tracker.spawn(control::serve(
+        bound,
+        control::Context {
+            sources: sources.clone(),
+            journal: journal.clone(),
+            calls: calls_tx,
+            refused: refused.clone(),
+        },
+        cancel.clone(),
+    ));
+    if let (Some(listener), Some(m)) = (metrics_listener, &plan.config.metrics) {
+        let registry = Arc::new(metrics::registry(sources.clone(), &plan.local.name));
+        tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
+        tracker.spawn(metrics::serve(
+            listener,
+            registry,
+            refused.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracker.spawn(liveness(shared.clone(), cancel.clone()));
 
-    let mut start = Entry::new("agent_started", &local.name, "start", clock::mono_ns());
-    start.cause = format!(
-        "xdp {}",
-        attached
-            .iter()
-            .map(|(i, m)| format!("{i}:{}", m.as_str()))
-            .collect::<Vec<_>>()
-            .join(",")
+    let mut start = journal::entry(
+        EventKind::AgentStarted,
+        &plan.local.name,
+        "start",
+        clock::mono_ns(),
     );
-    journal.record(&start);
+    start.detail = Some(format!("xdp {attached}"));
+    journal.record(start);
     tracing::info!(
-        node = %local.name,
+        node = %plan.local.name,
         cluster = %c.name,
         interval = ?c.heartbeat_interval,
         node_timeout = ?c.node_timeout,
@@ -193,53 +255,41 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         "heartbeat agent running"
     );
 
-    // SAFETY: the RingBuf owns its map fd and is neither closed nor replaced
-    // while the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register(ring.ring) }.context("event ring buffer")?;
+    let mut sup = Supervisor {
+        config_path: config_path.to_owned(),
+        node: node.map(str::to_owned),
+        plan,
+        plan_tx,
+        journal: journal.clone(),
+        fast: fast_cmd_tx,
+        sender: sender.commands,
+        cluster: cluster_cmd_tx.clone(),
+        sockets,
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(POLL);
-    let started = Instant::now();
-    let mut event_counts: BTreeMap<String, u64> = BTreeMap::new();
-    let ctx = Ctx {
-        cfg: &cfg,
-        local: &local,
-        attached: &attached,
-        shared: &shared,
-        started,
-    };
-
+    let mut sighup = signal(SignalKind::hangup())?;
     let cause = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("event ring buffer")?;
-                while let Some(ev) = fastpath::next_event(guard.get_inner_mut()) {
-                    for e in membership.apply(&ev) {
-                        *event_counts.entry(e.event.clone()).or_default() += 1;
-                        journal.record(&e);
-                    }
-                }
-                guard.clear_ready();
-            }
-            Some(call) = calls_rx.recv() => {
-                let reply = match call.request {
-                    Request::Status => Reply::Status(Box::new(ctx.report(&fastpath, &membership))),
-                    Request::Events { follow } => Reply::Events {
-                        history: journal.history().cloned().collect(),
-                        follow: follow.then(|| journal.subscribe()),
-                    },
-                };
-                let _ = call.reply.send(reply);
-            }
-            _ = tick.tick() => {
-                shared.main_alive_ns.store(clock::mono_ns(), Ordering::Relaxed);
-                let snap = ctx.snapshot(&fastpath, &membership, &event_counts);
-                if let Ok(mut s) = snapshot.lock() {
-                    *s = snap;
-                }
-            }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration and reopening the journal");
+                let _ = sup.reload("SIGHUP");
+            }
+            Some(call) = calls_rx.recv() => match call.request {
+                Request::Reload {} => {
+                    let r = sup.reload("control");
+                    let _ = call.reply.send(r);
+                }
+                _ => {
+                    if let Err(mpsc::error::SendError(cluster::Command::Control(call))) =
+                        cluster_cmd_tx.send(cluster::Command::Control(call)).await
+                    {
+                        let _ = call.reply.send(Err("agent is shutting down".into()));
+                    }
+                }
+            },
         }
     };
 
@@ -247,178 +297,127 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     shared
         .node_state
         .store(node_state::HALTING, Ordering::Relaxed);
-    journal.record(&Entry::new(
-        "agent_stopping",
-        &local.name,
+    journal.record(journal::entry(
+        EventKind::AgentStopping,
+        &sup.plan.local.name,
         cause,
         clock::mono_ns(),
     ));
-    shared.stop.store(true, Ordering::Relaxed);
-    control_task.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
-    let _ = sender_thread.join();
-    drop(fastpath);
-    let _ = std::fs::remove_file(&cfg.control.socket);
+    cancel.cancel();
+    tracker.close();
+    let fp = fast_task.await.ok();
+    tracker.wait().await;
+    drop(stop_sender);
+    // XDP is detached last, when the fast path is dropped.
+    drop(fp);
     Ok(())
 }
 
-struct Ctx<'a> {
-    cfg: &'a ClusterConfig,
-    local: &'a NodeConfig,
-    attached: &'a [(String, AttachMode)],
-    shared: &'a Shared,
-    started: Instant,
+/// Stops and joins the sender thread when dropped (also on error paths).
+struct StopSender {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn us(ns: u64) -> f64 {
-    ns as f64 / 1000.0
-}
-
-impl Ctx<'_> {
-    fn snapshot(&self, fp: &FastPath, m: &Membership, events: &BTreeMap<String, u64>) -> Snapshot {
-        let mut links = Vec::new();
-        let mut nodes = Vec::new();
-        for p in m.peers() {
-            let mut state_byte = 0;
-            let mut generation = 0;
-            for (&l, view) in &p.links {
-                let st = fp.link_state(p.id, l).unwrap_or_default();
-                state_byte = st.peer_state.max(state_byte);
-                generation = generation.max(st.peer_generation);
-                let stats = self
-                    .shared
-                    .links
-                    .iter()
-                    .find(|(id, _)| *id == l)
-                    .map(|(_, s)| s);
-                links.push(LinkRow {
-                    peer: p.name.clone(),
-                    link: l,
-                    up: view.state == State::Up,
-                    state: st,
-                    sent: stats.map(|s| s.sent.load(Ordering::Relaxed)).unwrap_or(0),
-                    send_errors: stats.map(|s| s.errors.load(Ordering::Relaxed)).unwrap_or(0),
-                });
-            }
-            nodes.push(NodeRow {
-                name: p.name.clone(),
-                up: p.state == State::Up,
-                agent_state: state_byte,
-                generation,
-            });
-        }
-        Snapshot {
-            links,
-            nodes,
-            counters: metrics::counter_rows(&fp.counters()),
-            events: events.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            uptime_s: self.started.elapsed().as_secs_f64(),
+impl Drop for StopSender {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
+}
 
-    fn report(&self, fp: &FastPath, m: &Membership) -> StatusReport {
-        let c = &self.cfg.cluster;
-        let now = clock::mono_ns();
-        let mut nodes = Vec::new();
-        for n in &self.cfg.nodes {
-            if n.id == self.local.id {
-                nodes.push(NodeStatus {
-                    id: n.id,
-                    name: n.name.clone(),
-                    local: true,
-                    state: "up".into(),
-                    since_s: Some(self.started.elapsed().as_secs_f64()),
-                    peer_generation: Some(self.shared.generation),
-                    links: Vec::new(),
-                });
-                continue;
-            }
-            let Some(p) = m.peer(n.id) else { continue };
-            let mut links = Vec::new();
-            let mut generation = None;
-            for l in &n.links {
-                // Only the networks this node shares with the peer.
-                let Some(view) = p.links.get(&l.id) else {
-                    continue;
-                };
-                let st = fp.link_state(n.id, l.id).unwrap_or_default();
-                if st.peer_generation != 0 {
-                    generation = Some(st.peer_generation);
-                }
-                let local_if = self
-                    .local
-                    .links
-                    .iter()
-                    .find(|x| x.id == l.id)
-                    .map(|x| x.interface.clone())
-                    .unwrap_or_else(|| "-".into());
-                let have_rtt = st.rtt_count > 0;
-                links.push(LinkStatus {
-                    id: l.id,
-                    interface: local_if,
-                    address: l.address.to_string(),
-                    role: match l.role {
-                        LinkRole::Heartbeat => "heartbeat".into(),
-                        LinkRole::Stationary => "stationary".into(),
-                    },
-                    state: view.state.as_str().into(),
-                    rtt_last_us: have_rtt.then(|| us(st.rtt_last_ns)),
-                    rtt_avg_us: have_rtt.then(|| us(st.rtt_ewma_ns)),
-                    rtt_min_us: have_rtt.then(|| us(st.rtt_min_ns)),
-                    rtt_max_us: have_rtt.then(|| us(st.rtt_max_ns)),
-                    last_seen_ago_ms: (st.last_rx_ns != 0)
-                        .then(|| now.saturating_sub(st.last_rx_ns) as f64 / 1e6),
-                    requests_rx: st.requests_rx,
-                    replies_rx: st.replies_rx,
-                    replies_tx: st.replies_tx,
-                    down_events: st.down_events,
-                    max_gap_ms: (st.gap_max_ns != 0).then(|| st.gap_max_ns as f64 / 1e6),
-                    max_gap_at_mono_ns: st.gap_max_at_ns,
-                    gap_hist: st.gap_hist.to_vec(),
-                });
-            }
-            nodes.push(NodeStatus {
-                id: n.id,
-                name: n.name.clone(),
-                local: false,
-                state: p.state.as_str().into(),
-                since_s: (p.since_mono_ns != 0)
-                    .then(|| now.saturating_sub(p.since_mono_ns) as f64 / 1e9),
-                peer_generation: generation,
-                links,
+/// Proves that the runtime still runs its tasks: if any task blocks the
+/// runtime, this stops too, and the sender withholds the stamp.
+async fn liveness(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(LIVENESS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.main_alive_ns.store(clock::mono_ns(), Ordering::Relaxed),
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// What the supervisor needs to apply a reload.
+struct Supervisor {
+    config_path: PathBuf,
+    node: Option<String>,
+    plan: Arc<Plan>,
+    plan_tx: watch::Sender<Arc<Plan>>,
+    journal: JournalHandle,
+    fast: mpsc::Sender<fastpath::Command>,
+    sender: std::sync::mpsc::Sender<sender::Command>,
+    cluster: mpsc::Sender<cluster::Command>,
+    sockets: Vec<LinkSocket>,
+}
+
+impl Supervisor {
+    /// Re-reads the configuration and key file and applies what can change
+    /// live; refuses (naming the key) what cannot, keeping the running
+    /// configuration. Always reopens the journal file.
+    fn reload(&mut self, why: &str) -> Result<String, String> {
+        self.journal.reopen();
+        let name = self.plan.local.name.clone();
+        let result = load_plan(&self.config_path, self.node.as_deref().or(Some(&name)))
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|new| {
+                crate::reload::check(&self.plan, &new)?;
+                Ok(new)
             });
-        }
-        let values = fp.counters();
-        let xdp_counters = counter::ALL
-            .iter()
-            .map(|&(i, a, r)| (format!("{a}_{r}"), values[i as usize]))
-            .collect();
-        let s = self.shared;
-        StatusReport {
-            cluster: c.name.clone(),
-            cluster_id: c.id,
-            local_node: self.local.name.clone(),
-            agent: AgentStatus {
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                generation: s.generation,
-                uptime_s: self.started.elapsed().as_secs_f64(),
-                realtime_sender: s.realtime.load(Ordering::Relaxed) == 1,
-                heartbeat_interval_us: c.heartbeat_interval.as_micros() as u64,
-                node_timeout_us: c.node_timeout.as_micros() as u64,
-                agent_timeout_us: c.agent_timeout.as_micros() as u64,
-                xdp: self
-                    .attached
-                    .iter()
-                    .map(|(i, m)| (i.clone(), m.as_str().to_owned()))
-                    .collect(),
-                sender_max_lateness_us: us(s.lateness_max_ns.load(Ordering::Relaxed)),
-                sender_missed_deadlines: s.missed.load(Ordering::Relaxed),
-            },
-            nodes,
-            xdp_counters,
-        }
+        let new = match result {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                tracing::error!(
+                    "reload ({why}) refused: {e}; the running configuration stays in force"
+                );
+                let mut entry =
+                    journal::entry(EventKind::ReloadRefused, &name, why, clock::mono_ns());
+                entry.detail = Some(e.clone());
+                self.journal.record(entry);
+                return Err(format!(
+                    "reload refused: {e}; the running configuration stays in force"
+                ));
+            }
+        };
+        let changes = crate::reload::changes(&self.plan, &new);
+        let c = &new.config.cluster;
+        let _ = self
+            .fast
+            .try_send(fastpath::Command::SetKeys(new.keys.clone()));
+        let _ = self.fast.try_send(fastpath::Command::SetPeers(
+            new.peers.iter().map(|p| (p.id, p.link_bitmap())).collect(),
+        ));
+        let _ = self.fast.try_send(fastpath::Command::SetTimeouts {
+            node_timeout_ns: c.node_timeout.as_nanos() as u64,
+            agent_timeout_ns: c.agent_timeout.as_nanos() as u64,
+        });
+        let _ = self.sender.send(sender::Command::SetKey(new.keys.current));
+        let _ = self.sender.send(sender::Command::SetLinks(sender_links(
+            &new.links,
+            &self.sockets,
+        )));
+        let _ = self
+            .sender
+            .send(sender::Command::SetInterval(c.heartbeat_interval));
+        let _ = self
+            .sender
+            .send(sender::Command::SetAgentTimeout(c.agent_timeout));
+        let _ = self
+            .cluster
+            .try_send(cluster::Command::Reconfigure(new.clone()));
+        self.plan_tx.send_replace(new.clone());
+        self.plan = new;
+        let summary = if changes.is_empty() {
+            "no change".to_owned()
+        } else {
+            changes.join("; ")
+        };
+        tracing::info!("reloaded ({why}): {summary}");
+        let mut entry = journal::entry(EventKind::Reloaded, &name, why, clock::mono_ns());
+        entry.detail = Some(summary.clone());
+        self.journal.record(entry);
+        Ok(format!("reloaded: {summary}"))
     }
 }

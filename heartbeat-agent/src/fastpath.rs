@@ -6,6 +6,8 @@
 //! kernel also detaches it when the process dies (the attachment is a
 //! bpf_link held by this process).
 
+use std::{collections::BTreeMap, time::Duration};
+
 use aya::{
     Ebpf,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
@@ -15,8 +17,20 @@ use heartbeat_common::{
     AgentWatch, Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, counter, link_slot, names,
 };
 use thiserror::Error;
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tokio_util::sync::CancellationToken;
 
-use crate::{clock, keyfile::ClusterKeys};
+use crate::{
+    clock,
+    cluster::{LinkChange, TransportEvent},
+    keyfile::ClusterKeys,
+};
+
+/// How often the fast path task publishes a snapshot of its maps.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 
 /// Why the fast path could not be set up.
 #[derive(Debug, Error)]
@@ -86,7 +100,10 @@ pub struct FastPath {
     links: Array<MapData, LinkState>,
     counters: PerCpuArray<MapData, u64>,
     agent: Array<MapData, AgentWatch>,
+    peers: Array<MapData, PeerConf>,
     params: FastPathParams,
+    attached: Vec<(String, AttachMode)>,
+    enabled: u32,
 }
 
 /// Writer of the local status and dead-man stamp (`STATUS[0]`); owned by
@@ -152,6 +169,7 @@ impl FastPath {
         let keys: Array<MapData, KeySlot> = take(&mut ebpf, names::KEYS)?;
         let mut status: Array<MapData, LocalStatus> = take(&mut ebpf, names::STATUS)?;
         let mut peers: Array<MapData, PeerConf> = take(&mut ebpf, names::PEERS)?;
+        // (`peers` is kept: reload replaces the configured peers.)
         let links: Array<MapData, LinkState> = take(&mut ebpf, names::LINKS)?;
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, names::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
@@ -179,7 +197,10 @@ impl FastPath {
             links,
             counters,
             agent,
+            peers,
             params,
+            attached: Vec::new(),
+            enabled: 0,
         };
         fp.set_keys(&fp.params.keys.clone())?;
         fp.write_config(0)?;
@@ -258,11 +279,23 @@ impl FastPath {
 
     /// Lets the program act on heartbeats.
     pub fn enable(&mut self) -> Result<(), FastPathError> {
+        self.enabled = 1;
         self.write_config(1)
+    }
+
+    /// The attachments made so far.
+    pub fn attached(&self) -> &[(String, AttachMode)] {
+        &self.attached
     }
 
     /// Attaches to `interface` in native mode, falling back to generic mode.
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, FastPathError> {
+        let mode = self.attach_xdp(interface)?;
+        self.attached.push((interface.to_owned(), mode));
+        Ok(mode)
+    }
+
+    fn attach_xdp(&mut self, interface: &str) -> Result<AttachMode, FastPathError> {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(names::PROGRAM)
@@ -317,5 +350,158 @@ impl FastPath {
 
     pub fn params(&self) -> &FastPathParams {
         &self.params
+    }
+}
+
+/// What the fast path task publishes for status and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct FastSnapshot {
+    /// Per-(peer, link) state, for every configured pair.
+    pub links: BTreeMap<(u16, u8), LinkState>,
+    /// The XDP counters summed over CPUs, indexed by `counter::*`.
+    pub counters: Vec<u64>,
+    /// (interface, attach mode) of every attachment.
+    pub attached: Vec<(String, AttachMode)>,
+    /// Events the task could not read (short records).
+    pub bad_events: u64,
+}
+
+/// Changes to the fast path while it runs (reload).
+#[derive(Debug)]
+pub enum Command {
+    SetKeys(ClusterKeys),
+    /// (peer, link bitmap); peers not listed are forgotten.
+    SetPeers(Vec<(u16, u32)>),
+    SetTimeouts {
+        node_timeout_ns: u64,
+        agent_timeout_ns: u64,
+    },
+}
+
+/// Turns a kernel event into a transport event; `None` for a record the
+/// program never writes (counted by the caller).
+pub fn transport_event(ev: &Event) -> Option<TransportEvent> {
+    use heartbeat_common::event_kind;
+    match ev.kind {
+        event_kind::LINK_DOWN | event_kind::LINK_UP => Some(TransportEvent::Link {
+            peer: ev.peer,
+            link: ev.link,
+            change: if ev.kind == event_kind::LINK_UP {
+                LinkChange::Up
+            } else {
+                LinkChange::Down
+            },
+            at_ns: ev.at_ns,
+            last_rx_ns: ev.last_rx_ns,
+        }),
+        event_kind::AGENT_STALE => Some(TransportEvent::LocalGateClosed {
+            peer: ev.peer,
+            link: ev.link,
+            at_ns: ev.at_ns,
+        }),
+        _ => None,
+    }
+}
+
+/// The fast path task: the single owner of the loaded program, its maps and
+/// attachments. Reads kernel events as they come (turned into transport
+/// events for the cluster), publishes a snapshot every [`SNAPSHOT_EVERY`],
+/// applies commands. Returns the [`FastPath`] when cancelled, so that the
+/// supervisor decides when XDP is detached (by dropping it).
+pub async fn run(
+    mut fp: FastPath,
+    ring: EventRing,
+    events: mpsc::Sender<TransportEvent>,
+    snapshot: watch::Sender<FastSnapshot>,
+    mut commands: mpsc::Receiver<Command>,
+    cancel: CancellationToken,
+) -> FastPath {
+    // SAFETY: the RingBuf owns its map fd and is neither closed nor replaced
+    // while the AsyncFd holds it.
+    let mut ring = match unsafe { AsyncFd::register(ring.ring) } {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the event ring buffer; link events are read every 100 ms");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bad_events = 0u64;
+    loop {
+        tokio::select! {
+            guard = async { ring.as_mut().expect("checked").readable_mut().await }, if ring.is_some() => {
+                let Ok(mut guard) = guard else { continue };
+                while let Some(ev) = next_event(guard.get_inner_mut()) {
+                    match transport_event(&ev) {
+                        Some(t) => { let _ = events.send(t).await; }
+                        None => bad_events += 1,
+                    }
+                }
+                guard.clear_ready();
+            }
+            Some(cmd) = commands.recv() => {
+                if let Err(e) = fp.apply(cmd) {
+                    tracing::error!(error = %e, "fast path: cannot apply a change");
+                }
+            }
+            _ = tick.tick() => {
+                let snap = fp.snapshot(bad_events);
+                snapshot.send_replace(snap);
+            }
+            () = cancel.cancelled() => break,
+        }
+    }
+    fp
+}
+
+impl FastPath {
+    fn apply(&mut self, cmd: Command) -> Result<(), FastPathError> {
+        match cmd {
+            Command::SetKeys(k) => self.set_keys(&k),
+            Command::SetPeers(peers) => self.set_peers(&peers),
+            Command::SetTimeouts {
+                node_timeout_ns,
+                agent_timeout_ns,
+            } => {
+                self.params.node_timeout_ns = node_timeout_ns;
+                self.params.agent_timeout_ns = agent_timeout_ns;
+                self.write_config(self.enabled)
+            }
+        }
+    }
+
+    /// Replaces the configured peers and their links.
+    pub fn set_peers(&mut self, peers: &[(u16, u32)]) -> Result<(), FastPathError> {
+        for id in 1..heartbeat_common::MAX_NODES {
+            let conf = peers
+                .iter()
+                .find(|(p, _)| u32::from(*p) == id)
+                .map(|&(_, links)| PeerConf { known: 1, links })
+                .unwrap_or_default();
+            self.peers.set(id, conf, 0).map_err(map_err(names::PEERS))?;
+        }
+        self.params.peers = peers.to_vec();
+        Ok(())
+    }
+
+    /// The maps' current state.
+    pub fn snapshot(&self, bad_events: u64) -> FastSnapshot {
+        let mut links = BTreeMap::new();
+        for &(peer, bitmap) in &self.params.peers {
+            for l in 0..heartbeat_common::MAX_LINKS as u8 {
+                if bitmap & (1 << l) != 0
+                    && let Some(st) = self.link_state(peer, l)
+                {
+                    links.insert((peer, l), st);
+                }
+            }
+        }
+        FastSnapshot {
+            links,
+            counters: self.counters().to_vec(),
+            attached: self.attached.clone(),
+            bad_events,
+        }
     }
 }

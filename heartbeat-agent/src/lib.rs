@@ -1,17 +1,21 @@
-//! The heartbeat agent: loads the XDP fast path, sends heartbeats, turns maps
-//! and events into membership decisions, and exports them.
+//! The heartbeat agent: loads the XDP fast path, sends heartbeats, runs
+//! reachability and membership, and exports status, events and metrics.
+//! `daemon` is the supervisor that starts one task per subsystem.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fastpath;
 pub mod journal;
 pub mod keyfile;
-pub mod membership;
 pub mod metrics;
+pub mod plan;
+pub mod reload;
 pub mod sender;
 pub mod status;
+pub mod transport;
 
 /// The XDP object built from heartbeat-ebpf, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heartbeat"));

@@ -9,9 +9,9 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use heartbeat_agent::{
     config::ClusterConfig,
-    control::{self, Request},
+    control::{self, Done, Request},
     daemon, keyfile,
-    status::StatusReport,
+    status::{self, StatusReport},
 };
 
 /// XDP-accelerated heartbeats for high-availability clusters.
@@ -61,13 +61,61 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the event journal (link/node up/down, agent events) as JSON lines.
+    /// Print the event journal (link/node up/down, membership, agent events) as JSON lines.
     Events {
         #[command(flatten)]
         target: Target,
         /// Keep printing new events as they happen.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Re-read the configuration and key file and apply what can change
+    /// live (keys, timeouts, other nodes), without detaching XDP; refuses,
+    /// naming the key, what needs a restart. SIGHUP does the same.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cluster-wide operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// This node's membership.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Form the cluster now: with `auto_start = false`, or to stop waiting
+    /// `auto_start_timeout` for nodes that are not coming.
+    Start {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Leave the cluster gracefully: announced, so the other nodes reform at
+    /// once instead of waiting for node_timeout. The agent keeps running
+    /// (passive) until `node start`.
+    Halt {
+        #[command(flatten)]
+        target: Target,
+        /// The node to halt (default: the agent's own node; a node is
+        /// halted through its own agent).
+        name: Option<String>,
+    },
+    /// Join the cluster again after a halt.
+    Start {
+        #[command(flatten)]
+        target: Target,
+        /// The node to start (default: the agent's own node).
+        name: Option<String>,
     },
 }
 
@@ -146,7 +194,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let socket = target.socket()?;
             runtime()?.block_on(async {
                 let mut out = None;
-                control::request(&socket, &Request::Status, |line| {
+                control::request(&socket, &Request::Status {}, |line| {
                     out = Some(line.to_owned());
                     Ok(())
                 })
@@ -159,11 +207,21 @@ fn real_main(cli: Cli) -> Result<()> {
                 } else {
                     let report: StatusReport =
                         serde_json::from_str(&line).context("status answer")?;
-                    print!("{}", report.render());
+                    print!("{}", status::render(&report));
                 }
                 Ok(())
             })
         }
+        Command::Reload { target } => command(&target, &Request::Reload {}),
+        Command::Cluster {
+            command: ClusterCommand::Start { target },
+        } => command(&target, &Request::ClusterStart {}),
+        Command::Node {
+            command: NodeCommand::Halt { target, name },
+        } => command(&target, &Request::NodeHalt { node: name }),
+        Command::Node {
+            command: NodeCommand::Start { target, name },
+        } => command(&target, &Request::NodeStart { node: name }),
         Command::Events { target, follow } => {
             let socket = target.socket()?;
             runtime()?.block_on(async {
@@ -176,6 +234,25 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+/// Sends a command that changes something and prints what was done.
+fn command(target: &Target, request: &Request) -> Result<()> {
+    let socket = target.socket()?;
+    runtime()?.block_on(async {
+        let mut out = None;
+        control::request(&socket, request, |line| {
+            out = Some(line.to_owned());
+            Ok(())
+        })
+        .await?;
+        let Some(line) = out else {
+            bail!("the agent closed the connection without an answer")
+        };
+        let done: Done = serde_json::from_str(&line).context("answer")?;
+        println!("{}", done.done);
+        Ok(())
+    })
 }
 
 fn check_config(file: &Path, node: Option<&str>) -> Result<()> {

@@ -1,29 +1,44 @@
 //! Prometheus metrics over HTTP (`[metrics] listen`).
 //!
-//! The daemon's main loop owns a [`Snapshot`] of the XDP maps, membership
-//! and sender statistics and replaces it every poll; a prometheus-client
-//! collector encodes the latest snapshot on each scrape. Names follow the
-//! Prometheus conventions: `heartbeat_` prefix, base units (seconds),
-//! counters ending in `_total`.
+//! A prometheus-client collector encodes, on each scrape, the latest values
+//! the subsystems published (the same [`Sources`] as status). The HTTP side
+//! is hyper (HTTP/1.1, `GET /metrics`), with at most [`MAX_CONNECTIONS`]
+//! connections at once (more are closed at once and counted), a header
+//! read timeout, and backoff on accept errors, so no network client can
+//! starve the control socket or the sender. Names follow the Prometheus
+//! conventions: `heartbeat_` prefix, base units (seconds), counters ending
+//! in `_total`.
 
 use std::{
-    sync::{Arc, Mutex, atomic::Ordering},
+    convert::Infallible,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use heartbeat_common::{LinkState, RTT_BUCKETS, counter};
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    control::Backoff,
+    journal::KINDS,
+    sender::{LATENESS_BOUNDS_NS, Shared},
+    status::{NodeState, Sources},
 };
 
-use crate::sender::{LATENESS_BOUNDS_NS, Shared};
+/// Scrape connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request head, and to be served.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One (peer, link) row.
 #[derive(Clone, Debug)]
@@ -56,18 +71,105 @@ pub struct Snapshot {
     pub nodes: Vec<NodeRow>,
     pub counters: Vec<(&'static str, &'static str, u64)>,
     /// (event kind, count) of journal events.
-    pub events: Vec<(String, u64)>,
+    pub events: Vec<(&'static str, u64)>,
     pub uptime_s: f64,
+    pub epoch: u64,
+    pub quorate: bool,
+    pub members: u64,
+    /// Node id of the coordinator (0: none).
+    pub coordinator: u64,
+    pub votes_present: u64,
+    pub votes_needed: u64,
+    pub journal_write_errors: u64,
+    pub journal_dropped: u64,
+    pub connections_refused: u64,
+    /// Membership messages by (direction or drop reason).
+    pub messages: Vec<(String, u64)>,
 }
 
-/// Shared snapshot handle.
-pub type SnapshotCell = Arc<Mutex<Snapshot>>;
+/// The snapshot now, from what the subsystems published.
+pub fn snapshot(src: &Sources) -> Snapshot {
+    let plan = src.plan.borrow().clone();
+    let fast = src.fast.borrow().clone();
+    let view = src.cluster.borrow().clone();
+    let mut links = Vec::new();
+    let mut nodes = Vec::new();
+    for p in &view.peers {
+        let mut state_byte = 0;
+        let mut generation = 0;
+        for (&l, &state) in &p.links {
+            let st = fast.links.get(&(p.id, l)).copied().unwrap_or_default();
+            state_byte = st.peer_state.max(state_byte);
+            generation = generation.max(st.peer_generation);
+            let stats = src.sender.link_stats(l);
+            links.push(LinkRow {
+                peer: p.name.clone(),
+                link: l,
+                up: state == crate::cluster::links::State::Up,
+                state: st,
+                sent: stats.map(|s| s.sent.load(Ordering::Relaxed)).unwrap_or(0),
+                send_errors: stats.map(|s| s.errors.load(Ordering::Relaxed)).unwrap_or(0),
+            });
+        }
+        nodes.push(NodeRow {
+            name: p.name.clone(),
+            up: matches!(p.state, NodeState::Up),
+            agent_state: state_byte,
+            generation,
+        });
+    }
+    let counters = counter::ALL
+        .iter()
+        .map(|&(i, action, reason)| {
+            (
+                action,
+                reason,
+                fast.counters.get(i as usize).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    let events = KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), src.journal.recorded[i].load(Ordering::Relaxed)))
+        .collect();
+    let m = &view.membership;
+    let coordinator = m
+        .coordinator
+        .as_deref()
+        .and_then(|c| plan.config.nodes.iter().find(|n| n.name == c))
+        .map_or(0, |n| u64::from(n.id));
+    Snapshot {
+        links,
+        nodes,
+        counters,
+        events,
+        uptime_s: src.started.elapsed().as_secs_f64(),
+        epoch: m.epoch,
+        quorate: m.quorate,
+        members: m.members.len() as u64,
+        coordinator,
+        votes_present: u64::from(m.quorum.votes_present),
+        votes_needed: u64::from(m.quorum.votes_needed),
+        journal_write_errors: src.journal.write_errors.load(Ordering::Relaxed),
+        journal_dropped: src.journal.dropped.load(Ordering::Relaxed),
+        connections_refused: src.refused.load(Ordering::Relaxed),
+        messages: view.messages.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }
+}
 
-#[derive(Debug)]
 struct HeartbeatCollector {
-    snapshot: SnapshotCell,
+    sources: Sources,
     sender: Arc<Shared>,
     node: String,
+}
+
+impl std::fmt::Debug for HeartbeatCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatCollector")
+            .field("node", &self.node)
+            .finish()
+    }
 }
 
 fn rtt_histogram(st: &LinkState) -> (f64, u64, Vec<(f64, u64)>) {
@@ -87,7 +189,7 @@ fn rtt_histogram(st: &LinkState) -> (f64, u64, Vec<(f64, u64)>) {
 
 impl Collector for HeartbeatCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snap = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        let snap = snapshot(&self.sources);
         let link_labels =
             |r: &LinkRow| vec![("peer", r.peer.clone()), ("link", r.link.to_string())];
 
@@ -198,7 +300,81 @@ impl Collector for HeartbeatCollector {
             MetricType::Counter,
         )?;
         for (kind, v) in &snap.events {
-            ConstCounter::new(*v).encode(m.encode_family(&[("event", kind.as_str())])?)?;
+            ConstCounter::new(*v).encode(m.encode_family(&[("event", *kind)])?)?;
+        }
+        let gauges: [(&str, &str, u64); 6] = [
+            (
+                "heartbeat_cluster_epoch",
+                "Epoch of the installed membership view",
+                snap.epoch,
+            ),
+            (
+                "heartbeat_cluster_quorate",
+                "1 while this node is a member of a quorate view",
+                u64::from(snap.quorate),
+            ),
+            (
+                "heartbeat_cluster_members",
+                "Members of the installed view",
+                snap.members,
+            ),
+            (
+                "heartbeat_cluster_coordinator",
+                "Node id of the view's coordinator (0: none)",
+                snap.coordinator,
+            ),
+            (
+                "heartbeat_cluster_votes_present",
+                "Votes of the members of the view",
+                snap.votes_present,
+            ),
+            (
+                "heartbeat_cluster_votes_needed",
+                "Votes a partition needs to be quorate",
+                snap.votes_needed,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            ConstGauge::new(v as i64).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_membership_messages",
+            "Membership messages sent, received, and dropped by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (what, v) in &snap.messages {
+            ConstCounter::new(*v).encode(m.encode_family(&[("what", what.as_str())])?)?;
+        }
+        let agent_counters: [(&str, &str, u64); 3] = [
+            (
+                "heartbeat_journal_write_errors",
+                "Journal lines that could not be written to events_file",
+                snap.journal_write_errors,
+            ),
+            (
+                "heartbeat_journal_dropped",
+                "Journal entries dropped because a queue was full",
+                snap.journal_dropped,
+            ),
+            (
+                "heartbeat_connections_refused",
+                "Control and metrics connections refused at their caps",
+                snap.connections_refused,
+            ),
+        ];
+        for (name, help, v) in agent_counters {
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
         }
 
         // Sender lateness: how late each heartbeat left versus its deadline.
@@ -246,10 +422,11 @@ impl Collector for HeartbeatCollector {
 }
 
 /// Builds the registry with the heartbeat collector.
-pub fn registry(snapshot: SnapshotCell, sender: Arc<Shared>, node: &str) -> Registry {
+pub fn registry(sources: Sources, node: &str) -> Registry {
     let mut r = Registry::default();
+    let sender = sources.sender.clone();
     r.register_collector(Box::new(HeartbeatCollector {
-        snapshot,
+        sources,
         sender,
         node: node.to_owned(),
     }));
@@ -263,57 +440,78 @@ pub fn encode(registry: &Registry) -> String {
     s
 }
 
-/// Serves `GET /metrics` (anything else: 404) on `listener`.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+fn respond(registry: &Registry, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let ok = req.method() == hyper::Method::GET && req.uri().path() == "/metrics";
+    let (status, ctype, body) = if ok {
+        (
+            hyper::StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            encode(registry),
+        )
+    } else {
+        (
+            hyper::StatusCode::NOT_FOUND,
+            "text/plain",
+            "try GET /metrics\n".to_owned(),
+        )
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Serves `GET /metrics` (anything else: 404) on `listener` until `cancel`.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Backoff::new("metrics listener");
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = cancel.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => {
+                backoff.reset();
+                s
+            }
+            Err(e) => {
+                tokio::select! {
+                    () = backoff.wait(&e) => continue,
+                    () = cancel.cancelled() => break,
+                }
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // At the cap: close at once (the fd is freed now, not later).
+            refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
             continue;
         };
         let registry = registry.clone();
+        let cancel = cancel.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            // Read the request head, bounded in size and time.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match stream.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            n += k;
-                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let resp = respond(&registry, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(CONNECTION_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                () = cancel.cancelled() => {}
             }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = if head.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    encode(&registry),
-                )
-            } else {
-                (
-                    "404 Not Found",
-                    "text/plain",
-                    "try GET /metrics\n".to_owned(),
-                )
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
 }

@@ -3,9 +3,16 @@
 //! absolute deadlines, and refreshes the dead-man stamp the XDP program
 //! checks before answering requests.
 //!
-//! It is the only writer of `STATUS[0]`. The main loop proves it is alive by
-//! updating [`Shared::main_alive_ns`]; if the main loop stops doing so, the
-//! sender stops refreshing the stamp, so a hung agent is seen as failed.
+//! It is the only writer of `STATUS[0]`. The agent's tasks prove they are
+//! alive by updating [`Shared::main_alive_ns`] (the supervisor's liveness
+//! task, which runs on the same runtime as every other task, so it stalls
+//! when they do); if that stops, the sender withholds the stamp AND stops
+//! sending requests, so a hung agent looks failed to its peers both ways.
+//!
+//! Nothing else runs on this thread: the sockets are shared with the
+//! transport's receive task (which reads them), changes arrive on a
+//! command channel polled once per tick without a syscall, and every
+//! statistic is an atomic.
 
 use std::{
     io,
@@ -14,6 +21,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+        mpsc as std_mpsc,
     },
     thread::JoinHandle,
     time::Duration,
@@ -23,9 +31,6 @@ use heartbeat_common::{Header, LocalStatus, siphash::SipKey};
 use thiserror::Error;
 
 use crate::{clock, fastpath::StatusWriter};
-
-/// How often the sender drains heartbeats that reached its sockets.
-const DRAIN_EVERY_NS: u64 = 100_000_000;
 
 /// Priority of the sender thread under SCHED_FIFO.
 pub const RT_PRIORITY: i32 = 50;
@@ -64,13 +69,26 @@ pub enum SenderError {
     Spawn(#[source] io::Error),
 }
 
-/// One heartbeat link of the local node and the peers reachable on it.
+/// One heartbeat link of the local node, its socket, and the peers
+/// reachable on it.
 #[derive(Clone, Debug)]
 pub struct SenderLink {
     pub link_id: u8,
     pub interface: String,
     pub local: IpAddr,
     pub peers: Vec<(u16, SocketAddr)>,
+    pub socket: Arc<UdpSocket>,
+}
+
+/// Changes to the sender while it runs (reload).
+#[derive(Debug)]
+pub enum Command {
+    /// The key requests are sealed with.
+    SetKey([u8; 16]),
+    /// The peers of each link (sockets unchanged).
+    SetLinks(Vec<SenderLink>),
+    SetInterval(Duration),
+    SetAgentTimeout(Duration),
 }
 
 /// What the sender needs.
@@ -150,7 +168,7 @@ impl Shared {
         self.ticks.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn link_stats(&self, link: u8) -> Option<&LinkSendStats> {
+    pub fn link_stats(&self, link: u8) -> Option<&LinkSendStats> {
         self.links.iter().find(|(l, _)| *l == link).map(|(_, s)| s)
     }
 }
@@ -192,20 +210,26 @@ fn bind_to_device(fd: i32, interface: &str) -> io::Result<()> {
 }
 
 /// Opens the socket of one link: bound to the link's address and the
-/// heartbeat port, pinned to its interface, DSCP CS6 and SO_PRIORITY 6.
-fn open_socket(link: &SenderLink, port: u16) -> Result<UdpSocket, SenderError> {
-    let addr = SocketAddr::new(link.local, port);
+/// heartbeat port, pinned to its interface, DSCP CS6 and SO_PRIORITY 6,
+/// non-blocking (the sender only sends; the transport task reads).
+pub fn open_socket(
+    link_id: u8,
+    interface: &str,
+    local: IpAddr,
+    port: u16,
+) -> Result<UdpSocket, SenderError> {
+    let addr = SocketAddr::new(local, port);
     let err = |source| SenderError::Bind {
-        link: link.link_id,
-        interface: link.interface.clone(),
+        link: link_id,
+        interface: interface.to_owned(),
         addr,
         source,
     };
     let sock = UdpSocket::bind(addr).map_err(err)?;
     let fd = sock.as_raw_fd();
-    bind_to_device(fd, &link.interface).map_err(err)?;
+    bind_to_device(fd, interface).map_err(err)?;
     let tos = 0xc0; // DSCP CS6 (network control)
-    match link.local {
+    match local {
         IpAddr::V4(_) => setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TOS, tos).map_err(err)?,
         IpAddr::V6(_) => {
             setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, tos).map_err(err)?
@@ -251,33 +275,41 @@ fn sleep_until_mono(deadline_ns: u64) {
     }
 }
 
-/// Opens every link's socket and starts the sender thread; returns its
-/// handle and its kernel thread id (for the kernel's watch on the agent).
+/// The running sender thread.
+pub struct Sender {
+    pub thread: JoinHandle<()>,
+    /// Its kernel thread id (for the kernel's watch on the agent).
+    pub tid: u32,
+    pub commands: std_mpsc::Sender<Command>,
+}
+
+/// Starts the sender thread.
 pub fn spawn(
     cfg: SenderConfig,
     mut status: StatusWriter,
     shared: Arc<Shared>,
-) -> Result<(JoinHandle<()>, u32), SenderError> {
-    let mut sockets = Vec::with_capacity(cfg.links.len());
-    for link in &cfg.links {
-        sockets.push((link.clone(), open_socket(link, cfg.port)?));
-    }
-    let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
+) -> Result<Sender, SenderError> {
+    let (tid_tx, tid_rx) = std_mpsc::sync_channel(1);
+    let (cmd_tx, cmd_rx) = std_mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name("hb-sender".into())
         .spawn(move || {
             // SAFETY: gettid has no preconditions.
             let _ = tid_tx.send(unsafe { libc::gettid() } as u32);
-            run(cfg, sockets, &mut status, &shared)
+            run(cfg, &cmd_rx, &mut status, &shared)
         })
         .map_err(SenderError::Spawn)?;
     let tid = tid_rx.recv().unwrap_or(0);
-    Ok((handle, tid))
+    Ok(Sender {
+        thread,
+        tid,
+        commands: cmd_tx,
+    })
 }
 
 fn run(
-    cfg: SenderConfig,
-    sockets: Vec<(SenderLink, UdpSocket)>,
+    mut cfg: SenderConfig,
+    commands: &std_mpsc::Receiver<Command>,
     status: &mut StatusWriter,
     shared: &Shared,
 ) {
@@ -288,29 +320,36 @@ fn run(
             "cannot run the sender as SCHED_FIFO; heartbeats may be late under CPU load"
         ),
     }
-    let key = SipKey::from_bytes(&cfg.key);
-    let interval = cfg.interval.as_nanos().max(1) as u64;
-    let agent_timeout = cfg.agent_timeout.as_nanos() as u64;
-    // Refresh the stamp several times per agent_timeout, but never more
-    // often than we send.
-    let refresh_every = (agent_timeout / 4).max(interval);
-    // The main loop checks in every 100 ms; allow it a generous grace.
-    let main_grace = agent_timeout.max(2_000_000_000);
+    let mut key = SipKey::from_bytes(&cfg.key);
+    let mut interval = cfg.interval.as_nanos().max(1) as u64;
+    let mut agent_timeout = cfg.agent_timeout.as_nanos() as u64;
     let mut seq = clock::wall_ns();
     let mut last_refresh = 0u64;
     let mut next = clock::mono_ns();
-    let mut drain = [0u8; 128];
-    let mut last_drain = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         sleep_until_mono(next);
         let woke = clock::mono_ns();
         shared.record_lateness(woke.saturating_sub(next));
+        // Changes (a reload): a channel read without a syscall.
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::SetKey(k) => key = SipKey::from_bytes(&k),
+                Command::SetLinks(links) => cfg.links = links,
+                Command::SetInterval(d) => interval = d.as_nanos().max(1) as u64,
+                Command::SetAgentTimeout(d) => agent_timeout = d.as_nanos() as u64,
+            }
+        }
+        // Refresh the stamp several times per agent_timeout, but never more
+        // often than we send.
+        let refresh_every = (agent_timeout / 4).max(interval);
+        // The liveness task checks in every 100 ms; allow it a generous grace.
+        let main_grace = agent_timeout.max(2_000_000_000);
 
         let state = shared.node_state.load(Ordering::Relaxed);
         let packages = shared.packages.load(Ordering::Relaxed);
-        if woke.saturating_sub(last_refresh) >= refresh_every {
-            let main_alive = shared.main_alive_ns.load(Ordering::Relaxed);
-            let fresh = woke.saturating_sub(main_alive) < main_grace;
+        let main_alive = shared.main_alive_ns.load(Ordering::Relaxed);
+        let fresh = woke.saturating_sub(main_alive) < main_grace;
+        if woke.saturating_sub(last_refresh) >= refresh_every || !fresh {
             let was = shared.withholding.swap(!fresh, Ordering::Relaxed);
             if fresh {
                 let st = LocalStatus {
@@ -326,14 +365,17 @@ fn run(
                 last_refresh = woke;
             } else if !was {
                 tracing::error!(
-                    "main loop has not checked in for {} ms: withholding the dead-man stamp",
+                    "the agent's tasks have not checked in for {} ms: withholding the dead-man stamp and the requests",
                     woke.saturating_sub(main_alive) / 1_000_000
                 );
             }
         }
 
-        let drain_due = woke.saturating_sub(last_drain) >= DRAIN_EVERY_NS;
-        for (link, sock) in &sockets {
+        // A stuck agent must look failed to its peers: no stamp (its kernel
+        // stops answering) and no requests either.
+        let links: &[SenderLink] = if fresh { &cfg.links } else { &[] };
+        for link in links {
+            let sock = &link.socket;
             let stats = shared.link_stats(link.link_id);
             for &(peer, dst) in &link.peers {
                 let mut h = Header::request(cfg.cluster_id, cfg.local_node, peer, link.link_id);
@@ -357,18 +399,6 @@ fn run(
                     }
                 }
             }
-            // Heartbeats reach the socket only when XDP is not in the path;
-            // drain it now and then, not on every tick (a syscall each).
-            if drain_due {
-                while sock.recv(&mut drain).is_ok() {
-                    if let Some(s) = stats {
-                        s.userspace_rx.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        if drain_due {
-            last_drain = woke;
         }
 
         next = next.saturating_add(interval);

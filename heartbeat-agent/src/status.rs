@@ -1,168 +1,270 @@
-//! The cluster status report: built by the daemon from membership and the
-//! XDP maps, sent over the control socket as JSON, and rendered for a
-//! person like `cmviewcl -v` / `crm_mon`.
+//! The status report: assembled from what each subsystem publishes (the
+//! fast path's map snapshot, the cluster's view, the sender's and the
+//! journal's counters), sent over the control socket as JSON
+//! (`heartbeat_api::status`), and rendered for a person like `cmviewcl -v`.
+//!
+//! [`Sources`] is a bundle of read-only handles: building a report reads
+//! the latest published values and never waits for a subsystem.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
-use serde::{Deserialize, Serialize};
+pub use heartbeat_api::status::{AgentStatus, LinkStatus, NodeState, NodeStatus, StatusReport};
+use heartbeat_common::counter;
+use tokio::sync::watch;
 
-/// The whole report.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub cluster: String,
-    pub cluster_id: u32,
-    pub local_node: String,
-    pub agent: AgentStatus,
-    pub nodes: Vec<NodeStatus>,
-    /// XDP counters summed over CPUs, by `action_reason`.
-    pub xdp_counters: BTreeMap<String, u64>,
+use crate::{
+    clock, cluster::ClusterView, config::LinkRole, fastpath::FastSnapshot, journal::JournalStats,
+    plan::Plan, sender::Shared, transport::RxStats,
+};
+
+/// Read-only handles on everything a report (or a scrape) shows.
+#[derive(Clone)]
+pub struct Sources {
+    pub plan: watch::Receiver<Arc<Plan>>,
+    pub fast: watch::Receiver<FastSnapshot>,
+    pub cluster: watch::Receiver<ClusterView>,
+    pub sender: Arc<Shared>,
+    pub journal: Arc<JournalStats>,
+    pub rx: Arc<RxStats>,
+    /// Control and metrics connections refused at their caps.
+    pub refused: Arc<AtomicU64>,
+    pub started: Instant,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct AgentStatus {
-    pub pid: u32,
-    pub version: String,
-    pub generation: u32,
-    pub uptime_s: f64,
-    pub realtime_sender: bool,
-    pub heartbeat_interval_us: u64,
-    pub node_timeout_us: u64,
-    pub agent_timeout_us: u64,
-    /// (interface, "native" | "generic").
-    pub xdp: Vec<(String, String)>,
-    pub sender_max_lateness_us: f64,
-    pub sender_missed_deadlines: u64,
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub id: u16,
-    pub name: String,
-    pub local: bool,
-    /// `up`, `down`, `unknown` (never heard from).
-    pub state: String,
-    pub since_s: Option<f64>,
-    pub peer_generation: Option<u32>,
-    pub links: Vec<LinkStatus>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct LinkStatus {
-    pub id: u8,
-    pub interface: String,
-    pub address: String,
-    pub role: String,
-    pub state: String,
-    pub rtt_last_us: Option<f64>,
-    pub rtt_avg_us: Option<f64>,
-    pub rtt_min_us: Option<f64>,
-    pub rtt_max_us: Option<f64>,
-    pub last_seen_ago_ms: Option<f64>,
-    pub requests_rx: u64,
-    pub replies_rx: u64,
-    pub replies_tx: u64,
-    pub down_events: u64,
-    /// Largest gap between valid packets from the peer (ms) and when it
-    /// ended (CLOCK_MONOTONIC ns).
-    #[serde(default)]
-    pub max_gap_ms: Option<f64>,
-    #[serde(default)]
-    pub max_gap_at_mono_ns: u64,
-    /// Log2 histogram of gaps between valid packets: bucket i counts gaps in
-    /// [2^i, 2^(i+1)) ns.
-    #[serde(default)]
-    pub gap_hist: Vec<u64>,
+impl Sources {
+    /// The status report now.
+    pub fn report(&self) -> StatusReport {
+        let plan = self.plan.borrow().clone();
+        let fast = self.fast.borrow().clone();
+        let view = self.cluster.borrow().clone();
+        let c = &plan.config.cluster;
+        let now = clock::mono_ns();
+        let mut nodes = Vec::new();
+        for n in &plan.config.nodes {
+            if n.id == plan.local.id {
+                nodes.push(NodeStatus {
+                    id: n.id,
+                    name: n.name.clone(),
+                    local: true,
+                    state: NodeState::Up,
+                    since_s: Some(self.started.elapsed().as_secs_f64()),
+                    peer_generation: Some(self.sender.generation),
+                    priority: n.priority,
+                    votes: n.votes,
+                    member: view.membership.members.contains(&n.name),
+                    links: Vec::new(),
+                });
+                continue;
+            }
+            let Some(p) = view.peers.iter().find(|p| p.id == n.id) else {
+                continue;
+            };
+            let mut links = Vec::new();
+            let mut generation = None;
+            for l in &n.links {
+                // Only the networks this node shares with the peer.
+                let Some(&state) = p.links.get(&l.id) else {
+                    continue;
+                };
+                let st = fast.links.get(&(n.id, l.id)).copied().unwrap_or_default();
+                if st.peer_generation != 0 {
+                    generation = Some(st.peer_generation);
+                }
+                let local_if = plan
+                    .local
+                    .links
+                    .iter()
+                    .find(|x| x.id == l.id)
+                    .map(|x| x.interface.clone())
+                    .unwrap_or_else(|| "-".into());
+                let have_rtt = st.rtt_count > 0;
+                links.push(LinkStatus {
+                    id: l.id,
+                    interface: local_if,
+                    address: l.address.to_string(),
+                    role: match l.role {
+                        LinkRole::Heartbeat => "heartbeat".into(),
+                        LinkRole::Stationary => "stationary".into(),
+                    },
+                    state,
+                    rtt_last_us: have_rtt.then(|| us(st.rtt_last_ns)),
+                    rtt_avg_us: have_rtt.then(|| us(st.rtt_ewma_ns)),
+                    rtt_min_us: have_rtt.then(|| us(st.rtt_min_ns)),
+                    rtt_max_us: have_rtt.then(|| us(st.rtt_max_ns)),
+                    last_seen_ago_ms: (st.last_rx_ns != 0)
+                        .then(|| now.saturating_sub(st.last_rx_ns) as f64 / 1e6),
+                    requests_rx: st.requests_rx,
+                    replies_rx: st.replies_rx,
+                    replies_tx: st.replies_tx,
+                    down_events: st.down_events,
+                    max_gap_ms: (st.gap_max_ns != 0).then(|| st.gap_max_ns as f64 / 1e6),
+                    max_gap_at_mono_ns: st.gap_max_at_ns,
+                    gap_hist: st.gap_hist.to_vec(),
+                });
+            }
+            nodes.push(NodeStatus {
+                id: n.id,
+                name: n.name.clone(),
+                local: false,
+                state: p.state,
+                since_s: (p.since_mono_ns != 0)
+                    .then(|| now.saturating_sub(p.since_mono_ns) as f64 / 1e9),
+                peer_generation: generation,
+                priority: n.priority,
+                votes: n.votes,
+                member: p.member,
+                links,
+            });
+        }
+        let xdp_counters = counter::ALL
+            .iter()
+            .map(|&(i, a, r)| {
+                (
+                    format!("{a}_{r}"),
+                    fast.counters.get(i as usize).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let s = &self.sender;
+        StatusReport {
+            cluster: c.name.clone(),
+            cluster_id: c.id,
+            local_node: plan.local.name.clone(),
+            membership: view.membership.clone(),
+            agent: AgentStatus {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                generation: s.generation,
+                uptime_s: self.started.elapsed().as_secs_f64(),
+                realtime_sender: s.realtime.load(Ordering::Relaxed) == 1,
+                heartbeat_interval_us: c.heartbeat_interval.as_micros() as u64,
+                node_timeout_us: c.node_timeout.as_micros() as u64,
+                agent_timeout_us: c.agent_timeout.as_micros() as u64,
+                xdp: fast
+                    .attached
+                    .iter()
+                    .map(|(i, m)| (i.clone(), m.as_str().to_owned()))
+                    .collect(),
+                sender_max_lateness_us: us(s.lateness_max_ns.load(Ordering::Relaxed)),
+                sender_missed_deadlines: s.missed.load(Ordering::Relaxed),
+                withholding_stamp: s.withholding.load(Ordering::Relaxed),
+                journal_write_errors: self.journal.write_errors.load(Ordering::Relaxed),
+                connections_refused: self.refused.load(Ordering::Relaxed),
+            },
+            nodes,
+            xdp_counters,
+            messages: view.messages.clone(),
+        }
+    }
 }
 
 fn opt_us(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}us")).unwrap_or_else(|| "-".into())
 }
 
-impl StatusReport {
-    /// Human-readable rendering.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let up = self.nodes.iter().filter(|n| n.state == "up").count();
-        let _ = writeln!(s, "CLUSTER          ID        STATUS");
-        let _ = writeln!(
-            s,
-            "{:<16} {:<9} {} of {} nodes up",
-            self.cluster,
-            self.cluster_id,
-            up,
-            self.nodes.len()
-        );
-        let _ = writeln!(
-            s,
-            "  (seen from {}: interval {}us, node_timeout {}us, agent_timeout {}us, sender {})",
-            self.local_node,
-            self.agent.heartbeat_interval_us,
-            self.agent.node_timeout_us,
-            self.agent.agent_timeout_us,
-            if self.agent.realtime_sender {
-                "SCHED_FIFO"
-            } else {
-                "not real-time"
-            }
-        );
-        for n in &self.nodes {
-            let _ = writeln!(s);
-            let _ = writeln!(s, "  NODE             ID   STATUS");
-            let since = n
-                .since_s
-                .map(|v| format!(" (for {v:.1}s)"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                s,
-                "  {:<16} {:<4} {}{}{}",
-                n.name,
-                n.id,
-                n.state,
-                since,
-                if n.local { "  [local]" } else { "" }
-            );
-            if n.links.is_empty() {
-                continue;
-            }
-            let _ = writeln!(
-                s,
-                "    LINK INTERFACE       ADDRESS                   STATUS   RTT last/avg/max            LAST SEEN"
-            );
-            for l in &n.links {
-                let rtt = format!(
-                    "{}/{}/{}",
-                    opt_us(l.rtt_last_us),
-                    opt_us(l.rtt_avg_us),
-                    opt_us(l.rtt_max_us)
-                );
-                let seen = l
-                    .last_seen_ago_ms
-                    .map(|v| format!("{v:.1}ms ago"))
-                    .unwrap_or_else(|| "-".into());
-                let _ = writeln!(
-                    s,
-                    "    {:<4} {:<16} {:<25} {:<8} {:<27} {}",
-                    l.id, l.interface, l.address, l.state, rtt, seen
-                );
-            }
+/// The report rendered for a person, like `cmviewcl -v`.
+pub fn render(this: &StatusReport) -> String {
+    let mut s = String::new();
+    let up = this
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up)
+        .count();
+    let _ = writeln!(s, "CLUSTER          ID        STATUS");
+    let _ = writeln!(
+        s,
+        "{:<16} {:<9} {} of {} nodes up",
+        this.cluster,
+        this.cluster_id,
+        up,
+        this.nodes.len()
+    );
+    let _ = writeln!(
+        s,
+        "  (seen from {}: interval {}us, node_timeout {}us, agent_timeout {}us, sender {})",
+        this.local_node,
+        this.agent.heartbeat_interval_us,
+        this.agent.node_timeout_us,
+        this.agent.agent_timeout_us,
+        if this.agent.realtime_sender {
+            "SCHED_FIFO"
+        } else {
+            "not real-time"
         }
-        let drops: u64 = self
-            .xdp_counters
-            .iter()
-            .filter(|(k, _)| k.starts_with("drop_") && k.as_str() != "drop_reply_consumed")
-            .map(|(_, v)| *v)
-            .sum();
+    );
+    for n in &this.nodes {
         let _ = writeln!(s);
+        let _ = writeln!(s, "  NODE             ID   STATUS");
+        let since = n
+            .since_s
+            .map(|v| format!(" (for {v:.1}s)"))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  XDP: {} requests answered, {} replies consumed, {} heartbeats dropped",
-            self.xdp_counters.get("tx_reply").copied().unwrap_or(0),
-            self.xdp_counters
-                .get("drop_reply_consumed")
-                .copied()
-                .unwrap_or(0),
-            drops
+            "  {:<16} {:<4} {}{}{}",
+            n.name,
+            n.id,
+            n.state.as_str(),
+            since,
+            if n.local { "  [local]" } else { "" }
         );
-        s
+        if n.links.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "    LINK INTERFACE       ADDRESS                   STATUS   RTT last/avg/max            LAST SEEN"
+        );
+        for l in &n.links {
+            let rtt = format!(
+                "{}/{}/{}",
+                opt_us(l.rtt_last_us),
+                opt_us(l.rtt_avg_us),
+                opt_us(l.rtt_max_us)
+            );
+            let seen = l
+                .last_seen_ago_ms
+                .map(|v| format!("{v:.1}ms ago"))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "    {:<4} {:<16} {:<25} {:<8} {:<27} {}",
+                l.id,
+                l.interface,
+                l.address,
+                l.state.as_str(),
+                rtt,
+                seen
+            );
+        }
     }
+    let drops: u64 = this
+        .xdp_counters
+        .iter()
+        .filter(|(k, _)| k.starts_with("drop_") && k.as_str() != "drop_reply_consumed")
+        .map(|(_, v)| *v)
+        .sum();
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "  XDP: {} requests answered, {} replies consumed, {} heartbeats dropped",
+        this.xdp_counters.get("tx_reply").copied().unwrap_or(0),
+        this.xdp_counters
+            .get("drop_reply_consumed")
+            .copied()
+            .unwrap_or(0),
+        drops
+    );
+    s
 }

@@ -1,0 +1,260 @@
+//! Reachability: turns per-(peer, link) up/down events from any transport
+//! (the XDP program's deadline timers today, a serial line later) into link
+//! and node reachability. A node is reachable while any of its links is up;
+//! a link failing while another stays up is a link event, not a node
+//! failure.
+//!
+//! This module is the single owner of that state; it is fed events and
+//! returns journal entries describing each change. Membership (who is in
+//! the agreed view) is decided on top of it by `heartbeat_cluster`.
+
+use std::collections::BTreeMap;
+
+pub use heartbeat_api::status::LinkState as State;
+
+use super::{LinkChange, TransportEvent};
+use crate::journal::{self, Entry, EventKind};
+
+/// One link to a peer.
+#[derive(Clone, Debug)]
+pub struct LinkView {
+    pub state: State,
+    /// Kernel monotonic ns of the last transition.
+    pub since_mono_ns: u64,
+    pub transitions: u64,
+}
+
+/// One peer node.
+#[derive(Clone, Debug)]
+pub struct PeerView {
+    pub id: u16,
+    pub name: String,
+    pub state: State,
+    pub since_mono_ns: u64,
+    pub links: BTreeMap<u8, LinkView>,
+}
+
+/// Link and node state of every peer.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    local_name: String,
+    peers: BTreeMap<u16, PeerView>,
+    /// Events with an unknown peer or link (kernel/agent disagreement).
+    pub unknown_events: u64,
+}
+
+impl Membership {
+    /// `peers`: (id, name, heartbeat link ids shared with that peer).
+    pub fn new(local_name: &str, peers: &[(u16, String, Vec<u8>)]) -> Self {
+        let peers = peers
+            .iter()
+            .map(|(id, name, links)| {
+                let links = links
+                    .iter()
+                    .map(|&l| {
+                        (
+                            l,
+                            LinkView {
+                                state: State::Unknown,
+                                since_mono_ns: 0,
+                                transitions: 0,
+                            },
+                        )
+                    })
+                    .collect();
+                (
+                    *id,
+                    PeerView {
+                        id: *id,
+                        name: name.clone(),
+                        state: State::Unknown,
+                        since_mono_ns: 0,
+                        links,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            local_name: local_name.to_owned(),
+            peers,
+            unknown_events: 0,
+        }
+    }
+
+    /// The state of `self` carried over to the peers and links of `fresh`
+    /// (a reload): known peers and links keep their state, new ones start
+    /// unknown, removed ones are forgotten.
+    pub fn reconfigured(&self, fresh: &Self) -> Self {
+        let mut out = fresh.clone();
+        for (id, p) in out.peers.iter_mut() {
+            if let Some(old) = self.peers.get(id) {
+                p.state = old.state;
+                p.since_mono_ns = old.since_mono_ns;
+                for (l, v) in p.links.iter_mut() {
+                    if let Some(ov) = old.links.get(l) {
+                        *v = ov.clone();
+                    }
+                }
+            }
+        }
+        out.unknown_events = self.unknown_events;
+        out
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerView> {
+        self.peers.values()
+    }
+
+    pub fn peer(&self, id: u16) -> Option<&PeerView> {
+        self.peers.get(&id)
+    }
+
+    /// Applies one transport event; returns the journal entries it causes.
+    pub fn apply(&mut self, ev: &TransportEvent) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let (peer_id, link_id, change, at_ns, last_rx_ns) = match *ev {
+            TransportEvent::LocalGateClosed { peer, link, at_ns } => {
+                let mut e = journal::entry(
+                    EventKind::AgentStale,
+                    &self.local_name,
+                    "dead_man_gate",
+                    at_ns,
+                );
+                e.peer = self.peers.get(&peer).map(|p| p.name.clone());
+                e.peer_id = Some(peer);
+                e.link = Some(link);
+                out.push(e);
+                return out;
+            }
+            TransportEvent::Link {
+                peer,
+                link,
+                change,
+                at_ns,
+                last_rx_ns,
+            } => (peer, link, change, at_ns, last_rx_ns),
+        };
+        let (new_state, event, cause) = match change {
+            LinkChange::Down => (State::Down, EventKind::LinkDown, "timeout"),
+            LinkChange::Up => (State::Up, EventKind::LinkUp, "heartbeat"),
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            self.unknown_events += 1;
+            return out;
+        };
+        let Some(link) = peer.links.get_mut(&link_id) else {
+            self.unknown_events += 1;
+            return out;
+        };
+        if link.state == new_state {
+            return out;
+        }
+        link.state = new_state;
+        link.since_mono_ns = at_ns;
+        link.transitions += 1;
+        let since = (new_state == State::Down).then(|| at_ns.saturating_sub(last_rx_ns));
+        let mut e = journal::entry(event, &self.local_name, cause, at_ns);
+        e.peer = Some(peer.name.clone());
+        e.peer_id = Some(peer.id);
+        e.link = Some(link_id);
+        e.since_last_rx_ns = since;
+        tracing::info!(
+            peer = %peer.name,
+            link = link_id,
+            cause,
+            since_last_rx_us = since.map(|s| s / 1000),
+            "{event}"
+        );
+        out.push(e);
+
+        let any_up = peer.links.values().any(|l| l.state == State::Up);
+        let node_state = if any_up { State::Up } else { State::Down };
+        if node_state != peer.state && !(node_state == State::Down && peer.state == State::Unknown)
+        {
+            peer.state = node_state;
+            peer.since_mono_ns = at_ns;
+            let (event, cause) = match node_state {
+                State::Up => (EventKind::NodeUp, "first_link_up"),
+                _ => (EventKind::NodeDown, "all_links_down"),
+            };
+            let mut e = journal::entry(event, &self.local_name, cause, at_ns);
+            e.peer = Some(peer.name.clone());
+            e.peer_id = Some(peer.id);
+            e.link = Some(link_id);
+            e.since_last_rx_ns = since;
+            if node_state == State::Down {
+                tracing::warn!(peer = %peer.name, link = link_id, "node_down: every heartbeat link is down");
+            } else {
+                tracing::info!(peer = %peer.name, link = link_id, "node_up");
+            }
+            out.push(e);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UP: u32 = 1;
+    const DOWN: u32 = 2;
+    const STALE: u32 = 3;
+
+    fn ev(kind: u32, peer: u16, link: u8, at: u64) -> TransportEvent {
+        if kind == STALE {
+            return TransportEvent::LocalGateClosed {
+                peer,
+                link,
+                at_ns: at,
+            };
+        }
+        TransportEvent::Link {
+            peer,
+            link,
+            change: if kind == UP {
+                LinkChange::Up
+            } else {
+                LinkChange::Down
+            },
+            // (tests use at >= 500 so the silence is exactly 500 ns)
+            last_rx_ns: at.saturating_sub(500),
+            at_ns: at,
+        }
+    }
+
+    fn names(v: &[Entry]) -> Vec<&str> {
+        v.iter().map(|e| e.event.as_str()).collect()
+    }
+
+    #[test]
+    fn one_link_down_of_two_keeps_node_up() {
+        let mut m = Membership::new("a", &[(2, "b".into(), vec![0, 1])]);
+        assert_eq!(
+            names(&m.apply(&ev(UP, 2, 0, 1_000))),
+            ["link_up", "node_up"]
+        );
+        assert_eq!(names(&m.apply(&ev(UP, 2, 1, 1_100))), ["link_up"]);
+        assert_eq!(names(&m.apply(&ev(DOWN, 2, 0, 2_000))), ["link_down"]);
+        assert_eq!(m.peer(2).unwrap().state, State::Up);
+        let out = m.apply(&ev(DOWN, 2, 1, 3_000));
+        assert_eq!(names(&out), ["link_down", "node_down"]);
+        assert_eq!(out[1].since_last_rx_ns, Some(500));
+        assert_eq!(m.peer(2).unwrap().state, State::Down);
+        assert_eq!(
+            names(&m.apply(&ev(UP, 2, 1, 4_000))),
+            ["link_up", "node_up"]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_unknowns_are_ignored() {
+        let mut m = Membership::new("a", &[(2, "b".into(), vec![0])]);
+        assert!(m.apply(&ev(DOWN, 2, 0, 5)).len() == 1);
+        assert!(m.apply(&ev(DOWN, 2, 0, 6)).is_empty());
+        assert!(m.apply(&ev(UP, 9, 0, 7)).is_empty());
+        assert!(m.apply(&ev(UP, 2, 5, 7)).is_empty());
+        assert_eq!(m.unknown_events, 2);
+        assert_eq!(names(&m.apply(&ev(STALE, 2, 0, 8))), ["agent_stale"]);
+    }
+}
