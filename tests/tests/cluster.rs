@@ -7,15 +7,15 @@ mod support;
 use std::time::Duration;
 
 use heartbeat_tests::{Signal, nft_egress_drop, xdp_attached};
-use support::{Cluster, FAST, STEADY, wall_ns};
+use support::{Cluster, Entry, EventKind, FAST, LinkState, NodeState, STEADY, wall_ns};
 
 /// Generous upper bound for detection in tests (the benchmark measures the
 /// real numbers): the deadline is 1 ms (plus agent_timeout for SIGSTOP).
 const MARGIN: Duration = Duration::from_secs(2);
 const UP: Duration = Duration::from_secs(10);
 
-fn detection_ms(e: &serde_json::Value, fault_ns: u64) -> f64 {
-    (e["kernel_wall_ns"].as_u64().unwrap() as f64 - fault_ns as f64) / 1e6
+fn detection_ms(e: &Entry, fault_ns: u64) -> f64 {
+    (e.kernel_wall_ns as f64 - fault_ns as f64) / 1e6
 }
 
 #[test]
@@ -26,25 +26,20 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
 
     // Round-trip times appear in the maps (status reads them).
     std::thread::sleep(Duration::from_millis(300));
-    let st = c.status_json("beta");
-    let alpha = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "alpha")
-        .unwrap();
-    assert_eq!(alpha["state"], "up");
-    let link = &alpha["links"][0];
-    assert!(link["rtt_last_us"].as_f64().unwrap() > 0.0, "no RTT: {st}");
-    assert!(link["replies_rx"].as_u64().unwrap() > 0, "{st}");
-    assert!(link["requests_rx"].as_u64().unwrap() > 0, "{st}");
-    assert!(st["xdp_counters"]["tx_reply"].as_u64().unwrap() > 0, "{st}");
+    let st = c.status("beta");
+    let alpha = st.node("alpha").unwrap();
+    assert_eq!(alpha.state, NodeState::Up);
+    let link = &alpha.links[0];
+    assert!(link.rtt_last_us.unwrap() > 0.0, "no RTT: {st:?}");
+    assert!(link.replies_rx > 0, "{st:?}");
+    assert!(link.requests_rx > 0, "{st:?}");
+    assert!(st.xdp_counters["tx_reply"] > 0, "{st:?}");
 
     // SIGKILL: alpha's XDP program goes away with the process.
     let fault = wall_ns();
     c.agent("alpha").signal(Signal::SIGKILL).unwrap();
     let e = c
-        .wait_event("beta", "node_down", "alpha", fault, MARGIN)
+        .wait_event("beta", EventKind::NodeDown, "alpha", fault, MARGIN)
         .unwrap_or_else(|| panic!("SIGKILL not detected: {:?}", c.journal("beta")));
     let ms = detection_ms(&e, fault);
     assert!(ms < MARGIN.as_millis() as f64, "took {ms} ms");
@@ -61,7 +56,8 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
     let back = wall_ns();
     c.start("alpha");
     assert!(
-        c.wait_event("beta", "node_up", "alpha", back, UP).is_some(),
+        c.wait_event("beta", EventKind::NodeUp, "alpha", back, UP)
+            .is_some(),
         "alpha did not come back"
     );
 
@@ -70,13 +66,13 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
     let fault = wall_ns();
     c.agent("alpha").signal(Signal::SIGSTOP).unwrap();
     let e = c
-        .wait_event("beta", "node_down", "alpha", fault, MARGIN)
+        .wait_event("beta", EventKind::NodeDown, "alpha", fault, MARGIN)
         .unwrap_or_else(|| panic!("SIGSTOP not detected: {:?}", c.journal("beta")));
     eprintln!("SIGSTOP detected after {:.3} ms", detection_ms(&e, fault));
     let resume = wall_ns();
     c.agent("alpha").signal(Signal::SIGCONT).unwrap();
     assert!(
-        c.wait_event("beta", "node_up", "alpha", resume, UP)
+        c.wait_event("beta", EventKind::NodeUp, "alpha", resume, UP)
             .is_some(),
         "alpha not back after SIGCONT: {:?}",
         c.journal("beta")
@@ -88,7 +84,7 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
     let wire = c.nodes[a].wires[0].clone();
     let rule = nft_egress_drop(&c.nodes[a].ns, &wire).unwrap();
     let e = c
-        .wait_event("beta", "node_down", "alpha", fault, MARGIN)
+        .wait_event("beta", EventKind::NodeDown, "alpha", fault, MARGIN)
         .unwrap_or_else(|| panic!("silent egress not detected: {:?}", c.journal("beta")));
     eprintln!(
         "silent egress detected after {:.3} ms",
@@ -97,7 +93,7 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
     let lifted = wall_ns();
     rule.remove().unwrap();
     assert!(
-        c.wait_event("beta", "node_up", "alpha", lifted, UP)
+        c.wait_event("beta", EventKind::NodeUp, "alpha", lifted, UP)
             .is_some()
     );
 
@@ -122,7 +118,7 @@ fn two_nodes_kill_stop_and_silence_are_detected() {
     );
     assert!(!c.socket("beta").exists(), "control socket left behind");
     let j = c.journal("beta");
-    assert_eq!(j.last().unwrap()["event"], "agent_stopping");
+    assert_eq!(j.last().unwrap().event, EventKind::AgentStopping);
 }
 
 #[test]
@@ -136,14 +132,14 @@ fn one_link_of_two_failing_keeps_the_node_up() {
     let fault = wall_ns();
     let rule = nft_egress_drop(&c.nodes[a].ns, &wire0).unwrap();
     let e = c
-        .wait_event("beta", "link_down", "alpha", fault, MARGIN)
+        .wait_event("beta", EventKind::LinkDown, "alpha", fault, MARGIN)
         .unwrap_or_else(|| panic!("link failure not reported: {:?}", c.journal("beta")));
-    assert_eq!(e["link"], 0);
+    assert_eq!(e.link, Some(0));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         c.wait_event(
             "beta",
-            "node_down",
+            EventKind::NodeDown,
             "alpha",
             fault,
             Duration::from_millis(10)
@@ -152,16 +148,11 @@ fn one_link_of_two_failing_keeps_the_node_up() {
         "a single link failure took the node down: {:?}",
         c.journal("beta")
     );
-    let st = c.status_json("beta");
-    let alpha = st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "alpha")
-        .unwrap();
-    assert_eq!(alpha["state"], "up", "{st}");
-    assert_eq!(alpha["links"][0]["state"], "down", "{st}");
-    assert_eq!(alpha["links"][1]["state"], "up", "{st}");
+    let st = c.status("beta");
+    let alpha = st.node("alpha").unwrap();
+    assert_eq!(alpha.state, NodeState::Up, "{st:?}");
+    assert_eq!(alpha.links[0].state, LinkState::Down, "{st:?}");
+    assert_eq!(alpha.links[1].state, LinkState::Up, "{st:?}");
     // The human rendering shows both links.
     let out = c.cli("beta", &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -172,7 +163,7 @@ fn one_link_of_two_failing_keeps_the_node_up() {
     let lifted = wall_ns();
     rule.remove().unwrap();
     assert!(
-        c.wait_event("beta", "link_up", "alpha", lifted, UP)
+        c.wait_event("beta", EventKind::LinkUp, "alpha", lifted, UP)
             .is_some()
     );
 }
@@ -220,16 +211,9 @@ fn three_nodes_metrics_status_and_events() {
         assert!(body.contains(required), "missing {required}:\n{body}");
     }
     // Consistent with the maps as status reports them.
-    let st = c.status_json("gamma");
-    assert_eq!(st["nodes"].as_array().unwrap().len(), 3);
-    assert!(
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["state"] == "up"),
-        "{st}"
-    );
+    let st = c.status("gamma");
+    assert_eq!(st.nodes.len(), 3);
+    assert!(st.nodes.iter().all(|n| n.state == NodeState::Up), "{st:?}");
     // 404 for other paths.
     let other = support::http_get(&c.nodes[g].ns, "127.0.0.1:9465", "/");
     assert!(other.contains("/metrics"));
@@ -239,26 +223,26 @@ fn three_nodes_metrics_status_and_events() {
     c.agent("alpha").signal(Signal::SIGKILL).unwrap();
     for survivor in ["beta", "gamma"] {
         assert!(
-            c.wait_event(survivor, "node_down", "alpha", fault, MARGIN)
+            c.wait_event(survivor, EventKind::NodeDown, "alpha", fault, MARGIN)
                 .is_some()
         );
     }
     let out = c.cli("gamma", &["events"]);
     assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let lines: Vec<Entry> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("events line is JSON"))
+        .map(|l| serde_json::from_str(l).expect("events line is an Entry"))
         .collect();
-    assert_eq!(lines[0]["event"], "agent_started");
+    assert_eq!(lines[0].event, EventKind::AgentStarted);
     let down = lines
         .iter()
         .find(|e| {
-            e["event"] == "node_down"
-                && e["peer"] == "alpha"
-                && e["kernel_wall_ns"].as_u64().unwrap_or(0) >= fault
+            e.event == EventKind::NodeDown
+                && e.peer.as_deref() == Some("alpha")
+                && e.kernel_wall_ns >= fault
         })
         .expect("node_down in events");
-    assert!(down["kernel_wall_ns"].as_u64().unwrap() >= fault);
-    assert!(down["handled_wall_ns"].as_u64().unwrap() >= down["kernel_wall_ns"].as_u64().unwrap());
-    assert!(down["since_last_rx_ns"].as_u64().unwrap() >= 20_000_000);
+    assert!(down.kernel_wall_ns >= fault);
+    assert!(down.handled_wall_ns >= down.kernel_wall_ns);
+    assert!(down.since_last_rx_ns.unwrap() >= 20_000_000);
 }

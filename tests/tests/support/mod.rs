@@ -1,6 +1,10 @@
 //! Fixtures for agent integration tests: a cluster of real agents in network
 //! namespaces, their journals, control sockets and metrics.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different subset"
+)]
 
 use std::{
     fs,
@@ -12,8 +16,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub use heartbeat_api::{
+    journal::{Entry, EventKind},
+    status::{LinkState, NodeState, StatusReport},
+};
 use heartbeat_tests::{ChildGuard, Netns, VethPair};
-use serde_json::Value;
 
 /// The agent binary built by `cargo build --workspace` (xtask test builds it
 /// before running the tests).
@@ -310,7 +317,18 @@ impl Cluster {
         self.dir.0.join(format!("{name}.sock"))
     }
 
+    /// Rewrites the configuration file through `f`.
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        fs::write(&self.config, f(text)).unwrap();
+    }
+
     pub fn start(&mut self, name: &str) {
+        self.start_prefixed(name, &[]);
+    }
+
+    /// Starts `name`'s agent behind `prefix` (e.g. `prlimit --nofile=...`).
+    pub fn start_prefixed(&mut self, name: &str, prefix: &[&str]) {
         let i = self.index(name);
         let log = self.dir.0.join(format!("{name}.log"));
         let bin = agent_binary();
@@ -319,14 +337,18 @@ impl Cluster {
         let guard = node
             .ns
             .spawn_logged(
-                &[
-                    bin.to_str().unwrap(),
-                    "run",
-                    "--config",
-                    &cfg,
-                    "--node",
-                    name,
-                ],
+                &prefix
+                    .iter()
+                    .copied()
+                    .chain([
+                        bin.to_str().unwrap(),
+                        "run",
+                        "--config",
+                        &cfg,
+                        "--node",
+                        name,
+                    ])
+                    .collect::<Vec<_>>(),
                 &log,
             )
             .expect("spawn agent");
@@ -350,7 +372,7 @@ impl Cluster {
     }
 
     /// Journal entries of `name`.
-    pub fn journal(&self, name: &str) -> Vec<Value> {
+    pub fn journal(&self, name: &str) -> Vec<Entry> {
         fs::read_to_string(self.journal_path(name))
             .unwrap_or_default()
             .lines()
@@ -363,17 +385,17 @@ impl Cluster {
     pub fn wait_event(
         &self,
         observer: &str,
-        event: &str,
+        event: EventKind,
         peer: &str,
         after_wall_ns: u64,
         timeout: Duration,
-    ) -> Option<Value> {
+    ) -> Option<Entry> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.journal(observer).into_iter().find(|e| {
-                e["event"] == event
-                    && e["peer"] == peer
-                    && e["kernel_wall_ns"].as_u64().unwrap_or(0) >= after_wall_ns
+                e.event == event
+                    && e.peer.as_deref() == Some(peer)
+                    && e.kernel_wall_ns >= after_wall_ns
             }) {
                 return Some(e);
             }
@@ -390,7 +412,8 @@ impl Cluster {
         for a in &names {
             for b in names.iter().filter(|b| *b != a) {
                 assert!(
-                    self.wait_event(a, "node_up", b, 0, timeout).is_some(),
+                    self.wait_event(a, EventKind::NodeUp, b, 0, timeout)
+                        .is_some(),
                     "{a} never saw {b} up\n--- {a} log:\n{}\n--- journal: {:?}",
                     self.log(a),
                     self.journal(a)
@@ -408,7 +431,43 @@ impl Cluster {
             .expect("agent cli")
     }
 
-    pub fn status_json(&self, name: &str) -> Value {
+    /// Polls `name`'s status until `peer` has `state` (or panics after `timeout`).
+    pub fn wait_state(&self, name: &str, peer: &str, state: NodeState, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The agent may not be listening yet.
+            let out = self.cli(name, &["status", "--json"]);
+            let st: Option<StatusReport> = out
+                .status
+                .success()
+                .then(|| serde_json::from_slice(&out.stdout).ok())
+                .flatten();
+            if st
+                .as_ref()
+                .and_then(|s| s.node(peer))
+                .is_some_and(|n| n.state == state)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never saw {peer} {state:?}: {st:?}\n{}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Open file descriptors of `name`'s agent.
+    pub fn agent_fds(&mut self, name: &str) -> usize {
+        let pid = self.agent(name).pid();
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// `status --json` of `name`'s agent.
+    pub fn status(&self, name: &str) -> StatusReport {
         let out = self.cli(name, &["status", "--json"]);
         assert!(
             out.status.success(),

@@ -1,0 +1,351 @@
+//! Defects a hostile but fair tester found (issue 12), each reproduced
+//! against real agents in namespaces: abusive control and metrics clients,
+//! a journal that cannot be written, a control socket path that is not a
+//! socket, SIGHUP, and the control protocol's answers to bad requests.
+//! Also the reshaped daemon's promises: a control client that never reads
+//! cannot cause a down event, and reload rotates keys without one.
+
+mod support;
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::net::{UnixListener, UnixStream},
+    time::{Duration, Instant},
+};
+
+use heartbeat_tests::Signal;
+use support::{Cluster, EventKind, NodeState, STEADY, Timing, agent_binary, in_netns, wall_ns};
+
+const UP: Duration = Duration::from_secs(10);
+
+/// Five times faster than STEADY: a control client that stalls the agent
+/// for a few ms would show as a down event here.
+const TIGHT: Timing = Timing {
+    interval: "1ms",
+    node_timeout: "5ms",
+    agent_timeout: "200ms",
+};
+
+/// For tests about semantics on a machine that may be busy: a down event
+/// here means a real loss, not a scheduling hiccup.
+const RELAXED: Timing = Timing {
+    interval: "10ms",
+    node_timeout: "300ms",
+    agent_timeout: "1s",
+};
+
+fn down_events(c: &Cluster, observer: &str, since: u64) -> usize {
+    c.journal(observer)
+        .iter()
+        .filter(|e| {
+            matches!(e.event, EventKind::NodeDown | EventKind::LinkDown)
+                && e.kernel_wall_ns >= since
+        })
+        .count()
+}
+
+/// Sends one raw request line and returns the answer.
+fn raw(sock: &std::path::Path, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn closed_event_followers_are_noticed_at_once_at_the_fd_limit() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.start_prefixed("alpha", &["prlimit", "--nofile=1024:1024", "--"]);
+    c.start("beta");
+    c.wait_all_up(UP);
+    let sock = c.socket("alpha");
+    let base = c.agent_fds("alpha");
+    for _ in 0..1000 {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(b"{\"command\":\"events\",\"follow\":true}\n")
+            .unwrap();
+        // Closed without reading: the agent must notice without waiting
+        // for the next journal event.
+    }
+    // Let the agent work through its accept queue.
+    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.agent_fds("alpha") > base + 16 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fds = c.agent_fds("alpha");
+    assert!(
+        fds <= base + 16,
+        "followers still open: {fds} fds (was {base})"
+    );
+    // Still answering, and the peer never went down.
+    let st = c.status("alpha");
+    assert_eq!(st.node("beta").unwrap().state, NodeState::Up);
+    assert_eq!(down_events(&c, "beta", 0), 0, "{:?}", c.journal("beta"));
+}
+
+#[test]
+fn idle_metrics_connections_cannot_starve_the_agent() {
+    let mut c = Cluster::new(2, 1, RELAXED, true);
+    c.start_prefixed("alpha", &["prlimit", "--nofile=1024:1024", "--"]);
+    c.start("beta");
+    c.wait_all_up(UP);
+    let a = c.index("alpha");
+    let start = wall_ns();
+    // 1100 idle connections, held by this test (not the agent).
+    let held = in_netns(&c.nodes[a].ns, || {
+        let mut v = Vec::new();
+        for _ in 0..1100 {
+            match std::net::TcpStream::connect("127.0.0.1:9465") {
+                Ok(s) => v.push(s),
+                Err(_) => break,
+            }
+        }
+        v
+    });
+    assert!(held.len() > 1000, "only {} connections", held.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = c.agent_fds("alpha");
+    assert!(fds < 200, "the agent holds {fds} fds for idle clients");
+    let t = Instant::now();
+    let st = c.status("alpha");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "status took {:?}",
+        t.elapsed()
+    );
+    assert!(st.agent.connections_refused > 0, "{:?}", st.agent);
+    drop(held);
+    // Served again once they are gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = support::http_get(&c.nodes[a].ns, "127.0.0.1:9465", "/metrics");
+        if body.contains("heartbeat_connections_refused_total") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(down_events(&c, "beta", start), 0, "{:?}", c.journal("beta"));
+}
+
+#[test]
+fn a_journal_fifo_without_reader_blocks_nothing() {
+    let mut c = Cluster::new(2, 1, STEADY, false);
+    let fifo = c.journal_path("alpha");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    c.start_all();
+    // alpha starts, answers, and its peer sees it up.
+    assert!(
+        c.wait_event("beta", EventKind::NodeUp, "alpha", 0, UP)
+            .is_some(),
+        "{}",
+        c.log("alpha")
+    );
+    c.wait_state("alpha", "beta", NodeState::Up, UP);
+    let st = c.status("alpha");
+    assert!(st.agent.journal_write_errors > 0, "{:?}", st.agent);
+    // The journal is still served from memory.
+    let out = c.cli("alpha", &["events"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agent_started"));
+}
+
+#[test]
+fn a_control_socket_path_that_is_not_a_socket_is_never_replaced() {
+    let c = Cluster::new(2, 1, STEADY, false);
+    let before = fs::read_to_string(&c.config).unwrap();
+    c.edit_config(|t| t.replace("socket = \"{node}.sock\"", "socket = \"cluster.toml\""));
+    let text = fs::read_to_string(&c.config).unwrap();
+    let a = c.index("alpha");
+    let out = c.nodes[a]
+        .ns
+        .command(agent_binary())
+        .args([
+            "run",
+            "--config",
+            c.config.to_str().unwrap(),
+            "--node",
+            "alpha",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(
+        fs::read_to_string(&c.config).unwrap(),
+        text,
+        "config touched"
+    );
+    assert_ne!(before, text);
+    assert!(
+        !heartbeat_tests::xdp_attached(&c.nodes[a].ns, &c.nodes[a].ifaces[0]),
+        "XDP left attached"
+    );
+}
+
+#[test]
+fn sighup_reloads_and_reopens_a_deleted_journal() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    let start = wall_ns();
+    fs::remove_file(c.journal_path("alpha")).unwrap();
+    c.agent("alpha").signal(Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + UP;
+    while !c
+        .journal("alpha")
+        .iter()
+        .any(|e| e.event == EventKind::Reloaded)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload journaled after SIGHUP:\n{}",
+            c.log("alpha")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.agent("alpha").is_running(), "SIGHUP killed the agent");
+    assert_eq!(down_events(&c, "beta", start), 0, "{:?}", c.journal("beta"));
+    // A reload that changes what cannot change live is refused, by key.
+    c.edit_config(|t| t.replace("port = 6405", "port = 6406"));
+    let out = c.cli("alpha", &["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.port"), "{err}");
+    assert!(c.agent("alpha").is_running());
+}
+
+#[test]
+fn journal_write_errors_are_counted_and_exported() {
+    let mut c = Cluster::new(2, 1, STEADY, true);
+    c.edit_config(|t| {
+        t.replace(
+            "events_file = \"{node}.events.jsonl\"",
+            "events_file = \"/dev/full\"",
+        )
+    });
+    c.start_all();
+    c.wait_state("alpha", "beta", NodeState::Up, UP);
+    let st = c.status("alpha");
+    assert!(st.agent.journal_write_errors > 0, "{:?}", st.agent);
+    let a = c.index("alpha");
+    let body = support::http_get(&c.nodes[a].ns, "127.0.0.1:9465", "/metrics");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("heartbeat_journal_write_errors_total "))
+        .unwrap_or_else(|| panic!("not exported:\n{body}"));
+    let v: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+    assert!(v > 0.0, "{line}");
+    assert!(c.log("alpha").contains("journal"), "not logged");
+}
+
+#[test]
+fn every_bad_control_request_gets_one_error_line() {
+    let mut c = Cluster::new(2, 1, STEADY, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    let sock = c.socket("alpha");
+    for (req, want) in [
+        (&b"\xff\xfe\n"[..], "UTF-8"),
+        (b"{\"command\":\"status\",\"x\":1}\n", "unknown field"),
+        (b"{\"command\":\"events\",\"x\":1}\n", "unknown field"),
+        (b"{\"command\":\"nope\"}\n", "known commands"),
+        (b"no newline", "one JSON line"),
+    ] {
+        let answer = raw(&sock, req);
+        let line: heartbeat_api::control::ErrorLine = serde_json::from_str(answer.trim())
+            .unwrap_or_else(|e| panic!("{:?}: {e}: {answer:?}", String::from_utf8_lossy(req)));
+        assert!(
+            line.error.contains(want),
+            "{:?} -> {}",
+            String::from_utf8_lossy(req),
+            line.error
+        );
+    }
+    // The CLI gives up on an agent that never answers, with a clear message.
+    let dir = support::TempDir::new("mute");
+    let mute = dir.0.join("mute.sock");
+    let _listener = UnixListener::bind(&mute).unwrap();
+    let t = Instant::now();
+    let out = std::process::Command::new(agent_binary())
+        .args(["status", "--socket", mute.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn control_clients_that_never_read_cause_no_down_event() {
+    let mut c = Cluster::new(2, 1, TIGHT, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = wall_ns();
+    let sock = c.socket("alpha");
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let req: &[u8] = if i % 2 == 0 {
+            b"{\"command\":\"events\",\"follow\":true}\n"
+        } else {
+            b"{\"command\":\"status\"}\n"
+        };
+        s.write_all(req).unwrap();
+        clients.push(s); // never read
+    }
+    // A half-sent request, never finished.
+    let mut half = UnixStream::connect(&sock).unwrap();
+    half.write_all(b"{\"command\":").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        down_events(&c, "alpha", start),
+        0,
+        "{:?}",
+        c.journal("alpha")
+    );
+    assert_eq!(down_events(&c, "beta", start), 0, "{:?}", c.journal("beta"));
+    drop(clients);
+}
+
+#[test]
+fn reload_rotates_the_key_on_a_running_cluster_without_a_down_event() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    let start = wall_ns();
+    let key = c.dir.0.join("cluster.key");
+    let k0 = "00112233445566778899aabbccddeeff";
+    let k1 = "ffeeddccbbaa99887766554433221100";
+    for contents in [
+        format!("{k0}\n{k1}\n"),
+        format!("{k1}\n{k0}\n"),
+        format!("{k1}\n"),
+    ] {
+        fs::write(&key, contents).unwrap();
+        for n in ["alpha", "beta", "gamma"] {
+            let out = c.cli(n, &["reload"]);
+            assert!(
+                out.status.success(),
+                "{n}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for n in ["alpha", "beta", "gamma"] {
+        assert_eq!(down_events(&c, n, start), 0, "{n}: {:?}", c.journal(n));
+        let st = c.status(n);
+        assert_eq!(st.xdp_counters["drop_bad_mac"], 0, "{n}");
+        assert!(st.nodes.iter().all(|x| x.state == NodeState::Up), "{st:?}");
+    }
+}
