@@ -5,6 +5,7 @@
 //! expiry and the time the agent handled it), shows the reformed cluster,
 //! and removes everything. Bounded to well under a minute; Ctrl-C cleans up.
 
+use heartbeat_api::journal::{Entry, EventKind};
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -84,7 +85,7 @@ impl Drop for Demo {
 }
 
 impl Demo {
-    fn journal(&self, node: &str) -> Vec<serde_json::Value> {
+    fn journal(&self, node: &str) -> Vec<Entry> {
         fs::read_to_string(self.dir.join(format!("{node}.events.jsonl")))
             .unwrap_or_default()
             .lines()
@@ -110,18 +111,16 @@ impl Demo {
     fn wait_event(
         &self,
         node: &str,
-        event: &str,
+        event: EventKind,
         peer: &str,
         after: u64,
         within: Duration,
-    ) -> anyhow::Result<Option<serde_json::Value>> {
+    ) -> anyhow::Result<Option<Entry>> {
         let end = Instant::now() + within;
         loop {
             interrupted()?;
             if let Some(e) = self.journal(node).into_iter().find(|e| {
-                e["event"] == event
-                    && e["peer"] == peer
-                    && e["kernel_wall_ns"].as_u64().unwrap_or(0) >= after
+                e.event == event && e.peer.as_deref() == Some(peer) && e.kernel_wall_ns >= after
             }) {
                 return Ok(Some(e));
             }
@@ -252,7 +251,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for a in NAMES {
         for b in NAMES.iter().filter(|b| **b != a) {
             if demo
-                .wait_event(a, "node_up", b, 0, Duration::from_secs(15))?
+                .wait_event(a, EventKind::NodeUp, b, 0, Duration::from_secs(15))?
                 .is_none()
             {
                 let log = fs::read_to_string(dir.join(format!("{a}.log"))).unwrap_or_default();
@@ -274,20 +273,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for survivor in ["alpha", "beta"] {
         match demo.wait_event(
             survivor,
-            "node_down",
+            EventKind::NodeDown,
             "gamma",
             fault,
             Duration::from_secs(5),
         )? {
             Some(e) => {
-                let k = e["kernel_wall_ns"].as_u64().unwrap_or(0);
-                let h = e["handled_wall_ns"].as_u64().unwrap_or(0);
+                let k = e.kernel_wall_ns;
+                let h = e.handled_wall_ns;
                 println!(
                     "  {survivor}: gamma declared failed {:.3} ms after the kill (kernel timer expiry), \
                      agent handled it at {:.3} ms; silent for {:.3} ms before expiry",
                     (k as f64 - fault as f64) / 1e6,
                     (h as f64 - fault as f64) / 1e6,
-                    e["since_last_rx_ns"].as_u64().unwrap_or(0) as f64 / 1e6
+                    e.since_last_rx_ns.unwrap_or(0) as f64 / 1e6
                 );
             }
             None => println!("  {survivor}: did NOT report gamma down within 5 s"),
@@ -300,14 +299,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for e in demo.journal("alpha") {
         println!(
             "  {} {:<14} peer={:<6} link={:<4} cause={}",
-            e["kernel_time"].as_str().unwrap_or("-"),
-            e["event"].as_str().unwrap_or("-"),
-            e["peer"].as_str().unwrap_or("-"),
-            e["link"]
-                .as_u64()
-                .map(|l| l.to_string())
-                .unwrap_or_else(|| "-".into()),
-            e["cause"].as_str().unwrap_or("-"),
+            e.kernel_time,
+            e.event.as_str(),
+            e.peer.as_deref().unwrap_or("-"),
+            e.link.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            e.cause,
         );
     }
     step("demo", "stopping agents and removing the namespaces");
