@@ -10,6 +10,7 @@
 //! - [`qserver`]: the quorum server's logic and its client side.
 
 pub mod ids;
+pub mod membership;
 pub mod quorum;
 pub mod wire;
 

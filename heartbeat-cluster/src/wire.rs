@@ -189,6 +189,8 @@ pub mod join_flags {
     pub const MAY_FORM: u8 = 1;
     /// The sender has seen all configured nodes together (wait_for_all).
     pub const WFA_OK: u8 = 2;
+    /// The sender's installed view is quorate.
+    pub const VIEW_QUORATE: u8 = 4;
 }
 
 /// Gather message: the sender's knowledge and its computed member set.
@@ -496,7 +498,8 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
             let view_epoch = r.epoch()?;
             let view_members = r.set()?;
             let flags = r.u8()?;
-            if flags & !(join_flags::MAY_FORM | join_flags::WFA_OK) != 0 {
+            if flags & !(join_flags::MAY_FORM | join_flags::WFA_OK | join_flags::VIEW_QUORATE) != 0
+            {
                 return None;
             }
             let expected = r.set()?;
