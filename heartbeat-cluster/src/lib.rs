@@ -3,7 +3,16 @@
 //! ticks; outputs are messages to send and decisions (views to install,
 //! epochs to persist). Nothing here does I/O or reads a clock, so every
 //! rule is unit-tested and model-tested without namespaces.
+//!
+//! - [`wire`]: membership messages, MAC, replay guard.
+//! - [`quorum`]: votequorum semantics and tie-breakers.
+//! - [`membership`]: membership, coordinator election and epochs.
+//! - [`qserver`]: the quorum server's logic and its client side.
 
 pub mod ids;
+pub mod membership;
+pub mod quorum;
+pub mod wire;
 
-pub use ids::{Epoch, LinkId, NodeId};
+pub use heartbeat_common::siphash::SipKey;
+pub use ids::{Epoch, LinkId, MAX_NODE_ID, NodeId, NodeSet};

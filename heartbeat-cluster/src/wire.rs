@@ -1,0 +1,921 @@
+//! Membership messages on the wire, their MAC and replay protection.
+//!
+//! A membership message is one UDP datagram on the heartbeat port:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0 | 6 | prefix: magic `"HBT1"`, version 1, kind 3 ([`KIND_MEMBERSHIP`]) |
+//! | 6 | 4 | cluster id |
+//! | 10 | 2 | sender node id (0 = the quorum server) |
+//! | 12 | 4 | sender incarnation (persisted start counter, +1 per agent start) |
+//! | 16 | 8 | sequence, strictly increasing within an incarnation |
+//! | 24 | 1 | message type ([`MsgType`]) |
+//! | 25 | 2 | body length |
+//! | 27 | n | body (per type, below) |
+//! | 27+n | 8 | SipHash-2-4 MAC (cluster key) over bytes `0..27+n` |
+//!
+//! Every multi-byte field is big-endian. A datagram is at most [`MAX_LEN`]
+//! bytes. [`decode`] is a pure function of the bytes, the keys and the
+//! cluster id; it never panics (fuzzed and tested on every truncation and
+//! every flipped bit). Replay protection is per sender: [`ReplayGuard`]
+//! keeps the last (incarnation, sequence) and rejects anything not newer.
+//! A replay of an older incarnation received after *this* node restarted
+//! (its guard is empty) passes the guard but is then dropped by the state
+//! machine as `old_epoch` (epochs are persisted).
+
+use heartbeat_common::siphash::{SipKey, ct_eq, siphash24};
+pub use heartbeat_common::{KIND_MEMBERSHIP, MAGIC, PREFIX_LEN, VERSION};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, NodeId, NodeSet};
+use crate::quorum::{QuorumState, TieBreaker};
+
+/// Bytes before the body.
+pub const HEADER_LEN: usize = 27;
+/// Bytes of the MAC at the end.
+pub const MAC_LEN: usize = 8;
+/// Largest membership datagram (a join of a full 63-node cluster fits).
+pub const MAX_LEN: usize = 1280;
+/// Largest number of reachability entries in one join.
+pub const MAX_REACH_ENTRIES: usize = 63;
+/// The quorum server's sender id.
+pub const QSERVER_SENDER: NodeId = NodeId(0);
+
+/// Why a datagram was dropped; `as_str` is stable (metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Shorter than a header plus MAC, longer than [`MAX_LEN`], or the body
+    /// length field disagrees with the datagram length.
+    #[error("wrong length")]
+    Length,
+    /// Magic, version or kind is not a membership message of this version.
+    #[error("not a membership message (magic, version or kind)")]
+    Prefix,
+    /// Another cluster's id.
+    #[error("other cluster")]
+    OtherCluster,
+    /// The MAC matches neither key slot.
+    #[error("bad MAC")]
+    BadMac,
+    /// The sender is not a configured node (or not a valid id for its type).
+    #[error("unknown node")]
+    UnknownNode,
+    /// Incarnation older, or sequence not newer, than already seen.
+    #[error("replayed")]
+    Replay,
+    /// An epoch older than what this node has already promised.
+    #[error("old epoch")]
+    OldEpoch,
+    /// Authenticated, but the body does not parse.
+    #[error("malformed body")]
+    MalformedBody,
+}
+
+impl DropReason {
+    /// Every reason, for registering metrics.
+    pub const ALL: [DropReason; 8] = [
+        Self::Length,
+        Self::Prefix,
+        Self::OtherCluster,
+        Self::BadMac,
+        Self::UnknownNode,
+        Self::Replay,
+        Self::OldEpoch,
+        Self::MalformedBody,
+    ];
+
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::Prefix => "magic_version_kind",
+            Self::OtherCluster => "other_cluster",
+            Self::BadMac => "bad_mac",
+            Self::UnknownNode => "unknown_node",
+            Self::Replay => "replay",
+            Self::OldEpoch => "old_epoch",
+            Self::MalformedBody => "malformed_body",
+        }
+    }
+}
+
+/// The key slots a message is verified against (a rotation puts the next
+/// key on every node first, then makes it current).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// Key used to seal and tried first.
+    pub current: SipKey,
+    /// Key also accepted at verify.
+    pub next: Option<SipKey>,
+}
+
+/// Which slot verified a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySlot {
+    /// The current key.
+    Current,
+    /// The next key.
+    Next,
+}
+
+/// The authenticated header fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Cluster id.
+    pub cluster_id: u32,
+    /// Sender ([`QSERVER_SENDER`] for the quorum server).
+    pub sender: NodeId,
+    /// Sender's start counter.
+    pub incarnation: u32,
+    /// Sender's sequence within the incarnation.
+    pub seq: u64,
+}
+
+/// Message type byte.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsgType {
+    /// [`Join`].
+    Join = 1,
+    /// [`Propose`].
+    Propose = 2,
+    /// [`Ack`].
+    Ack = 3,
+    /// [`Commit`].
+    Commit = 4,
+    /// [`Leave`].
+    Leave = 5,
+    /// [`QsRequest`].
+    QsRequest = 16,
+    /// [`QsAnswer`].
+    QsAnswer = 17,
+}
+
+impl MsgType {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Join,
+            2 => Self::Propose,
+            3 => Self::Ack,
+            4 => Self::Commit,
+            5 => Self::Leave,
+            16 => Self::QsRequest,
+            17 => Self::QsAnswer,
+            _ => return None,
+        })
+    }
+}
+
+/// What one node last knew of another node's reachable set (flooded in
+/// joins so that every node can compute the same mutual-connectivity
+/// graph). Newer is (incarnation, version) larger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReachEntry {
+    /// Whose reachable set.
+    pub node: NodeId,
+    /// That node's incarnation when it reported the set.
+    pub incarnation: u32,
+    /// Per-incarnation version, raised at every change of the set.
+    pub version: u32,
+    /// Nodes it hears (itself included).
+    pub reach: NodeSet,
+}
+
+/// Flags of a join.
+pub mod join_flags {
+    /// The sender may form a new cluster (it was a member of a view since
+    /// its start, its auto-start timeout ran out, or it got `cluster start`).
+    pub const MAY_FORM: u8 = 1;
+    /// The sender has seen all configured nodes together (wait_for_all).
+    pub const WFA_OK: u8 = 2;
+    /// The sender's installed view is quorate.
+    pub const VIEW_QUORATE: u8 = 4;
+}
+
+/// Gather message: the sender's knowledge and its computed member set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// Highest epoch the sender has seen or promised.
+    pub max_epoch: Epoch,
+    /// Epoch of the sender's installed view (0: none).
+    pub view_epoch: Epoch,
+    /// Members of the sender's installed view.
+    pub view_members: NodeSet,
+    /// [`join_flags`].
+    pub flags: u8,
+    /// The nodes whose votes the sender expects (all configured nodes,
+    /// until last_man_standing shrinks it).
+    pub expected: NodeSet,
+    /// The member set the sender computed from its knowledge.
+    pub proposal: NodeSet,
+    /// Reachable sets the sender knows, its own first.
+    pub reach: Vec<ReachEntry>,
+}
+
+/// The coordinator proposes a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Propose {
+    /// New epoch.
+    pub epoch: Epoch,
+    /// New member set.
+    pub members: NodeSet,
+}
+
+/// A member agrees to a proposal (and has persisted its epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// Proposed epoch.
+    pub epoch: Epoch,
+    /// Proposed member set.
+    pub members: NodeSet,
+}
+
+/// The coordinator commits a configuration every member acked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// Epoch.
+    pub epoch: Epoch,
+    /// Members.
+    pub members: NodeSet,
+    /// Quorum as the coordinator computed it.
+    pub quorum: QuorumState,
+}
+
+/// Graceful leave (node halt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leave {
+    /// The leaver's highest epoch.
+    pub epoch: Epoch,
+}
+
+/// A partition asks the quorum server for the tie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QsRequest {
+    /// Epoch being formed.
+    pub epoch: Epoch,
+    /// The partition's members.
+    pub members: NodeSet,
+    /// Votes of those members.
+    pub votes: u32,
+    /// Expected votes of the cluster.
+    pub expected_votes: u32,
+}
+
+/// The quorum server's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QsAnswer {
+    /// The node that asked.
+    pub node: NodeId,
+    /// Sequence of the request answered.
+    pub request_seq: u64,
+    /// Epoch asked for.
+    pub epoch: Epoch,
+    /// Members asked for.
+    pub members: NodeSet,
+    /// Whether the tie is granted to this partition.
+    pub granted: bool,
+    /// Lease length in milliseconds (0 when not granted).
+    pub lease_ms: u32,
+}
+
+/// A membership message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// [`Join`].
+    Join(Join),
+    /// [`Propose`].
+    Propose(Propose),
+    /// [`Ack`].
+    Ack(Ack),
+    /// [`Commit`].
+    Commit(Commit),
+    /// [`Leave`].
+    Leave(Leave),
+    /// [`QsRequest`].
+    QsRequest(QsRequest),
+    /// [`QsAnswer`].
+    QsAnswer(QsAnswer),
+}
+
+impl Message {
+    /// The type byte.
+    pub fn msg_type(&self) -> MsgType {
+        match self {
+            Self::Join(_) => MsgType::Join,
+            Self::Propose(_) => MsgType::Propose,
+            Self::Ack(_) => MsgType::Ack,
+            Self::Commit(_) => MsgType::Commit,
+            Self::Leave(_) => MsgType::Leave,
+            Self::QsRequest(_) => MsgType::QsRequest,
+            Self::QsAnswer(_) => MsgType::QsAnswer,
+        }
+    }
+}
+
+/// A decoded message whose MAC verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Header.
+    pub header: Header,
+    /// Which key verified it.
+    pub key_slot: KeySlot,
+    /// The message.
+    pub msg: Message,
+}
+
+fn mac(key: SipKey, data: &[u8]) -> [u8; 8] {
+    siphash24(key, data).to_be_bytes()
+}
+
+fn put_body(msg: &Message, out: &mut Vec<u8>) {
+    match msg {
+        Message::Join(j) => {
+            out.extend_from_slice(&j.max_epoch.0.to_be_bytes());
+            out.extend_from_slice(&j.view_epoch.0.to_be_bytes());
+            out.extend_from_slice(&j.view_members.bits().to_be_bytes());
+            out.push(j.flags);
+            out.extend_from_slice(&j.expected.bits().to_be_bytes());
+            out.extend_from_slice(&j.proposal.bits().to_be_bytes());
+            let n = j.reach.len().min(MAX_REACH_ENTRIES);
+            out.push(n as u8);
+            for e in &j.reach[..n] {
+                out.push(e.node.0 as u8);
+                out.extend_from_slice(&e.incarnation.to_be_bytes());
+                out.extend_from_slice(&e.version.to_be_bytes());
+                out.extend_from_slice(&e.reach.bits().to_be_bytes());
+            }
+        }
+        Message::Propose(p) => {
+            out.extend_from_slice(&p.epoch.0.to_be_bytes());
+            out.extend_from_slice(&p.members.bits().to_be_bytes());
+        }
+        Message::Ack(a) => {
+            out.extend_from_slice(&a.epoch.0.to_be_bytes());
+            out.extend_from_slice(&a.members.bits().to_be_bytes());
+        }
+        Message::Commit(c) => {
+            out.extend_from_slice(&c.epoch.0.to_be_bytes());
+            out.extend_from_slice(&c.members.bits().to_be_bytes());
+            let q = &c.quorum;
+            out.extend_from_slice(&q.present_votes.to_be_bytes());
+            out.extend_from_slice(&q.needed_votes.to_be_bytes());
+            out.extend_from_slice(&q.expected_votes.to_be_bytes());
+            out.push(u8::from(q.quorate));
+            out.push(q.tie_breaker.to_u8());
+        }
+        Message::Leave(l) => {
+            out.extend_from_slice(&l.epoch.0.to_be_bytes());
+        }
+        Message::QsRequest(r) => {
+            out.extend_from_slice(&r.epoch.0.to_be_bytes());
+            out.extend_from_slice(&r.members.bits().to_be_bytes());
+            out.extend_from_slice(&r.votes.to_be_bytes());
+            out.extend_from_slice(&r.expected_votes.to_be_bytes());
+        }
+        Message::QsAnswer(a) => {
+            out.extend_from_slice(&a.node.0.to_be_bytes());
+            out.extend_from_slice(&a.request_seq.to_be_bytes());
+            out.extend_from_slice(&a.epoch.0.to_be_bytes());
+            out.extend_from_slice(&a.members.bits().to_be_bytes());
+            out.push(u8::from(a.granted));
+            out.extend_from_slice(&a.lease_ms.to_be_bytes());
+        }
+    }
+}
+
+/// Encodes and seals one message with `key`.
+pub fn encode(header: &Header, msg: &Message, key: SipKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(KIND_MEMBERSHIP);
+    out.extend_from_slice(&header.cluster_id.to_be_bytes());
+    out.extend_from_slice(&header.sender.0.to_be_bytes());
+    out.extend_from_slice(&header.incarnation.to_be_bytes());
+    out.extend_from_slice(&header.seq.to_be_bytes());
+    out.push(msg.msg_type() as u8);
+    out.extend_from_slice(&[0, 0]);
+    put_body(msg, &mut out);
+    let body_len = (out.len() - HEADER_LEN) as u16;
+    out[25..27].copy_from_slice(&body_len.to_be_bytes());
+    let m = mac(key, &out);
+    out.extend_from_slice(&m);
+    debug_assert!(out.len() <= MAX_LEN);
+    out
+}
+
+/// Seals a node's outgoing messages: owns its cluster id, node id,
+/// incarnation and sequence counter.
+#[derive(Clone, Debug)]
+pub struct Sealer {
+    cluster_id: u32,
+    node: NodeId,
+    incarnation: u32,
+    seq: u64,
+}
+
+impl Sealer {
+    /// A sealer for `node` in its `incarnation` (the persisted start counter).
+    pub fn new(cluster_id: u32, node: NodeId, incarnation: u32) -> Self {
+        Self {
+            cluster_id,
+            node,
+            incarnation,
+            seq: 0,
+        }
+    }
+
+    /// Encodes `msg` with the next sequence number, sealed with `key`.
+    pub fn seal(&mut self, msg: &Message, key: SipKey) -> Vec<u8> {
+        self.seq += 1;
+        let h = Header {
+            cluster_id: self.cluster_id,
+            sender: self.node,
+            incarnation: self.incarnation,
+            seq: self.seq,
+        };
+        encode(&h, msg, key)
+    }
+
+    /// The last sequence number used.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let end = self.pos.checked_add(N)?;
+        let s = self.b.get(self.pos..end)?;
+        self.pos = end;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|a| a[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_be_bytes)
+    }
+    fn epoch(&mut self) -> Option<Epoch> {
+        self.u64().map(Epoch)
+    }
+    /// A node set; bit 0 set is malformed.
+    fn set(&mut self) -> Option<NodeSet> {
+        let bits = self.u64()?;
+        (bits & 1 == 0).then(|| NodeSet::from_bits(bits))
+    }
+    fn bool(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+    fn done(&self) -> bool {
+        self.pos == self.b.len()
+    }
+}
+
+fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
+    let mut r = Reader { b: body, pos: 0 };
+    let msg = match t {
+        MsgType::Join => {
+            let max_epoch = r.epoch()?;
+            let view_epoch = r.epoch()?;
+            let view_members = r.set()?;
+            let flags = r.u8()?;
+            if flags & !(join_flags::MAY_FORM | join_flags::WFA_OK | join_flags::VIEW_QUORATE) != 0
+            {
+                return None;
+            }
+            let expected = r.set()?;
+            let proposal = r.set()?;
+            let n = r.u8()? as usize;
+            if n > MAX_REACH_ENTRIES {
+                return None;
+            }
+            let mut reach = Vec::with_capacity(n);
+            for _ in 0..n {
+                let node = NodeId(u16::from(r.u8()?));
+                if !node.is_valid() {
+                    return None;
+                }
+                reach.push(ReachEntry {
+                    node,
+                    incarnation: r.u32()?,
+                    version: r.u32()?,
+                    reach: r.set()?,
+                });
+            }
+            Message::Join(Join {
+                max_epoch,
+                view_epoch,
+                view_members,
+                flags,
+                expected,
+                proposal,
+                reach,
+            })
+        }
+        MsgType::Propose => Message::Propose(Propose {
+            epoch: r.epoch()?,
+            members: r.set()?,
+        }),
+        MsgType::Ack => Message::Ack(Ack {
+            epoch: r.epoch()?,
+            members: r.set()?,
+        }),
+        MsgType::Commit => {
+            let epoch = r.epoch()?;
+            let members = r.set()?;
+            let present_votes = r.u32()?;
+            let needed_votes = r.u32()?;
+            let expected_votes = r.u32()?;
+            let quorate = r.bool()?;
+            let tie_breaker = TieBreaker::from_u8(r.u8()?)?;
+            Message::Commit(Commit {
+                epoch,
+                members,
+                quorum: QuorumState {
+                    present_votes,
+                    needed_votes,
+                    expected_votes,
+                    quorate,
+                    tie_breaker,
+                },
+            })
+        }
+        MsgType::Leave => Message::Leave(Leave { epoch: r.epoch()? }),
+        MsgType::QsRequest => Message::QsRequest(QsRequest {
+            epoch: r.epoch()?,
+            members: r.set()?,
+            votes: r.u32()?,
+            expected_votes: r.u32()?,
+        }),
+        MsgType::QsAnswer => Message::QsAnswer(QsAnswer {
+            node: NodeId(r.u16()?),
+            request_seq: r.u64()?,
+            epoch: r.epoch()?,
+            members: r.set()?,
+            granted: r.bool()?,
+            lease_ms: r.u32()?,
+        }),
+    };
+    r.done().then_some(msg)
+}
+
+/// Decodes and authenticates one datagram. Pure; never panics.
+///
+/// Checks, in order: length, prefix, body length, cluster id, MAC (current
+/// key, then next), sender id valid for the type (1..=63 for node
+/// messages, 0 for quorum server answers), body. Whether the sender is a
+/// *configured* node and whether the message is a replay are checked by
+/// [`ReplayGuard::check`].
+pub fn decode(bytes: &[u8], keys: &Keys, cluster_id: u32) -> Result<Authenticated, DropReason> {
+    if bytes.len() < HEADER_LEN + MAC_LEN || bytes.len() > MAX_LEN {
+        return Err(DropReason::Length);
+    }
+    if bytes[0..4] != MAGIC || bytes[4] != VERSION || bytes[5] != KIND_MEMBERSHIP {
+        return Err(DropReason::Prefix);
+    }
+    let body_len = usize::from(u16::from_be_bytes([bytes[25], bytes[26]]));
+    if HEADER_LEN + body_len + MAC_LEN != bytes.len() {
+        return Err(DropReason::Length);
+    }
+    let mut r = Reader { b: bytes, pos: 6 };
+    let (Some(cid), Some(sender), Some(incarnation), Some(seq), Some(tbyte)) =
+        (r.u32(), r.u16(), r.u32(), r.u64(), r.u8())
+    else {
+        return Err(DropReason::Length);
+    };
+    if cid != cluster_id {
+        return Err(DropReason::OtherCluster);
+    }
+    let split = bytes.len() - MAC_LEN;
+    let mut got = [0u8; 8];
+    got.copy_from_slice(&bytes[split..]);
+    let key_slot = if ct_eq(&mac(keys.current, &bytes[..split]), &got) {
+        KeySlot::Current
+    } else if keys
+        .next
+        .is_some_and(|k| ct_eq(&mac(k, &bytes[..split]), &got))
+    {
+        KeySlot::Next
+    } else {
+        return Err(DropReason::BadMac);
+    };
+    let t = MsgType::from_u8(tbyte).ok_or(DropReason::MalformedBody)?;
+    let sender = NodeId(sender);
+    let sender_ok = match t {
+        MsgType::QsAnswer => sender == QSERVER_SENDER,
+        _ => sender.is_valid(),
+    };
+    if !sender_ok {
+        return Err(DropReason::UnknownNode);
+    }
+    let msg = parse_body(t, &bytes[HEADER_LEN..split]).ok_or(DropReason::MalformedBody)?;
+    Ok(Authenticated {
+        header: Header {
+            cluster_id: cid,
+            sender,
+            incarnation,
+            seq,
+        },
+        key_slot,
+        msg,
+    })
+}
+
+/// Per-sender replay protection: the last accepted (incarnation, sequence).
+#[derive(Clone, Debug, Default)]
+pub struct ReplayGuard {
+    known: NodeSet,
+    allow_qserver: bool,
+    last: std::collections::BTreeMap<NodeId, (u32, u64)>,
+}
+
+impl ReplayGuard {
+    /// A guard accepting senders in `known` (the configured nodes).
+    pub fn new(known: NodeSet) -> Self {
+        Self {
+            known,
+            allow_qserver: false,
+            last: Default::default(),
+        }
+    }
+
+    /// Also accept the quorum server's sender id (0), for a client's guard.
+    pub fn allowing_qserver(mut self) -> Self {
+        self.allow_qserver = true;
+        self
+    }
+
+    /// Replaces the configured node set (live reload); forgets removed nodes.
+    pub fn set_known(&mut self, known: NodeSet) {
+        self.known = known;
+        self.last.retain(|n, _| known.contains(*n));
+    }
+
+    /// Accepts `h` if its sender is known and (incarnation, seq) is newer
+    /// than the last accepted from that sender; records it.
+    pub fn check(&mut self, h: &Header) -> Result<(), DropReason> {
+        let sender_known =
+            self.known.contains(h.sender) || (self.allow_qserver && h.sender == QSERVER_SENDER);
+        if !sender_known {
+            return Err(DropReason::UnknownNode);
+        }
+        if let Some(&(inc, seq)) = self.last.get(&h.sender)
+            && (h.incarnation, h.seq) <= (inc, seq)
+        {
+            return Err(DropReason::Replay);
+        }
+        self.last.insert(h.sender, (h.incarnation, h.seq));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: SipKey = SipKey { k0: 1, k1: 2 };
+    const K2: SipKey = SipKey { k0: 3, k1: 4 };
+
+    fn keys() -> Keys {
+        Keys {
+            current: K1,
+            next: None,
+        }
+    }
+
+    fn samples() -> Vec<Message> {
+        let set: NodeSet = [NodeId(1), NodeId(2), NodeId(63)].into_iter().collect();
+        vec![
+            Message::Join(Join {
+                max_epoch: Epoch(7),
+                view_epoch: Epoch(6),
+                view_members: set,
+                flags: join_flags::MAY_FORM,
+                expected: set,
+                proposal: set,
+                reach: vec![
+                    ReachEntry {
+                        node: NodeId(1),
+                        incarnation: 3,
+                        version: 9,
+                        reach: set,
+                    },
+                    ReachEntry {
+                        node: NodeId(63),
+                        incarnation: 1,
+                        version: 0,
+                        reach: NodeSet::single(NodeId(63)),
+                    },
+                ],
+            }),
+            Message::Propose(Propose {
+                epoch: Epoch(8),
+                members: set,
+            }),
+            Message::Ack(Ack {
+                epoch: Epoch(8),
+                members: set,
+            }),
+            Message::Commit(Commit {
+                epoch: Epoch(8),
+                members: set,
+                quorum: QuorumState {
+                    present_votes: 3,
+                    needed_votes: 3,
+                    expected_votes: 5,
+                    quorate: true,
+                    tie_breaker: TieBreaker::NotNeeded,
+                },
+            }),
+            Message::Leave(Leave { epoch: Epoch(8) }),
+            Message::QsRequest(QsRequest {
+                epoch: Epoch(9),
+                members: set,
+                votes: 2,
+                expected_votes: 4,
+            }),
+        ]
+    }
+
+    fn header(sender: u16) -> Header {
+        Header {
+            cluster_id: 42,
+            sender: NodeId(sender),
+            incarnation: 1,
+            seq: 5,
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            let b = encode(&header(2), &m, K1);
+            assert!(b.len() <= MAX_LEN);
+            let a = decode(&b, &keys(), 42).unwrap();
+            assert_eq!(a.msg, m);
+            assert_eq!(a.header, header(2));
+            assert_eq!(a.key_slot, KeySlot::Current);
+        }
+        let ans = Message::QsAnswer(QsAnswer {
+            node: NodeId(2),
+            request_seq: 4,
+            epoch: Epoch(9),
+            members: NodeSet::single(NodeId(2)),
+            granted: true,
+            lease_ms: 3000,
+        });
+        let b = encode(&header(0), &ans, K1);
+        assert_eq!(decode(&b, &keys(), 42).unwrap().msg, ans);
+    }
+
+    #[test]
+    fn a_full_join_fits_max_len() {
+        let all: NodeSet = (1..=63).map(NodeId).collect();
+        let j = Message::Join(Join {
+            max_epoch: Epoch(u64::MAX),
+            view_epoch: Epoch(1),
+            view_members: all,
+            flags: 3,
+            expected: all,
+            proposal: all,
+            reach: (1..=63)
+                .map(|i| ReachEntry {
+                    node: NodeId(i),
+                    incarnation: 1,
+                    version: 1,
+                    reach: all,
+                })
+                .collect(),
+        });
+        let b = encode(&header(1), &j, K1);
+        assert!(b.len() <= MAX_LEN, "{}", b.len());
+        assert_eq!(decode(&b, &keys(), 42).unwrap().msg, j);
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_dropped() {
+        for m in samples() {
+            let b = encode(&header(2), &m, K1);
+            for len in 0..b.len() {
+                assert!(decode(&b[..len], &keys(), 42).is_err(), "len {len}");
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert_eq!(decode(&longer, &keys(), 42), Err(DropReason::Length));
+        }
+        assert_eq!(decode(&[], &keys(), 42), Err(DropReason::Length));
+        assert_eq!(
+            decode(&[0u8; MAX_LEN + 1], &keys(), 42),
+            Err(DropReason::Length)
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_is_dropped() {
+        for m in samples() {
+            let b = encode(&header(2), &m, K1);
+            for i in 0..b.len() * 8 {
+                let mut c = b.clone();
+                c[i / 8] ^= 1 << (i % 8);
+                let r = decode(&c, &keys(), 42);
+                assert!(r.is_err(), "bit {i} of {:?}", m.msg_type());
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_fault() {
+        let m = &samples()[1];
+        let b = encode(&header(2), m, K1);
+        assert_eq!(decode(&b, &keys(), 43), Err(DropReason::OtherCluster));
+        let wrong = Keys {
+            current: K2,
+            next: None,
+        };
+        assert_eq!(decode(&b, &wrong, 42), Err(DropReason::BadMac));
+        let mut c = b.clone();
+        c[0] = b'X';
+        assert_eq!(decode(&c, &keys(), 42), Err(DropReason::Prefix));
+        let b0 = encode(&header(0), m, K1);
+        assert_eq!(decode(&b0, &keys(), 42), Err(DropReason::UnknownNode));
+        let b64 = encode(&header(64), m, K1);
+        assert_eq!(decode(&b64, &keys(), 42), Err(DropReason::UnknownNode));
+        // A well-MACed message with a body that does not parse.
+        let mut raw = b[..b.len() - MAC_LEN].to_vec();
+        raw[24] = 99;
+        let mm = mac(K1, &raw);
+        raw.extend_from_slice(&mm);
+        assert_eq!(decode(&raw, &keys(), 42), Err(DropReason::MalformedBody));
+        let labels: std::collections::BTreeSet<_> =
+            DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+
+    #[test]
+    fn next_key_slot_verifies_during_rotation() {
+        let m = &samples()[2];
+        let b = encode(&header(2), m, K2);
+        let rot = Keys {
+            current: K1,
+            next: Some(K2),
+        };
+        assert_eq!(decode(&b, &rot, 42).unwrap().key_slot, KeySlot::Next);
+        assert_eq!(decode(&b, &keys(), 42), Err(DropReason::BadMac));
+    }
+
+    #[test]
+    fn replay_guard_rejects_old_incarnations_and_sequences_and_unknown_nodes() {
+        let known: NodeSet = [NodeId(1), NodeId(2)].into_iter().collect();
+        let mut g = ReplayGuard::new(known);
+        let h = |sender, incarnation, seq| Header {
+            cluster_id: 42,
+            sender: NodeId(sender),
+            incarnation,
+            seq,
+        };
+        assert_eq!(g.check(&h(3, 1, 1)), Err(DropReason::UnknownNode));
+        assert_eq!(g.check(&h(0, 1, 1)), Err(DropReason::UnknownNode));
+        assert_eq!(g.check(&h(2, 5, 10)), Ok(()));
+        assert_eq!(g.check(&h(2, 5, 10)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(2, 5, 9)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(2, 4, 100)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(2, 5, 11)), Ok(()));
+        assert_eq!(g.check(&h(2, 6, 1)), Ok(()));
+        assert_eq!(g.check(&h(1, 1, 1)), Ok(()));
+        let mut q = ReplayGuard::new(known).allowing_qserver();
+        assert_eq!(q.check(&h(0, 1, 1)), Ok(()));
+    }
+
+    #[test]
+    fn sealer_numbers_messages() {
+        let mut s = Sealer::new(42, NodeId(3), 7);
+        let m = &samples()[4];
+        let a = decode(&s.seal(m, K1), &keys(), 42).unwrap();
+        let b = decode(&s.seal(m, K1), &keys(), 42).unwrap();
+        assert_eq!((a.header.incarnation, a.header.seq), (7, 1));
+        assert_eq!(b.header.seq, 2);
+        let mut g = ReplayGuard::new(NodeSet::single(NodeId(3)));
+        assert!(g.check(&a.header).is_ok());
+        assert!(g.check(&b.header).is_ok());
+        assert_eq!(g.check(&a.header), Err(DropReason::Replay));
+    }
+}
