@@ -52,6 +52,7 @@ use crate::{
     keyfile, metrics,
     plan::{LinkPlan, Plan},
     sender::{self, SenderConfig, SenderLink, Shared},
+    state::StateFile,
     status::Sources,
     transport::{self, LinkSocket, RxStats},
 };
@@ -116,6 +117,8 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         None => None,
     };
     let sockets = transport::open(&plan.links, c.port)?;
+    let mut state = StateFile::open(&plan.settings.state_file)?;
+    let incarnation = state.next_incarnation()?;
 
     let (mut fp, status_writer, ring) = FastPath::load(EBPF_OBJECT, fastpath_params(&plan))?;
     for iface in &plan.interfaces {
@@ -123,7 +126,9 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
     }
 
-    let generation = clock::unix_secs() as u32;
+    // The heartbeats' generation is the incarnation: it changes at every
+    // start and never goes back (persisted).
+    let generation = incarnation;
     let link_ids: Vec<u8> = plan.links.iter().map(|l| l.link_id).collect();
     let shared = Arc::new(Shared::new(generation, &link_ids));
     let sender = sender::spawn(
@@ -171,6 +176,7 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     let (dgram_tx, dgram_rx) = mpsc::channel(1024);
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
     let rx_stats = Arc::new(RxStats::default());
+    let agreement = Arc::new(metrics::Histogram::agreement());
     let refused = Arc::new(AtomicU64::new(0));
 
     let attached = fp
@@ -196,6 +202,10 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
             messages: dgram_rx,
             view: view_tx,
             sockets: sockets.clone(),
+            fast: fast_rx.clone(),
+            shared: shared.clone(),
+            state,
+            agreement: agreement.clone(),
         },
         cancel.clone(),
     ));
@@ -214,6 +224,7 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         journal: journal.stats().clone(),
         rx: rx_stats,
         refused: refused.clone(),
+        agreement,
         started: Instant::now(),
     };
     tracker.spawn(control::serve(

@@ -70,7 +70,7 @@ pub struct JournalStats {
 }
 
 /// Every event kind, for per-kind counters.
-pub const KINDS: [EventKind; 16] = [
+pub const KINDS: [EventKind; 17] = [
     EventKind::LinkDown,
     EventKind::LinkUp,
     EventKind::NodeDown,
@@ -78,6 +78,7 @@ pub const KINDS: [EventKind; 16] = [
     EventKind::AgentStale,
     EventKind::PeerState,
     EventKind::DetectionDeferred,
+    EventKind::Reformation,
     EventKind::ViewInstalled,
     EventKind::QuorumChanged,
     EventKind::MessageDropped,

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reload;
 pub mod sender;
+pub mod state;
 pub mod status;
 pub mod transport;
 

@@ -35,6 +35,62 @@ use crate::{
     status::{NodeState, Sources},
 };
 
+/// A histogram fed from any task (atomics), encoded on scrape.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: Vec<f64>,
+    /// Non-cumulative counts per bound, plus the overflow bucket.
+    counts: Vec<std::sync::atomic::AtomicU64>,
+    sum_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Histogram {
+    /// Buckets with these upper bounds (seconds, ascending).
+    pub fn new(bounds: &[f64]) -> Self {
+        Self {
+            bounds: bounds.to_vec(),
+            counts: (0..=bounds.len())
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            sum_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Time to agreed membership: 100 µs to 30 s.
+    pub fn agreement() -> Self {
+        Self::new(&[
+            0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            5.0, 10.0, 30.0,
+        ])
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// (sum, count, cumulative buckets) for encoding.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cum = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            buckets.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), cum));
+        }
+        (
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            cum,
+            buckets,
+        )
+    }
+}
+
 /// Scrape connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request head, and to be served.
@@ -85,6 +141,8 @@ pub struct Snapshot {
     pub connections_refused: u64,
     /// Membership messages by (direction or drop reason).
     pub messages: Vec<(String, u64)>,
+    /// Reformation events by cause.
+    pub reformations: Vec<(String, u64)>,
 }
 
 /// The snapshot now, from what the subsystems published.
@@ -155,6 +213,11 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         journal_dropped: src.journal.dropped.load(Ordering::Relaxed),
         connections_refused: src.refused.load(Ordering::Relaxed),
         messages: view.messages.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        reformations: view
+            .reformations
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
     }
 }
 
@@ -342,6 +405,23 @@ impl Collector for HeartbeatCollector {
                 MetricType::Gauge,
             )?)?;
         }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_cluster_reformations",
+            "Membership events that started or shaped a reformation, by cause",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cause, v) in &snap.reformations {
+            ConstCounter::new(*v).encode(m.encode_family(&[("cause", cause.as_str())])?)?;
+        }
+        let (sum, count, buckets) = self.sources.agreement.snapshot();
+        enc.encode_descriptor(
+            "heartbeat_cluster_agreement_seconds",
+            "Time from the first event of a membership round to the installed view",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
         let mut m = enc.encode_descriptor(
             "heartbeat_membership_messages",
             "Membership messages sent, received, and dropped by reason",

@@ -6,7 +6,10 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
+
+use heartbeat_cluster::{membership::StartMode, quorum::QuorumOptions};
 
 use crate::{
     config::{ClusterConfig, LinkConfig, LinkRole, NodeConfig},
@@ -49,10 +52,42 @@ impl PeerPlan {
     }
 }
 
+/// Cluster settings that the configuration does not spell out yet take
+/// these values (see `Settings::from_config`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub quorum: QuorumOptions,
+    pub start: StartMode,
+    pub auto_start_timeout: Duration,
+    pub restart_window: Duration,
+    /// The persisted epoch and incarnation.
+    pub state_file: PathBuf,
+}
+
+impl Settings {
+    fn from_config(config: &ClusterConfig, local: &NodeConfig) -> Self {
+        // The state file sits next to the control socket unless configured.
+        let dir = config
+            .control
+            .socket
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self {
+            quorum: QuorumOptions::default(),
+            start: StartMode::Auto,
+            auto_start_timeout: Duration::from_secs(10),
+            restart_window: Duration::from_secs(5),
+            state_file: dir.join(format!("{}.state", local.name)),
+        }
+    }
+}
+
 /// Everything derived from one configuration for the local node.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub config: Arc<ClusterConfig>,
+    pub settings: Settings,
     pub local: NodeConfig,
     pub keys: ClusterKeys,
     pub peers: Vec<PeerPlan>,
@@ -121,6 +156,7 @@ impl Plan {
         }
         Self {
             local: local.clone(),
+            settings: Settings::from_config(&config, local),
             config: Arc::new(config),
             keys,
             peers,

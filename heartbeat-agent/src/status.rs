@@ -35,6 +35,8 @@ pub struct Sources {
     pub rx: Arc<RxStats>,
     /// Control and metrics connections refused at their caps.
     pub refused: Arc<AtomicU64>,
+    /// Time to agreed membership.
+    pub agreement: Arc<crate::metrics::Histogram>,
     pub started: Instant,
 }
 
@@ -57,7 +59,7 @@ impl Sources {
                     id: n.id,
                     name: n.name.clone(),
                     local: true,
-                    state: NodeState::Up,
+                    state: view.local_state,
                     since_s: Some(self.started.elapsed().as_secs_f64()),
                     peer_generation: Some(self.sender.generation),
                     priority: n.priority,

@@ -20,6 +20,10 @@ pub enum EventKind {
     PeerState,
     /// The in-kernel detector deferred a verdict (local stall, late timer).
     DetectionDeferred,
+    /// A membership event that starts or shapes a reformation (cause:
+    /// node_joined, node_left, node_failed, agent_stale, restarting,
+    /// partition, healed, quorum_gained, quorum_lost, halted, adopted, ...).
+    Reformation,
     /// A new membership view was agreed and installed.
     ViewInstalled,
     /// The local node's quorum changed.
@@ -50,6 +54,7 @@ impl EventKind {
             Self::AgentStale => "agent_stale",
             Self::PeerState => "peer_state",
             Self::DetectionDeferred => "detection_deferred",
+            Self::Reformation => "reformation",
             Self::ViewInstalled => "view_installed",
             Self::QuorumChanged => "quorum_changed",
             Self::MessageDropped => "message_dropped",

@@ -47,12 +47,20 @@ impl Kind {
     }
 }
 
-/// Node state advertised in the responder status.
+/// Node state advertised in every request and reply (`node_state` byte):
+/// the agent's state in the low 7 bits, [`node_state::QUORATE`] on top.
 pub mod node_state {
     pub const UNKNOWN: u8 = 0;
     pub const STARTING: u8 = 1;
     pub const RUNNING: u8 = 2;
+    /// Leaving gracefully (`node halt`, or stopping).
     pub const HALTING: u8 = 3;
+    /// Within an announced restart window: the kernel keeps answering.
+    pub const RESTARTING: u8 = 4;
+    /// Set while the node is a member of a quorate view.
+    pub const QUORATE: u8 = 0x80;
+    /// The state without the quorum bit.
+    pub const MASK: u8 = 0x7f;
 }
 
 /// The 64-byte heartbeat header.

@@ -9,16 +9,32 @@
 
 pub mod links;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
-use heartbeat_api::status::{MembershipStatus, NodeState};
+use heartbeat_api::status::{MembershipStatus, NodeState, QuorumStatus};
+use heartbeat_cluster::{
+    LinkId, NodeId,
+    membership::{
+        Command as MCommand, Dest, Input, Membership, NodeParams, NodeState as MState, Output,
+        Params, PeerAgentState, Timing, View,
+    },
+    wire::{self, Keys, Message, Sealer},
+};
+use heartbeat_common::{node_state, siphash::SipKey};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    control::Call,
-    journal::JournalHandle,
+    control::{Call, Request},
+    fastpath::FastSnapshot,
+    journal::{self, EventKind, JournalHandle},
     plan::Plan,
+    sender::Shared,
+    state::StateFile,
     transport::{Datagram, LinkSocket},
 };
 
@@ -65,6 +81,10 @@ pub struct PeerView {
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
     pub peers: Vec<PeerView>,
+    /// The local node's own state (up, passive, down after a halt).
+    pub local_state: NodeState,
+    /// Reformation events by cause.
+    pub reformations: BTreeMap<String, u64>,
     pub membership: MembershipStatus,
     /// Membership messages: `sent`, `received`, `dropped_<reason>`.
     pub messages: BTreeMap<String, u64>,
@@ -89,6 +109,14 @@ pub struct Channels {
     pub view: watch::Sender<ClusterView>,
     /// The links' sockets, to send membership messages.
     pub sockets: Vec<LinkSocket>,
+    /// The fast path's snapshots (peers' agent states in their heartbeats).
+    pub fast: watch::Receiver<FastSnapshot>,
+    /// The sender's shared state (the node state byte of heartbeats).
+    pub shared: Arc<Shared>,
+    /// The persisted epoch and incarnation.
+    pub state: StateFile,
+    /// Time from the first event of a round to the installed view.
+    pub agreement: Arc<crate::metrics::Histogram>,
 }
 
 fn link_view(plan: &Plan) -> links::Membership {
@@ -100,61 +128,499 @@ fn link_view(plan: &Plan) -> links::Membership {
     links::Membership::new(&plan.local.name, &peers)
 }
 
-fn publish(view: &watch::Sender<ClusterView>, reach: &links::Membership) {
-    let peers = reach
-        .peers()
-        .map(|p| PeerView {
-            id: p.id,
-            name: p.name.clone(),
-            state: match p.state {
-                links::State::Up => NodeState::Up,
-                links::State::Down => NodeState::Down,
-                links::State::Unknown => NodeState::Unknown,
-            },
-            since_mono_ns: p.since_mono_ns,
-            links: p.links.iter().map(|(&l, v)| (l, v.state)).collect(),
-            member: p.state == links::State::Up,
-        })
-        .collect();
-    view.send_modify(|v| {
-        v.peers = peers;
-        v.unknown_events = reach.unknown_events;
-    });
+/// The membership state machine's parameters from the plan.
+pub fn params(plan: &Plan) -> Params {
+    let c = &plan.config.cluster;
+    let s = &plan.settings;
+    Params {
+        local: NodeId(plan.local.id),
+        nodes: plan
+            .config
+            .nodes
+            .iter()
+            .map(|n| NodeParams {
+                id: NodeId(n.id),
+                priority: n.priority,
+                votes: n.votes,
+            })
+            .collect(),
+        quorum: s.quorum,
+        start: s.start,
+        timing: Timing::from_heartbeat_interval(
+            c.heartbeat_interval.as_nanos() as u64,
+            s.auto_start_timeout.as_nanos() as u64,
+            s.restart_window.as_nanos() as u64,
+        ),
+    }
 }
 
-/// Runs the cluster task until `cancel`.
+fn sip(k: &[u8; 16]) -> SipKey {
+    SipKey::from_bytes(k)
+}
+
+fn wire_keys(plan: &Plan) -> Keys {
+    Keys {
+        current: sip(&plan.keys.current),
+        next: plan.keys.next.as_ref().map(sip),
+    }
+}
+
+fn api_state(s: MState) -> NodeState {
+    match s {
+        MState::Up => NodeState::Up,
+        MState::Down => NodeState::Down,
+        MState::Passive => NodeState::Passive,
+        MState::Leaving => NodeState::Leaving,
+        MState::Restarting => NodeState::Restarting,
+        MState::Stale => NodeState::Stale,
+    }
+}
+
+/// The agent state a peer announces in its heartbeats.
+fn peer_agent(byte: u8) -> PeerAgentState {
+    match byte & node_state::MASK {
+        node_state::HALTING => PeerAgentState::Leaving,
+        node_state::RESTARTING => PeerAgentState::Restarting,
+        _ => PeerAgentState::Running,
+    }
+}
+
+/// The cluster task's state: reachability, the membership state machine,
+/// and what carrying out its outputs needs.
+struct Runner {
+    plan: Arc<Plan>,
+    reach: links::Membership,
+    sm: Membership,
+    sealer: Sealer,
+    keys: Keys,
+    state: StateFile,
+    journal: JournalHandle,
+    view: watch::Sender<ClusterView>,
+    sockets: Vec<LinkSocket>,
+    shared: Arc<Shared>,
+    /// Membership messages: sent, received, dropped by reason.
+    messages: BTreeMap<String, u64>,
+    /// Reformations by cause.
+    causes: BTreeMap<&'static str, u64>,
+    /// The last agent state seen per peer (from heartbeats).
+    peer_agents: BTreeMap<u16, PeerAgentState>,
+    installed_at: Option<std::time::Instant>,
+    /// When the current round started (first event after a stable view).
+    round_started: Option<std::time::Instant>,
+    agreement: Arc<crate::metrics::Histogram>,
+    quorate: bool,
+}
+
+impl Runner {
+    fn name(&self, id: NodeId) -> String {
+        self.plan.name_of(id.0)
+    }
+
+    fn count(&mut self, what: &str) {
+        *self.messages.entry(what.to_owned()).or_default() += 1;
+    }
+
+    fn feed(&mut self, input: Input) {
+        let was_round = self.sm.in_round();
+        let out = self.sm.handle(input);
+        if !was_round && self.sm.in_round() && self.round_started.is_none() {
+            self.round_started = Some(std::time::Instant::now());
+        }
+        for o in out {
+            self.carry_out(o);
+        }
+    }
+
+    fn send(&mut self, to: Dest, msg: &Message) {
+        let bytes = self.sealer.seal(msg, self.keys.current);
+        let mut sent = false;
+        for l in &self.plan.links {
+            let Some(sock) = self.sockets.iter().find(|s| s.link_id == l.link_id) else {
+                continue;
+            };
+            for &(peer, addr) in &l.peers {
+                let wanted = match to {
+                    Dest::All => true,
+                    Dest::Nodes(set) => set.contains(NodeId(peer)),
+                };
+                if wanted {
+                    match sock.socket.send_to(&bytes, addr) {
+                        Ok(_) => sent = true,
+                        Err(_) => *self.messages.entry("send_errors".into()).or_default() += 1,
+                    }
+                }
+            }
+        }
+        if sent {
+            self.count("sent");
+        }
+    }
+
+    fn carry_out(&mut self, o: Output) {
+        match o {
+            Output::Send { to, msg } => self.send(to, &msg),
+            Output::PersistEpoch(e) => {
+                if let Err(err) = self.state.save_epoch(e) {
+                    // Acking an epoch that is not persisted could let this
+                    // node accept an older view after a restart: say so
+                    // loudly; the epoch is still held in memory.
+                    tracing::error!(error = %err, "cannot persist the membership epoch");
+                }
+            }
+            Output::Install(v) => self.install(v),
+            Output::QuorumUpdated(q) => {
+                let local = NodeId(self.plan.local.id);
+                let mut view = self.sm.view().copied();
+                if let Some(v) = view.as_mut() {
+                    v.quorum = q;
+                }
+                if let Some(v) = view {
+                    self.publish_view(&v, local);
+                    let mut e = journal::entry(
+                        EventKind::QuorumChanged,
+                        &self.plan.local.name,
+                        q.tie_breaker.as_str(),
+                        crate::clock::mono_ns(),
+                    );
+                    e.epoch = Some(v.epoch.0);
+                    e.quorate = Some(q.quorate);
+                    self.journal.record(e);
+                }
+            }
+            Output::AskQuorumServer { .. } => {
+                // No quorum server client yet: the tie stays unbroken.
+                self.count("quorum_server_unavailable");
+            }
+            Output::Event(ev) => {
+                *self.causes.entry(ev.cause.as_str()).or_default() += 1;
+                let mut e = journal::entry(
+                    EventKind::Reformation,
+                    &self.plan.local.name,
+                    ev.cause.as_str(),
+                    crate::clock::mono_ns(),
+                );
+                if let Some(n) = ev.node {
+                    e.peer = Some(self.name(n));
+                    e.peer_id = Some(n.0);
+                }
+                e.epoch = Some(ev.epoch.0);
+                self.journal.record(e);
+            }
+            Output::Dropped { from, reason } => {
+                self.count(&format!("dropped_{}", reason.as_str()));
+                tracing::debug!(
+                    from = from.0,
+                    reason = reason.as_str(),
+                    "membership message dropped"
+                );
+            }
+        }
+    }
+
+    fn install(&mut self, v: View) {
+        let local = NodeId(self.plan.local.id);
+        let members: Vec<String> = v.members.iter().map(|n| self.name(n)).collect();
+        let coordinator = v.coordinator.map(|c| self.name(c));
+        tracing::info!(
+            epoch = v.epoch.0,
+            members = ?members,
+            coordinator = ?coordinator,
+            quorate = v.quorum.quorate,
+            "membership view installed"
+        );
+        if let Some(t) = self.round_started.take() {
+            self.agreement.observe(t.elapsed().as_secs_f64());
+        }
+        let mut e = journal::entry(
+            EventKind::ViewInstalled,
+            &self.plan.local.name,
+            v.quorum.tie_breaker.as_str(),
+            crate::clock::mono_ns(),
+        );
+        e.epoch = Some(v.epoch.0);
+        e.members = Some(members);
+        e.coordinator = coordinator;
+        e.quorate = Some(v.quorum.quorate && v.members.contains(local));
+        self.journal.record(e);
+        self.installed_at = Some(std::time::Instant::now());
+        self.publish_view(&v, local);
+    }
+
+    fn publish_view(&mut self, v: &View, local: NodeId) {
+        let quorate = v.quorum.quorate && v.members.contains(local);
+        self.quorate = quorate;
+        self.set_node_state();
+        let members: Vec<String> = v.members.iter().map(|n| self.name(n)).collect();
+        let coordinator = v.coordinator.map(|c| self.name(c));
+        let tb = v.quorum.tie_breaker;
+        self.view.send_modify(|cv| {
+            cv.membership = MembershipStatus {
+                epoch: v.epoch.0,
+                coordinator,
+                members,
+                quorate,
+                quorum: QuorumStatus {
+                    votes_present: v.quorum.present_votes,
+                    votes_needed: v.quorum.needed_votes,
+                    votes_expected: v.quorum.expected_votes,
+                    tie_breaker: tb.as_str().to_owned(),
+                    quorum_server: None,
+                },
+                since_s: Some(0.0),
+                phase: String::new(),
+            };
+        });
+    }
+
+    /// The node state byte every heartbeat carries.
+    fn set_node_state(&self) {
+        let cur = self.shared.node_state.load(Ordering::Relaxed);
+        let base = cur & node_state::MASK;
+        let byte = if self.quorate {
+            base | node_state::QUORATE
+        } else {
+            base
+        };
+        self.shared.node_state.store(byte, Ordering::Relaxed);
+    }
+
+    /// Publishes reachability, node states and counters.
+    fn publish(&mut self) {
+        let states = self.sm.node_states();
+        let members = self.sm.view().map(|v| v.members).unwrap_or_default();
+        let peers = self
+            .reach
+            .peers()
+            .map(|p| PeerView {
+                id: p.id,
+                name: p.name.clone(),
+                state: states
+                    .get(&NodeId(p.id))
+                    .map(|&s| api_state(s))
+                    .unwrap_or(NodeState::Unknown),
+                since_mono_ns: p.since_mono_ns,
+                links: p.links.iter().map(|(&l, v)| (l, v.state)).collect(),
+                member: members.contains(NodeId(p.id)),
+            })
+            .collect();
+        let phase = if self.sm.view().is_none() && self.sm.in_round() {
+            "forming"
+        } else if self.sm.in_round() {
+            "reforming"
+        } else if self.sm.view().is_some() {
+            "stable"
+        } else {
+            "starting"
+        };
+        let since = self.installed_at.map(|t| t.elapsed().as_secs_f64());
+        let local_state = states
+            .get(&NodeId(self.plan.local.id))
+            .map(|&s| api_state(s))
+            .unwrap_or(NodeState::Unknown);
+        let messages = self.messages.clone();
+        let causes = self.causes.clone();
+        let unknown = self.reach.unknown_events;
+        self.view.send_modify(|v| {
+            v.peers = peers;
+            v.unknown_events = unknown;
+            v.messages = messages;
+            v.membership.phase = phase.to_owned();
+            v.membership.since_s = since;
+            v.local_state = local_state;
+            v.reformations = causes.into_iter().map(|(k, n)| (k.to_owned(), n)).collect();
+        });
+    }
+
+    fn on_transport(&mut self, ev: &TransportEvent) {
+        for e in self.reach.apply(ev) {
+            self.journal.record(e);
+        }
+        if let TransportEvent::Link {
+            peer,
+            link,
+            change,
+            at_ns,
+            ..
+        } = *ev
+        {
+            let (peer, link) = (NodeId(peer), LinkId(link));
+            self.feed(match change {
+                LinkChange::Up => Input::LinkUp { peer, link, at_ns },
+                LinkChange::Down => Input::LinkDown { peer, link, at_ns },
+            });
+        }
+    }
+
+    fn on_datagram(&mut self, d: &Datagram) {
+        match wire::decode(&d.bytes, &self.keys, self.plan.config.cluster.id) {
+            Ok(msg) => {
+                self.count("received");
+                self.feed(Input::Message {
+                    msg,
+                    at_ns: d.at_ns,
+                });
+            }
+            Err(reason) => self.count(&format!("dropped_{}", reason.as_str())),
+        }
+    }
+
+    fn on_snapshot(&mut self, fast: &FastSnapshot) {
+        let now = crate::clock::mono_ns();
+        let plan = self.plan.clone();
+        for p in &plan.peers {
+            // The newest state byte over the peer's links.
+            let newest = p
+                .links
+                .iter()
+                .filter_map(|&l| fast.links.get(&(p.id, l)))
+                .max_by_key(|st| st.last_rx_ns);
+            let Some(st) = newest else { continue };
+            if st.last_rx_ns == 0 {
+                continue;
+            }
+            let state = peer_agent(st.peer_state);
+            if self.peer_agents.get(&p.id) != Some(&state) {
+                self.peer_agents.insert(p.id, state);
+                self.feed(Input::PeerAgent {
+                    peer: NodeId(p.id),
+                    state,
+                    at_ns: now,
+                });
+            }
+        }
+    }
+
+    fn on_command(&mut self, call: Call) {
+        let local = &self.plan.local.name;
+        let (cmd, done) = match &call.request {
+            Request::ClusterStart {} => (
+                MCommand::ClusterStart,
+                "cluster start: this node may form the cluster now".to_owned(),
+            ),
+            Request::NodeHalt { node } | Request::NodeStart { node }
+                if node.as_deref().is_some_and(|n| n != local) =>
+            {
+                let _ = call.reply.send(Err(format!(
+                    "this agent runs node {local}; halt or start {} through its own agent",
+                    node.as_deref().unwrap_or_default()
+                )));
+                return;
+            }
+            Request::NodeHalt { .. } => (
+                MCommand::NodeHalt,
+                format!("node {local} is leaving the cluster (passive until `node start`)"),
+            ),
+            Request::NodeStart { .. } => (
+                MCommand::NodeStart,
+                format!("node {local} is joining the cluster"),
+            ),
+            other => {
+                let _ = call
+                    .reply
+                    .send(Err(format!("{other:?} is not a cluster command")));
+                return;
+            }
+        };
+        let mut e = journal::entry(
+            EventKind::Command,
+            local,
+            match cmd {
+                MCommand::ClusterStart => "cluster_start",
+                MCommand::NodeHalt => "node_halt",
+                MCommand::NodeStart => "node_start",
+            },
+            crate::clock::mono_ns(),
+        );
+        e.detail = Some(done.clone());
+        self.journal.record(e);
+        let halting = cmd == MCommand::NodeHalt;
+        let base = if halting {
+            node_state::HALTING
+        } else {
+            node_state::RUNNING
+        };
+        let q = self.shared.node_state.load(Ordering::Relaxed) & node_state::QUORATE;
+        self.shared.node_state.store(base | q, Ordering::Relaxed);
+        self.feed(Input::Command {
+            cmd,
+            at_ns: crate::clock::mono_ns(),
+        });
+        let _ = call.reply.send(Ok(done));
+    }
+
+    fn reconfigure(&mut self, plan: Arc<Plan>) {
+        self.reach = self.reach.reconfigured(&link_view(&plan));
+        self.keys = wire_keys(&plan);
+        // Node additions and removals reach the state machine only through
+        // a restart of the agent (its parameters are fixed at start); the
+        // fast path and the sender follow the new peers at once.
+        self.plan = plan;
+    }
+}
+
+/// Runs the cluster task until `cancel`; on the way out it announces a
+/// graceful leave so that peers reform at once.
 pub async fn run(
     plan: Arc<Plan>,
     journal: JournalHandle,
     mut ch: Channels,
     cancel: CancellationToken,
 ) {
-    let mut reach = link_view(&plan);
-    publish(&ch.view, &reach);
+    let now = crate::clock::mono_ns();
+    let persisted = ch.state.current();
+    let sm = Membership::new(params(&plan), persisted.epoch, persisted.incarnation, now);
+    let mut r = Runner {
+        reach: link_view(&plan),
+        sealer: Sealer::new(
+            plan.config.cluster.id,
+            NodeId(plan.local.id),
+            persisted.incarnation,
+        ),
+        keys: wire_keys(&plan),
+        sm,
+        plan,
+        state: ch.state,
+        journal,
+        view: ch.view,
+        sockets: ch.sockets,
+        shared: ch.shared,
+        messages: BTreeMap::new(),
+        causes: BTreeMap::new(),
+        peer_agents: BTreeMap::new(),
+        installed_at: None,
+        round_started: None,
+        agreement: ch.agreement,
+        quorate: false,
+    };
+    r.feed(Input::Tick { now_ns: now });
+    r.publish();
     loop {
+        let deadline = r.sm.next_deadline_ns();
+        let sleep = deadline.map_or(Duration::from_millis(100), |d| {
+            Duration::from_nanos(d.saturating_sub(crate::clock::mono_ns()))
+                .min(Duration::from_millis(100))
+        });
         tokio::select! {
-            Some(ev) = ch.events.recv() => {
-                for e in reach.apply(&ev) {
-                    journal.record(e);
-                }
-                publish(&ch.view, &reach);
-            }
-            Some(_d) = ch.messages.recv() => {
-                ch.view.send_modify(|v| *v.messages.entry("received".into()).or_default() += 1);
+            Some(ev) = ch.events.recv() => r.on_transport(&ev),
+            Some(d) = ch.messages.recv() => r.on_datagram(&d),
+            Ok(()) = ch.fast.changed() => {
+                let snap = ch.fast.borrow_and_update().clone();
+                r.on_snapshot(&snap);
             }
             Some(cmd) = ch.commands.recv() => match cmd {
-                Command::Reconfigure(p) => {
-                    reach = reach.reconfigured(&link_view(&p));
-                    publish(&ch.view, &reach);
-                }
-                Command::Control(call) => {
-                    let _ = call.reply.send(Err(format!(
-                        "{:?}: membership commands are not available yet",
-                        call.request
-                    )));
-                }
+                Command::Reconfigure(p) => r.reconfigure(p),
+                Command::Control(call) => r.on_command(call),
             },
+            () = tokio::time::sleep(sleep) => {
+                r.feed(Input::Tick { now_ns: crate::clock::mono_ns() });
+            }
             () = cancel.cancelled() => break,
         }
+        r.publish();
     }
+    // Announce the leave (the state machine sends Leave to every peer).
+    r.feed(Input::Command {
+        cmd: MCommand::NodeHalt,
+        at_ns: crate::clock::mono_ns(),
+    });
 }

@@ -113,13 +113,16 @@ pub struct Cluster {
     _pass: Vec<aya::Ebpf>,
 }
 
+/// Node names, in id order (id = position + 1).
+pub const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
+
 /// Address of node `i` (0-based) on link `l`.
 pub fn addr(i: usize, l: usize) -> String {
     format!("10.{}.{}.{}", 210 + l, 0, i + 1)
 }
 
 impl Cluster {
-    /// `n` nodes (2 or 3), `links` heartbeat links.
+    /// `n` nodes (2 to 5), `links` heartbeat links.
     ///
     /// Each node's heartbeat interface is one end of a veth pair whose other
     /// end sits, inside the node's own namespace, in a bridge with the
@@ -130,12 +133,9 @@ impl Cluster {
     /// of the interface it was received on). Two nodes' wire ports are
     /// joined directly; with three, through a bridge in a hub namespace.
     pub fn new(n: usize, links: usize, timing: Timing, metrics: bool) -> Self {
-        assert!((2..=3).contains(&n) && (1..=2).contains(&links));
+        assert!((2..=5).contains(&n) && (1..=2).contains(&links));
         let dir = TempDir::new("cluster");
-        let names: Vec<String> = ["alpha", "beta", "gamma"][..n]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let names: Vec<String> = NAMES[..n].iter().map(|s| s.to_string()).collect();
         let mut nodes: Vec<Node> = names
             .iter()
             .map(|name| Node {
@@ -406,9 +406,14 @@ impl Cluster {
         }
     }
 
-    /// Waits until every pair of members sees each other up.
+    /// Waits until every pair of running members sees each other up: the
+    /// links (journal) and the agreed membership (status).
     pub fn wait_all_up(&self, timeout: Duration) {
-        let names: Vec<String> = self.members().map(|n| n.name.clone()).collect();
+        let names: Vec<String> = self
+            .members()
+            .filter(|n| n.agent.is_some())
+            .map(|n| n.name.clone())
+            .collect();
         for a in &names {
             for b in names.iter().filter(|b| *b != a) {
                 assert!(
@@ -418,6 +423,7 @@ impl Cluster {
                     self.log(a),
                     self.journal(a)
                 );
+                self.wait_state(a, b, NodeState::Up, timeout);
             }
         }
     }

@@ -1,0 +1,223 @@
+//! The agent's persisted state (`cluster.state_file`): the highest
+//! membership epoch this node promised, and its incarnation (a start
+//! counter raised at every agent start). Both must survive restarts: epochs
+//! never go back, and membership messages of an older incarnation are
+//! replays.
+//!
+//! The file is two `key = value` lines, written atomically (a temporary
+//! file in the same directory, fsync, rename, fsync of the directory) so a
+//! crash leaves the old or the new state, never a torn one. A missing file
+//! is a fresh node (epoch 0, incarnation 0); an unreadable or malformed one
+//! is an error naming the file, never silently reset (resetting the epoch
+//! could let this node accept an old view).
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use heartbeat_cluster::Epoch;
+use thiserror::Error;
+
+/// What is persisted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Persisted {
+    pub epoch: Epoch,
+    pub incarnation: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("state_file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state_file {path}: line {line}: {what} (fix or remove the file; removing it restarts the epoch count at 0)"
+    )]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        what: String,
+    },
+}
+
+/// The state file of this node.
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    current: Persisted,
+}
+
+/// Longest state file read (it is two short lines).
+const MAX_LEN: u64 = 4096;
+
+fn parse(path: &Path, text: &str) -> Result<Persisted, StateError> {
+    let bad = |line: usize, what: &str| StateError::Malformed {
+        path: path.to_owned(),
+        line,
+        what: what.to_owned(),
+    };
+    let mut p = Persisted::default();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| bad(i + 1, "expected `key = value`"))?;
+        match k.trim() {
+            "epoch" => {
+                p.epoch = Epoch(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| bad(i + 1, "epoch is not a number"))?,
+                );
+            }
+            "incarnation" => {
+                p.incarnation = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(i + 1, "incarnation is not a number"))?;
+            }
+            _ => return Err(bad(i + 1, "unknown key (expected epoch or incarnation)")),
+        }
+    }
+    Ok(p)
+}
+
+impl StateFile {
+    /// Reads the state (a missing file is a fresh node).
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let io = |source| StateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let current = match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(io(e)),
+            Ok(m) if !m.is_file() => {
+                return Err(io(std::io::Error::other("not a regular file")));
+            }
+            Ok(m) if m.len() > MAX_LEN => {
+                return Err(io(std::io::Error::other("larger than 4 KiB")));
+            }
+            Ok(_) => parse(path, &fs::read_to_string(path).map_err(io)?)?,
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            current,
+        })
+    }
+
+    pub fn current(&self) -> Persisted {
+        self.current
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Raises the incarnation for this start and persists it.
+    pub fn next_incarnation(&mut self) -> Result<u32, StateError> {
+        let mut p = self.current;
+        p.incarnation = p.incarnation.wrapping_add(1).max(1);
+        self.write(p)?;
+        Ok(p.incarnation)
+    }
+
+    /// Persists `epoch` (never lower than the one persisted).
+    pub fn save_epoch(&mut self, epoch: Epoch) -> Result<(), StateError> {
+        if epoch <= self.current.epoch {
+            return Ok(());
+        }
+        let mut p = self.current;
+        p.epoch = epoch;
+        self.write(p)
+    }
+
+    fn write(&mut self, p: Persisted) -> Result<(), StateError> {
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(io)?;
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        {
+            let mut f = fs::File::create(&tmp).map_err(io)?;
+            write!(
+                f,
+                "# heartbeat-agent state: do not edit while the agent runs\nepoch = {}\nincarnation = {}\n",
+                p.epoch.0, p.incarnation
+            )
+            .map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        fs::rename(&tmp, &self.path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io(e)
+        })?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        self.current = p;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hb-state-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d.join("node.state")
+    }
+
+    #[test]
+    fn incarnation_rises_and_epoch_never_goes_back_across_reopen() {
+        let p = tmp("rise");
+        let mut s = StateFile::open(&p).unwrap();
+        assert_eq!(s.current(), Persisted::default());
+        assert_eq!(s.next_incarnation().unwrap(), 1);
+        s.save_epoch(Epoch(5)).unwrap();
+        s.save_epoch(Epoch(3)).unwrap();
+        let mut s = StateFile::open(&p).unwrap();
+        assert_eq!(s.current().epoch, Epoch(5));
+        assert_eq!(s.next_incarnation().unwrap(), 2);
+        assert_eq!(StateFile::open(&p).unwrap().current().incarnation, 2);
+        let _ = fs::remove_dir_all(p.parent().unwrap());
+    }
+
+    #[test]
+    fn malformed_files_are_errors_naming_the_line() {
+        let p = tmp("bad");
+        fs::write(&p, "epoch = 3\nincarnation = x\n").unwrap();
+        let e = StateFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("incarnation"), "{e}");
+        fs::write(&p, "what = 1\n").unwrap();
+        assert!(StateFile::open(&p).is_err());
+        fs::remove_file(&p).unwrap();
+        fs::create_dir(&p).unwrap();
+        assert!(
+            StateFile::open(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
+        );
+        let _ = fs::remove_dir_all(p.parent().unwrap());
+    }
+}
