@@ -38,12 +38,14 @@ enum Command {
         #[arg(long, short)]
         node: Option<String>,
     },
-    /// Validate a configuration file without touching the system's network
-    /// (with --node, also checks that node's interfaces and the key file).
+    /// Validate a configuration file without changing anything on the system
+    /// (with --node, also checks that node's interfaces, key file, ports and paths).
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
-        /// Also check this node's interfaces and key file.
+        /// Also check this node's interfaces and key file, that the metrics
+        /// port can be bound, and that the control socket, events_file and
+        /// state_file paths can be used (nothing is created or deleted).
         #[arg(long, short)]
         node: Option<String>,
     },
@@ -183,6 +185,7 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<()> {
     if let Some(n) = node {
         let local = cfg.local_node(Some(n))?;
         cfg.check_system(local)?;
+        cfg.check_resources(local)?;
     }
     println!(
         "{}: OK (cluster {} id {}, {} nodes)",

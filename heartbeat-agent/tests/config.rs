@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use heartbeat_agent::config::{ClusterConfig, ConfigError, LinkRole};
+use heartbeat_agent::config::{ClusterConfig, ConfigError, LinkRole, QuorumSection};
+use heartbeat_cluster::{LinkId, NodeId};
 
 const FILE: &str = "/etc/heartbeat/test.toml";
 
@@ -95,8 +96,19 @@ fn valid_config_and_defaults() {
     assert_eq!(cfg.cluster.heartbeat_interval, Duration::from_millis(100));
     assert_eq!(cfg.cluster.node_timeout, Duration::from_millis(500));
     assert_eq!(cfg.cluster.agent_timeout, Duration::from_secs(1));
-    assert_eq!(cfg.cluster.network_polling_interval, Duration::from_secs(2));
     assert_eq!(cfg.cluster.events_file, None);
+    assert_eq!(
+        cfg.cluster.state_file,
+        Path::new("/var/lib/heartbeat/{node}.state")
+    );
+    assert!(cfg.cluster.auto_start);
+    assert_eq!(cfg.cluster.auto_start_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.cluster.restart_window, Duration::from_secs(5));
+    assert_eq!(cfg.quorum, QuorumSection::default());
+    assert!(!cfg.quorum.two_node && !cfg.quorum.wait_for_all);
+    assert_eq!(cfg.quorum.last_man_standing_window, Duration::from_secs(10));
+    assert_eq!(cfg.quorum.quorum_server_timeout, Duration::from_secs(1));
+    assert_eq!(cfg.total_votes(), 2);
     assert_eq!(cfg.metrics, None);
     assert_eq!(cfg.control.socket, Path::new("/run/heartbeat/control.sock"));
     assert_eq!(cfg.nodes.len(), 2);
@@ -109,7 +121,8 @@ fn valid_config_and_defaults() {
     assert_eq!(link.interface, "eth1");
     assert_eq!(link.address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
     assert_eq!(link.role, LinkRole::Heartbeat);
-    assert_eq!(link.standby, None);
+    assert_eq!(link.link_id(), LinkId(0));
+    assert_eq!(alpha.node_id(), NodeId(1));
     assert_eq!(cfg.node(2).map(|n| n.name.as_str()), Some("beta"));
     assert!(cfg.node(3).is_none());
     assert_eq!(
@@ -129,8 +142,16 @@ port = 7000
 heartbeat_interval = "200us"
 node_timeout = "1ms"
 agent_timeout = "1.5ms"
-network_polling_interval = "1s 500ms"
 events_file = "../log/events.jsonl"
+state_file = "state/{node}.state"
+auto_start = true
+auto_start_timeout = "1s 500ms"
+restart_window = "3s"
+
+[quorum]
+wait_for_all = true
+last_man_standing = true
+last_man_standing_window = "20s"
 
 [metrics]
 listen = "[::1]:9465"
@@ -144,7 +165,7 @@ name = "n63"
 priority = 7
 votes = 0
 link = [
-  { id = 7, interface = "eth7", address = "fd00::1", role = "heartbeat", standby = "eth8" },
+  { id = 7, interface = "eth7", address = "fd00::1", role = "heartbeat" },
   { id = 3, interface = "eth3", address = "10.3.0.1", role = "stationary" },
 ]
 
@@ -164,7 +185,13 @@ link = [
     assert_eq!(c.heartbeat_interval, Duration::from_micros(200));
     assert_eq!(c.node_timeout, Duration::from_millis(1));
     assert_eq!(c.agent_timeout, Duration::from_micros(1500));
-    assert_eq!(c.network_polling_interval, Duration::from_millis(1500));
+    assert_eq!(c.auto_start_timeout, Duration::from_millis(1500));
+    assert_eq!(c.restart_window, Duration::from_secs(3));
+    assert_eq!(c.state_file, Path::new("/srv/hb/state/{node}.state"));
+    let q = &cfg.quorum;
+    assert!(q.wait_for_all && q.last_man_standing && !q.two_node && !q.auto_tie_breaker);
+    assert_eq!(q.last_man_standing_window, Duration::from_secs(20));
+    assert_eq!(q.quorum_server, None);
     assert_eq!(
         c.events_file.as_deref(),
         Some(Path::new("/srv/hb/../log/events.jsonl"))
@@ -177,7 +204,6 @@ link = [
     let n = &cfg.nodes[0];
     assert_eq!((n.id, n.priority, n.votes), (63, 7, 0));
     assert_eq!(n.links[0].id, 7);
-    assert_eq!(n.links[0].standby.as_deref(), Some("eth8"));
     assert_eq!(n.links[1].role, LinkRole::Stationary);
 }
 
@@ -207,7 +233,7 @@ fn unknown_key_top_level() {
         Some("clustr"),
         &[
             "unknown key (did you mean `cluster`?)",
-            "the valid keys in the top level are: cluster, metrics, control, node",
+            "the valid keys in the top level are: cluster, quorum, metrics, control, node",
         ],
     );
 }
@@ -250,7 +276,7 @@ fn unknown_key_in_link() {
         Some("node[1].link[0].adress"),
         &[
             "unknown key (did you mean `address`?)",
-            "the valid keys in [[node.link]] are: id, interface, address, role, standby",
+            "the valid keys in [[node.link]] are: id, interface, address, role",
         ],
     );
 }
@@ -387,17 +413,6 @@ fn bad_values() {
         Some("node[0].link[0].interface"),
         &["interface name"],
     );
-    let text = edit(
-        &base(),
-        "interface = \"eth1\"",
-        "interface = \"eth1\"\n  standby = \"eth1\"",
-    );
-    expect_err(
-        &text,
-        11,
-        Some("node[0].link[0].standby"),
-        &["must differ from the link's interface `eth1`"],
-    );
     let text = edit(&base(), "name = \"alpha\"", "name = \"al pha\"");
     expect_err(
         &text,
@@ -441,7 +456,8 @@ fn zero_durations() {
         "heartbeat_interval",
         "node_timeout",
         "agent_timeout",
-        "network_polling_interval",
+        "auto_start_timeout",
+        "restart_window",
     ] {
         let text = edit(&base(), "id = 42", &format!("id = 42\n{key} = \"0s\""));
         expect_err(
@@ -736,19 +752,12 @@ impl Drop for TempDir {
 
 /// A config in `dir` whose node alpha uses `interface` and `standby`, with
 /// `cluster.key` next to it. Lines as in `base()`.
-fn system_config(dir: &TempDir, interface: &str, standby: Option<&str>) -> ClusterConfig {
-    let mut text = edit(
+fn system_config(dir: &TempDir, interface: &str) -> ClusterConfig {
+    let text = edit(
         &base(),
         "interface = \"eth1\"",
         &format!("interface = \"{interface}\""),
     );
-    if let Some(standby) = standby {
-        text = edit(
-            &text,
-            "  address = \"10.0.0.1\"",
-            &format!("  address = \"10.0.0.1\"\n  standby = \"{standby}\""),
-        );
-    }
     let path = dir.0.join("cluster.toml");
     std::fs::write(&path, text).expect("write config");
     ClusterConfig::load(&path).expect("valid")
@@ -763,7 +772,7 @@ fn write_key(dir: &TempDir, text: &str, mode: u32) {
 #[test]
 fn check_system_passes() {
     let dir = TempDir::new();
-    let cfg = system_config(&dir, "lo", None);
+    let cfg = system_config(&dir, "lo");
     heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
     let alpha = cfg.local_node(Some("alpha")).expect("alpha");
     cfg.check_system(alpha).expect("system ok");
@@ -772,7 +781,7 @@ fn check_system_passes() {
 #[test]
 fn check_system_missing_interface() {
     let dir = TempDir::new();
-    let cfg = system_config(&dir, "hbnosuch0", None);
+    let cfg = system_config(&dir, "hbnosuch0");
     heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
     let alpha = cfg.local_node(Some("alpha")).expect("alpha");
     let err = cfg.check_system(alpha).expect_err("no such interface");
@@ -784,18 +793,10 @@ fn check_system_missing_interface() {
         )
     );
     // beta's interfaces are not checked on alpha's behalf, and vice versa.
-    let cfg2 = system_config(&dir, "lo", Some("hbnosuch1"));
+    let cfg2 = system_config(&dir, "lo");
     let alpha = cfg2.local_node(Some("alpha")).expect("alpha");
-    let err = cfg2
-        .check_system(alpha)
-        .expect_err("no such standby interface");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "{}:12:13: key `node[0].link[0].standby`: interface `hbnosuch1` does not exist on this host",
-            dir.0.join("cluster.toml").display()
-        )
-    );
+    cfg2.check_system(alpha)
+        .expect("alpha's own interface exists");
     let beta = cfg2.local_node(Some("beta")).expect("beta");
     let err = cfg2.check_system(beta).expect_err("eth1 is absent here");
     assert!(
@@ -807,7 +808,7 @@ fn check_system_missing_interface() {
 #[test]
 fn check_system_key_file_problems() {
     let dir = TempDir::new();
-    let cfg = system_config(&dir, "lo", None);
+    let cfg = system_config(&dir, "lo");
     let alpha = cfg.local_node(Some("alpha")).expect("alpha");
     let key_path = dir.0.join("cluster.key");
     let prefix = format!(
