@@ -865,3 +865,502 @@ fn unreadable_file() {
         "{err}"
     );
 }
+
+#[test]
+fn keys_waiting_for_later_issues_are_refused_with_the_issue() {
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nnetwork_polling_interval = \"2s\"",
+    );
+    expect_err(
+        &text,
+        4,
+        Some("cluster.network_polling_interval"),
+        &["not supported yet", "standby NIC takeover (issue #10)"],
+    );
+    let text = edit(
+        &base(),
+        "  address = \"10.0.0.2\"",
+        "  address = \"10.0.0.2\"\n  standby = \"eth2\"",
+    );
+    expect_err(
+        &text,
+        19,
+        Some("node[1].link[0].standby"),
+        &["not supported yet", "standby NIC takeover (issue #10)"],
+    );
+    let text = format!("{}\n[[package]]\nname = \"db\"\n", base());
+    expect_err(&text, 20, Some("package"), &["packages (issue #9)"]);
+    let text = format!("{}\n[serial]\ndevice = \"/dev/ttyS0\"\n", base());
+    expect_err(
+        &text,
+        20,
+        Some("serial"),
+        &["serial heartbeat link (issue #11)"],
+    );
+    let text = format!("{}\n[node.serial]\ndevice = \"/dev/ttyS0\"\n", base());
+    expect_err(
+        &text,
+        20,
+        Some("node[1].serial"),
+        &["serial heartbeat link (issue #11)"],
+    );
+}
+
+#[test]
+fn cluster_start_and_restart_keys() {
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nnode_timeout = \"2s\"\nagent_timeout = \"3s\"\nauto_start_timeout = \"1s\"",
+    );
+    expect_err(
+        &text,
+        6,
+        Some("cluster.auto_start_timeout"),
+        &["auto_start_timeout = 1s must be larger than node_timeout = 2s"],
+    );
+    // auto_start_timeout left at its default (10s): point at node_timeout.
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nnode_timeout = \"20s\"\nagent_timeout = \"30s\"\nrestart_window = \"40s\"",
+    );
+    expect_err(
+        &text,
+        4,
+        Some("cluster.node_timeout"),
+        &["auto_start_timeout = 10s (the default) must be larger than node_timeout = 20s"],
+    );
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nauto_start = false\nauto_start_timeout = \"20s\"",
+    );
+    expect_err(
+        &text,
+        5,
+        Some("cluster.auto_start_timeout"),
+        &["no effect with auto_start = false (line 4)"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nauto_start = \"no\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.auto_start"),
+        &["expected true or false, found a string (\"no\")"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nrestart_window = \"2min\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.restart_window"),
+        &["2m is too long; at most 1m"],
+    );
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nagent_timeout = \"3s\"\nrestart_window = \"2s\"",
+    );
+    expect_err(
+        &text,
+        5,
+        Some("cluster.restart_window"),
+        &["restart_window = 2s must be larger than agent_timeout = 3s"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nagent_timeout = \"6s\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.agent_timeout"),
+        &["restart_window = 5s (the default) must be larger than agent_timeout = 6s"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nstate_file = \"\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.state_file"),
+        &["expected a file path"],
+    );
+    let cfg = parse(&edit(&base(), "id = 42", "id = 42\nauto_start = false")).expect("valid");
+    assert!(!cfg.cluster.auto_start);
+    let beta = cfg.local_node(Some("beta")).expect("beta");
+    assert_eq!(
+        cfg.local_paths(beta).state_file,
+        Path::new("/var/lib/heartbeat/beta.state")
+    );
+}
+
+/// Three nodes: alpha, beta, gamma; `[quorum]` on line 27, its keys from line 28.
+fn three_nodes(quorum: &str) -> String {
+    format!(
+        "{}\n[[node]]\nid = 3\nname = \"gamma\"\n  [[node.link]]\n  interface = \"eth1\"\n  address = \"10.0.0.3\"\n\n[quorum]\n{quorum}",
+        base()
+    )
+}
+
+#[test]
+fn quorum_options_and_defaults() {
+    let text = format!("{}\n[quorum]\ntwo_node = true\n", base());
+    let cfg = parse(&text).expect("valid");
+    assert!(cfg.quorum.two_node);
+    assert!(cfg.quorum.wait_for_all, "two_node implies wait_for_all");
+    let cfg = parse(&three_nodes(
+        "last_man_standing = true\nlast_man_standing_window = \"3s\"\nwait_for_all = true\n",
+    ))
+    .expect("valid");
+    assert!(cfg.quorum.last_man_standing && cfg.quorum.wait_for_all);
+    assert_eq!(cfg.quorum.last_man_standing_window, Duration::from_secs(3));
+    let cfg = parse(&three_nodes(
+        "quorum_server = \"192.0.2.1:6406\"\nquorum_server_timeout = \"500ms\"\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        cfg.quorum.quorum_server,
+        Some("192.0.2.1:6406".parse().expect("addr"))
+    );
+    assert_eq!(cfg.quorum.quorum_server_timeout, Duration::from_millis(500));
+    // auto_tie_breaker with an even number of votes needs nothing else.
+    let text = format!("{}\n[quorum]\nauto_tie_breaker = true\n", base());
+    assert!(parse(&text).expect("valid").quorum.auto_tie_breaker);
+    // Flags written false are accepted and do nothing.
+    let text = format!("{}\n[quorum]\ntwo_node = false\n", base());
+    assert_eq!(
+        parse(&text).expect("valid").quorum,
+        QuorumSection::default()
+    );
+}
+
+#[test]
+fn quorum_combinations_votequorum_refuses() {
+    expect_err(
+        &three_nodes("two_node = true\n"),
+        28,
+        Some("quorum.two_node"),
+        &["two_node = true needs exactly two [[node]] sections, found 3"],
+    );
+    let two = |q: &str| format!("{}\n[quorum]\n{q}", base());
+    expect_err(
+        &two("two_node = true\nwait_for_all = false\n"),
+        22,
+        Some("quorum.wait_for_all"),
+        &["wait_for_all = false contradicts two_node = true (line 21)"],
+    );
+    expect_err(
+        &two("two_node = true\nauto_tie_breaker = true\n"),
+        22,
+        Some("quorum.auto_tie_breaker"),
+        &["auto_tie_breaker cannot be used with two_node = true (line 21)"],
+    );
+    expect_err(
+        &two("two_node = true\nlast_man_standing = true\n"),
+        22,
+        Some("quorum.last_man_standing"),
+        &["last_man_standing cannot be used with two_node = true (line 21)"],
+    );
+    expect_err(
+        &two("two_node = true\nquorum_server = \"192.0.2.1:6406\"\n"),
+        22,
+        Some("quorum.quorum_server"),
+        &["quorum_server cannot be used with two_node = true (line 21)"],
+    );
+    expect_err(
+        &three_nodes("quorum_server = \"192.0.2.1:6406\"\nlast_man_standing = true\n"),
+        29,
+        Some("quorum.last_man_standing"),
+        &["last_man_standing cannot be used with quorum_server (line 28)"],
+    );
+    expect_err(
+        &three_nodes("auto_tie_breaker = true\nquorum_server = \"192.0.2.1:6406\"\n"),
+        28,
+        Some("quorum.auto_tie_breaker"),
+        &["auto_tie_breaker cannot be used with quorum_server (line 29)"],
+    );
+    expect_err(
+        &three_nodes("auto_tie_breaker = true\n"),
+        28,
+        Some("quorum.auto_tie_breaker"),
+        &["odd number of votes (3) needs wait_for_all = true"],
+    );
+    assert!(
+        parse(&three_nodes(
+            "auto_tie_breaker = true\nwait_for_all = true\n"
+        ))
+        .is_ok()
+    );
+    expect_err(
+        &three_nodes("last_man_standing_window = \"20s\"\n"),
+        28,
+        Some("quorum.last_man_standing_window"),
+        &["no effect without last_man_standing = true"],
+    );
+    expect_err(
+        &three_nodes("quorum_server_timeout = \"2s\"\n"),
+        28,
+        Some("quorum.quorum_server_timeout"),
+        &["no effect without quorum_server"],
+    );
+    // The window must outlast node failure detection: names both keys.
+    let text = edit(
+        &three_nodes("last_man_standing = true\n"),
+        "id = 42",
+        "id = 42\nnode_timeout = \"30s\"\nagent_timeout = \"31s\"\nrestart_window = \"32s\"\nauto_start_timeout = \"40s\"",
+    );
+    expect_err(
+        &text,
+        4,
+        Some("cluster.node_timeout"),
+        &["quorum.last_man_standing_window = 10s must be larger than cluster.node_timeout = 30s"],
+    );
+    expect_err(
+        &three_nodes("quorum_server = \"qnetd\"\n"),
+        28,
+        Some("quorum.quorum_server"),
+        &["expected an address and port", "found \"qnetd\""],
+    );
+    expect_err(
+        &three_nodes("two_nodes = true\n"),
+        28,
+        Some("quorum.two_nodes"),
+        &[
+            "unknown key (did you mean `two_node`?)",
+            "the valid keys in [quorum] are: two_node, wait_for_all, last_man_standing",
+        ],
+    );
+    let text = edit(&base(), "name = \"alpha\"", "name = \"alpha\"\nvotes = 0");
+    let text = edit(&text, "name = \"beta\"", "name = \"beta\"\nvotes = 0");
+    expect_err(
+        &text,
+        17,
+        Some("node[1].votes"),
+        &["the votes of all nodes add up to 0"],
+    );
+}
+
+/// Issue 12 row 9: values echoed in messages are cut to a readable length.
+#[test]
+fn long_values_and_keys_are_cut_in_messages() {
+    let long = "x".repeat(100_000);
+    for text in [
+        edit(&base(), "name = \"demo\"", &format!("name = \"{long}\"")),
+        edit(
+            &base(),
+            "address = \"10.0.0.2\"",
+            &format!("address = \"{long}\""),
+        ),
+        edit(
+            &base(),
+            "id = 42",
+            &format!("id = 42\nnode_timeout = \"5{long}\""),
+        ),
+        edit(&base(), "id = 42", &format!("id = \"{long}\"")),
+        edit(&base(), "id = 42", &format!("id = 42\n{long} = 1")),
+        format!("{}\n[metrics]\nlisten = \"{long}\"\n", base()),
+    ] {
+        let msg = parse(&text).expect_err("too long").to_string();
+        assert!(msg.len() < 600, "{} bytes: {}", msg.len(), &msg[..600]);
+        assert!(msg.contains("xxx…"), "{msg}");
+    }
+}
+
+/// Issue 12 row 9: a size cap, and reading stops at the cap.
+#[test]
+fn config_size_is_capped() {
+    let dir = TempDir::new();
+    let path = dir.0.join("big.toml");
+    let mut text = base();
+    text.push_str(&"# padding\n".repeat(110_000));
+    std::fs::write(&path, &text).expect("write");
+    let err = ClusterConfig::load(&path).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the configuration is larger than 1048576 bytes; this is not a heartbeat configuration",
+            path.display()
+        )
+    );
+    // An endless file: the loader stops after the cap (this test filled the
+    // memory before the fix).
+    let err = ClusterConfig::load(Path::new("/dev/zero")).expect_err("endless");
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn non_utf8_config_names_the_line() {
+    let dir = TempDir::new();
+    let path = dir.0.join("latin1.toml");
+    let mut bytes = base().into_bytes();
+    bytes.extend_from_slice(b"\n# caf\xe9\n");
+    std::fs::write(&path, bytes).expect("write");
+    let msg = ClusterConfig::load(&path)
+        .expect_err("not UTF-8")
+        .to_string();
+    assert!(
+        msg.starts_with(&format!("{}:20:6: ", path.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("not UTF-8"), "{msg}");
+}
+
+/// A config in `dir` (alpha on `lo`) with `cluster` lines added to
+/// `[cluster]` and `more` appended; the key file is written too.
+fn resource_config(dir: &TempDir, cluster: &str, more: &str) -> ClusterConfig {
+    let text = edit(
+        &base(),
+        "key_file = \"cluster.key\"",
+        &format!("key_file = \"cluster.key\"\n{cluster}"),
+    );
+    let text = format!(
+        "{}{more}",
+        edit(&text, "interface = \"eth1\"", "interface = \"lo\"")
+    );
+    let path = dir.0.join("cluster.toml");
+    std::fs::write(&path, text).expect("write config");
+    let _ = std::fs::remove_file(dir.0.join("cluster.key"));
+    heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
+    ClusterConfig::load(&path).expect("valid")
+}
+
+#[track_caller]
+fn resources_err(cfg: &ClusterConfig, key: &str, wording: &[&str]) -> String {
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    cfg.check_system(alpha).expect("system ok");
+    let err = cfg.check_resources(alpha).expect_err("a resource problem");
+    let msg = err.to_string();
+    assert_eq!(err.key(), Some(key), "{msg}");
+    for w in wording {
+        assert!(msg.contains(w), "wanted {w:?}: {msg}");
+    }
+    assert!(!msg.contains("Some("), "Debug text: {msg}");
+    assert!(msg.matches("os error").count() <= 1, "{msg}");
+    msg
+}
+
+/// Issue 12 row 10: check-config --node checks ports and paths without side
+/// effects.
+#[test]
+fn check_resources_passes_and_creates_nothing() {
+    let dir = TempDir::new();
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"log/{node}.jsonl\"\nstate_file = \"state/{node}.state\"",
+        "\n[control]\nsocket = \"run/{node}.sock\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    let paths = cfg.local_paths(alpha);
+    assert_eq!(paths.control_socket, dir.0.join("run/alpha.sock"));
+    assert_eq!(paths.events_file, Some(dir.0.join("log/alpha.jsonl")));
+    assert_eq!(paths.state_file, dir.0.join("state/alpha.state"));
+    cfg.check_resources(alpha).expect("resources ok");
+    for sub in ["log", "state", "run"] {
+        assert!(!dir.0.join(sub).exists(), "{sub} was created");
+    }
+}
+
+#[test]
+fn check_resources_metrics_port_in_use() {
+    let dir = TempDir::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let msg = resources_err(
+        &cfg,
+        "metrics.listen",
+        &[&format!(
+            "cannot listen on 127.0.0.1:{port}: the port is in use"
+        )],
+    );
+    assert!(msg.contains("cluster.toml:22:10: "), "{msg}");
+}
+
+/// Issue 12 row 5: a control socket path naming an existing file that is
+/// not a socket is reported; the file is left alone.
+#[test]
+fn check_resources_control_socket_must_not_replace_a_file() {
+    let dir = TempDir::new();
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        "\n[control]\nsocket = \"cluster.toml\"\n",
+    );
+    let msg = resources_err(
+        &cfg,
+        "control.socket",
+        &[
+            "cluster.toml exists and is a regular file, not a socket",
+            "never deletes a file it did not create",
+        ],
+    );
+    assert!(msg.contains("cluster.toml:22:10: "), "{msg}");
+    assert!(dir.0.join("cluster.toml").is_file());
+    std::fs::create_dir(dir.0.join("sockdir")).expect("mkdir");
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        "\n[control]\nsocket = \"sockdir\"\n",
+    );
+    resources_err(&cfg, "control.socket", &["is a directory, not a socket"]);
+    // An existing socket (a stale one, or the running agent's) is fine.
+    let _live = std::os::unix::net::UnixListener::bind(dir.0.join("live.sock")).expect("bind");
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        "\n[control]\nsocket = \"live.sock\"\n",
+    );
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    cfg.check_resources(alpha).expect("a socket is fine");
+}
+
+#[test]
+fn check_resources_events_and_state_files() {
+    let dir = TempDir::new();
+    std::fs::create_dir(dir.0.join("adir")).expect("mkdir");
+    let sock = "\n[control]\nsocket = \"{node}.sock\"\n";
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"adir\"\nstate_file = \"{node}.state\"",
+        sock,
+    );
+    let msg = resources_err(
+        &cfg,
+        "cluster.events_file",
+        &["adir is a directory, not a regular file"],
+    );
+    assert!(msg.contains("cluster.toml:5:15: "), "{msg}");
+    nix::unistd::mkfifo(
+        &dir.0.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"fifo\"\nstate_file = \"{node}.state\"",
+        sock,
+    );
+    resources_err(
+        &cfg,
+        "cluster.events_file",
+        &["is a FIFO; opening it would block the agent"],
+    );
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"cluster.toml/x/events.jsonl\"\nstate_file = \"{node}.state\"",
+        sock,
+    );
+    resources_err(
+        &cfg,
+        "cluster.events_file",
+        &["cluster.toml is a regular file, not a directory"],
+    );
+    let cfg = resource_config(&dir, "state_file = \"adir\"", sock);
+    resources_err(
+        &cfg,
+        "cluster.state_file",
+        &["adir is a directory, not a regular file"],
+    );
+}

@@ -88,7 +88,7 @@ impl ClusterConfig {
                     ),
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if absent(&e) => {
                 usable_dir(socket).map_err(|m| self.invalid_at(key, m))?;
             }
             Err(e) => {
@@ -118,6 +118,15 @@ impl ClusterConfig {
             }
         }
     }
+}
+
+/// The path does not exist (or a component of it is not a directory, which
+/// [`usable_dir`] then names).
+fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// What a non-regular file is, for messages.
@@ -159,7 +168,7 @@ fn check_file(path: &Path) -> Result<(), String> {
             path.display(),
             kind(&m)
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => usable_dir(path),
+        Err(e) if absent(&e) => usable_dir(path),
         Err(e) => Err(format!("cannot inspect {}: {e}", path.display())),
     }
 }
@@ -188,7 +197,7 @@ fn usable_dir(path: &Path) -> Result<(), String> {
                     kind(&m)
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => dir = d.parent(),
+            Err(e) if absent(&e) => dir = d.parent(),
             Err(e) => return Err(format!("cannot inspect {}: {e}", d.display())),
         }
     }
