@@ -554,7 +554,15 @@ fn render(segs: &[Seg]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(&shorten(k));
+                let bare = !k.is_empty()
+                    && k
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if bare {
+                    out.push_str(&shorten(k));
+                } else {
+                    out.push_str(&format!("{:?}", shorten(k)));
+                }
             }
             Seg::Index(i) => out.push_str(&format!("[{i}]")),
         }
@@ -635,6 +643,13 @@ fn table_kind(segs: &[Seg]) -> (&'static str, &'static [&'static str]) {
 fn plain_serde_message(message: &str) -> String {
     // Messages made here cut what they echo; this bounds the others.
     let whole = || shorten_to(message, 4 * MAX_SHOWN_LEN).into_owned();
+    // A table written as an array: serde's derive reads structs from
+    // sequences too, and complains about the length.
+    if let Some(rest) = message.strip_prefix("invalid length ")
+        && let Some((_, expected)) = rest.split_once(", expected ")
+    {
+        return format!("expected {expected}, found an array");
+    }
     let Some(rest) = message.strip_prefix("invalid type: ") else {
         return whole();
     };

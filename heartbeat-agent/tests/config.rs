@@ -253,6 +253,17 @@ fn unknown_key_in_cluster() {
 }
 
 #[test]
+fn unknown_quoted_key_is_shown_quoted_on_one_line() {
+    let text = edit(&base(), "id = 42", "id = 42\n\"a\\nb c\" = 1");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.\"a\\nb c\""),
+        &["unknown key; the valid keys in [cluster] are"],
+    );
+}
+
+#[test]
 fn unknown_key_in_node() {
     let text = edit(&base(), "name = \"beta\"", "name = \"beta\"\nweight = 3");
     expect_err(
@@ -1363,4 +1374,62 @@ fn check_resources_events_and_state_files() {
         "cluster.state_file",
         &["adir is a directory, not a regular file"],
     );
+}
+
+/// Never a panic, always one line with the file's name: the examples with
+/// thousands of random edits (deletions, TOML punctuation inserted, lines
+/// repeated or swapped), from a fixed seed.
+#[test]
+fn mutated_examples_never_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n.max(1) as u64) as usize
+    };
+    const BITS: &[&str] = &[
+        "[", "]", "[[", "=", "\"", "'", "{", "}", ",", ".", "\n", "#", "0", "-1", "x", "é", "true",
+        "1979-05-27", "\"\"\"", "99999999999999999999", "\\",
+    ];
+    for name in ["two-node.toml", "three-node.toml", "full.toml"] {
+        let original = std::fs::read_to_string(dir.join(name)).expect("example");
+        for _ in 0..700 {
+            let mut text = original.clone();
+            for _ in 0..1 + next(3) {
+                let mut at = next(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match next(4) {
+                    0 => {
+                        let mut end = (at + 1 + next(12)).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, "");
+                    }
+                    1 => text.insert_str(at, BITS[next(BITS.len())]),
+                    _ => {
+                        let lines: Vec<&str> = text.lines().collect();
+                        let (a, b) = (next(lines.len()), next(lines.len()));
+                        let mut lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                        if next(2) == 0 {
+                            lines.swap(a, b);
+                        } else {
+                            let l = lines[a].clone();
+                            lines.insert(b, l);
+                        }
+                        text = lines.join("\n");
+                    }
+                }
+            }
+            if let Err(e) = ClusterConfig::from_str(&text, Path::new(FILE)) {
+                let msg = e.to_string();
+                assert!(msg.starts_with(FILE), "{msg}\n---\n{text}");
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+        }
+    }
 }
