@@ -555,8 +555,7 @@ fn render(segs: &[Seg]) -> String {
                     out.push('.');
                 }
                 let bare = !k.is_empty()
-                    && k
-                        .chars()
+                    && k.chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                 if bare {
                     out.push_str(&shorten(k));

@@ -1390,8 +1390,27 @@ fn mutated_examples_never_panic() {
         (seed % n.max(1) as u64) as usize
     };
     const BITS: &[&str] = &[
-        "[", "]", "[[", "=", "\"", "'", "{", "}", ",", ".", "\n", "#", "0", "-1", "x", "é", "true",
-        "1979-05-27", "\"\"\"", "99999999999999999999", "\\",
+        "[",
+        "]",
+        "[[",
+        "=",
+        "\"",
+        "'",
+        "{",
+        "}",
+        ",",
+        ".",
+        "\n",
+        "#",
+        "0",
+        "-1",
+        "x",
+        "é",
+        "true",
+        "1979-05-27",
+        "\"\"\"",
+        "99999999999999999999",
+        "\\",
     ];
     for name in ["two-node.toml", "three-node.toml", "full.toml"] {
         let original = std::fs::read_to_string(dir.join(name)).expect("example");
