@@ -54,6 +54,8 @@ pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(5);
 /// Longest accepted `cluster.restart_window`: a node that dies during an
 /// announced restart is only noticed when the window runs out.
 pub const MAX_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Shortest accepted `cluster.restart_window`.
+pub const MIN_RESTART_WINDOW: Duration = Duration::from_millis(100);
 /// Default `cluster.state_file` (`{node}` is the local node's name).
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/heartbeat/{node}.state";
 /// Default `quorum.last_man_standing_window`.
@@ -977,14 +979,13 @@ impl Src<'_> {
         let at = agent_timeout
             .as_ref()
             .map_or(DEFAULT_AGENT_TIMEOUT, |d| d.0);
-        let at_at = agent_timeout.map(|d| d.1);
         self.must_exceed(
             &span,
             "cluster",
             MustExceed {
                 later_key: "agent_timeout",
                 later: at,
-                later_at: at_at.clone(),
+                later_at: agent_timeout.map(|d| d.1),
                 earlier_key: "heartbeat_interval",
                 earlier: hb,
                 earlier_at: hb_at,
@@ -1028,33 +1029,32 @@ impl Src<'_> {
         let rw = restart_window
             .as_ref()
             .map_or(DEFAULT_RESTART_WINDOW, |d| d.0);
-        if let Some((d, rw_at)) = &restart_window
-            && *d > MAX_RESTART_WINDOW
-        {
-            return Err(self.invalid(
-                rw_at,
-                "cluster.restart_window",
-                format!(
-                    "{} is too long; at most {}: a node that dies during an announced restart is \
-                     only counted failed when the window runs out",
-                    fmt_duration(*d),
-                    fmt_duration(MAX_RESTART_WINDOW)
-                ),
-            ));
+        if let Some((d, rw_at)) = &restart_window {
+            if *d > MAX_RESTART_WINDOW {
+                return Err(self.invalid(
+                    rw_at,
+                    "cluster.restart_window",
+                    format!(
+                        "{} is too long; at most {}: a node that dies during an announced restart is \
+                         only counted failed when the window runs out",
+                        fmt_duration(*d),
+                        fmt_duration(MAX_RESTART_WINDOW)
+                    ),
+                ));
+            }
+            if *d < MIN_RESTART_WINDOW {
+                return Err(self.invalid(
+                    rw_at,
+                    "cluster.restart_window",
+                    format!(
+                        "{} is too short; at least {}: the new agent must load its configuration \
+                         and adopt the pinned XDP program within the window",
+                        fmt_duration(*d),
+                        fmt_duration(MIN_RESTART_WINDOW)
+                    ),
+                ));
+            }
         }
-        self.must_exceed(
-            &span,
-            "cluster",
-            MustExceed {
-                later_key: "restart_window",
-                later: rw,
-                later_at: restart_window.map(|d| d.1),
-                earlier_key: "agent_timeout",
-                earlier: at,
-                earlier_at: at_at,
-                advice: "a restart shorter than agent_timeout needs no window",
-            },
-        )?;
 
         let events_file = c.events_file.map(|p| self.path(&p.get_ref().0));
         let state_file = c.state_file.map_or_else(
