@@ -368,15 +368,35 @@ impl ClusterConfig {
     /// Reads and validates a config file (every check that needs only the
     /// file). Reads at most [`MAX_CONFIG_LEN`] bytes.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
         let read_error = |error| ConfigError::Read {
             file: path.to_owned(),
             error,
         };
-        let file = std::fs::File::open(path).map_err(read_error)?;
+        // Opened non-blocking so that a FIFO without a writer cannot block
+        // the open; reads block again, so that a pipe with a writer (`<(...)`)
+        // is read to its end, and a FIFO without one reads as empty.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(read_error)?;
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| read_error(e.into()))?;
+        let is_fifo = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
         let mut bytes = Vec::new();
-        file.take(MAX_CONFIG_LEN + 1)
+        (&mut file)
+            .take(MAX_CONFIG_LEN + 1)
             .read_to_end(&mut bytes)
             .map_err(read_error)?;
+        if bytes.is_empty() && is_fifo {
+            return Err(read_error(std::io::Error::other(
+                "it is a FIFO and nothing writes to it",
+            )));
+        }
         if bytes.len() as u64 > MAX_CONFIG_LEN {
             return Err(ConfigError::TooLarge {
                 file: path.to_owned(),

@@ -306,11 +306,17 @@ impl Value for Dur {
         let Raw::Str(s) = raw else {
             return Err(wrong::<Self>(&raw));
         };
+        if s.chars().count() > super::MAX_SHOWN_LEN {
+            return Err(format!(
+                "bad duration `{}`: far too long for a duration; expected {DURATION}",
+                shorten(&s)
+            ));
+        }
         let d = humantime::parse_duration(&s).map_err(|e| {
             format!(
                 "bad duration `{}`: {}; expected {DURATION}",
                 shorten(&s),
-                shorten_to(&e.to_string(), 2 * super::MAX_SHOWN_LEN)
+                shorten_to(&e.to_string(), 3 * super::MAX_SHOWN_LEN)
             )
         })?;
         if d.is_zero() {
@@ -340,6 +346,9 @@ impl Value for Flag {
     }
 }
 
+/// `PATH_MAX`, with the NUL.
+const MAX_PATH_LEN: usize = 4096;
+
 /// A path as written (resolved against the config file's directory later).
 pub(super) struct PathText(pub String);
 
@@ -352,6 +361,12 @@ impl Value for PathText {
             Raw::Str(s) if s.is_empty() || s.contains('\0') => Err(format!(
                 "expected {}, found an empty path or one holding a NUL",
                 Self::expected()
+            )),
+            Raw::Str(s) if s.len() >= MAX_PATH_LEN => Err(format!(
+                "expected {}, found a path of {} bytes; at most {} are allowed",
+                Self::expected(),
+                s.len(),
+                MAX_PATH_LEN - 1
             )),
             Raw::Str(s) => Ok(PathText(s)),
             other => Err(wrong::<Self>(&other)),

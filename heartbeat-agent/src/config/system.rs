@@ -11,7 +11,12 @@ use std::path::Path;
 
 use nix::unistd::{AccessFlags, access};
 
-use super::{ClusterConfig, ConfigError, MAX_SOCKET_PATH, NodeConfig};
+use super::{ClusterConfig, ConfigError, MAX_SHOWN_LEN, MAX_SOCKET_PATH, NodeConfig, shorten_to};
+
+/// A path in a message, cut to a readable length.
+fn shown(path: &Path) -> String {
+    shorten_to(&path.to_string_lossy(), 2 * MAX_SHOWN_LEN).into_owned()
+}
 use crate::keyfile;
 
 impl ClusterConfig {
@@ -70,7 +75,7 @@ impl ClusterConfig {
                 key,
                 format!(
                     "the socket path {} is {len} bytes long for node {}; Unix sockets allow at most {MAX_SOCKET_PATH}",
-                    socket.display(),
+                    shown(socket),
                     local.name
                 ),
             ));
@@ -83,7 +88,7 @@ impl ClusterConfig {
                     format!(
                         "{} exists and is {}, not a socket; the agent never deletes a file it did \
                          not create: remove it or choose another path",
-                        socket.display(),
+                        shown(socket),
                         kind(&m)
                     ),
                 ));
@@ -92,9 +97,7 @@ impl ClusterConfig {
                 usable_dir(socket).map_err(|m| self.invalid_at(key, m))?;
             }
             Err(e) => {
-                return Err(
-                    self.invalid_at(key, format!("cannot inspect {}: {e}", socket.display()))
-                );
+                return Err(self.invalid_at(key, format!("cannot inspect {}: {e}", shown(socket))));
             }
         }
 
@@ -157,19 +160,19 @@ fn kind(m: &std::fs::Metadata) -> &'static str {
 fn check_file(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() || m.file_type().is_char_device() => access(path, AccessFlags::W_OK)
-            .map_err(|e| format!("{} is not writable: {}", path.display(), e.desc())),
+            .map_err(|e| format!("{} is not writable: {}", shown(path), e.desc())),
         Ok(m) if m.file_type().is_fifo() => Err(format!(
             "{} is a FIFO; opening it would block the agent until a reader appears: \
              choose a regular file",
-            path.display()
+            shown(path)
         )),
         Ok(m) => Err(format!(
             "{} is {}, not a regular file",
-            path.display(),
+            shown(path),
             kind(&m)
         )),
         Err(e) if absent(&e) => usable_dir(path),
-        Err(e) => Err(format!("cannot inspect {}: {e}", path.display())),
+        Err(e) => Err(format!("cannot inspect {}: {e}", shown(path))),
     }
 }
 
@@ -183,8 +186,8 @@ fn usable_dir(path: &Path) -> Result<(), String> {
                 return access(d, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
                     format!(
                         "cannot create {}: directory {} is not writable: {}",
-                        path.display(),
-                        d.display(),
+                        shown(path),
+                        shown(d),
                         e.desc()
                     )
                 });
@@ -192,13 +195,15 @@ fn usable_dir(path: &Path) -> Result<(), String> {
             Ok(m) => {
                 return Err(format!(
                     "cannot create {}: {} is {}, not a directory",
-                    path.display(),
-                    d.display(),
+                    shown(path),
+                    shown(d),
                     kind(&m)
                 ));
             }
             Err(e) if absent(&e) => dir = d.parent(),
-            Err(e) => return Err(format!("cannot inspect {}: {e}", d.display())),
+            Err(e) => {
+                return Err(format!("cannot inspect {}: {e}", shown(d)));
+            }
         }
     }
     Ok(())
