@@ -730,12 +730,15 @@ fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-/// `later` must be larger than `earlier`: the names, values, where each was
-/// written (None: the default), the key paths, and advice.
+/// `later` must be larger than `earlier`: how each is named in the message,
+/// its key path, its value and where it was written (None: the default),
+/// and advice.
 struct MustExceed<'a> {
+    later_name: &'a str,
     later_key: &'a str,
     later: Duration,
     later_at: Option<Range<usize>>,
+    earlier_name: &'a str,
     earlier_key: &'a str,
     earlier: Duration,
     earlier_at: Option<Range<usize>>,
@@ -833,10 +836,11 @@ impl Src<'_> {
         self.base.join(text)
     }
 
+    /// Checks a [`MustExceed`]; the error points at `later` when it was
+    /// written, else at `earlier`, else at `fallback` (span, key).
     fn must_exceed(
         &self,
-        table: &Range<usize>,
-        prefix: &str,
+        fallback: (&Range<usize>, &str),
         m: MustExceed<'_>,
     ) -> Result<(), ConfigError> {
         if m.later > m.earlier {
@@ -851,18 +855,18 @@ impl Src<'_> {
         };
         let message = format!(
             "{} = {} must be larger than {} = {}; {}",
-            m.later_key,
+            m.later_name,
             shown(m.later, m.later_at.is_some()),
-            m.earlier_key,
+            m.earlier_name,
             shown(m.earlier, m.earlier_at.is_some()),
             m.advice
         );
         let (span, key) = match (&m.later_at, &m.earlier_at) {
             (Some(at), _) => (at, m.later_key),
             (None, Some(at)) => (at, m.earlier_key),
-            (None, None) => (table, m.later_key),
+            (None, None) => fallback,
         };
-        Err(self.invalid(span, &format!("{prefix}.{key}"), message))
+        Err(self.invalid(span, key, message))
     }
 
     fn build(&self, top: raw::Top, top_span: Range<usize>) -> Result<ClusterConfig, ConfigError> {
@@ -983,13 +987,14 @@ impl Src<'_> {
         let nt = node_timeout.as_ref().map_or(DEFAULT_NODE_TIMEOUT, |d| d.0);
         let nt_at = node_timeout.map(|d| d.1);
         self.must_exceed(
-            &span,
-            "cluster",
+            (&span, "cluster.node_timeout"),
             MustExceed {
-                later_key: "node_timeout",
+                later_name: "node_timeout",
+                later_key: "cluster.node_timeout",
                 later: nt,
                 later_at: nt_at.clone(),
-                earlier_key: "heartbeat_interval",
+                earlier_name: "heartbeat_interval",
+                earlier_key: "cluster.heartbeat_interval",
                 earlier: hb,
                 earlier_at: hb_at.clone(),
                 advice: "about 5 × heartbeat_interval is recommended (e.g. heartbeat_interval = \"1ms\" with node_timeout = \"5ms\")",
@@ -1000,13 +1005,14 @@ impl Src<'_> {
             .as_ref()
             .map_or(DEFAULT_AGENT_TIMEOUT, |d| d.0);
         self.must_exceed(
-            &span,
-            "cluster",
+            (&span, "cluster.agent_timeout"),
             MustExceed {
-                later_key: "agent_timeout",
+                later_name: "agent_timeout",
+                later_key: "cluster.agent_timeout",
                 later: at,
                 later_at: agent_timeout.map(|d| d.1),
-                earlier_key: "heartbeat_interval",
+                earlier_name: "heartbeat_interval",
+                earlier_key: "cluster.heartbeat_interval",
                 earlier: hb,
                 earlier_at: hb_at,
                 advice: "the agent refreshes its liveness stamp every heartbeat_interval",
@@ -1032,13 +1038,14 @@ impl Src<'_> {
             .as_ref()
             .map_or(DEFAULT_AUTO_START_TIMEOUT, |d| d.0);
         self.must_exceed(
-            &span,
-            "cluster",
+            (&span, "cluster.auto_start_timeout"),
             MustExceed {
-                later_key: "auto_start_timeout",
+                later_name: "auto_start_timeout",
+                later_key: "cluster.auto_start_timeout",
                 later: ast,
                 later_at: auto_start_timeout.map(|d| d.1),
-                earlier_key: "node_timeout",
+                earlier_name: "node_timeout",
+                earlier_key: "cluster.node_timeout",
                 earlier: nt,
                 earlier_at: nt_at.clone(),
                 advice: "a starting node must be able to hear its peers before it gives up waiting for them",
@@ -1524,32 +1531,23 @@ impl Src<'_> {
         let lms_window = window
             .as_ref()
             .map_or(DEFAULT_LAST_MAN_STANDING_WINDOW, |w| w.0);
-        if lms.is_some() {
-            let m = MustExceed {
-                later_key: "last_man_standing_window",
-                later: lms_window,
-                later_at: window.map(|w| w.1),
-                earlier_key: "node_timeout",
-                earlier: cluster.section.node_timeout,
-                earlier_at: cluster.node_timeout_at.clone(),
-                advice: "expected votes may only shrink once the nodes that left are surely gone",
-            };
-            // Points at [quorum] or [cluster]: name each key in full.
-            if m.later <= m.earlier {
-                let message = format!(
-                    "quorum.last_man_standing_window = {} must be larger than cluster.node_timeout = {}; {}",
-                    fmt_duration(m.later),
-                    fmt_duration(m.earlier),
-                    m.advice
-                );
-                let (span, k) = match (&m.later_at, &m.earlier_at, &lms) {
-                    (Some(at), _, _) => (at.clone(), key("last_man_standing_window")),
-                    (None, Some(at), _) => (at.clone(), "cluster.node_timeout".to_owned()),
-                    (None, None, Some(at)) => (at.clone(), key("last_man_standing")),
-                    (None, None, None) => (0..0, key("last_man_standing")),
-                };
-                return Err(self.invalid(&span, &k, message));
-            }
+        if let Some(lms_at) = &lms {
+            let lms_key = key("last_man_standing");
+            let window_key = key("last_man_standing_window");
+            self.must_exceed(
+                (lms_at, &lms_key),
+                MustExceed {
+                    later_name: &window_key,
+                    later_key: &window_key,
+                    later: lms_window,
+                    later_at: window.map(|w| w.1),
+                    earlier_name: "cluster.node_timeout",
+                    earlier_key: "cluster.node_timeout",
+                    earlier: cluster.section.node_timeout,
+                    earlier_at: cluster.node_timeout_at.clone(),
+                    advice: "expected votes may only shrink once the nodes that left are surely gone",
+                },
+            )?;
         }
         let timeout = q
             .quorum_server_timeout

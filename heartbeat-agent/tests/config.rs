@@ -1122,7 +1122,9 @@ fn quorum_combinations_votequorum_refuses() {
         &text,
         4,
         Some("cluster.node_timeout"),
-        &["quorum.last_man_standing_window = 10s must be larger than cluster.node_timeout = 30s"],
+        &[
+            "quorum.last_man_standing_window = 10s (the default) must be larger than cluster.node_timeout = 30s",
+        ],
     );
     expect_err(
         &three_nodes("quorum_server = \"qnetd\"\n"),
