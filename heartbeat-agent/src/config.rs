@@ -7,14 +7,14 @@
 //! provide (interfaces, key file), and [`ClusterConfig::check_resources`]
 //! what `check-config --node` can check without side effects (ports, paths).
 //!
-//! Reading is serde derive in two steps: [`raw`] holds one struct per table
+//! Reading is serde derive in two steps: `raw` holds one struct per table
 //! with `deny_unknown_fields` and `toml::Spanned` values, whose value types
 //! check each value and say what was expected; this module then turns
-//! serde's errors into `FILE:LINE:COLUMN: key `PATH`: message` ([`locate`]
+//! serde's errors into `FILE:LINE:COLUMN: key `PATH`: message` (`locate`
 //! finds the key path from the error's span in toml's span-keeping document
 //! and words an unknown key with a "did you mean" and the valid keys),
 //! applies defaults, and runs the rules across keys, each naming both keys
-//! and pointing at the right line. [`system`] holds the checks against the
+//! and pointing at the right line. `system` holds the checks against the
 //! local host.
 //! Keys that wait for a later roadmap issue are refused with its number.
 
