@@ -187,12 +187,26 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<()> {
         cfg.check_system(local)?;
         cfg.check_resources(local)?;
     }
+    let q = &cfg.quorum;
+    let options: Vec<&str> = [
+        (q.two_node, "two_node"),
+        (q.wait_for_all, "wait_for_all"),
+        (q.last_man_standing, "last_man_standing"),
+        (q.auto_tie_breaker, "auto_tie_breaker"),
+        (q.quorum_server.is_some(), "quorum_server"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
     println!(
-        "{}: OK (cluster {} id {}, {} nodes)",
+        "{}: OK (cluster {} id {}, {} nodes, {} votes{}{})",
         file.display(),
         cfg.cluster.name,
         cfg.cluster.id,
-        cfg.nodes.len()
+        cfg.nodes.len(),
+        cfg.total_votes(),
+        if options.is_empty() { "" } else { "; quorum: " },
+        options.join(", ")
     );
     Ok(())
 }
