@@ -1,29 +1,47 @@
 //! Cluster configuration: the TOML schema, its validation, and checks against the local system.
 //!
 //! One TOML file describes the whole cluster (see `docs/configuration.md`).
-//! [`ClusterConfig::load`] parses it and runs every check that needs nothing
-//! but the file; [`ClusterConfig::check_system`] then checks what the local
-//! host must provide (interfaces, key file).
+//! [`ClusterConfig::load`] reads it (at most [`MAX_CONFIG_LEN`] bytes) and
+//! runs every check that needs nothing but the file;
+//! [`ClusterConfig::check_system`] then checks what the local host must
+//! provide (interfaces, key file), and [`ClusterConfig::check_resources`]
+//! what `check-config --node` can check without side effects (ports, paths).
 //!
-//! The file is read with `toml`'s span-keeping document parser and walked by
-//! hand rather than through serde, so that every error names the file, line,
-//! column and full key path (`node[1].link[0].interface`), and says what was
-//! expected. Unknown keys are errors that list the valid keys.
+//! Reading is serde derive in two steps: `raw` holds one struct per table
+//! with `deny_unknown_fields` and `toml::Spanned` values, whose value types
+//! check each value and say what was expected; this module then turns
+//! serde's errors into `FILE:LINE:COLUMN: key `PATH`: message` (`locate`
+//! finds the key path from the error's span in toml's span-keeping document
+//! and words an unknown key with a "did you mean" and the valid keys),
+//! applies defaults, and runs the rules across keys, each naming both keys
+//! and pointing at the right line. `system` holds the checks against the
+//! local host.
+//! Keys that wait for a later roadmap issue are refused with its number.
 
-use std::cell::RefCell;
+mod locate;
+mod raw;
+mod system;
+
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::fmt;
+use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::{Range, RangeInclusive};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use heartbeat_cluster::{LinkId, NodeId};
 use heartbeat_common::maps::{MAX_LINKS, MAX_NODES};
+use serde::de::IgnoredAny;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
-use crate::keyfile::{self, KeyError};
+use crate::keyfile::KeyError;
+
+use locate::{Seg, closest, locate, plain_serde_message, render, table_kind, walk};
+use raw::{Field, Value as _};
 
 /// Default UDP port of the heartbeat protocol.
 pub const DEFAULT_PORT: u16 = 6405;
@@ -33,8 +51,21 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default `cluster.agent_timeout`.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default `cluster.network_polling_interval`.
-pub const DEFAULT_NETWORK_POLLING_INTERVAL: Duration = Duration::from_secs(2);
+/// Default `cluster.auto_start_timeout`.
+pub const DEFAULT_AUTO_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `cluster.restart_window`.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(5);
+/// Longest accepted `cluster.restart_window`: a node that dies during an
+/// announced restart is only noticed when the window runs out.
+pub const MAX_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Shortest accepted `cluster.restart_window`.
+pub const MIN_RESTART_WINDOW: Duration = Duration::from_millis(100);
+/// Default `cluster.state_file` (`{node}` is the local node's name).
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/heartbeat/{node}.state";
+/// Default `quorum.last_man_standing_window`.
+pub const DEFAULT_LAST_MAN_STANDING_WINDOW: Duration = Duration::from_secs(10);
+/// Default `quorum.quorum_server_timeout`.
+pub const DEFAULT_QUORUM_SERVER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default `control.socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/heartbeat/control.sock";
 /// Default `node.priority`.
@@ -50,27 +81,20 @@ pub const MAX_NODE_ID: u16 = (MAX_NODES - 1) as u16;
 pub const MAX_LINK_ID: u8 = (MAX_LINKS - 1) as u8;
 /// Longest cluster or node name.
 pub const MAX_NAME_LEN: usize = 64;
+/// Largest configuration file read (a real one is a few kilobytes).
+pub const MAX_CONFIG_LEN: u64 = 1024 * 1024;
+/// Longest value (in characters) echoed in a message; longer ones are cut
+/// and end in `…`.
+pub const MAX_SHOWN_LEN: usize = 80;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// Longest interface name (`IFNAMSIZ` - 1).
-const MAX_IFNAME_LEN: usize = 15;
 
-const TOP_KEYS: &[&str] = &["cluster", "metrics", "control", "node"];
-const CLUSTER_KEYS: &[&str] = &[
-    "name",
-    "id",
-    "key_file",
-    "port",
-    "heartbeat_interval",
-    "node_timeout",
-    "agent_timeout",
-    "network_polling_interval",
-    "events_file",
-];
-const METRICS_KEYS: &[&str] = &["listen"];
-const CONTROL_KEYS: &[&str] = &["socket"];
-const NODE_KEYS: &[&str] = &["id", "name", "priority", "votes", "link"];
-const LINK_KEYS: &[&str] = &["id", "interface", "address", "role", "standby"];
+/// Roadmap issues that keys wait for.
+const WAITS_STANDBY: &str = "waits for standby NIC takeover (issue #10)";
+const WAITS_PACKAGES: &str = "waits for packages (issue #9)";
+const WAITS_SERIAL: &str = "waits for the serial heartbeat link (issue #11)";
+/// Keys that exist only to be refused: left out of "the valid keys are".
+const WAITING_KEYS: &[&str] = &["package", "serial", "network_polling_interval", "standby"];
 
 /// The whole cluster's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +102,7 @@ pub struct ClusterConfig {
     /// The file it was read from, as given (used in messages).
     pub path: PathBuf,
     pub cluster: ClusterSection,
+    pub quorum: QuorumSection,
     pub metrics: Option<MetricsSection>,
     pub control: ControlSection,
     pub nodes: Vec<NodeConfig>,
@@ -98,9 +123,53 @@ pub struct ClusterSection {
     pub heartbeat_interval: Duration,
     pub node_timeout: Duration,
     pub agent_timeout: Duration,
-    pub network_polling_interval: Duration,
-    /// Resolved against the config file's directory.
+    /// Resolved against the config file's directory; may hold `{node}`.
     pub events_file: Option<PathBuf>,
+    /// Where the agent persists its epoch and incarnation. Resolved against
+    /// the config file's directory; may hold `{node}`.
+    pub state_file: PathBuf,
+    /// Form the cluster at start without an operator (else
+    /// `heartbeat-agent cluster start`).
+    pub auto_start: bool,
+    /// How long a starting node waits for all configured nodes before
+    /// forming with fewer (with `auto_start`).
+    pub auto_start_timeout: Duration,
+    /// How long peers keep a node whose agent announced a restart as
+    /// `restarting` before they count it failed.
+    pub restart_window: Duration,
+}
+
+/// `[quorum]` (votequorum's options; every flag false when the section is
+/// absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumSection {
+    /// Two nodes, quorum 1 (implies `wait_for_all`).
+    pub two_node: bool,
+    /// A starting cluster is quorate only once all nodes have been seen
+    /// together. True whenever `two_node` is.
+    pub wait_for_all: bool,
+    /// Expected votes follow the members after `last_man_standing_window`.
+    pub last_man_standing: bool,
+    pub last_man_standing_window: Duration,
+    /// Exactly half the votes: the half holding the lowest node id wins.
+    pub auto_tie_breaker: bool,
+    /// The quorum server that breaks ties, when there is one.
+    pub quorum_server: Option<SocketAddr>,
+    pub quorum_server_timeout: Duration,
+}
+
+impl Default for QuorumSection {
+    fn default() -> Self {
+        QuorumSection {
+            two_node: false,
+            wait_for_all: false,
+            last_man_standing: false,
+            last_man_standing_window: DEFAULT_LAST_MAN_STANDING_WINDOW,
+            auto_tie_breaker: false,
+            quorum_server: None,
+            quorum_server_timeout: DEFAULT_QUORUM_SERVER_TIMEOUT,
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -112,7 +181,7 @@ pub struct MetricsSection {
 /// `[control]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlSection {
-    /// Resolved against the config file's directory.
+    /// Resolved against the config file's directory; may hold `{node}`.
     pub socket: PathBuf,
 }
 
@@ -126,6 +195,13 @@ pub struct NodeConfig {
     pub links: Vec<LinkConfig>,
 }
 
+impl NodeConfig {
+    /// The node's id, typed.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.id)
+    }
+}
+
 /// One `[[node.link]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkConfig {
@@ -133,7 +209,13 @@ pub struct LinkConfig {
     pub interface: String,
     pub address: IpAddr,
     pub role: LinkRole,
-    pub standby: Option<String>,
+}
+
+impl LinkConfig {
+    /// The link's id, typed.
+    pub fn link_id(&self) -> LinkId {
+        LinkId(self.id)
+    }
 }
 
 /// What a link is used for.
@@ -158,6 +240,37 @@ impl LinkRole {
 impl fmt::Display for LinkRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The paths one node's agent uses, with `{node}` replaced by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPaths {
+    pub control_socket: PathBuf,
+    pub events_file: Option<PathBuf>,
+    pub state_file: PathBuf,
+}
+
+/// Replaces `{node}` in a configured path with a node's name, so one
+/// cluster file serves several nodes on one machine (tests, the demo).
+pub fn expand_node(path: &Path, node: &str) -> PathBuf {
+    match path.to_str() {
+        Some(s) if s.contains("{node}") => s.replace("{node}", node).into(),
+        _ => path.to_owned(),
+    }
+}
+
+/// `s` cut to [`MAX_SHOWN_LEN`] characters (ending in `…` when cut), for
+/// echoing a value from the file in a message.
+pub fn shorten(s: &str) -> Cow<'_, str> {
+    shorten_to(s, MAX_SHOWN_LEN)
+}
+
+/// `s` cut to `max` characters (ending in `…` when cut).
+fn shorten_to(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => Cow::Borrowed(s),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &s[..cut])),
     }
 }
 
@@ -211,6 +324,11 @@ pub enum ConfigError {
         file: PathBuf,
         error: std::io::Error,
     },
+    #[error(
+        "{}: the configuration is larger than {limit} bytes; this is not a heartbeat configuration",
+        file.display()
+    )]
+    TooLarge { file: PathBuf, limit: u64 },
     #[error("{place}: TOML syntax error: {message}")]
     Syntax { place: Place, message: String },
     #[error("{place}: key `{key}`: {message}")]
@@ -233,7 +351,7 @@ impl ConfigError {
     /// Where the problem is, when it is in the file.
     pub fn place(&self) -> Option<&Place> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::TooLarge { .. } => None,
             ConfigError::Syntax { place, .. }
             | ConfigError::Invalid { place, .. }
             | ConfigError::LocalNode { place, .. }
@@ -251,12 +369,56 @@ impl ConfigError {
 }
 
 impl ClusterConfig {
-    /// Reads and validates a config file (every check that needs only the file).
+    /// Reads and validates a config file (every check that needs only the
+    /// file). Reads at most [`MAX_CONFIG_LEN`] bytes.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+        let read_error = |error| ConfigError::Read {
             file: path.to_owned(),
             error,
-        })?;
+        };
+        // Opened non-blocking so that a FIFO without a writer cannot block
+        // the open; reads block again, so that a pipe with a writer (`<(...)`)
+        // is read to its end, and a FIFO without one reads as empty.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(read_error)?;
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| read_error(e.into()))?;
+        let is_fifo = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(MAX_CONFIG_LEN + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        if bytes.is_empty() && is_fifo {
+            return Err(read_error(std::io::Error::other(
+                "it is a FIFO and nothing writes to it",
+            )));
+        }
+        if bytes.len() as u64 > MAX_CONFIG_LEN {
+            return Err(ConfigError::TooLarge {
+                file: path.to_owned(),
+                limit: MAX_CONFIG_LEN,
+            });
+        }
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let text = String::from_utf8_lossy(&e.into_bytes()[..valid]).into_owned();
+                return Err(ConfigError::Syntax {
+                    place: place_at(path, &text, valid),
+                    message: "the file is not UTF-8 text (a byte here is not valid UTF-8)"
+                        .to_owned(),
+                });
+            }
+        };
         Self::from_str(&text, path)
     }
 
@@ -267,55 +429,22 @@ impl ClusterConfig {
             let offset = e.span().map_or(0, |s| s.start);
             ConfigError::Syntax {
                 place: place_at(path, text, offset),
-                message: e.message().trim().to_owned(),
+                message: shorten_to(e.message().trim(), 4 * MAX_SHOWN_LEN).into_owned(),
             }
         })?;
-        let span = doc.span();
-        let root = Spanned::new(span, DeValue::Table(doc.into_inner()));
         let src = Src {
             file: path,
             text,
             base: config_dir(path),
-            locations: RefCell::new(BTreeMap::new()),
         };
-        let top = Tab::open(&src, &root, String::new(), "the top level", TOP_KEYS)?;
-
-        let cluster = match top.table("cluster", "[cluster]", CLUSTER_KEYS)? {
-            Some(t) => parse_cluster(&t)?,
-            None => {
-                return Err(src.invalid(
-                    &top.span,
-                    "cluster",
-                    "the required section [cluster] is missing",
-                ));
-            }
-        };
-        let metrics = match top.table("metrics", "[metrics]", METRICS_KEYS)? {
-            Some(t) => Some(parse_metrics(&t)?),
-            None => None,
-        };
-        let control = match top.table("control", "[control]", CONTROL_KEYS)? {
-            Some(t) => parse_control(&t)?,
-            None => ControlSection {
-                socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
-            },
-        };
-        let node_tables = top.tables("node", "[[node]]", NODE_KEYS)?;
-        let mut nodes = Vec::with_capacity(node_tables.len());
-        for t in &node_tables {
-            nodes.push(parse_node(t)?);
-        }
-        check_nodes(&src, &top, &nodes)?;
-
-        let locations = Locations(src.locations.into_inner());
-        Ok(ClusterConfig {
-            path: path.to_owned(),
-            cluster,
-            metrics,
-            control,
-            nodes: nodes.into_iter().map(|n| n.node).collect(),
-            locations,
-        })
+        let mut locations = BTreeMap::new();
+        walk(doc.get_ref(), &mut Vec::new(), &mut |segs, span, _| {
+            locations.insert(render(segs), line_column(text, span.start));
+        });
+        let top: raw::Top = toml::from_str(text).map_err(|e| src.serde_error(doc.get_ref(), &e))?;
+        let mut cfg = src.build(top, doc.span())?;
+        cfg.locations = Locations(locations);
+        Ok(cfg)
     }
 
     /// The node this agent runs as: the one named `name` (from `--node`),
@@ -336,7 +465,8 @@ impl ClusterConfig {
         if let Some(name) = name {
             return self.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
                 error(format!(
-                    "--node `{name}` names no [[node]]; the nodes are: {}",
+                    "--node `{}` names no [[node]]; the nodes are: {}",
+                    shorten(name),
                     names()
                 ))
             });
@@ -366,54 +496,39 @@ impl ClusterConfig {
         self.nodes.iter().find(|n| n.id == id)
     }
 
-    /// Checks what this host must provide for `local`: its interfaces
-    /// (including standby ones) exist, and the key file exists, is private
-    /// and well formed.
-    pub fn check_system(&self, local: &NodeConfig) -> Result<(), ConfigError> {
-        let index = self
-            .nodes
-            .iter()
-            .position(|n| n.id == local.id)
-            .unwrap_or(0);
-        for (j, link) in local.links.iter().enumerate() {
-            let prefix = format!("node[{index}].link[{j}]");
-            self.check_interface(&format!("{prefix}.interface"), &link.interface)?;
-            if let Some(standby) = &link.standby {
-                self.check_interface(&format!("{prefix}.standby"), standby)?;
-            }
-        }
-        keyfile::read(&self.cluster.key_file).map_err(|error| ConfigError::KeyFile {
-            place: self.place_of("cluster.key_file"),
-            key: "cluster.key_file".to_owned(),
-            error,
-        })?;
-        Ok(())
+    /// The sum of all nodes' votes (the expected votes of the full cluster).
+    pub fn total_votes(&self) -> u64 {
+        self.nodes.iter().map(|n| u64::from(n.votes)).sum()
     }
 
-    fn check_interface(&self, key: &str, name: &str) -> Result<(), ConfigError> {
-        match nix::net::if_::if_nametoindex(name) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let message = if e == nix::errno::Errno::ENODEV {
-                    format!("interface `{name}` does not exist on this host")
-                } else {
-                    format!("cannot look up interface `{name}`: {e}")
-                };
-                Err(ConfigError::Invalid {
-                    place: self.place_of(key),
-                    key: key.to_owned(),
-                    message,
-                })
-            }
+    /// The paths `local`'s agent uses, `{node}` expanded.
+    pub fn local_paths(&self, local: &NodeConfig) -> LocalPaths {
+        LocalPaths {
+            control_socket: expand_node(&self.control.socket, &local.name),
+            events_file: self
+                .cluster
+                .events_file
+                .as_deref()
+                .map(|p| expand_node(p, &local.name)),
+            state_file: expand_node(&self.cluster.state_file, &local.name),
         }
     }
 
+    /// Where `key` was written, for messages (file only when unknown).
     fn place_of(&self, key: &str) -> Place {
         let (line, column) = self.locations.get(key).unwrap_or((0, 0));
         Place {
             file: self.path.clone(),
             line,
             column,
+        }
+    }
+
+    fn invalid_at(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            place: self.place_of(key),
+            key: key.to_owned(),
+            message,
         }
     }
 }
@@ -449,12 +564,30 @@ fn place_at(file: &Path, text: &str, offset: usize) -> Place {
     }
 }
 
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// `later` must be larger than `earlier`: how each is named in the message,
+/// its key path, its value and where it was written (None: the default),
+/// and advice.
+struct MustExceed<'a> {
+    later_name: &'a str,
+    later_key: &'a str,
+    later: Duration,
+    later_at: Option<Range<usize>>,
+    earlier_name: &'a str,
+    earlier_key: &'a str,
+    earlier: Duration,
+    earlier_at: Option<Range<usize>>,
+    advice: &'a str,
+}
+
 /// The source being validated.
 struct Src<'a> {
     file: &'a Path,
     text: &'a str,
     base: PathBuf,
-    locations: RefCell<BTreeMap<String, (usize, usize)>>,
 }
 
 impl Src<'_> {
@@ -466,419 +599,90 @@ impl Src<'_> {
         }
     }
 
-    fn record(&self, key: &str, span: &Range<usize>) {
-        let lc = line_column(self.text, span.start);
-        self.locations.borrow_mut().insert(key.to_owned(), lc);
-    }
-
     fn line_of(&self, span: &Range<usize>) -> usize {
         line_column(self.text, span.start).0
     }
-}
 
-/// A value with the span of the text it came from.
-#[derive(Debug, Clone)]
-struct At<T> {
-    value: T,
-    span: Range<usize>,
-}
-
-/// A table being read: checks types, records locations, reports errors
-/// with the full key path.
-struct Tab<'a> {
-    src: &'a Src<'a>,
-    table: &'a DeTable<'a>,
-    span: Range<usize>,
-    /// Key path of the table itself (`""` for the top level).
-    path: String,
-    /// How to name it in messages (`[cluster]`).
-    what: String,
-}
-
-impl<'a> Tab<'a> {
-    /// Opens `value` as a table, rejecting keys not in `allowed`.
-    fn open(
-        src: &'a Src<'a>,
-        value: &'a Spanned<DeValue<'a>>,
-        path: String,
-        what: &str,
-        allowed: &[&str],
-    ) -> Result<Self, ConfigError> {
-        let DeValue::Table(table) = value.get_ref() else {
-            return Err(src.invalid(
-                &value.span(),
-                &path,
-                format!(
-                    "expected a table ({what}), found {}",
-                    describe(value.get_ref())
-                ),
-            ));
-        };
-        let tab = Tab {
-            src,
-            table,
-            span: value.span(),
-            path,
-            what: what.to_owned(),
-        };
-        if !tab.path.is_empty() {
-            src.record(&tab.path, &tab.span);
-        }
-        let mut unknown: Vec<&Spanned<_>> = table
-            .keys()
-            .filter(|k| !allowed.contains(&k.get_ref().as_ref()))
-            .collect();
-        unknown.sort_by_key(|k| k.span().start);
-        if let Some(k) = unknown.first() {
-            let name: &str = k.get_ref();
-            let hint = closest(name, allowed)
+    /// A serde error as a config error with the key path of its span.
+    fn serde_error(&self, doc: &DeTable<'_>, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim();
+        let (segs, at_key) = locate(doc, span.start);
+        let key = render(&segs);
+        if at_key && message.starts_with("unknown field") {
+            let (parent, name) = segs.split_at(segs.len().saturating_sub(1));
+            let name = match name.first() {
+                Some(Seg::Key(k)) => k.as_str(),
+                _ => "",
+            };
+            let (what, fields) = table_kind(parent);
+            let valid: Vec<&str> = fields
+                .iter()
+                .copied()
+                .filter(|f| !WAITING_KEYS.contains(f))
+                .collect();
+            let hint = closest(name, &valid)
                 .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
-            return Err(src.invalid(
-                &k.span(),
-                &tab.key(name),
+            return self.invalid(
+                &span,
+                &key,
                 format!(
                     "unknown key{hint}; the valid keys in {what} are: {}",
-                    allowed.join(", ")
+                    valid.join(", ")
                 ),
-            ));
+            );
         }
-        Ok(tab)
+        self.invalid(&span, &key, plain_serde_message(message))
     }
 
-    /// Full key path of `k` in this table.
-    fn key(&self, k: &str) -> String {
-        if self.path.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{}.{k}", self.path)
-        }
-    }
-
-    fn get(&self, k: &str) -> Option<&'a Spanned<DeValue<'a>>> {
-        let value = self.table.get(k)?;
-        self.src.record(&self.key(k), &value.span());
-        Some(value)
-    }
-
-    fn invalid(&self, span: &Range<usize>, k: &str, message: impl Into<String>) -> ConfigError {
-        self.src.invalid(span, &self.key(k), message)
-    }
-
-    fn wrong_type(&self, value: &Spanned<DeValue<'_>>, k: &str, expected: &str) -> ConfigError {
-        self.invalid(
-            &value.span(),
-            k,
-            format!("expected {expected}, found {}", describe(value.get_ref())),
-        )
-    }
-
-    fn missing(&self, k: &str, expected: &str) -> ConfigError {
-        self.invalid(
-            &self.span,
-            k,
-            format!(
-                "required key is missing in {} (expected {expected})",
-                self.what
-            ),
-        )
-    }
-
-    fn required<T>(&self, k: &str, expected: &str, v: Option<T>) -> Result<T, ConfigError> {
-        v.ok_or_else(|| self.missing(k, expected))
-    }
-
-    fn string(&self, k: &str, expected: &str) -> Result<Option<At<&'a str>>, ConfigError> {
-        let Some(value) = self.get(k) else {
-            return Ok(None);
-        };
-        match value.get_ref() {
-            DeValue::String(s) => Ok(Some(At {
-                value: s.as_ref(),
-                span: value.span(),
-            })),
-            _ => Err(self.wrong_type(value, k, expected)),
-        }
-    }
-
-    /// An integer in `range`.
-    fn integer(
+    /// Refuses a key that waits for a later roadmap issue.
+    fn refuse_waiting(
         &self,
-        k: &str,
-        range: RangeInclusive<i128>,
-        expected: &str,
-    ) -> Result<Option<At<i128>>, ConfigError> {
-        let Some(value) = self.get(k) else {
-            return Ok(None);
-        };
-        let DeValue::Integer(int) = value.get_ref() else {
-            return Err(self.wrong_type(value, k, expected));
-        };
-        let n = i128::from_str_radix(int.as_str(), int.radix()).ok();
-        match n {
-            Some(n) if range.contains(&n) => Ok(Some(At {
-                value: n,
-                span: value.span(),
-            })),
-            _ => Err(self.invalid(
-                &value.span(),
-                k,
-                format!("expected {expected}, found {int}"),
+        field: &Field<IgnoredAny>,
+        key: &str,
+        waits: &str,
+    ) -> Result<(), ConfigError> {
+        match field {
+            None => Ok(()),
+            Some(at) => Err(self.invalid(
+                &at.span(),
+                key,
+                format!("not supported yet: it {waits}; remove it"),
             )),
         }
     }
 
-    fn int<T: TryFrom<i128>>(
+    fn required<T: raw::Value>(
         &self,
-        k: &str,
-        range: RangeInclusive<i128>,
+        field: Field<T>,
+        table: &Range<usize>,
+        key: &str,
+        what: &str,
         expected: &str,
-    ) -> Result<Option<At<T>>, ConfigError> {
-        let Some(at) = self.integer(k, range, expected)? else {
-            return Ok(None);
-        };
-        match T::try_from(at.value) {
-            Ok(value) => Ok(Some(At {
-                value,
-                span: at.span,
-            })),
-            Err(_) => Err(self.invalid(&at.span, k, format!("expected {expected}"))),
-        }
-    }
-
-    fn duration(&self, k: &str) -> Result<Option<At<Duration>>, ConfigError> {
-        const EXPECTED: &str = "a duration such as \"200us\", \"5ms\" or \"2s\"";
-        let Some(at) = self.string(k, &format!("{EXPECTED} (a quoted string)"))? else {
-            return Ok(None);
-        };
-        let d = humantime::parse_duration(at.value).map_err(|e| {
+    ) -> Result<Spanned<T>, ConfigError> {
+        field.ok_or_else(|| {
             self.invalid(
-                &at.span,
-                k,
-                format!("bad duration `{}`: {e}; expected {EXPECTED}", at.value),
+                table,
+                key,
+                format!("required key is missing in {what} (expected {expected})"),
             )
-        })?;
-        if d.is_zero() {
-            return Err(self.invalid(
-                &at.span,
-                k,
-                format!("the duration must be greater than zero (expected {EXPECTED})"),
-            ));
-        }
-        if u64::try_from(d.as_nanos()).is_err() {
-            return Err(self.invalid(
-                &at.span,
-                k,
-                format!("the duration `{}` is too long", at.value),
-            ));
-        }
-        Ok(Some(At {
-            value: d,
-            span: at.span,
-        }))
+        })
     }
 
-    /// A path; relative ones are resolved against the config file's directory.
-    fn path(&self, k: &str) -> Result<Option<At<PathBuf>>, ConfigError> {
-        const EXPECTED: &str = "a file path (a quoted string)";
-        let Some(at) = self.string(k, EXPECTED)? else {
-            return Ok(None);
-        };
-        if at.value.is_empty() || at.value.contains('\0') {
-            return Err(self.invalid(
-                &at.span,
-                k,
-                format!("expected {EXPECTED}, found an empty path or one holding a NUL"),
-            ));
-        }
-        Ok(Some(At {
-            value: self.src.base.join(at.value),
-            span: at.span,
-        }))
+    fn path(&self, text: &str) -> PathBuf {
+        self.base.join(text)
     }
 
-    /// A name: 1..=64 characters among letters, digits, `.`, `_`, `-`.
-    fn name(&self, k: &str) -> Result<Option<At<String>>, ConfigError> {
-        const EXPECTED: &str =
-            "a name of 1 to 64 letters, digits, '.', '_' or '-' (a quoted string)";
-        let Some(at) = self.string(k, EXPECTED)? else {
-            return Ok(None);
-        };
-        let ok = !at.value.is_empty()
-            && at.value.len() <= MAX_NAME_LEN
-            && at
-                .value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return Err(self.invalid(
-                &at.span,
-                k,
-                format!("expected {EXPECTED}, found {:?}", at.value),
-            ));
-        }
-        Ok(Some(At {
-            value: at.value.to_owned(),
-            span: at.span,
-        }))
-    }
-
-    /// A network interface name as Linux accepts it.
-    fn interface(&self, k: &str) -> Result<Option<At<String>>, ConfigError> {
-        const EXPECTED: &str =
-            "an interface name of 1 to 15 characters, without '/', ':' or spaces (a quoted string)";
-        let Some(at) = self.string(k, EXPECTED)? else {
-            return Ok(None);
-        };
-        let s = at.value;
-        let ok = !s.is_empty()
-            && s.len() <= MAX_IFNAME_LEN
-            && s != "."
-            && s != ".."
-            && !s
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-        if !ok {
-            return Err(self.invalid(&at.span, k, format!("expected {EXPECTED}, found {s:?}")));
-        }
-        Ok(Some(At {
-            value: s.to_owned(),
-            span: at.span,
-        }))
-    }
-
-    /// A sub-table `[what]`.
-    fn table(&self, k: &str, what: &str, allowed: &[&str]) -> Result<Option<Tab<'a>>, ConfigError> {
-        match self.get(k) {
-            None => Ok(None),
-            Some(value) => Tab::open(self.src, value, self.key(k), what, allowed).map(Some),
-        }
-    }
-
-    /// An array of tables `[[what]]`; absent means empty.
-    fn tables(&self, k: &str, what: &str, allowed: &[&str]) -> Result<Vec<Tab<'a>>, ConfigError> {
-        let Some(value) = self.get(k) else {
-            return Ok(Vec::new());
-        };
-        let DeValue::Array(items) = value.get_ref() else {
-            return Err(self.wrong_type(value, k, &format!("an array of tables ({what})")));
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                Tab::open(
-                    self.src,
-                    item,
-                    format!("{}[{i}]", self.key(k)),
-                    what,
-                    allowed,
-                )
-            })
-            .collect()
-    }
-}
-
-/// A short description of a value for "found ..." messages.
-fn describe(value: &DeValue<'_>) -> String {
-    match value {
-        DeValue::String(s) => {
-            let mut shown: String = s.chars().take(40).collect();
-            if shown.len() < s.len() {
-                shown.push('…');
-            }
-            format!("a string ({shown:?})")
-        }
-        DeValue::Integer(i) => format!("an integer ({i})"),
-        DeValue::Float(f) => format!("a float ({f})"),
-        DeValue::Boolean(b) => format!("a boolean ({b})"),
-        DeValue::Datetime(d) => format!("a date-time ({d})"),
-        DeValue::Array(_) => "an array".to_owned(),
-        DeValue::Table(_) => "a table".to_owned(),
-    }
-}
-
-/// The allowed key closest to a misspelt one, if close enough.
-fn closest<'k>(name: &str, allowed: &[&'k str]) -> Option<&'k str> {
-    allowed
-        .iter()
-        .map(|a| (edit_distance(name, a), *a))
-        .filter(|(d, a)| *d <= 2.max(a.len() / 3) && *d < name.chars().count())
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, a)| a)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let v = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-            cur.push(v);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-fn parse_cluster(t: &Tab<'_>) -> Result<ClusterSection, ConfigError> {
-    let name = t.name("name")?;
-    let name = t.required("name", "the cluster's name, a string", name)?;
-    let id = t.int::<u32>(
-        "id",
-        1..=i128::from(u32::MAX),
-        "a cluster id in 1..=4294967295",
-    )?;
-    let id = t.required("id", "a cluster id in 1..=4294967295", id)?;
-    let key_file = t.path("key_file")?;
-    let key_file = t.required(
-        "key_file",
-        "the path of the key file made by `heartbeat-agent keygen`",
-        key_file,
-    )?;
-    let port = t
-        .int::<u16>("port", 1..=65535, "a UDP port in 1..=65535")?
-        .map_or(DEFAULT_PORT, |p| p.value);
-
-    let interval = t.duration("heartbeat_interval")?;
-    let node_timeout = t.duration("node_timeout")?;
-    let agent_timeout = t.duration("agent_timeout")?;
-    let polling = t.duration("network_polling_interval")?;
-    let events_file = t.path("events_file")?.map(|p| p.value);
-
-    let hb = interval
-        .as_ref()
-        .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.value);
-    if let Some(at) = &interval
-        && at.value < MIN_HEARTBEAT_INTERVAL
-    {
-        return Err(t.invalid(
-            &at.span,
-            "heartbeat_interval",
-            format!(
-                "{} is too short; the smallest heartbeat_interval is {}",
-                fmt_duration(at.value),
-                fmt_duration(MIN_HEARTBEAT_INTERVAL)
-            ),
-        ));
-    }
-    // `later` must be larger than heartbeat_interval. Point at `later` when it
-    // was written, else at heartbeat_interval.
-    let must_exceed = |later: &Option<At<Duration>>,
-                       later_key: &str,
-                       default: Duration,
-                       advice: &str|
-     -> Result<Duration, ConfigError> {
-        let value = later.as_ref().map_or(default, |d| d.value);
-        if value > hb {
-            return Ok(value);
+    /// Checks a [`MustExceed`]; the error points at `later` when it was
+    /// written, else at `earlier`, else at `fallback` (span, key).
+    fn must_exceed(
+        &self,
+        fallback: (&Range<usize>, &str),
+        m: MustExceed<'_>,
+    ) -> Result<(), ConfigError> {
+        if m.later > m.earlier {
+            return Ok(());
         }
         let shown = |d: Duration, written: bool| {
             if written {
@@ -888,88 +692,744 @@ fn parse_cluster(t: &Tab<'_>) -> Result<ClusterSection, ConfigError> {
             }
         };
         let message = format!(
-            "{later_key} = {} must be larger than heartbeat_interval = {}; {advice}",
-            shown(value, later.is_some()),
-            shown(hb, interval.is_some()),
+            "{} = {} must be larger than {} = {}; {}",
+            m.later_name,
+            shown(m.later, m.later_at.is_some()),
+            m.earlier_name,
+            shown(m.earlier, m.earlier_at.is_some()),
+            m.advice
         );
-        match (later, &interval) {
-            (Some(at), _) => Err(t.invalid(&at.span, later_key, message)),
-            (None, Some(at)) => Err(t.invalid(&at.span, "heartbeat_interval", message)),
-            (None, None) => Err(t.invalid(&t.span, later_key, message)),
-        }
-    };
-    let node_timeout = must_exceed(
-        &node_timeout,
-        "node_timeout",
-        DEFAULT_NODE_TIMEOUT,
-        "about 5 × heartbeat_interval is recommended (e.g. heartbeat_interval = \"1ms\" with node_timeout = \"5ms\")",
-    )?;
-    let agent_timeout = must_exceed(
-        &agent_timeout,
-        "agent_timeout",
-        DEFAULT_AGENT_TIMEOUT,
-        "the agent refreshes its liveness stamp every heartbeat_interval",
-    )?;
-    Ok(ClusterSection {
-        name: name.value,
-        id: id.value,
-        key_file: key_file.value,
-        port,
-        heartbeat_interval: hb,
-        node_timeout,
-        agent_timeout,
-        network_polling_interval: polling.map_or(DEFAULT_NETWORK_POLLING_INTERVAL, |d| d.value),
-        events_file,
-    })
-}
-
-fn parse_metrics(t: &Tab<'_>) -> Result<MetricsSection, ConfigError> {
-    const EXPECTED: &str = "an address and port such as \"127.0.0.1:9465\" or \"[::1]:9465\"";
-    let listen = t.string("listen", EXPECTED)?;
-    let listen = t.required("listen", EXPECTED, listen)?;
-    let addr = listen.value.parse::<SocketAddr>().map_err(|_| {
-        t.invalid(
-            &listen.span,
-            "listen",
-            format!("expected {EXPECTED}, found {:?}", listen.value),
-        )
-    })?;
-    Ok(MetricsSection { listen: addr })
-}
-
-fn parse_control(t: &Tab<'_>) -> Result<ControlSection, ConfigError> {
-    let Some(socket) = t.path("socket")? else {
-        return Ok(ControlSection {
-            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
-        });
-    };
-    let len = socket.value.as_os_str().len();
-    if len > MAX_SOCKET_PATH {
-        return Err(t.invalid(
-            &socket.span,
-            "socket",
-            format!(
-                "the socket path {} is {len} bytes long; Unix sockets allow at most {MAX_SOCKET_PATH}",
-                socket.value.display()
-            ),
-        ));
+        let (span, key) = match (&m.later_at, &m.earlier_at) {
+            (Some(at), _) => (at, m.later_key),
+            (None, Some(at)) => (at, m.earlier_key),
+            (None, None) => fallback,
+        };
+        Err(self.invalid(span, key, message))
     }
-    Ok(ControlSection {
-        socket: socket.value,
-    })
+
+    fn build(&self, top: raw::Top, top_span: Range<usize>) -> Result<ClusterConfig, ConfigError> {
+        self.refuse_waiting(&top.package, "package", WAITS_PACKAGES)?;
+        self.refuse_waiting(&top.serial, "serial", WAITS_SERIAL)?;
+        let Some(cluster) = top.cluster else {
+            return Err(self.invalid(
+                &top_span,
+                "cluster",
+                "the required section [cluster] is missing",
+            ));
+        };
+        let cluster = self.cluster(cluster)?;
+        let metrics = match top.metrics {
+            None => None,
+            Some(m) => {
+                let span = m.span();
+                let listen = self.required(
+                    m.into_inner().listen,
+                    &span,
+                    "metrics.listen",
+                    "[metrics]",
+                    &raw::Addr::expected(),
+                )?;
+                Some(MetricsSection {
+                    listen: listen.into_inner().0,
+                })
+            }
+        };
+        let control = match top.control.and_then(|c| c.into_inner().socket) {
+            None => ControlSection {
+                socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            },
+            Some(socket) => {
+                let path = self.path(&socket.get_ref().0);
+                let len = path.as_os_str().len();
+                if len > MAX_SOCKET_PATH {
+                    return Err(self.invalid(
+                        &socket.span(),
+                        "control.socket",
+                        format!(
+                            "the socket path {} is {len} bytes long; Unix sockets allow at most {MAX_SOCKET_PATH}",
+                            shorten(&path.to_string_lossy())
+                        ),
+                    ));
+                }
+                ControlSection { socket: path }
+            }
+        };
+        let raw_nodes = top.node.map(|n| n.into_inner().0).unwrap_or_default();
+        let mut nodes = Vec::with_capacity(raw_nodes.len());
+        for (i, n) in raw_nodes.into_iter().enumerate() {
+            nodes.push(self.node(i, n)?);
+        }
+        self.check_nodes(&top_span, &nodes)?;
+        let quorum = self.quorum(top.quorum, &cluster, &nodes)?;
+        Ok(ClusterConfig {
+            path: self.file.to_owned(),
+            cluster: cluster.section,
+            quorum,
+            metrics,
+            control,
+            nodes: nodes.into_iter().map(|n| n.node).collect(),
+            locations: Locations::default(),
+        })
+    }
+
+    fn cluster(&self, c: Spanned<raw::Cluster>) -> Result<BuiltCluster, ConfigError> {
+        let span = c.span();
+        let c = c.into_inner();
+        const WHAT: &str = "[cluster]";
+        self.refuse_waiting(
+            &c.network_polling_interval,
+            "cluster.network_polling_interval",
+            WAITS_STANDBY,
+        )?;
+        let name = self.required(
+            c.name,
+            &span,
+            "cluster.name",
+            WHAT,
+            "the cluster's name, a string",
+        )?;
+        let id = self.required(
+            c.id,
+            &span,
+            "cluster.id",
+            WHAT,
+            &raw::ClusterIdValue::expected(),
+        )?;
+        let key_file = self.required(
+            c.key_file,
+            &span,
+            "cluster.key_file",
+            WHAT,
+            "the path of the key file made by `heartbeat-agent keygen`",
+        )?;
+        let dur = |f: &Field<raw::Dur>| f.as_ref().map(|d| (d.get_ref().0, d.span()));
+        let interval = dur(&c.heartbeat_interval);
+        let hb = interval
+            .as_ref()
+            .map_or(DEFAULT_HEARTBEAT_INTERVAL, |d| d.0);
+        if let Some((d, at)) = &interval
+            && *d < MIN_HEARTBEAT_INTERVAL
+        {
+            return Err(self.invalid(
+                at,
+                "cluster.heartbeat_interval",
+                format!(
+                    "{} is too short; the smallest heartbeat_interval is {}",
+                    fmt_duration(*d),
+                    fmt_duration(MIN_HEARTBEAT_INTERVAL)
+                ),
+            ));
+        }
+        let hb_at = interval.map(|d| d.1);
+        let node_timeout = dur(&c.node_timeout);
+        let nt = node_timeout.as_ref().map_or(DEFAULT_NODE_TIMEOUT, |d| d.0);
+        let nt_at = node_timeout.map(|d| d.1);
+        self.must_exceed(
+            (&span, "cluster.node_timeout"),
+            MustExceed {
+                later_name: "node_timeout",
+                later_key: "cluster.node_timeout",
+                later: nt,
+                later_at: nt_at.clone(),
+                earlier_name: "heartbeat_interval",
+                earlier_key: "cluster.heartbeat_interval",
+                earlier: hb,
+                earlier_at: hb_at.clone(),
+                advice: "about 5 × heartbeat_interval is recommended (e.g. heartbeat_interval = \"1ms\" with node_timeout = \"5ms\")",
+            },
+        )?;
+        let agent_timeout = dur(&c.agent_timeout);
+        let at = agent_timeout
+            .as_ref()
+            .map_or(DEFAULT_AGENT_TIMEOUT, |d| d.0);
+        self.must_exceed(
+            (&span, "cluster.agent_timeout"),
+            MustExceed {
+                later_name: "agent_timeout",
+                later_key: "cluster.agent_timeout",
+                later: at,
+                later_at: agent_timeout.map(|d| d.1),
+                earlier_name: "heartbeat_interval",
+                earlier_key: "cluster.heartbeat_interval",
+                earlier: hb,
+                earlier_at: hb_at,
+                advice: "the agent refreshes its liveness stamp every heartbeat_interval",
+            },
+        )?;
+
+        let auto_start = c.auto_start.as_ref().is_none_or(|f| f.get_ref().0);
+        let auto_start_timeout = dur(&c.auto_start_timeout);
+        if let (Some((_, ast_at)), Some(flag)) = (&auto_start_timeout, &c.auto_start)
+            && !auto_start
+        {
+            return Err(self.invalid(
+                ast_at,
+                "cluster.auto_start_timeout",
+                format!(
+                    "auto_start_timeout has no effect with auto_start = false (line {}): the cluster \
+                     then forms on `heartbeat-agent cluster start`; remove one of them",
+                    self.line_of(&flag.span())
+                ),
+            ));
+        }
+        let ast = auto_start_timeout
+            .as_ref()
+            .map_or(DEFAULT_AUTO_START_TIMEOUT, |d| d.0);
+        self.must_exceed(
+            (&span, "cluster.auto_start_timeout"),
+            MustExceed {
+                later_name: "auto_start_timeout",
+                later_key: "cluster.auto_start_timeout",
+                later: ast,
+                later_at: auto_start_timeout.map(|d| d.1),
+                earlier_name: "node_timeout",
+                earlier_key: "cluster.node_timeout",
+                earlier: nt,
+                earlier_at: nt_at.clone(),
+                advice: "a starting node must be able to hear its peers before it gives up waiting for them",
+            },
+        )?;
+
+        let restart_window = dur(&c.restart_window);
+        let rw = restart_window
+            .as_ref()
+            .map_or(DEFAULT_RESTART_WINDOW, |d| d.0);
+        if let Some((d, rw_at)) = &restart_window {
+            if *d > MAX_RESTART_WINDOW {
+                return Err(self.invalid(
+                    rw_at,
+                    "cluster.restart_window",
+                    format!(
+                        "{} is too long; at most {}: a node that dies during an announced restart is \
+                         only counted failed when the window runs out",
+                        fmt_duration(*d),
+                        fmt_duration(MAX_RESTART_WINDOW)
+                    ),
+                ));
+            }
+            if *d < MIN_RESTART_WINDOW {
+                return Err(self.invalid(
+                    rw_at,
+                    "cluster.restart_window",
+                    format!(
+                        "{} is too short; at least {}: the new agent must load its configuration \
+                         and adopt the pinned XDP program within the window",
+                        fmt_duration(*d),
+                        fmt_duration(MIN_RESTART_WINDOW)
+                    ),
+                ));
+            }
+        }
+
+        let events_file = c.events_file.map(|p| self.path(&p.get_ref().0));
+        let state_file = c.state_file.map_or_else(
+            || PathBuf::from(DEFAULT_STATE_FILE),
+            |p| self.path(&p.get_ref().0),
+        );
+        Ok(BuiltCluster {
+            section: ClusterSection {
+                name: name.into_inner().0,
+                id: id.into_inner().0,
+                key_file: self.path(&key_file.get_ref().0),
+                port: c.port.map_or(DEFAULT_PORT, |p| p.into_inner().0),
+                heartbeat_interval: hb,
+                node_timeout: nt,
+                agent_timeout: at,
+                events_file,
+                state_file,
+                auto_start,
+                auto_start_timeout: ast,
+                restart_window: rw,
+            },
+            node_timeout_at: nt_at,
+        })
+    }
+
+    fn node(&self, index: usize, n: Spanned<raw::Node>) -> Result<BuiltNode, ConfigError> {
+        let span = n.span();
+        let n = n.into_inner();
+        let path = format!("node[{index}]");
+        const WHAT: &str = "[[node]]";
+        self.refuse_waiting(&n.serial, &format!("{path}.serial"), WAITS_SERIAL)?;
+        let id = self.required(
+            n.id,
+            &span,
+            &format!("{path}.id"),
+            WHAT,
+            &raw::NodeNumber::expected(),
+        )?;
+        let name = self.required(
+            n.name,
+            &span,
+            &format!("{path}.name"),
+            WHAT,
+            "the node's unique name, a string",
+        )?;
+        let votes_at = n.votes.as_ref().map(|v| v.span());
+        let votes = n.votes.map_or(DEFAULT_VOTES, |v| v.into_inner().0);
+        let priority = n.priority.map_or(DEFAULT_PRIORITY, |p| p.into_inner().0);
+
+        let raw_links = n.link.map(|l| l.into_inner().0).unwrap_or_default();
+        let mut links: Vec<LinkConfig> = Vec::with_capacity(raw_links.len());
+        let mut built: Vec<BuiltLink> = Vec::with_capacity(raw_links.len());
+        let mut seen: BTreeMap<u8, usize> = BTreeMap::new();
+        for (position, l) in raw_links.into_iter().enumerate() {
+            let (link, b) = self.link(&path, position, l)?;
+            if let Some(first) = seen.insert(link.id, position) {
+                let how = if b.id_written {
+                    String::new()
+                } else {
+                    format!(" (implied by its position {position} in the list)")
+                };
+                return Err(self.invalid(
+                    &b.id_span,
+                    &format!("{}.id", b.path),
+                    format!(
+                        "link id {}{how} is already used by {path}.link[{first}] of node {}; link ids must be unique within a node",
+                        link.id,
+                        name.get_ref().0
+                    ),
+                ));
+            }
+            links.push(link);
+            built.push(b);
+        }
+        if !links.iter().any(|l| l.role == LinkRole::Heartbeat) {
+            return Err(self.invalid(
+                &span,
+                &format!("{path}.link"),
+                format!(
+                    "node {} has no heartbeat link; add a [[node.link]] with role = \"heartbeat\"",
+                    name.get_ref().0
+                ),
+            ));
+        }
+        let id_span = id.span();
+        let name_span = name.span();
+        Ok(BuiltNode {
+            node: NodeConfig {
+                id: id.into_inner().0,
+                name: name.into_inner().0,
+                priority,
+                votes,
+                links,
+            },
+            path,
+            span,
+            id_span,
+            name_span,
+            votes_at,
+            links: built,
+        })
+    }
+
+    fn link(
+        &self,
+        node_path: &str,
+        position: usize,
+        l: Spanned<raw::Link>,
+    ) -> Result<(LinkConfig, BuiltLink), ConfigError> {
+        let span = l.span();
+        let l = l.into_inner();
+        let path = format!("{node_path}.link[{position}]");
+        const WHAT: &str = "[[node.link]]";
+        self.refuse_waiting(&l.standby, &format!("{path}.standby"), WAITS_STANDBY)?;
+        let (id, id_span, id_written) = match l.id {
+            Some(at) => (at.get_ref().0, at.span(), true),
+            None => match u8::try_from(position) {
+                Ok(p) if p <= MAX_LINK_ID => (p, span.clone(), false),
+                _ => {
+                    return Err(self.invalid(
+                        &span,
+                        &format!("{path}.id"),
+                        format!(
+                            "this is link number {position} of the node, so its implied id is out of range; \
+                             a node has at most {MAX_LINKS} links (ids 0..={MAX_LINK_ID})"
+                        ),
+                    ));
+                }
+            },
+        };
+        let interface = self.required(
+            l.interface,
+            &span,
+            &format!("{path}.interface"),
+            WHAT,
+            "a network interface name such as \"eth1\"",
+        )?;
+        let address = self.required(
+            l.address,
+            &span,
+            &format!("{path}.address"),
+            WHAT,
+            &raw::Ip::expected(),
+        )?;
+        let (role, role_span) = match l.role {
+            None => (LinkRole::Heartbeat, span.clone()),
+            Some(r) => (r.get_ref().0, r.span()),
+        };
+        let address_span = address.span();
+        Ok((
+            LinkConfig {
+                id,
+                interface: interface.into_inner().0,
+                address: address.into_inner().0,
+                role,
+            },
+            BuiltLink {
+                path,
+                id_span,
+                id_written,
+                address_span,
+                role_span,
+            },
+        ))
+    }
+
+    /// Checks across nodes: count, unique ids, names and addresses, one
+    /// address family and one role per link id, a peer for every heartbeat
+    /// link, and votes that can make a quorum.
+    fn check_nodes(&self, top: &Range<usize>, nodes: &[BuiltNode]) -> Result<(), ConfigError> {
+        if nodes.len() < 2 {
+            let span = nodes.first().map_or(top.clone(), |n| n.span.clone());
+            return Err(self.invalid(
+                &span,
+                "node",
+                format!(
+                    "a cluster needs at least 2 nodes, found {}; add a [[node]] section for each node",
+                    nodes.len()
+                ),
+            ));
+        }
+        let mut ids: BTreeMap<u16, &BuiltNode> = BTreeMap::new();
+        let mut names: BTreeMap<&str, &BuiltNode> = BTreeMap::new();
+        for n in nodes {
+            if let Some(first) = ids.insert(n.node.id, n) {
+                return Err(self.invalid(
+                    &n.id_span,
+                    &format!("{}.id", n.path),
+                    format!(
+                        "node id {} is already used by {} (node {}, line {}); node ids must be unique",
+                        n.node.id,
+                        first.path,
+                        first.node.name,
+                        self.line_of(&first.id_span)
+                    ),
+                ));
+            }
+            if let Some(first) = names.insert(&n.node.name, n) {
+                return Err(self.invalid(
+                    &n.name_span,
+                    &format!("{}.name", n.path),
+                    format!(
+                        "node name `{}` is already used by {} (line {}); node names must be unique",
+                        n.node.name,
+                        first.path,
+                        self.line_of(&first.name_span)
+                    ),
+                ));
+            }
+        }
+
+        // Addresses are unique across the cluster.
+        let mut addresses: BTreeMap<IpAddr, (&BuiltNode, &BuiltLink)> = BTreeMap::new();
+        for n in nodes {
+            for (link, b) in n.node.links.iter().zip(&n.links) {
+                if let Some((first_node, first_link)) = addresses.insert(link.address, (n, b)) {
+                    return Err(self.invalid(
+                        &b.address_span,
+                        &format!("{}.address", b.path),
+                        format!(
+                            "address {} is already used by {} of node {} (line {}); addresses must be unique across the cluster",
+                            link.address,
+                            first_link.path,
+                            first_node.node.name,
+                            self.line_of(&first_link.address_span)
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Per link id: the first node that has it sets the family and the role.
+        let mut networks: BTreeMap<u8, (&BuiltNode, &LinkConfig, &BuiltLink)> = BTreeMap::new();
+        for n in nodes {
+            for (link, b) in n.node.links.iter().zip(&n.links) {
+                let (first_node, first, first_b) = match networks.entry(link.id) {
+                    Entry::Vacant(v) => {
+                        v.insert((n, link, b));
+                        continue;
+                    }
+                    Entry::Occupied(o) => *o.get(),
+                };
+                if family(first.address) != family(link.address) {
+                    return Err(self.invalid(
+                        &b.address_span,
+                        &format!("{}.address", b.path),
+                        format!(
+                            "link {} mixes address families: node {} uses {} ({}) but node {} uses {} ({}); \
+                             all nodes on one link id must use the same family",
+                            link.id,
+                            first_node.node.name,
+                            first.address,
+                            family(first.address),
+                            n.node.name,
+                            link.address,
+                            family(link.address)
+                        ),
+                    ));
+                }
+                if first.role != link.role {
+                    return Err(self.invalid(
+                        &b.role_span,
+                        &format!("{}.role", b.path),
+                        format!(
+                            "link {} is \"{}\" on node {} (line {}) but \"{}\" on node {}; \
+                             one link id is one network and has one role",
+                            link.id,
+                            first.role,
+                            first_node.node.name,
+                            self.line_of(&first_b.role_span),
+                            link.role,
+                            n.node.name
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Every heartbeat link needs the same link id on another node.
+        for n in nodes {
+            for (link, b) in n.node.links.iter().zip(&n.links) {
+                if link.role != LinkRole::Heartbeat {
+                    continue;
+                }
+                let has_peer = nodes
+                    .iter()
+                    .filter(|m| m.node.id != n.node.id)
+                    .any(|m| m.node.links.iter().any(|l| l.id == link.id));
+                if !has_peer {
+                    return Err(self.invalid(
+                        &b.id_span,
+                        &format!("{}.id", b.path),
+                        format!(
+                            "link {} of {} has no peer on any other node; give the same link id to \
+                             the matching link of at least one other node",
+                            link.id, n.node.name
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Votes: a quorum must be possible, and the sum must fit the wire.
+        let total: u64 = nodes.iter().map(|n| u64::from(n.node.votes)).sum();
+        if total == 0 || total > u64::from(u32::MAX) {
+            let last = nodes.iter().rev().find(|n| n.votes_at.is_some());
+            let (span, key) = match last {
+                Some(n) => (
+                    n.votes_at.clone().unwrap_or(n.span.clone()),
+                    format!("{}.votes", n.path),
+                ),
+                None => (nodes[0].span.clone(), format!("{}.votes", nodes[0].path)),
+            };
+            let why = if total == 0 {
+                "the votes of all nodes add up to 0, so no partition could ever be quorate; give at least one node votes = 1 or more".to_owned()
+            } else {
+                format!(
+                    "the votes of all nodes add up to {total}, more than {}; use small vote counts",
+                    u32::MAX
+                )
+            };
+            return Err(self.invalid(&span, &key, why));
+        }
+        Ok(())
+    }
+
+    /// `[quorum]`: defaults, and the combinations votequorum(5) refuses.
+    fn quorum(
+        &self,
+        q: Field<raw::Quorum>,
+        cluster: &BuiltCluster,
+        nodes: &[BuiltNode],
+    ) -> Result<QuorumSection, ConfigError> {
+        let Some(q) = q else {
+            return Ok(QuorumSection::default());
+        };
+        let q = q.into_inner();
+        let flag = |f: &Field<raw::Flag>| f.as_ref().filter(|f| f.get_ref().0).map(|f| f.span());
+        let two_node = flag(&q.two_node);
+        let lms = flag(&q.last_man_standing);
+        let atb = flag(&q.auto_tie_breaker);
+        let server = q.quorum_server.as_ref().map(|s| s.span());
+        let line = |s: &Range<usize>| self.line_of(s);
+        let key = |k: &str| format!("quorum.{k}");
+
+        if let Some(at) = &two_node {
+            if nodes.len() != 2 {
+                return Err(self.invalid(
+                    at,
+                    &key("two_node"),
+                    format!(
+                        "two_node = true needs exactly two [[node]] sections, found {}; \
+                         with more nodes use last_man_standing or a quorum_server",
+                        nodes.len()
+                    ),
+                ));
+            }
+            if let Some(w) = q.wait_for_all.as_ref().filter(|w| !w.get_ref().0) {
+                return Err(self.invalid(
+                    &w.span(),
+                    &key("wait_for_all"),
+                    format!(
+                        "wait_for_all = false contradicts two_node = true (line {}): with quorum 1, \
+                         a node started alone during a network split would act beside its peer; \
+                         two_node implies wait_for_all, so remove this line",
+                        line(at)
+                    ),
+                ));
+            }
+            let incompatible = [
+                (
+                    &atb,
+                    "auto_tie_breaker",
+                    "two_node lets either node alone be quorate, auto_tie_breaker only the lower id",
+                ),
+                (
+                    &lms,
+                    "last_man_standing",
+                    "two_node already makes one vote a quorum, so there is nothing left to shrink",
+                ),
+                (
+                    &server,
+                    "quorum_server",
+                    "the quorum server breaks ties itself; two_node would let both nodes win",
+                ),
+            ];
+            for (other, other_key, why) in incompatible {
+                if let Some(o) = other {
+                    return Err(self.invalid(
+                        o,
+                        &key(other_key),
+                        format!(
+                            "{other_key} cannot be used with two_node = true (line {}): {why} \
+                             (votequorum refuses the pair too); choose one",
+                            line(at)
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &server {
+            for (other, other_key) in [(&lms, "last_man_standing"), (&atb, "auto_tie_breaker")] {
+                if let Some(o) = other {
+                    return Err(self.invalid(
+                        o,
+                        &key(other_key),
+                        format!(
+                            "{other_key} cannot be used with quorum_server (line {}): the quorum \
+                             server decides ties and expected votes stay those of the whole \
+                             cluster (votequorum refuses a quorum device with {other_key} too); choose one",
+                            line(s)
+                        ),
+                    ));
+                }
+            }
+        }
+        let wait_for_all =
+            two_node.is_some() || q.wait_for_all.as_ref().is_some_and(|w| w.get_ref().0);
+        let total: u64 = nodes.iter().map(|n| u64::from(n.node.votes)).sum();
+        if let Some(at) = &atb
+            && total % 2 == 1
+            && !wait_for_all
+        {
+            return Err(self.invalid(
+                at,
+                &key("auto_tie_breaker"),
+                format!(
+                    "auto_tie_breaker with an odd number of votes ({total}) needs wait_for_all = true: \
+                     otherwise a restarted majority without the lowest node id could form alone \
+                     (votequorum disables auto_tie_breaker here); add wait_for_all = true"
+                ),
+            ));
+        }
+        let window = q
+            .last_man_standing_window
+            .as_ref()
+            .map(|d| (d.get_ref().0, d.span()));
+        if let Some((_, w_at)) = &window
+            && lms.is_none()
+        {
+            return Err(self.invalid(
+                w_at,
+                &key("last_man_standing_window"),
+                "last_man_standing_window has no effect without last_man_standing = true; add that or remove this line",
+            ));
+        }
+        let lms_window = window
+            .as_ref()
+            .map_or(DEFAULT_LAST_MAN_STANDING_WINDOW, |w| w.0);
+        if let Some(lms_at) = &lms {
+            let lms_key = key("last_man_standing");
+            let window_key = key("last_man_standing_window");
+            self.must_exceed(
+                (lms_at, &lms_key),
+                MustExceed {
+                    later_name: &window_key,
+                    later_key: &window_key,
+                    later: lms_window,
+                    later_at: window.map(|w| w.1),
+                    earlier_name: "cluster.node_timeout",
+                    earlier_key: "cluster.node_timeout",
+                    earlier: cluster.section.node_timeout,
+                    earlier_at: cluster.node_timeout_at.clone(),
+                    advice: "expected votes may only shrink once the nodes that left are surely gone",
+                },
+            )?;
+        }
+        let timeout = q
+            .quorum_server_timeout
+            .as_ref()
+            .map(|d| (d.get_ref().0, d.span()));
+        if let Some((_, t_at)) = &timeout
+            && server.is_none()
+        {
+            return Err(self.invalid(
+                t_at,
+                &key("quorum_server_timeout"),
+                "quorum_server_timeout has no effect without quorum_server; add that or remove this line",
+            ));
+        }
+        Ok(QuorumSection {
+            two_node: two_node.is_some(),
+            wait_for_all,
+            last_man_standing: lms.is_some(),
+            last_man_standing_window: lms_window,
+            auto_tie_breaker: atb.is_some(),
+            quorum_server: q.quorum_server.map(|s| s.into_inner().0),
+            quorum_server_timeout: timeout.map_or(DEFAULT_QUORUM_SERVER_TIMEOUT, |t| t.0),
+        })
+    }
 }
 
-/// A parsed node with the spans the cross-node checks point at.
-struct RawNode {
+/// A built `[cluster]` with the spans later rules point at.
+struct BuiltCluster {
+    section: ClusterSection,
+    node_timeout_at: Option<Range<usize>>,
+}
+
+/// A built node with the spans the cross-node checks point at.
+struct BuiltNode {
     node: NodeConfig,
     path: String,
     span: Range<usize>,
     id_span: Range<usize>,
     name_span: Range<usize>,
-    links: Vec<RawLink>,
+    votes_at: Option<Range<usize>>,
+    links: Vec<BuiltLink>,
 }
 
-struct RawLink {
+struct BuiltLink {
     path: String,
     /// Span of `id`, or of the link's table when the id is implied.
     id_span: Range<usize>,
@@ -978,311 +1438,11 @@ struct RawLink {
     role_span: Range<usize>,
 }
 
-fn parse_node(t: &Tab<'_>) -> Result<RawNode, ConfigError> {
-    let id_expected = format!("a node id in 1..={MAX_NODE_ID}");
-    let id = t.int::<u16>("id", 1..=i128::from(MAX_NODE_ID), &id_expected)?;
-    let id = t.required("id", &id_expected, id)?;
-    let name = t.name("name")?;
-    let name = t.required("name", "the node's unique name, a string", name)?;
-    let priority = t
-        .int::<u32>(
-            "priority",
-            0..=i128::from(u32::MAX),
-            "an integer in 0..=4294967295",
-        )?
-        .map_or(DEFAULT_PRIORITY, |p| p.value);
-    let votes = t
-        .int::<u32>(
-            "votes",
-            0..=i128::from(u32::MAX),
-            "an integer in 0..=4294967295",
-        )?
-        .map_or(DEFAULT_VOTES, |v| v.value);
-
-    let link_tables = t.tables("link", "[[node.link]]", LINK_KEYS)?;
-    let mut links = Vec::with_capacity(link_tables.len());
-    let mut raw_links = Vec::with_capacity(link_tables.len());
-    let mut seen: BTreeMap<u8, usize> = BTreeMap::new();
-    for (position, lt) in link_tables.iter().enumerate() {
-        let (link, raw) = parse_link(lt, position)?;
-        if let Some(first) = seen.insert(link.id, position) {
-            let how = if raw.id_written {
-                String::new()
-            } else {
-                format!(" (implied by its position {position} in the list)")
-            };
-            return Err(lt.invalid(
-                &raw.id_span,
-                "id",
-                format!(
-                    "link id {}{how} is already used by {}.link[{first}] of node {}; link ids must be unique within a node",
-                    link.id, t.path, name.value
-                ),
-            ));
-        }
-        links.push(link);
-        raw_links.push(raw);
-    }
-    if !links.iter().any(|l| l.role == LinkRole::Heartbeat) {
-        return Err(t.invalid(
-            &t.span,
-            "link",
-            format!(
-                "node {} has no heartbeat link; add a [[node.link]] with role = \"heartbeat\"",
-                name.value
-            ),
-        ));
-    }
-    Ok(RawNode {
-        node: NodeConfig {
-            id: id.value,
-            name: name.value,
-            priority,
-            votes,
-            links,
-        },
-        path: t.path.clone(),
-        span: t.span.clone(),
-        id_span: id.span,
-        name_span: name.span,
-        links: raw_links,
-    })
-}
-
-fn parse_link(t: &Tab<'_>, position: usize) -> Result<(LinkConfig, RawLink), ConfigError> {
-    let id_expected = format!("a link id in 0..={MAX_LINK_ID}");
-    let id = t.int::<u8>("id", 0..=i128::from(MAX_LINK_ID), &id_expected)?;
-    let (id, id_span, id_written) = match id {
-        Some(at) => (at.value, at.span, true),
-        None => match u8::try_from(position) {
-            Ok(p) if p <= MAX_LINK_ID => (p, t.span.clone(), false),
-            _ => {
-                return Err(t.invalid(
-                    &t.span,
-                    "id",
-                    format!(
-                        "this is link number {position} of the node, so its implied id is out of range; \
-                         a node has at most {MAX_LINKS} links (ids 0..={MAX_LINK_ID})"
-                    ),
-                ));
-            }
-        },
-    };
-    let interface = t.interface("interface")?;
-    let interface = t.required(
-        "interface",
-        "a network interface name such as \"eth1\"",
-        interface,
-    )?;
-    const ADDRESS: &str = "an IPv4 or IPv6 address such as \"10.0.0.1\" or \"fd00::1\"";
-    let address = t.string("address", ADDRESS)?;
-    let address = t.required("address", ADDRESS, address)?;
-    let ip = address.value.parse::<IpAddr>().map_err(|_| {
-        t.invalid(
-            &address.span,
-            "address",
-            format!("expected {ADDRESS}, found {:?}", address.value),
-        )
-    })?;
-    let unusable = ip.is_unspecified()
-        || ip.is_multicast()
-        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    if unusable {
-        return Err(t.invalid(
-            &address.span,
-            "address",
-            format!("{ip} cannot be a node's address (unspecified, multicast or broadcast); expected a unicast address"),
-        ));
-    }
-    const ROLE: &str = "\"heartbeat\" or \"stationary\"";
-    let role = t.string("role", ROLE)?;
-    let (role, role_span) = match &role {
-        None => (LinkRole::Heartbeat, t.span.clone()),
-        Some(at) => match at.value {
-            "heartbeat" => (LinkRole::Heartbeat, at.span.clone()),
-            "stationary" => (LinkRole::Stationary, at.span.clone()),
-            other => {
-                return Err(t.invalid(
-                    &at.span,
-                    "role",
-                    format!("expected {ROLE}, found {other:?}"),
-                ));
-            }
-        },
-    };
-    let standby = t.interface("standby")?;
-    if let Some(s) = &standby
-        && s.value == interface.value
-    {
-        return Err(t.invalid(
-            &s.span,
-            "standby",
-            format!(
-                "the standby interface must differ from the link's interface `{}`",
-                interface.value
-            ),
-        ));
-    }
-    Ok((
-        LinkConfig {
-            id,
-            interface: interface.value,
-            address: ip,
-            role,
-            standby: standby.map(|s| s.value),
-        },
-        RawLink {
-            path: t.path.clone(),
-            id_span,
-            id_written,
-            address_span: address.span,
-            role_span,
-        },
-    ))
-}
-
 fn family(ip: IpAddr) -> &'static str {
     match ip {
         IpAddr::V4(_) => "IPv4",
         IpAddr::V6(_) => "IPv6",
     }
-}
-
-/// Checks across nodes: count, unique ids, names and addresses, one address
-/// family and one role per link id, and a peer for every heartbeat link.
-fn check_nodes(src: &Src<'_>, top: &Tab<'_>, nodes: &[RawNode]) -> Result<(), ConfigError> {
-    if nodes.len() < 2 {
-        let span = nodes.first().map_or(top.span.clone(), |n| n.span.clone());
-        return Err(src.invalid(
-            &span,
-            "node",
-            format!(
-                "a cluster needs at least 2 nodes, found {}; add a [[node]] section for each node",
-                nodes.len()
-            ),
-        ));
-    }
-    let mut ids: BTreeMap<u16, &RawNode> = BTreeMap::new();
-    let mut names: BTreeMap<&str, &RawNode> = BTreeMap::new();
-    for n in nodes {
-        if let Some(first) = ids.insert(n.node.id, n) {
-            return Err(src.invalid(
-                &n.id_span,
-                &format!("{}.id", n.path),
-                format!(
-                    "node id {} is already used by {} (node {}, line {}); node ids must be unique",
-                    n.node.id,
-                    first.path,
-                    first.node.name,
-                    src.line_of(&first.id_span)
-                ),
-            ));
-        }
-        if let Some(first) = names.insert(&n.node.name, n) {
-            return Err(src.invalid(
-                &n.name_span,
-                &format!("{}.name", n.path),
-                format!(
-                    "node name `{}` is already used by {} (line {}); node names must be unique",
-                    n.node.name,
-                    first.path,
-                    src.line_of(&first.name_span)
-                ),
-            ));
-        }
-    }
-
-    // Addresses are unique across the cluster.
-    let mut addresses: BTreeMap<IpAddr, (&RawNode, &RawLink)> = BTreeMap::new();
-    for n in nodes {
-        for (link, raw) in n.node.links.iter().zip(&n.links) {
-            if let Some((first_node, first_link)) = addresses.insert(link.address, (n, raw)) {
-                return Err(src.invalid(
-                    &raw.address_span,
-                    &format!("{}.address", raw.path),
-                    format!(
-                        "address {} is already used by {} of node {} (line {}); addresses must be unique across the cluster",
-                        link.address,
-                        first_link.path,
-                        first_node.node.name,
-                        src.line_of(&first_link.address_span)
-                    ),
-                ));
-            }
-        }
-    }
-
-    // Per link id: the first node that has it sets the family and the role.
-    let mut networks: BTreeMap<u8, (&RawNode, &LinkConfig, &RawLink)> = BTreeMap::new();
-    for n in nodes {
-        for (link, raw) in n.node.links.iter().zip(&n.links) {
-            let (first_node, first, first_raw) = match networks.entry(link.id) {
-                Entry::Vacant(v) => {
-                    v.insert((n, link, raw));
-                    continue;
-                }
-                Entry::Occupied(o) => *o.get(),
-            };
-            if family(first.address) != family(link.address) {
-                return Err(src.invalid(
-                    &raw.address_span,
-                    &format!("{}.address", raw.path),
-                    format!(
-                        "link {} mixes address families: node {} uses {} ({}) but node {} uses {} ({}); \
-                         all nodes on one link id must use the same family",
-                        link.id,
-                        first_node.node.name,
-                        first.address,
-                        family(first.address),
-                        n.node.name,
-                        link.address,
-                        family(link.address)
-                    ),
-                ));
-            }
-            if first.role != link.role {
-                return Err(src.invalid(
-                    &raw.role_span,
-                    &format!("{}.role", raw.path),
-                    format!(
-                        "link {} is \"{}\" on node {} (line {}) but \"{}\" on node {}; \
-                         one link id is one network and has one role",
-                        link.id,
-                        first.role,
-                        first_node.node.name,
-                        src.line_of(&first_raw.role_span),
-                        link.role,
-                        n.node.name
-                    ),
-                ));
-            }
-        }
-    }
-
-    // Every heartbeat link needs the same link id on another node.
-    for n in nodes {
-        for (link, raw) in n.node.links.iter().zip(&n.links) {
-            if link.role != LinkRole::Heartbeat {
-                continue;
-            }
-            let has_peer = nodes
-                .iter()
-                .filter(|m| m.node.id != n.node.id)
-                .any(|m| m.node.links.iter().any(|l| l.id == link.id));
-            if !has_peer {
-                return Err(src.invalid(
-                    &raw.id_span,
-                    &format!("{}.id", raw.path),
-                    format!(
-                        "link {} of {} has no peer on any other node; give the same link id to \
-                         the matching link of at least one other node",
-                        link.id, n.node.name
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1301,11 +1461,33 @@ mod tests {
 
     #[test]
     fn closest_key() {
-        assert_eq!(closest("nmae", NODE_KEYS), Some("name"));
+        let node = raw::field_names::<raw::Node>();
+        assert_eq!(closest("nmae", node), Some("name"));
         assert_eq!(
-            closest("heartbeat_intervall", CLUSTER_KEYS),
+            closest("heartbeat_intervall", raw::field_names::<raw::Cluster>()),
             Some("heartbeat_interval")
         );
-        assert_eq!(closest("zzzzzz", NODE_KEYS), None);
+        assert_eq!(closest("zzzzzz", node), None);
+    }
+
+    #[test]
+    fn shorten_cuts_long_values() {
+        assert_eq!(shorten("abc"), "abc");
+        let long = "é".repeat(200);
+        let cut = shorten(&long);
+        assert_eq!(cut.chars().count(), MAX_SHOWN_LEN + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn serde_messages_read_plainly() {
+        assert_eq!(
+            plain_serde_message("invalid type: integer `5`, expected a table ([cluster])"),
+            "expected a table ([cluster]), found an integer (5)"
+        );
+        assert_eq!(
+            plain_serde_message("invalid type: map, expected an array of tables ([[node]])"),
+            "expected an array of tables ([[node]]), found a table"
+        );
     }
 }

@@ -39,12 +39,10 @@ impl std::fmt::Debug for ClusterKeys {
 pub enum KeyError {
     #[error("key file {}: not found", path.display())]
     NotFound { path: PathBuf },
-    #[error("key file {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// `error` is shown in the message and deliberately not a `source`, so
+    /// that a chain printer does not repeat it.
+    #[error("key file {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("key file {}: already exists; refusing to overwrite it", path.display())]
     Exists { path: PathBuf },
     #[error(
@@ -106,9 +104,9 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
 /// Refuses to overwrite an existing file; removes a half-written file.
 pub fn write_new(path: &Path) -> Result<(), KeyError> {
     let keys = generate()?;
-    let io_err = |source| KeyError::Io {
+    let io_err = |error| KeyError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut file = OpenOptions::new()
         .write(true)
@@ -143,12 +141,17 @@ pub fn write_new(path: &Path) -> Result<(), KeyError> {
 
 /// Reads and checks a key file: it must exist, be a regular file not
 /// readable by group/other, and hold one or two keys of 32 hex digits.
+///
+/// The file's type is checked before it is opened (opening a FIFO for
+/// reading would block until a writer appears), it is opened non-blocking
+/// all the same, and checked again through the open descriptor so that a
+/// swap between the two checks is caught.
 pub fn read(path: &Path) -> Result<ClusterKeys, KeyError> {
-    let io_err = |source| KeyError::Io {
+    let io_err = |error| KeyError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
-    let file = File::open(path).map_err(|e| {
+    let not_found_or = |e: io::Error| {
         if e.kind() == io::ErrorKind::NotFound {
             KeyError::NotFound {
                 path: path.to_owned(),
@@ -156,9 +159,20 @@ pub fn read(path: &Path) -> Result<ClusterKeys, KeyError> {
         } else {
             io_err(e)
         }
-    })?;
+    };
+    let before = std::fs::metadata(path).map_err(not_found_or)?;
+    if !before.is_file() {
+        return Err(KeyError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(not_found_or)?;
     let meta = file.metadata().map_err(io_err)?;
-    if !meta.is_file() {
+    if !meta.is_file() || meta.ino() != before.ino() || meta.dev() != before.dev() {
         return Err(KeyError::NotAFile {
             path: path.to_owned(),
         });
@@ -436,6 +450,39 @@ mod tests {
         std::fs::create_dir(&sub).expect("mkdir");
         std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         assert!(matches!(read(&sub), Err(KeyError::NotAFile { .. })));
+    }
+
+    /// A FIFO is refused before it is opened: opening it for reading would
+    /// block until a writer appears (this test hung before the fix).
+    #[test]
+    fn fifo_is_not_a_regular_file_and_never_blocks() {
+        let dir = TempDir::new();
+        let path = dir.0.join("fifo.key");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&p).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("read() of a FIFO blocked");
+        assert_eq!(
+            result,
+            Err(format!("key file {}: not a regular file", path.display()))
+        );
+    }
+
+    #[test]
+    fn io_errors_are_shown_once() {
+        let dir = TempDir::new();
+        let file = dir.write("plain", "x", 0o600);
+        // A path below a regular file: ENOTDIR.
+        let err = read(&file.join("k")).expect_err("below a file");
+        assert!(matches!(err, KeyError::Io { .. }), "{err}");
+        assert!(std::error::Error::source(&err).is_none(), "{err}");
+        assert_eq!(err.to_string().matches("os error").count(), 1, "{err}");
     }
 
     #[test]

@@ -38,12 +38,14 @@ enum Command {
         #[arg(long, short)]
         node: Option<String>,
     },
-    /// Validate a configuration file without touching the system's network
-    /// (with --node, also checks that node's interfaces and the key file).
+    /// Validate a configuration file without changing anything on the system
+    /// (with --node, also checks that node's interfaces, key file, ports and paths).
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
-        /// Also check this node's interfaces and key file.
+        /// Also check this node's interfaces and key file, that the metrics
+        /// port can be bound, and that the control socket, events_file and
+        /// state_file paths can be used (nothing is created or deleted).
         #[arg(long, short)]
         node: Option<String>,
     },
@@ -260,13 +262,28 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<()> {
     if let Some(n) = node {
         let local = cfg.local_node(Some(n))?;
         cfg.check_system(local)?;
+        cfg.check_resources(local)?;
     }
+    let q = &cfg.quorum;
+    let options: Vec<&str> = [
+        (q.two_node, "two_node"),
+        (q.wait_for_all, "wait_for_all"),
+        (q.last_man_standing, "last_man_standing"),
+        (q.auto_tie_breaker, "auto_tie_breaker"),
+        (q.quorum_server.is_some(), "quorum_server"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
     println!(
-        "{}: OK (cluster {} id {}, {} nodes)",
+        "{}: OK (cluster {} id {}, {} nodes, {} votes{}{})",
         file.display(),
         cfg.cluster.name,
         cfg.cluster.id,
-        cfg.nodes.len()
+        cfg.nodes.len(),
+        cfg.total_votes(),
+        if options.is_empty() { "" } else { "; quorum: " },
+        options.join(", ")
     );
     Ok(())
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use heartbeat_agent::config::{ClusterConfig, ConfigError, LinkRole};
+use heartbeat_agent::config::{ClusterConfig, ConfigError, LinkRole, QuorumSection};
+use heartbeat_cluster::{LinkId, NodeId};
 
 const FILE: &str = "/etc/heartbeat/test.toml";
 
@@ -95,8 +96,19 @@ fn valid_config_and_defaults() {
     assert_eq!(cfg.cluster.heartbeat_interval, Duration::from_millis(100));
     assert_eq!(cfg.cluster.node_timeout, Duration::from_millis(500));
     assert_eq!(cfg.cluster.agent_timeout, Duration::from_secs(1));
-    assert_eq!(cfg.cluster.network_polling_interval, Duration::from_secs(2));
     assert_eq!(cfg.cluster.events_file, None);
+    assert_eq!(
+        cfg.cluster.state_file,
+        Path::new("/var/lib/heartbeat/{node}.state")
+    );
+    assert!(cfg.cluster.auto_start);
+    assert_eq!(cfg.cluster.auto_start_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.cluster.restart_window, Duration::from_secs(5));
+    assert_eq!(cfg.quorum, QuorumSection::default());
+    assert!(!cfg.quorum.two_node && !cfg.quorum.wait_for_all);
+    assert_eq!(cfg.quorum.last_man_standing_window, Duration::from_secs(10));
+    assert_eq!(cfg.quorum.quorum_server_timeout, Duration::from_secs(1));
+    assert_eq!(cfg.total_votes(), 2);
     assert_eq!(cfg.metrics, None);
     assert_eq!(cfg.control.socket, Path::new("/run/heartbeat/control.sock"));
     assert_eq!(cfg.nodes.len(), 2);
@@ -109,7 +121,8 @@ fn valid_config_and_defaults() {
     assert_eq!(link.interface, "eth1");
     assert_eq!(link.address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
     assert_eq!(link.role, LinkRole::Heartbeat);
-    assert_eq!(link.standby, None);
+    assert_eq!(link.link_id(), LinkId(0));
+    assert_eq!(alpha.node_id(), NodeId(1));
     assert_eq!(cfg.node(2).map(|n| n.name.as_str()), Some("beta"));
     assert!(cfg.node(3).is_none());
     assert_eq!(
@@ -129,8 +142,16 @@ port = 7000
 heartbeat_interval = "200us"
 node_timeout = "1ms"
 agent_timeout = "1.5ms"
-network_polling_interval = "1s 500ms"
 events_file = "../log/events.jsonl"
+state_file = "state/{node}.state"
+auto_start = true
+auto_start_timeout = "1s 500ms"
+restart_window = "3s"
+
+[quorum]
+wait_for_all = true
+last_man_standing = true
+last_man_standing_window = "20s"
 
 [metrics]
 listen = "[::1]:9465"
@@ -144,7 +165,7 @@ name = "n63"
 priority = 7
 votes = 0
 link = [
-  { id = 7, interface = "eth7", address = "fd00::1", role = "heartbeat", standby = "eth8" },
+  { id = 7, interface = "eth7", address = "fd00::1", role = "heartbeat" },
   { id = 3, interface = "eth3", address = "10.3.0.1", role = "stationary" },
 ]
 
@@ -164,7 +185,13 @@ link = [
     assert_eq!(c.heartbeat_interval, Duration::from_micros(200));
     assert_eq!(c.node_timeout, Duration::from_millis(1));
     assert_eq!(c.agent_timeout, Duration::from_micros(1500));
-    assert_eq!(c.network_polling_interval, Duration::from_millis(1500));
+    assert_eq!(c.auto_start_timeout, Duration::from_millis(1500));
+    assert_eq!(c.restart_window, Duration::from_secs(3));
+    assert_eq!(c.state_file, Path::new("/srv/hb/state/{node}.state"));
+    let q = &cfg.quorum;
+    assert!(q.wait_for_all && q.last_man_standing && !q.two_node && !q.auto_tie_breaker);
+    assert_eq!(q.last_man_standing_window, Duration::from_secs(20));
+    assert_eq!(q.quorum_server, None);
     assert_eq!(
         c.events_file.as_deref(),
         Some(Path::new("/srv/hb/../log/events.jsonl"))
@@ -177,7 +204,6 @@ link = [
     let n = &cfg.nodes[0];
     assert_eq!((n.id, n.priority, n.votes), (63, 7, 0));
     assert_eq!(n.links[0].id, 7);
-    assert_eq!(n.links[0].standby.as_deref(), Some("eth8"));
     assert_eq!(n.links[1].role, LinkRole::Stationary);
 }
 
@@ -207,7 +233,7 @@ fn unknown_key_top_level() {
         Some("clustr"),
         &[
             "unknown key (did you mean `cluster`?)",
-            "the valid keys in the top level are: cluster, metrics, control, node",
+            "the valid keys in the top level are: cluster, quorum, metrics, control, node",
         ],
     );
 }
@@ -223,6 +249,17 @@ fn unknown_key_in_cluster() {
             "unknown key (did you mean `heartbeat_interval`?)",
             "the valid keys in [cluster] are: name, id, key_file, port, heartbeat_interval",
         ],
+    );
+}
+
+#[test]
+fn unknown_quoted_key_is_shown_quoted_on_one_line() {
+    let text = edit(&base(), "id = 42", "id = 42\n\"a\\nb c\" = 1");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.\"a\\nb c\""),
+        &["unknown key; the valid keys in [cluster] are"],
     );
 }
 
@@ -250,7 +287,7 @@ fn unknown_key_in_link() {
         Some("node[1].link[0].adress"),
         &[
             "unknown key (did you mean `address`?)",
-            "the valid keys in [[node.link]] are: id, interface, address, role, standby",
+            "the valid keys in [[node.link]] are: id, interface, address, role",
         ],
     );
 }
@@ -387,17 +424,6 @@ fn bad_values() {
         Some("node[0].link[0].interface"),
         &["interface name"],
     );
-    let text = edit(
-        &base(),
-        "interface = \"eth1\"",
-        "interface = \"eth1\"\n  standby = \"eth1\"",
-    );
-    expect_err(
-        &text,
-        11,
-        Some("node[0].link[0].standby"),
-        &["must differ from the link's interface `eth1`"],
-    );
     let text = edit(&base(), "name = \"alpha\"", "name = \"al pha\"");
     expect_err(
         &text,
@@ -441,7 +467,8 @@ fn zero_durations() {
         "heartbeat_interval",
         "node_timeout",
         "agent_timeout",
-        "network_polling_interval",
+        "auto_start_timeout",
+        "restart_window",
     ] {
         let text = edit(&base(), "id = 42", &format!("id = 42\n{key} = \"0s\""));
         expect_err(
@@ -736,19 +763,12 @@ impl Drop for TempDir {
 
 /// A config in `dir` whose node alpha uses `interface` and `standby`, with
 /// `cluster.key` next to it. Lines as in `base()`.
-fn system_config(dir: &TempDir, interface: &str, standby: Option<&str>) -> ClusterConfig {
-    let mut text = edit(
+fn system_config(dir: &TempDir, interface: &str) -> ClusterConfig {
+    let text = edit(
         &base(),
         "interface = \"eth1\"",
         &format!("interface = \"{interface}\""),
     );
-    if let Some(standby) = standby {
-        text = edit(
-            &text,
-            "  address = \"10.0.0.1\"",
-            &format!("  address = \"10.0.0.1\"\n  standby = \"{standby}\""),
-        );
-    }
     let path = dir.0.join("cluster.toml");
     std::fs::write(&path, text).expect("write config");
     ClusterConfig::load(&path).expect("valid")
@@ -763,7 +783,7 @@ fn write_key(dir: &TempDir, text: &str, mode: u32) {
 #[test]
 fn check_system_passes() {
     let dir = TempDir::new();
-    let cfg = system_config(&dir, "lo", None);
+    let cfg = system_config(&dir, "lo");
     heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
     let alpha = cfg.local_node(Some("alpha")).expect("alpha");
     cfg.check_system(alpha).expect("system ok");
@@ -772,7 +792,7 @@ fn check_system_passes() {
 #[test]
 fn check_system_missing_interface() {
     let dir = TempDir::new();
-    let cfg = system_config(&dir, "hbnosuch0", None);
+    let cfg = system_config(&dir, "hbnosuch0");
     heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
     let alpha = cfg.local_node(Some("alpha")).expect("alpha");
     let err = cfg.check_system(alpha).expect_err("no such interface");
@@ -784,18 +804,10 @@ fn check_system_missing_interface() {
         )
     );
     // beta's interfaces are not checked on alpha's behalf, and vice versa.
-    let cfg2 = system_config(&dir, "lo", Some("hbnosuch1"));
+    let cfg2 = system_config(&dir, "lo");
     let alpha = cfg2.local_node(Some("alpha")).expect("alpha");
-    let err = cfg2
-        .check_system(alpha)
-        .expect_err("no such standby interface");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "{}:12:13: key `node[0].link[0].standby`: interface `hbnosuch1` does not exist on this host",
-            dir.0.join("cluster.toml").display()
-        )
-    );
+    cfg2.check_system(alpha)
+        .expect("alpha's own interface exists");
     let beta = cfg2.local_node(Some("beta")).expect("beta");
     let err = cfg2.check_system(beta).expect_err("eth1 is absent here");
     assert!(
@@ -807,7 +819,7 @@ fn check_system_missing_interface() {
 #[test]
 fn check_system_key_file_problems() {
     let dir = TempDir::new();
-    let cfg = system_config(&dir, "lo", None);
+    let cfg = system_config(&dir, "lo");
     let alpha = cfg.local_node(Some("alpha")).expect("alpha");
     let key_path = dir.0.join("cluster.key");
     let prefix = format!(
@@ -863,4 +875,614 @@ fn unreadable_file() {
             .starts_with("/nonexistent/heartbeat.toml: cannot read the configuration: "),
         "{err}"
     );
+}
+
+#[test]
+fn keys_waiting_for_later_issues_are_refused_with_the_issue() {
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nnetwork_polling_interval = \"2s\"",
+    );
+    expect_err(
+        &text,
+        4,
+        Some("cluster.network_polling_interval"),
+        &["not supported yet", "standby NIC takeover (issue #10)"],
+    );
+    let text = edit(
+        &base(),
+        "  address = \"10.0.0.2\"",
+        "  address = \"10.0.0.2\"\n  standby = \"eth2\"",
+    );
+    expect_err(
+        &text,
+        19,
+        Some("node[1].link[0].standby"),
+        &["not supported yet", "standby NIC takeover (issue #10)"],
+    );
+    let text = format!("{}\n[[package]]\nname = \"db\"\n", base());
+    expect_err(&text, 20, Some("package"), &["packages (issue #9)"]);
+    let text = format!("{}\n[serial]\ndevice = \"/dev/ttyS0\"\n", base());
+    expect_err(
+        &text,
+        20,
+        Some("serial"),
+        &["serial heartbeat link (issue #11)"],
+    );
+    let text = format!("{}\n[node.serial]\ndevice = \"/dev/ttyS0\"\n", base());
+    expect_err(
+        &text,
+        20,
+        Some("node[1].serial"),
+        &["serial heartbeat link (issue #11)"],
+    );
+}
+
+#[test]
+fn cluster_start_and_restart_keys() {
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nnode_timeout = \"2s\"\nagent_timeout = \"3s\"\nauto_start_timeout = \"1s\"",
+    );
+    expect_err(
+        &text,
+        6,
+        Some("cluster.auto_start_timeout"),
+        &["auto_start_timeout = 1s must be larger than node_timeout = 2s"],
+    );
+    // auto_start_timeout left at its default (10s): point at node_timeout.
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nnode_timeout = \"20s\"\nagent_timeout = \"30s\"",
+    );
+    expect_err(
+        &text,
+        4,
+        Some("cluster.node_timeout"),
+        &["auto_start_timeout = 10s (the default) must be larger than node_timeout = 20s"],
+    );
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nauto_start = false\nauto_start_timeout = \"20s\"",
+    );
+    expect_err(
+        &text,
+        5,
+        Some("cluster.auto_start_timeout"),
+        &["no effect with auto_start = false (line 4)"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nauto_start = \"no\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.auto_start"),
+        &["expected true or false, found a string (\"no\")"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nrestart_window = \"2min\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.restart_window"),
+        &["2m is too long; at most 1m"],
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nrestart_window = \"50ms\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.restart_window"),
+        &["50ms is too short; at least 100ms"],
+    );
+    // Independent of agent_timeout: the agent holds the gate open itself
+    // during an announced restart.
+    let text = edit(
+        &base(),
+        "id = 42",
+        "id = 42\nagent_timeout = \"5s\"\nrestart_window = \"1s\"",
+    );
+    assert_eq!(
+        parse(&text).expect("valid").cluster.restart_window,
+        Duration::from_secs(1)
+    );
+    let text = edit(&base(), "id = 42", "id = 42\nstate_file = \"\"");
+    expect_err(
+        &text,
+        4,
+        Some("cluster.state_file"),
+        &["expected a file path"],
+    );
+    let cfg = parse(&edit(&base(), "id = 42", "id = 42\nauto_start = false")).expect("valid");
+    assert!(!cfg.cluster.auto_start);
+    let beta = cfg.local_node(Some("beta")).expect("beta");
+    assert_eq!(
+        cfg.local_paths(beta).state_file,
+        Path::new("/var/lib/heartbeat/beta.state")
+    );
+}
+
+/// Three nodes: alpha, beta, gamma; `[quorum]` on line 27, its keys from line 28.
+fn three_nodes(quorum: &str) -> String {
+    format!(
+        "{}\n[[node]]\nid = 3\nname = \"gamma\"\n  [[node.link]]\n  interface = \"eth1\"\n  address = \"10.0.0.3\"\n\n[quorum]\n{quorum}",
+        base()
+    )
+}
+
+#[test]
+fn quorum_options_and_defaults() {
+    let text = format!("{}\n[quorum]\ntwo_node = true\n", base());
+    let cfg = parse(&text).expect("valid");
+    assert!(cfg.quorum.two_node);
+    assert!(cfg.quorum.wait_for_all, "two_node implies wait_for_all");
+    let cfg = parse(&three_nodes(
+        "last_man_standing = true\nlast_man_standing_window = \"3s\"\nwait_for_all = true\n",
+    ))
+    .expect("valid");
+    assert!(cfg.quorum.last_man_standing && cfg.quorum.wait_for_all);
+    assert_eq!(cfg.quorum.last_man_standing_window, Duration::from_secs(3));
+    let cfg = parse(&three_nodes(
+        "quorum_server = \"192.0.2.1:6406\"\nquorum_server_timeout = \"500ms\"\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        cfg.quorum.quorum_server,
+        Some("192.0.2.1:6406".parse().expect("addr"))
+    );
+    assert_eq!(cfg.quorum.quorum_server_timeout, Duration::from_millis(500));
+    // auto_tie_breaker with an even number of votes needs nothing else.
+    let text = format!("{}\n[quorum]\nauto_tie_breaker = true\n", base());
+    assert!(parse(&text).expect("valid").quorum.auto_tie_breaker);
+    // Flags written false are accepted and do nothing.
+    let text = format!("{}\n[quorum]\ntwo_node = false\n", base());
+    assert_eq!(
+        parse(&text).expect("valid").quorum,
+        QuorumSection::default()
+    );
+}
+
+#[test]
+fn quorum_combinations_votequorum_refuses() {
+    expect_err(
+        &three_nodes("two_node = true\n"),
+        28,
+        Some("quorum.two_node"),
+        &["two_node = true needs exactly two [[node]] sections, found 3"],
+    );
+    let two = |q: &str| format!("{}\n[quorum]\n{q}", base());
+    expect_err(
+        &two("two_node = true\nwait_for_all = false\n"),
+        22,
+        Some("quorum.wait_for_all"),
+        &["wait_for_all = false contradicts two_node = true (line 21)"],
+    );
+    expect_err(
+        &two("two_node = true\nauto_tie_breaker = true\n"),
+        22,
+        Some("quorum.auto_tie_breaker"),
+        &["auto_tie_breaker cannot be used with two_node = true (line 21)"],
+    );
+    expect_err(
+        &two("two_node = true\nlast_man_standing = true\n"),
+        22,
+        Some("quorum.last_man_standing"),
+        &["last_man_standing cannot be used with two_node = true (line 21)"],
+    );
+    expect_err(
+        &two("two_node = true\nquorum_server = \"192.0.2.1:6406\"\n"),
+        22,
+        Some("quorum.quorum_server"),
+        &["quorum_server cannot be used with two_node = true (line 21)"],
+    );
+    expect_err(
+        &three_nodes("quorum_server = \"192.0.2.1:6406\"\nlast_man_standing = true\n"),
+        29,
+        Some("quorum.last_man_standing"),
+        &["last_man_standing cannot be used with quorum_server (line 28)"],
+    );
+    expect_err(
+        &three_nodes("auto_tie_breaker = true\nquorum_server = \"192.0.2.1:6406\"\n"),
+        28,
+        Some("quorum.auto_tie_breaker"),
+        &["auto_tie_breaker cannot be used with quorum_server (line 29)"],
+    );
+    expect_err(
+        &three_nodes("auto_tie_breaker = true\n"),
+        28,
+        Some("quorum.auto_tie_breaker"),
+        &["odd number of votes (3) needs wait_for_all = true"],
+    );
+    assert!(
+        parse(&three_nodes(
+            "auto_tie_breaker = true\nwait_for_all = true\n"
+        ))
+        .is_ok()
+    );
+    expect_err(
+        &three_nodes("last_man_standing_window = \"20s\"\n"),
+        28,
+        Some("quorum.last_man_standing_window"),
+        &["no effect without last_man_standing = true"],
+    );
+    expect_err(
+        &three_nodes("quorum_server_timeout = \"2s\"\n"),
+        28,
+        Some("quorum.quorum_server_timeout"),
+        &["no effect without quorum_server"],
+    );
+    // The window must outlast node failure detection: names both keys.
+    let text = edit(
+        &three_nodes("last_man_standing = true\n"),
+        "id = 42",
+        "id = 42\nnode_timeout = \"30s\"\nagent_timeout = \"31s\"\nauto_start_timeout = \"40s\"",
+    );
+    expect_err(
+        &text,
+        4,
+        Some("cluster.node_timeout"),
+        &[
+            "quorum.last_man_standing_window = 10s (the default) must be larger than cluster.node_timeout = 30s",
+        ],
+    );
+    expect_err(
+        &three_nodes("quorum_server = \"qnetd\"\n"),
+        28,
+        Some("quorum.quorum_server"),
+        &["expected an address and port", "found \"qnetd\""],
+    );
+    expect_err(
+        &three_nodes("two_nodes = true\n"),
+        28,
+        Some("quorum.two_nodes"),
+        &[
+            "unknown key (did you mean `two_node`?)",
+            "the valid keys in [quorum] are: two_node, wait_for_all, last_man_standing",
+        ],
+    );
+    let text = edit(&base(), "name = \"alpha\"", "name = \"alpha\"\nvotes = 0");
+    let text = edit(&text, "name = \"beta\"", "name = \"beta\"\nvotes = 0");
+    expect_err(
+        &text,
+        17,
+        Some("node[1].votes"),
+        &["the votes of all nodes add up to 0"],
+    );
+}
+
+/// Issue 12 row 9: values echoed in messages are cut to a readable length.
+#[test]
+fn long_values_and_keys_are_cut_in_messages() {
+    let long = "x".repeat(100_000);
+    for text in [
+        edit(&base(), "name = \"demo\"", &format!("name = \"{long}\"")),
+        edit(
+            &base(),
+            "address = \"10.0.0.2\"",
+            &format!("address = \"{long}\""),
+        ),
+        edit(
+            &base(),
+            "id = 42",
+            &format!("id = 42\nnode_timeout = \"5{long}\""),
+        ),
+        edit(&base(), "id = 42", &format!("id = \"{long}\"")),
+        edit(&base(), "id = 42", &format!("id = 42\n{long} = 1")),
+        format!("{}\n[metrics]\nlisten = \"{long}\"\n", base()),
+        edit(
+            &base(),
+            "id = 42",
+            &format!("id = 42\nevents_file = \"{long}\""),
+        ),
+    ] {
+        let msg = parse(&text).expect_err("too long").to_string();
+        assert!(msg.len() < 600, "{} bytes: {}", msg.len(), &msg[..600]);
+        assert!(!msg.contains(&"x".repeat(81)), "{msg}");
+    }
+}
+
+/// Issue 12 row 9: a size cap, and reading stops at the cap.
+#[test]
+fn config_size_is_capped() {
+    let dir = TempDir::new();
+    let path = dir.0.join("big.toml");
+    let mut text = base();
+    text.push_str(&"# padding\n".repeat(110_000));
+    std::fs::write(&path, &text).expect("write");
+    let err = ClusterConfig::load(&path).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the configuration is larger than 1048576 bytes; this is not a heartbeat configuration",
+            path.display()
+        )
+    );
+    // An endless file: the loader stops after the cap (this test filled the
+    // memory before the fix).
+    let err = ClusterConfig::load(Path::new("/dev/zero")).expect_err("endless");
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+}
+
+/// A FIFO without a writer neither blocks `load` at open nor at read.
+#[test]
+fn config_fifo_without_writer_does_not_block() {
+    let dir = TempDir::new();
+    let path = dir.0.join("cluster.toml");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            ClusterConfig::load(&p)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("load() of a FIFO blocked");
+    assert_eq!(
+        result,
+        Err(format!(
+            "{}: cannot read the configuration: it is a FIFO and nothing writes to it",
+            path.display()
+        ))
+    );
+}
+
+#[test]
+fn non_utf8_config_names_the_line() {
+    let dir = TempDir::new();
+    let path = dir.0.join("latin1.toml");
+    let mut bytes = base().into_bytes();
+    bytes.extend_from_slice(b"\n# caf\xe9\n");
+    std::fs::write(&path, bytes).expect("write");
+    let msg = ClusterConfig::load(&path)
+        .expect_err("not UTF-8")
+        .to_string();
+    assert!(
+        msg.starts_with(&format!("{}:20:6: ", path.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("not UTF-8"), "{msg}");
+}
+
+/// A config in `dir` (alpha on `lo`) with `cluster` lines added to
+/// `[cluster]` and `more` appended; the key file is written too.
+fn resource_config(dir: &TempDir, cluster: &str, more: &str) -> ClusterConfig {
+    let text = edit(
+        &base(),
+        "key_file = \"cluster.key\"",
+        &format!("key_file = \"cluster.key\"\n{cluster}"),
+    );
+    let text = format!(
+        "{}{more}",
+        edit(&text, "interface = \"eth1\"", "interface = \"lo\"")
+    );
+    let path = dir.0.join("cluster.toml");
+    std::fs::write(&path, text).expect("write config");
+    let _ = std::fs::remove_file(dir.0.join("cluster.key"));
+    heartbeat_agent::keyfile::write_new(&dir.0.join("cluster.key")).expect("keygen");
+    ClusterConfig::load(&path).expect("valid")
+}
+
+#[track_caller]
+fn resources_err(cfg: &ClusterConfig, key: &str, wording: &[&str]) -> String {
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    cfg.check_system(alpha).expect("system ok");
+    let err = cfg.check_resources(alpha).expect_err("a resource problem");
+    let msg = err.to_string();
+    assert_eq!(err.key(), Some(key), "{msg}");
+    for w in wording {
+        assert!(msg.contains(w), "wanted {w:?}: {msg}");
+    }
+    assert!(!msg.contains("Some("), "Debug text: {msg}");
+    assert!(msg.matches("os error").count() <= 1, "{msg}");
+    msg
+}
+
+/// Issue 12 row 10: check-config --node checks ports and paths without side
+/// effects.
+#[test]
+fn check_resources_passes_and_creates_nothing() {
+    let dir = TempDir::new();
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"log/{node}.jsonl\"\nstate_file = \"state/{node}.state\"",
+        "\n[control]\nsocket = \"run/{node}.sock\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    let paths = cfg.local_paths(alpha);
+    assert_eq!(paths.control_socket, dir.0.join("run/alpha.sock"));
+    assert_eq!(paths.events_file, Some(dir.0.join("log/alpha.jsonl")));
+    assert_eq!(paths.state_file, dir.0.join("state/alpha.state"));
+    cfg.check_resources(alpha).expect("resources ok");
+    for sub in ["log", "state", "run"] {
+        assert!(!dir.0.join(sub).exists(), "{sub} was created");
+    }
+}
+
+#[test]
+fn check_resources_metrics_port_in_use() {
+    let dir = TempDir::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let msg = resources_err(
+        &cfg,
+        "metrics.listen",
+        &[&format!(
+            "cannot listen on 127.0.0.1:{port}: the port is in use"
+        )],
+    );
+    assert!(msg.contains("cluster.toml:22:10: "), "{msg}");
+}
+
+/// Issue 12 row 5: a control socket path naming an existing file that is
+/// not a socket is reported; the file is left alone.
+#[test]
+fn check_resources_control_socket_must_not_replace_a_file() {
+    let dir = TempDir::new();
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        "\n[control]\nsocket = \"cluster.toml\"\n",
+    );
+    let msg = resources_err(
+        &cfg,
+        "control.socket",
+        &[
+            "cluster.toml exists and is a regular file, not a socket",
+            "never deletes a file it did not create",
+        ],
+    );
+    assert!(msg.contains("cluster.toml:22:10: "), "{msg}");
+    assert!(dir.0.join("cluster.toml").is_file());
+    std::fs::create_dir(dir.0.join("sockdir")).expect("mkdir");
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        "\n[control]\nsocket = \"sockdir\"\n",
+    );
+    resources_err(&cfg, "control.socket", &["is a directory, not a socket"]);
+    // An existing socket (a stale one, or the running agent's) is fine.
+    let _live = std::os::unix::net::UnixListener::bind(dir.0.join("live.sock")).expect("bind");
+    let cfg = resource_config(
+        &dir,
+        "state_file = \"{node}.state\"",
+        "\n[control]\nsocket = \"live.sock\"\n",
+    );
+    let alpha = cfg.local_node(Some("alpha")).expect("alpha");
+    cfg.check_resources(alpha).expect("a socket is fine");
+}
+
+#[test]
+fn check_resources_events_and_state_files() {
+    let dir = TempDir::new();
+    std::fs::create_dir(dir.0.join("adir")).expect("mkdir");
+    let sock = "\n[control]\nsocket = \"{node}.sock\"\n";
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"adir\"\nstate_file = \"{node}.state\"",
+        sock,
+    );
+    let msg = resources_err(
+        &cfg,
+        "cluster.events_file",
+        &["adir is a directory, not a regular file"],
+    );
+    assert!(msg.contains("cluster.toml:5:15: "), "{msg}");
+    nix::unistd::mkfifo(
+        &dir.0.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"fifo\"\nstate_file = \"{node}.state\"",
+        sock,
+    );
+    resources_err(
+        &cfg,
+        "cluster.events_file",
+        &["is a FIFO; opening it would block the agent"],
+    );
+    let cfg = resource_config(
+        &dir,
+        "events_file = \"cluster.toml/x/events.jsonl\"\nstate_file = \"{node}.state\"",
+        sock,
+    );
+    resources_err(
+        &cfg,
+        "cluster.events_file",
+        &["cluster.toml is a regular file, not a directory"],
+    );
+    let cfg = resource_config(&dir, "state_file = \"adir\"", sock);
+    resources_err(
+        &cfg,
+        "cluster.state_file",
+        &["adir is a directory, not a regular file"],
+    );
+}
+
+/// Never a panic, always one line with the file's name: the examples with
+/// thousands of random edits (deletions, TOML punctuation inserted, lines
+/// repeated or swapped), from a fixed seed.
+#[test]
+fn mutated_examples_never_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n.max(1) as u64) as usize
+    };
+    const BITS: &[&str] = &[
+        "[",
+        "]",
+        "[[",
+        "=",
+        "\"",
+        "'",
+        "{",
+        "}",
+        ",",
+        ".",
+        "\n",
+        "#",
+        "0",
+        "-1",
+        "x",
+        "é",
+        "true",
+        "1979-05-27",
+        "\"\"\"",
+        "99999999999999999999",
+        "\\",
+    ];
+    for name in ["two-node.toml", "three-node.toml", "full.toml"] {
+        let original = std::fs::read_to_string(dir.join(name)).expect("example");
+        for _ in 0..700 {
+            let mut text = original.clone();
+            for _ in 0..1 + next(3) {
+                let mut at = next(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match next(4) {
+                    0 => {
+                        let mut end = (at + 1 + next(12)).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, "");
+                    }
+                    1 => text.insert_str(at, BITS[next(BITS.len())]),
+                    _ => {
+                        let lines: Vec<&str> = text.lines().collect();
+                        let (a, b) = (next(lines.len()), next(lines.len()));
+                        let mut lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                        if next(2) == 0 {
+                            lines.swap(a, b);
+                        } else {
+                            let l = lines[a].clone();
+                            lines.insert(b, l);
+                        }
+                        text = lines.join("\n");
+                    }
+                }
+            }
+            if let Err(e) = ClusterConfig::from_str(&text, Path::new(FILE)) {
+                let msg = e.to_string();
+                assert!(msg.starts_with(FILE), "{msg}\n---\n{text}");
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+        }
+    }
 }
