@@ -105,6 +105,9 @@ fn load_plan(config_path: &Path, node: Option<&str>) -> Result<Plan> {
 pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     let plan = Arc::new(load_plan(config_path, node)?);
     let c = plan.config.cluster.clone();
+    // Paths and ports, checked without side effects (a reload skips this:
+    // the agent holds them itself).
+    plan.config.check_resources(&plan.local)?;
 
     // Everything that can fail without side effects, before XDP.
     let bound = control::bind(&plan.config.control.socket).await?;

@@ -4,7 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -16,14 +16,7 @@ use crate::{
     keyfile::ClusterKeys,
 };
 
-/// Replaces `{node}` in a configured path with the local node's name, so one
-/// cluster file serves several nodes on one machine (tests, the demo).
-pub fn expand_node(path: &Path, node: &str) -> PathBuf {
-    match path.to_str() {
-        Some(s) if s.contains("{node}") => s.replace("{node}", node).into(),
-        _ => path.to_owned(),
-    }
-}
+pub use crate::config::expand_node;
 
 /// One heartbeat link of the local node and the peers reachable on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +45,7 @@ impl PeerPlan {
     }
 }
 
-/// Cluster settings that the configuration does not spell out yet take
-/// these values (see `Settings::from_config`).
+/// The cluster's settings for the membership state machine.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub quorum: QuorumOptions,
@@ -66,19 +58,25 @@ pub struct Settings {
 
 impl Settings {
     fn from_config(config: &ClusterConfig, local: &NodeConfig) -> Self {
-        // The state file sits next to the control socket unless configured.
-        let dir = config
-            .control
-            .socket
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let q = &config.quorum;
+        let c = &config.cluster;
         Self {
-            quorum: QuorumOptions::default(),
-            start: StartMode::Auto,
-            auto_start_timeout: Duration::from_secs(10),
-            restart_window: Duration::from_secs(5),
-            state_file: dir.join(format!("{}.state", local.name)),
+            quorum: QuorumOptions {
+                two_node: q.two_node,
+                wait_for_all: q.wait_for_all,
+                last_man_standing: q.last_man_standing,
+                last_man_standing_window_ns: q.last_man_standing_window.as_nanos() as u64,
+                auto_tie_breaker: q.auto_tie_breaker,
+                quorum_server: q.quorum_server.is_some(),
+            },
+            start: if c.auto_start {
+                StartMode::Auto
+            } else {
+                StartMode::Manual
+            },
+            auto_start_timeout: c.auto_start_timeout,
+            restart_window: c.restart_window,
+            state_file: config.local_paths(local).state_file,
         }
     }
 }

@@ -254,7 +254,7 @@ impl Cluster {
         let mut toml = format!(
             "[cluster]\nname = \"test\"\nid = 7\nkey_file = \"cluster.key\"\nport = 6405\n\
              heartbeat_interval = \"{}\"\nnode_timeout = \"{}\"\nagent_timeout = \"{}\"\n\
-             events_file = \"{{node}}.events.jsonl\"\n\n[control]\nsocket = \"{{node}}.sock\"\n\n",
+             events_file = \"{{node}}.events.jsonl\"\nstate_file = \"{{node}}.state\"\n\n[control]\nsocket = \"{{node}}.sock\"\n\n",
             timing.interval, timing.node_timeout, timing.agent_timeout
         );
         if metrics {

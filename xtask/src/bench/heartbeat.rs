@@ -110,7 +110,7 @@ impl Heartbeat {
         format!(
             "[cluster]\nname = \"bench\"\nid = 4242\nkey_file = \"cluster.key\"\nport = {PORT}\n\
              heartbeat_interval = \"{hb}\"\nnode_timeout = \"{nt}\"\nagent_timeout = \"{at}\"\n\
-             events_file = \"{n}.events.jsonl\"\n\n[control]\nsocket = \"{n}.sock\"\n\n\
+             events_file = \"{n}.events.jsonl\"\nstate_file = \"{n}.state\"\n\n[control]\nsocket = \"{n}.sock\"\n\n\
              [[node]]\nid = 1\nname = \"a\"\n  [[node.link]]\n  id = 0\n  interface = \"{if_a}\"\n  address = \"{IP_A}\"\n\n\
              [[node]]\nid = 2\nname = \"b\"\n  [[node.link]]\n  id = 0\n  interface = \"{if_b}\"\n  address = \"{IP_B}\"\n",
             hb = human(self.interval),
