@@ -92,6 +92,7 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         port: c.port,
         node_timeout_ns: c.node_timeout.as_nanos() as u64,
         agent_timeout_ns: c.agent_timeout.as_nanos() as u64,
+        heartbeat_interval_ns: c.heartbeat_interval.as_nanos() as u64,
         keys: keys.clone(),
         peers: peer_params,
     };
@@ -103,6 +104,9 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
             continue;
         }
         let mode = fastpath.attach(&l.interface)?;
+        if let Err(e) = fastpath.attach_egress_stamp(&l.interface) {
+            tracing::warn!(error = %e, "local-stall check off");
+        }
         tracing::info!(interface = %l.interface, mode = mode.as_str(), "XDP attached");
         attached.push((l.interface.clone(), mode));
     }

@@ -21,7 +21,7 @@ pub const HISTORY: usize = 1024;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// `link_down`, `link_up`, `node_down`, `node_up`, `agent_stale`,
-    /// `agent_started`, `agent_stopping`.
+    /// `detection_deferred`, `agent_started`, `agent_stopping`.
     pub event: String,
     /// The node that wrote the entry.
     pub node: String,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use heartbeat_common::{Event, event_kind};
+use heartbeat_common::{Event, defer_cause, event_kind};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::Entry;
@@ -116,6 +116,9 @@ impl Membership {
             out.push(e);
             return out;
         }
+        if let Some(cause) = deferral_cause(ev.kind) {
+            return self.deferred(ev, cause).into_iter().collect();
+        }
         let (new_state, event, cause) = match ev.kind {
             event_kind::LINK_DOWN => (State::Down, "link_down", "timeout"),
             event_kind::LINK_UP => (State::Up, "link_up", "heartbeat"),
@@ -179,6 +182,47 @@ impl Membership {
     }
 }
 
+/// The cause of a `DEFERRED_*` event kind, as the journal spells it.
+fn deferral_cause(kind: u32) -> Option<&'static str> {
+    match kind {
+        event_kind::DEFERRED_LOCAL_STALL => Some(defer_cause::name(defer_cause::LOCAL_STALL)),
+        event_kind::DEFERRED_LATE_TIMER => Some(defer_cause::name(defer_cause::LATE_TIMER)),
+        event_kind::DEFERRED_PEER_QUEUED => Some(defer_cause::name(defer_cause::PEER_QUEUED)),
+        _ => None,
+    }
+}
+
+impl Membership {
+    /// A deadline expired but the kernel deferred its verdict by one grace
+    /// (heartbeat-ebpf deadline.rs): journalled as `detection_deferred`; the
+    /// link's state does not change (a `link_down` follows if the grace
+    /// runs out).
+    fn deferred(&mut self, ev: &Event, cause: &str) -> Option<Entry> {
+        let Some(peer) = self.peers.get(&ev.peer) else {
+            self.unknown_events += 1;
+            return None;
+        };
+        if !peer.links.contains_key(&ev.link) {
+            self.unknown_events += 1;
+            return None;
+        }
+        let since = ev.at_ns.saturating_sub(ev.last_rx_ns);
+        let mut e = Entry::new("detection_deferred", &self.local_name, cause, ev.at_ns);
+        e.peer = Some(peer.name.clone());
+        e.peer_id = Some(peer.id);
+        e.link = Some(ev.link);
+        e.since_last_rx_ns = Some(since);
+        tracing::info!(
+            peer = %peer.name,
+            link = ev.link,
+            cause,
+            since_last_rx_us = since / 1000,
+            "detection_deferred"
+        );
+        Some(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +282,33 @@ mod tests {
             names(&m.apply(&ev(event_kind::AGENT_STALE, 2, 0, 8))),
             ["agent_stale"]
         );
+    }
+
+    #[test]
+    fn deferrals_are_journalled_without_a_state_change() {
+        let mut m = Membership::new("a", &[(2, "b".into(), vec![0])]);
+        m.apply(&ev(event_kind::LINK_UP, 2, 0, 1_000));
+        for (kind, cause) in [
+            (event_kind::DEFERRED_LOCAL_STALL, "local_stall"),
+            (event_kind::DEFERRED_LATE_TIMER, "late_timer"),
+            (event_kind::DEFERRED_PEER_QUEUED, "peer_queued"),
+        ] {
+            let out = m.apply(&ev(kind, 2, 0, 2_000));
+            assert_eq!(names(&out), ["detection_deferred"]);
+            assert_eq!(out[0].cause, cause);
+            assert_eq!(out[0].peer.as_deref(), Some("b"));
+            assert_eq!(out[0].since_last_rx_ns, Some(500));
+            assert_eq!(m.peer(2).unwrap().state, State::Up);
+            assert_eq!(m.peer(2).unwrap().links[&0].state, State::Up);
+        }
+        assert!(
+            m.apply(&ev(event_kind::DEFERRED_LATE_TIMER, 9, 0, 3_000))
+                .is_empty()
+        );
+        assert!(
+            m.apply(&ev(event_kind::DEFERRED_LATE_TIMER, 2, 3, 3_000))
+                .is_empty()
+        );
+        assert_eq!(m.unknown_events, 2);
     }
 }

@@ -93,6 +93,10 @@ impl Harness {
         let events =
             RingBuf::try_from(ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring buffer");
         let config = Config {
+            heartbeat_interval_ns: 0,
+            late_threshold_ns: 0,
+            queue_threshold_ns: 0,
+            grace_ns: 0,
             node_timeout_ns,
             agent_timeout_ns,
             cluster_id: CLUSTER,
