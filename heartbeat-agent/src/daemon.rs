@@ -31,7 +31,7 @@ use crate::{
     membership::{Membership, State},
     metrics::{self, LinkRow, NodeRow, Snapshot},
     sender::{self, SenderConfig, SenderLink, Shared},
-    status::{AgentStatus, LinkStatus, NodeStatus, StatusReport},
+    status::{AgentStatus, DetectorStatus, LinkStatus, NodeStatus, StatusReport},
 };
 
 /// How often the main loop checks in and refreshes its snapshot.
@@ -381,6 +381,7 @@ impl Ctx<'_> {
                     max_gap_ms: (st.gap_max_ns != 0).then(|| st.gap_max_ns as f64 / 1e6),
                     max_gap_at_mono_ns: st.gap_max_at_ns,
                     gap_hist: st.gap_hist.to_vec(),
+                    detector: Some(DetectorStatus::from_link_state(&st, now)),
                 });
             }
             nodes.push(NodeStatus {

@@ -124,6 +124,10 @@ pub struct FastPath {
     links: Array<MapData, LinkState>,
     counters: PerCpuArray<MapData, u64>,
     agent: Array<MapData, AgentWatch>,
+    /// Kept open: programs loaded after [`FastPath::load`] (the tracepoints,
+    /// the egress stamp) refer to the maps by the fds the object was
+    /// relocated with, so no map they use may be closed.
+    _peers: Array<MapData, PeerConf>,
     params: FastPathParams,
 }
 
@@ -217,6 +221,7 @@ impl FastPath {
             links,
             counters,
             agent,
+            _peers: peers,
             params,
         };
         fp.set_keys(&fp.params.keys.clone())?;

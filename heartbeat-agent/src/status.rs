@@ -72,6 +72,66 @@ pub struct LinkStatus {
     /// [2^i, 2^(i+1)) ns.
     #[serde(default)]
     pub gap_hist: Vec<u64>,
+    /// What the detector knows about its own blindness on this link.
+    #[serde(default)]
+    pub detector: Option<DetectorStatus>,
+}
+
+/// The deferral rule's view of one (peer, link), from `LinkState`
+/// (heartbeat-ebpf deadline.rs and egress.rs).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DetectorStatus {
+    /// Deadline expiries and how late the timer fired (last, largest).
+    pub expiries: u64,
+    pub expiry_late_last_us: f64,
+    pub expiry_late_max_us: f64,
+    /// Own requests the egress stamp saw on this link to this peer, and how
+    /// long ago the last one left (None: the stamp is not attached).
+    pub own_requests: u64,
+    pub own_last_ago_ms: Option<f64>,
+    /// The last gap of more than two intervals between own requests (a
+    /// local stall), its length (ms).
+    pub own_stall_last_ms: Option<f64>,
+    /// One-way delay from the peer relative to the minimum seen (the clocks
+    /// are not synchronised): last, EWMA, largest (us); rising at the last
+    /// packet.
+    pub owd_last_us: Option<f64>,
+    pub owd_avg_us: Option<f64>,
+    pub owd_max_us: Option<f64>,
+    pub owd_rising: bool,
+    /// Verdicts deferred, deferrals that ended in a down, whether one is
+    /// pending, and the last cause (`late_timer`, `local_stall`,
+    /// `peer_queued`, `none`).
+    pub deferrals: u64,
+    pub deferrals_confirmed: u64,
+    pub deferred_now: bool,
+    pub last_cause: String,
+}
+
+impl DetectorStatus {
+    /// From the program's link state; `now` is CLOCK_MONOTONIC ns.
+    pub fn from_link_state(st: &heartbeat_common::LinkState, now: u64) -> Self {
+        let us = |ns: u64| ns as f64 / 1e3;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let have_owd = st.owd_count > 1;
+        Self {
+            expiries: st.expiries,
+            expiry_late_last_us: us(st.expiry_late_last_ns),
+            expiry_late_max_us: us(st.expiry_late_max_ns),
+            own_requests: st.own_tx_count,
+            own_last_ago_ms: (st.own_tx_last_ns != 0)
+                .then(|| ms(now.saturating_sub(st.own_tx_last_ns))),
+            own_stall_last_ms: (st.own_stall_ns != 0).then(|| ms(st.own_stall_ns)),
+            owd_last_us: have_owd.then(|| us(st.owd_last_ns)),
+            owd_avg_us: have_owd.then(|| us(st.owd_ewma_ns)),
+            owd_max_us: have_owd.then(|| us(st.owd_max_ns)),
+            owd_rising: st.owd_rising != 0,
+            deferrals: st.deferrals,
+            deferrals_confirmed: st.deferrals_confirmed,
+            deferred_now: st.deferred != 0,
+            last_cause: heartbeat_common::defer_cause::name(st.defer_cause).into(),
+        }
+    }
 }
 
 fn opt_us(v: Option<f64>) -> String {
@@ -144,6 +204,18 @@ impl StatusReport {
                     "    {:<4} {:<16} {:<25} {:<8} {:<27} {}",
                     l.id, l.interface, l.address, l.state, rtt, seen
                 );
+                if let Some(d) = &l.detector {
+                    let _ = writeln!(
+                        s,
+                        "         one-way delay (relative) last/max {}/{}{}, timer late max {:.1}us, deferred {} (last: {})",
+                        opt_us(d.owd_last_us),
+                        opt_us(d.owd_max_us),
+                        if d.owd_rising { " rising" } else { "" },
+                        d.expiry_late_max_us,
+                        d.deferrals,
+                        d.last_cause
+                    );
+                }
             }
         }
         let drops: u64 = self
