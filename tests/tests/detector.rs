@@ -104,8 +104,8 @@ fn a_stalled_observer_defers_instead_of_failing_its_peer() {
     assert_eq!(link["state"], "up", "{st}");
     assert!(link["detector"]["deferrals"].as_u64().unwrap() >= 1, "{st}");
     assert!(
-        link["detector"]["own_stall_last_ms"].as_f64().unwrap() >= 100.0,
-        "the stall is recorded: {st}"
+        link["detector"]["own_stall_last_ms"].as_f64().unwrap() >= 20.0,
+        "a stall (two intervals or more) is recorded: {st}"
     );
 
     // Clean exit: the egress stamp goes with the agent.
