@@ -398,3 +398,19 @@ impl FastPath {
         &self.params
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Deferral;
+
+    #[test]
+    fn deferral_thresholds_scale_with_node_timeout() {
+        let d = Deferral::for_timing(5_000_000);
+        assert_eq!(
+            (d.late_threshold_ns, d.queue_threshold_ns, d.grace_ns),
+            (1_250_000, 1_250_000, 5_000_000)
+        );
+        // Never below hrtimer slack.
+        assert_eq!(Deferral::for_timing(100_000).late_threshold_ns, 50_000);
+    }
+}

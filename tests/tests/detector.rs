@@ -160,6 +160,15 @@ fn a_dead_peer_is_still_detected_within_node_timeout_plus_grace() {
     );
     let st = c.status_json("beta");
     assert_eq!(counter(&st, "defer_confirmed"), 1, "{st}");
+    // SIGKILL leaves no egress stamp behind either (the TCX link dies with
+    // the process).
+    let _ = c.agent("alpha").wait_timeout(Duration::from_secs(5));
+    let a = c.index("alpha");
+    let tcx = tcx_attachments(Some(c.nodes[a].ns.name())).unwrap();
+    assert!(
+        !tcx.iter().any(|t| t.prog_name == "egress_stamp"),
+        "egress stamp left behind by a killed agent: {tcx:?}"
+    );
     let j = c.journal("beta");
     let deferrals = j
         .iter()
