@@ -4,6 +4,10 @@
 //! replies (RTT statistics), keeps per-(peer, link) state and in-kernel
 //! deadline timers, and passes every other frame untouched. The agent fills
 //! CONFIG / KEYS / STATUS / PEERS and reads LINKS, COUNTERS and EVENTS.
+//! The same object holds the tc egress program that timestamps the local
+//! sender's own requests (egress.rs) and the tracepoints watching the agent
+//! (watch.rs); deadline.rs holds the timers and the rule that defers a
+//! verdict this node was too blind to give.
 //!
 //! Nothing is logged per packet: every outcome is a per-CPU counter.
 //!
