@@ -388,8 +388,11 @@ pub mod counter {
     pub const DEFER_RESCUED: u32 = 22;
     /// Own requests seen by the tc egress program.
     pub const EGRESS_OWN_REQUEST: u32 = 23;
+    /// Own requests leaving without the priority marking that keeps them
+    /// ahead of data (skb priority 6, band 0 of pfifo_fast/prio; DSCP CS6).
+    pub const EGRESS_OFF_PRIORITY: u32 = 24;
     /// Number of counters in use.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     /// Size of the counters array (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
 
@@ -419,6 +422,7 @@ pub mod counter {
         (DEFER_CONFIRMED, "defer", "confirmed"),
         (DEFER_RESCUED, "defer", "rescued"),
         (EGRESS_OWN_REQUEST, "egress", "own_request"),
+        (EGRESS_OFF_PRIORITY, "egress", "off_priority"),
     ];
 }
 

@@ -12,6 +12,11 @@
 //! stall, which makes the detector behave as it did without this program
 //! (faster verdicts), never hide a dead peer.
 //!
+//! It also checks the marking that keeps heartbeats ahead of data where the
+//! node can: skb priority 6 (`SO_PRIORITY`: band 0 of pfifo_fast and prio)
+//! and DSCP CS6; an own request leaving without it is counted in
+//! `EGRESS_OFF_PRIORITY`.
+//!
 //! The program only observes: it always returns `TC_ACT_UNSPEC` (TCX: next
 //! program, then the packet goes on), and it never logs; every stamp is
 //! counted in `EGRESS_OWN_REQUEST`.
@@ -34,6 +39,11 @@ use crate::{
     packet::be16,
 };
 
+/// `TC_PRIO_INTERACTIVE`: the skb priority the sender sets (band 0).
+const PRIORITY: u32 = 6;
+/// DSCP CS6 in the TOS / traffic class byte (ECN bits masked).
+const TOS_CS6: u8 = 0xc0;
+
 #[classifier]
 pub fn egress_stamp(ctx: TcContext) -> i32 {
     stamp(&ctx);
@@ -53,9 +63,9 @@ fn stamp(ctx: &TcContext) -> Option<()> {
         proto = be16(ctx.load::<[u8; 2]>(ETH_LEN + 2).ok()?);
         l3 += VLAN_LEN;
     }
-    let udp = match proto {
+    let (udp, tos) = match proto {
         ETH_P_IPV4 => {
-            // version/IHL, ..., fragment field at 6, protocol at 9.
+            // version/IHL, TOS, ..., fragment field at 6, protocol at 9.
             let ip = ctx.load::<[u8; 10]>(l3).ok()?;
             let ihl = usize::from(ip[0] & 0x0f);
             if ip[0] >> 4 != 4 || ihl < 5 || ip[9] != IPPROTO_UDP {
@@ -64,14 +74,14 @@ fn stamp(ctx: &TcContext) -> Option<()> {
             if be16([ip[6], ip[7]]) & 0x3fff != 0 {
                 return None;
             }
-            l3 + ihl * 4
+            (l3 + ihl * 4, ip[1])
         }
         ETH_P_IPV6 => {
             let ip = ctx.load::<[u8; 8]>(l3).ok()?;
             if ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
                 return None;
             }
-            l3 + IPV6_LEN
+            (l3 + IPV6_LEN, (ip[0] << 4) | (ip[1] >> 4))
         }
         _ => return None,
     };
@@ -111,5 +121,11 @@ fn stamp(ctx: &TcContext) -> Option<()> {
         (*ls).own_tx_count += 1;
     }
     count(counter::EGRESS_OWN_REQUEST);
+    // SAFETY: `skb` is the context pointer the kernel passed; `priority` is
+    // a readable field of `__sk_buff`.
+    let priority = unsafe { (*ctx.skb.skb).priority };
+    if priority != PRIORITY || tos & 0xfc != TOS_CS6 {
+        count(counter::EGRESS_OFF_PRIORITY);
+    }
     Some(())
 }

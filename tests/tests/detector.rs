@@ -72,6 +72,8 @@ fn a_stalled_observer_defers_instead_of_failing_its_peer() {
     std::thread::sleep(Duration::from_millis(500));
     let st = c.status_json("beta");
     assert!(counter(&st, "egress_own_request") > 0, "{st}");
+    // The sender's marking (SO_PRIORITY 6, DSCP CS6) reaches the qdisc.
+    assert_eq!(counter(&st, "egress_off_priority"), 0, "{st}");
     let before = alpha_link(&st);
     assert_eq!(before["state"], "up", "{st}");
 

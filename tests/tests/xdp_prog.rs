@@ -809,6 +809,11 @@ impl Harness {
 
     /// Runs the egress program once over `frame`; returns its verdict.
     fn run_egress(&self, frame: &[u8]) -> u32 {
+        self.run_egress_with_priority(frame, 6)
+    }
+
+    /// Runs the egress program over `frame` sent with skb `priority`.
+    fn run_egress_with_priority(&self, frame: &[u8], priority: u32) -> u32 {
         let prog: &SchedClassifier = self
             .ebpf
             .program(names::EGRESS_STAMP)
@@ -816,9 +821,14 @@ impl Harness {
             .try_into()
             .unwrap();
         let mut out = vec![0u8; 512];
+        // The start of a `struct __sk_buff` up to `priority` (offset 32):
+        // the kernel takes mark and priority from it, the rest must be 0.
+        let mut ctx = [0u8; 36];
+        ctx[32..36].copy_from_slice(&priority.to_ne_bytes());
         prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
             ..Default::default()
         })
         .expect("BPF_PROG_TEST_RUN (tc)")
@@ -1051,11 +1061,24 @@ fn egress_program_stamps_only_our_own_requests() {
     for cut in ETH_LEN + IPV4_LEN..full.len() {
         own(&h, &full[..cut], false);
     }
+    // Leaving without the marking that keeps it ahead of data (skb
+    // priority 6 = band 0, DSCP CS6) is counted.
+    let off = |h: &Harness| h.counters()[counter::EGRESS_OFF_PRIORITY as usize];
+    let before = off(&h);
+    h.run_egress_with_priority(&own_request(10, PEER, 0), 0);
+    assert_eq!(off(&h) - before, 1, "priority 0");
+    let mut f = own_request(11, PEER, 0);
+    f[ETH_LEN + 1] = 0; // TOS: best effort (IPv4 checksum not rechecked)
+    h.run_egress(&f);
+    assert_eq!(off(&h) - before, 2, "DSCP 0");
+    h.run_egress(&own_request(12, PEER, 0));
+    assert_eq!(off(&h) - before, 2, "priority 6 + CS6");
     // A gap longer than two intervals is a local stall, recorded.
     std::thread::sleep(Duration::from_millis(5));
     own(&h, &own_request(3, PEER, 1), true);
     let l = h.link(PEER, 1);
     assert_eq!(l.own_tx_count, 2);
+    assert_eq!(off(&h) - before, 2, "{l:?}");
     assert_eq!(l.own_stall_end_ns, l.own_tx_last_ns);
     assert!(l.own_stall_ns >= 5_000_000, "stall {}", l.own_stall_ns);
 }
