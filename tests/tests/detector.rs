@@ -182,3 +182,34 @@ fn a_dead_peer_is_still_detected_within_node_timeout_plus_grace() {
         .count();
     assert_eq!(deferrals, 1, "one deferral per silence: {j:?}");
 }
+
+#[test]
+fn a_stall_of_both_nodes_shorter_than_the_grace_fails_nobody() {
+    // The benchmark's whole-machine loads stall both senders at once and no
+    // packet flows: each node must see that it was blind itself.
+    let mut c = Cluster::new(2, 1, BLIND, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    std::thread::sleep(Duration::from_millis(300));
+    let fault = wall_ns();
+    c.agent("alpha").signal(Signal::SIGSTOP).unwrap();
+    c.agent("beta").signal(Signal::SIGSTOP).unwrap();
+    std::thread::sleep(STALL);
+    c.agent("alpha").signal(Signal::SIGCONT).unwrap();
+    c.agent("beta").signal(Signal::SIGCONT).unwrap();
+    for (observer, peer) in [("alpha", "beta"), ("beta", "alpha")] {
+        let e = c
+            .wait_event(observer, "detection_deferred", peer, fault, MARGIN)
+            .unwrap_or_else(|| panic!("{observer}: no deferral: {:?}", c.journal(observer)));
+        assert_eq!(e["cause"], "local_stall", "{e}");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    for (observer, peer) in [("alpha", "beta"), ("beta", "alpha")] {
+        assert!(
+            c.wait_event(observer, "node_down", peer, fault, Duration::ZERO)
+                .is_none(),
+            "{observer} failed {peer} after a stall of both: {:?}",
+            c.journal(observer)
+        );
+    }
+}
