@@ -109,6 +109,13 @@ fn a_stalled_observer_defers_instead_of_failing_its_peer() {
         link["detector"]["own_stall_last_ms"].as_f64().unwrap() >= 20.0,
         "a stall (two intervals or more) is recorded: {st}"
     );
+    let out = c.cli("beta", &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        text.contains("one-way delay") && text.contains("(last: local_stall)"),
+        "{text}"
+    );
 
     // Clean exit: the egress stamp goes with the agent.
     c.agent("beta").signal(Signal::SIGTERM).unwrap();
@@ -123,6 +130,12 @@ fn a_stalled_observer_defers_instead_of_failing_its_peer() {
         !tcx.iter().any(|a| a.prog_name == "egress_stamp"),
         "egress stamp left behind: {tcx:?}"
     );
+}
+
+#[test]
+fn tcx_attachments_can_be_listed_in_the_root_namespace() {
+    // The leak check of `cargo xtask test` relies on it.
+    tcx_attachments(None).expect("TCX listing");
 }
 
 #[test]
