@@ -87,6 +87,7 @@ fn fastpath_params(plan: &Plan) -> FastPathParams {
         port: c.port,
         node_timeout_ns: c.node_timeout.as_nanos() as u64,
         agent_timeout_ns: c.agent_timeout.as_nanos() as u64,
+        heartbeat_interval_ns: c.heartbeat_interval.as_nanos() as u64,
         keys: plan.keys.clone(),
         peers: plan.peers.iter().map(|p| (p.id, p.link_bitmap())).collect(),
     }
@@ -127,6 +128,9 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     for iface in &plan.interfaces {
         let mode = fp.attach(iface)?;
         tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
+        if let Err(e) = fp.attach_egress_stamp(iface) {
+            tracing::warn!(interface = %iface, error = %e, "cannot stamp own requests on egress; the local-stall check is off");
+        }
     }
 
     // The heartbeats' generation is the incarnation: it changes at every

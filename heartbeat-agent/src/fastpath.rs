@@ -11,7 +11,10 @@ use std::{collections::BTreeMap, time::Duration};
 use aya::{
     Ebpf,
     maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, Xdp, XdpMode},
+    programs::{
+        LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::TcAttachOptions,
+    },
 };
 use heartbeat_common::{
     AgentWatch, Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, counter, link_slot, names,
@@ -59,6 +62,14 @@ pub enum FastPathError {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "attaching the egress stamp (tc egress, TCX: Linux 6.6 or later) to interface {interface} failed: {source}"
+    )]
+    Egress {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 /// What the program needs to know, from the configuration.
@@ -69,9 +80,36 @@ pub struct FastPathParams {
     pub port: u16,
     pub node_timeout_ns: u64,
     pub agent_timeout_ns: u64,
+    /// The sender's period (`cluster.heartbeat_interval`): the deferral
+    /// rule's local-stall check (deadline.rs) needs it.
+    pub heartbeat_interval_ns: u64,
     pub keys: ClusterKeys,
     /// (peer node id, bitmap of link ids shared with it).
     pub peers: Vec<(u16, u32)>,
+}
+
+/// Thresholds of the deferral rule (heartbeat-ebpf deadline.rs), derived
+/// from `node_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferral {
+    /// Timer lateness that makes an expiry blind: a quarter of
+    /// `node_timeout`, at least 50 us (hrtimer slack is 10-20 us).
+    pub late_threshold_ns: u64,
+    /// Rising relative one-way delay that means "behind a queue": a quarter
+    /// of `node_timeout`.
+    pub queue_threshold_ns: u64,
+    /// One deferral's grace: one more `node_timeout` (the kernel's cap).
+    pub grace_ns: u64,
+}
+
+impl Deferral {
+    pub fn for_timing(node_timeout_ns: u64) -> Self {
+        Self {
+            late_threshold_ns: (node_timeout_ns / 4).max(50_000),
+            queue_threshold_ns: node_timeout_ns / 4,
+            grace_ns: node_timeout_ns,
+        }
+    }
 }
 
 /// How the program ended up attached to an interface.
@@ -100,6 +138,9 @@ pub struct FastPath {
     links: Array<MapData, LinkState>,
     counters: PerCpuArray<MapData, u64>,
     agent: Array<MapData, AgentWatch>,
+    /// Kept open (and written on reload): programs loaded after
+    /// [`FastPath::load`] (the tracepoints, the egress stamp) refer to the
+    /// maps by the fds the object was relocated with.
     peers: Array<MapData, PeerConf>,
     params: FastPathParams,
     attached: Vec<(String, AttachMode)>,
@@ -209,6 +250,7 @@ impl FastPath {
 
     fn write_config(&mut self, enabled: u32) -> Result<(), FastPathError> {
         let p = &self.params;
+        let d = Deferral::for_timing(p.node_timeout_ns);
         let cfg = Config {
             node_timeout_ns: p.node_timeout_ns,
             agent_timeout_ns: p.agent_timeout_ns,
@@ -217,8 +259,43 @@ impl FastPath {
             port: p.port,
             enabled,
             _pad: 0,
+            heartbeat_interval_ns: p.heartbeat_interval_ns,
+            late_threshold_ns: d.late_threshold_ns,
+            queue_threshold_ns: d.queue_threshold_ns,
+            grace_ns: d.grace_ns,
         };
         self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// Attaches the egress stamp (heartbeat-ebpf egress.rs) to `interface`
+    /// with TCX: a bpf_link owned by this process, so nothing (no qdisc, no
+    /// filter) is left behind when the agent exits, however it exits, and
+    /// dropping [`FastPath`] detaches it. Other tc programs on the interface
+    /// keep running (it observes and returns "next"). Without it the
+    /// deferral rule's local-stall check stays off; the other checks work.
+    pub fn attach_egress_stamp(&mut self, interface: &str) -> Result<(), FastPathError> {
+        let err = |source| FastPathError::Egress {
+            interface: interface.to_owned(),
+            source,
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::EGRESS_STAMP)
+            .ok_or(FastPathError::Missing(names::EGRESS_STAMP))?
+            .try_into()
+            .map_err(FastPathError::Program)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(FastPathError::Program)?;
+        }
+        // TCX only: the netlink fallback (clsact qdisc + cls_bpf filter)
+        // outlives the process when it is killed.
+        prog.attach_with_options(
+            interface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map(|_| ())
+        .map_err(err)
     }
 
     /// Installs the current and next keys (key rotation without downtime:
@@ -399,6 +476,19 @@ pub fn transport_event(ev: &Event) -> Option<TransportEvent> {
             link: ev.link,
             at_ns: ev.at_ns,
         }),
+        event_kind::DEFERRED_LOCAL_STALL
+        | event_kind::DEFERRED_LATE_TIMER
+        | event_kind::DEFERRED_PEER_QUEUED => Some(TransportEvent::Deferred {
+            peer: ev.peer,
+            link: ev.link,
+            cause: match ev.kind {
+                event_kind::DEFERRED_LOCAL_STALL => heartbeat_common::defer_cause::LOCAL_STALL,
+                event_kind::DEFERRED_LATE_TIMER => heartbeat_common::defer_cause::LATE_TIMER,
+                _ => heartbeat_common::defer_cause::PEER_QUEUED,
+            },
+            at_ns: ev.at_ns,
+            last_rx_ns: ev.last_rx_ns,
+        }),
         _ => None,
     }
 }
@@ -503,5 +593,21 @@ impl FastPath {
             attached: self.attached.clone(),
             bad_events,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deferral;
+
+    #[test]
+    fn deferral_thresholds_scale_with_node_timeout() {
+        let d = Deferral::for_timing(5_000_000);
+        assert_eq!(
+            (d.late_threshold_ns, d.queue_threshold_ns, d.grace_ns),
+            (1_250_000, 1_250_000, 5_000_000)
+        );
+        // Never below hrtimer slack.
+        assert_eq!(Deferral::for_timing(100_000).late_threshold_ns, 50_000);
     }
 }

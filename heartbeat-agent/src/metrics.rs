@@ -288,7 +288,7 @@ impl Collector for HeartbeatCollector {
             ConstGauge::new(r.state.rtt_last_ns as f64 / 1e9)
                 .encode(m.encode_family(&link_labels(r))?)?;
         }
-        let link_counters: [LinkCounter; 6] = [
+        let link_counters: [LinkCounter; 9] = [
             (
                 "heartbeat_link_requests_sent",
                 "Requests sent by this agent on the link",
@@ -319,7 +319,42 @@ impl Collector for HeartbeatCollector {
                 "Times the link's deadline timer expired",
                 |r| r.state.down_events,
             ),
+            (
+                "heartbeat_link_detection_deferred",
+                "Deadline verdicts deferred by one grace (late timer, local stall, peer queued)",
+                |r| r.state.deferrals,
+            ),
+            (
+                "heartbeat_link_detection_deferred_confirmed",
+                "Deferred verdicts whose grace ran out without a packet (the link went down)",
+                |r| r.state.deferrals_confirmed,
+            ),
+            (
+                "heartbeat_link_own_requests_egress",
+                "Own requests to the peer seen leaving by the tc egress stamp",
+                |r| r.state.own_tx_count,
+            ),
         ];
+        let mut m = enc.encode_descriptor(
+            "heartbeat_link_owd_relative_seconds",
+            "One-way delay of the last packet from the peer, relative to the minimum seen",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &snap.links {
+            ConstGauge::new(r.state.owd_last_ns as f64 / 1e9)
+                .encode(m.encode_family(&link_labels(r))?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_link_expiry_lateness_max_seconds",
+            "Largest lateness of the link's deadline timer (expiry time minus deadline)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &snap.links {
+            ConstGauge::new(r.state.expiry_late_max_ns as f64 / 1e9)
+                .encode(m.encode_family(&link_labels(r))?)?;
+        }
         for (name, help, get) in link_counters {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for r in &snap.links {

@@ -15,7 +15,9 @@ use std::{
     time::Instant,
 };
 
-pub use heartbeat_api::status::{AgentStatus, LinkStatus, NodeState, NodeStatus, StatusReport};
+pub use heartbeat_api::status::{
+    AgentStatus, DetectorStatus, LinkStatus, NodeState, NodeStatus, StatusReport,
+};
 use heartbeat_common::counter;
 use tokio::sync::watch;
 
@@ -42,6 +44,30 @@ pub struct Sources {
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
+}
+
+/// The detector's view of a link, from the program's link state; `now` is
+/// CLOCK_MONOTONIC ns.
+pub fn detector_status(st: &heartbeat_common::LinkState, now: u64) -> DetectorStatus {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let have_owd = st.owd_count > 1;
+    DetectorStatus {
+        expiries: st.expiries,
+        expiry_late_last_us: us(st.expiry_late_last_ns),
+        expiry_late_max_us: us(st.expiry_late_max_ns),
+        own_requests: st.own_tx_count,
+        own_last_ago_ms: (st.own_tx_last_ns != 0)
+            .then(|| ms(now.saturating_sub(st.own_tx_last_ns))),
+        own_stall_last_ms: (st.own_stall_ns != 0).then(|| ms(st.own_stall_ns)),
+        owd_last_us: have_owd.then(|| us(st.owd_last_ns)),
+        owd_avg_us: have_owd.then(|| us(st.owd_ewma_ns)),
+        owd_max_us: have_owd.then(|| us(st.owd_max_ns)),
+        owd_rising: st.owd_rising != 0,
+        deferrals: st.deferrals,
+        deferrals_confirmed: st.deferrals_confirmed,
+        deferred_now: st.deferred != 0,
+        last_cause: heartbeat_common::defer_cause::name(st.defer_cause).into(),
+    }
 }
 
 impl Sources {
@@ -113,6 +139,7 @@ impl Sources {
                     max_gap_ms: (st.gap_max_ns != 0).then(|| st.gap_max_ns as f64 / 1e6),
                     max_gap_at_mono_ns: st.gap_max_at_ns,
                     gap_hist: st.gap_hist.to_vec(),
+                    detector: Some(detector_status(&st, now)),
                 });
             }
             nodes.push(NodeStatus {
@@ -249,6 +276,18 @@ pub fn render(this: &StatusReport) -> String {
                 rtt,
                 seen
             );
+            if let Some(d) = &l.detector {
+                let _ = writeln!(
+                    s,
+                    "         one-way delay (relative) last/max {}/{}{}, timer late max {:.1}us, deferred {} (last: {})",
+                    opt_us(d.owd_last_us),
+                    opt_us(d.owd_max_us),
+                    if d.owd_rising { " rising" } else { "" },
+                    d.expiry_late_max_us,
+                    d.deferrals,
+                    d.last_cause
+                );
+            }
         }
     }
     let drops: u64 = this

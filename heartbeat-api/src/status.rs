@@ -195,6 +195,41 @@ pub struct LinkStatus {
     /// [2^i, 2^(i+1)) ns.
     #[serde(default)]
     pub gap_hist: Vec<u64>,
+    /// What the detector knows about its own blindness on this link.
+    #[serde(default)]
+    pub detector: Option<DetectorStatus>,
+}
+
+/// The deferral rule's view of one (peer, link): how late the deadline
+/// timer fired, whether this node's own requests left on schedule, the
+/// relative one-way delay from the peer, and the verdicts it deferred.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DetectorStatus {
+    /// Deadline expiries and how late the timer fired (last, largest).
+    pub expiries: u64,
+    pub expiry_late_last_us: f64,
+    pub expiry_late_max_us: f64,
+    /// Own requests the egress stamp saw on this link to this peer, and how
+    /// long ago the last one left (None: the stamp is not attached).
+    pub own_requests: u64,
+    pub own_last_ago_ms: Option<f64>,
+    /// The last gap of more than two intervals between own requests (a
+    /// local stall), its length (ms).
+    pub own_stall_last_ms: Option<f64>,
+    /// One-way delay from the peer relative to the minimum seen (the clocks
+    /// are not synchronised): last, EWMA, largest (us); rising at the last
+    /// packet.
+    pub owd_last_us: Option<f64>,
+    pub owd_avg_us: Option<f64>,
+    pub owd_max_us: Option<f64>,
+    pub owd_rising: bool,
+    /// Verdicts deferred, deferrals that ended in a down, whether one is
+    /// pending, and the last cause (`late_timer`, `local_stall`,
+    /// `peer_queued`, `none`).
+    pub deferrals: u64,
+    pub deferrals_confirmed: u64,
+    pub deferred_now: bool,
+    pub last_cause: String,
 }
 
 impl StatusReport {

@@ -32,6 +32,8 @@ pub mod names {
     pub const AGENT_EXIT: &str = "agent_exit";
     /// Raw tracepoint program on `signal_deliver`.
     pub const AGENT_STOP: &str = "agent_stop";
+    /// tc egress (TCX) program stamping the local sender's own requests.
+    pub const EGRESS_STAMP: &str = "egress_stamp";
 }
 
 /// Index of a (peer, link) pair in the per-link maps, or `None` when either
@@ -63,6 +65,19 @@ pub struct Config {
     /// passes everything.
     pub enabled: u32,
     pub _pad: u32,
+    // --- The deferral rule (heartbeat-ebpf deadline.rs); 0 turns a check off ---
+    /// The local sender's period. Own requests to a peer further apart than
+    /// twice this mean the local sender missed its schedule (a local stall).
+    pub heartbeat_interval_ns: u64,
+    /// An expiry whose timer fired later than this after its deadline was
+    /// judged by a node that could not watch (a late timer).
+    pub late_threshold_ns: u64,
+    /// A peer whose last packet arrived with a relative one-way delay above
+    /// this, and rising, is behind a queue.
+    pub queue_threshold_ns: u64,
+    /// How long one deferral postpones the verdict; the kernel caps it at
+    /// `node_timeout_ns`. 0: never defer.
+    pub grace_ns: u64,
 }
 
 /// One MAC key slot (`KEYS[0]` current, `KEYS[1]` next).
@@ -163,6 +178,45 @@ pub struct LinkState {
     pub gap_max_at_ns: u64,
     /// Log2 histogram of those gaps (same buckets as `rtt_hist`).
     pub gap_hist: [u64; RTT_BUCKETS],
+    // --- What the detector knows about its own blindness (deadline.rs) ---
+    /// CLOCK_MONOTONIC ns the deadline timer was last armed for.
+    pub deadline_ns: u64,
+    /// Deadline expiries, and how late the timer fired (expiry time minus
+    /// the deadline it was armed for): the last one and the largest.
+    pub expiries: u64,
+    pub expiry_late_last_ns: u64,
+    pub expiry_late_max_ns: u64,
+    /// The local sender as the tc egress program saw it: the last own
+    /// request to this peer on this link, and how many were seen.
+    pub own_tx_last_ns: u64,
+    pub own_tx_count: u64,
+    /// The last gap between two own requests longer than twice the
+    /// heartbeat interval (a local stall): when it ended and how long it was.
+    pub own_stall_end_ns: u64,
+    pub own_stall_ns: u64,
+    /// One-way delay from the peer: local receive time minus the peer's
+    /// transmit time, a wrapping difference that includes the unknown offset
+    /// between the two clocks. Its minimum (creeping up by 1/16384 of the
+    /// time between packets, to follow clock drift) is the base the other
+    /// delays are relative to.
+    pub owd_base_raw: u64,
+    /// Relative one-way delay (above the base): last packet, EWMA (1/8),
+    /// largest, and the number of samples.
+    pub owd_last_ns: u64,
+    pub owd_ewma_ns: u64,
+    pub owd_max_ns: u64,
+    pub owd_count: u64,
+    /// Verdicts deferred on this link (all causes), and deferrals whose
+    /// grace ran out without a packet (the link then went down).
+    pub deferrals: u64,
+    pub deferrals_confirmed: u64,
+    /// 1 while a verdict is deferred (at most one deferral per silence).
+    pub deferred: u8,
+    /// Cause of the last deferral (`defer_cause::*`, 0: none yet).
+    pub defer_cause: u8,
+    /// 1 when the last packet's relative delay was above the EWMA before it.
+    pub owd_rising: u8,
+    pub _pad2: [u8; 5],
 }
 
 impl LinkState {
@@ -193,6 +247,25 @@ impl LinkState {
         gap_max_ns: 0,
         gap_max_at_ns: 0,
         gap_hist: [0; RTT_BUCKETS],
+        deadline_ns: 0,
+        expiries: 0,
+        expiry_late_last_ns: 0,
+        expiry_late_max_ns: 0,
+        own_tx_last_ns: 0,
+        own_tx_count: 0,
+        own_stall_end_ns: 0,
+        own_stall_ns: 0,
+        owd_base_raw: 0,
+        owd_last_ns: 0,
+        owd_ewma_ns: 0,
+        owd_max_ns: 0,
+        owd_count: 0,
+        deferrals: 0,
+        deferrals_confirmed: 0,
+        deferred: 0,
+        defer_cause: 0,
+        owd_rising: 0,
+        _pad2: [0; 5],
     };
 }
 
@@ -222,6 +295,32 @@ pub mod event_kind {
     /// The dead-man gate closed: a request went unanswered because the
     /// local agent's stamp is stale.
     pub const AGENT_STALE: u32 = 3;
+    /// A deadline expired while the local sender had missed its schedule
+    /// in the window: the verdict is deferred by one grace.
+    pub const DEFERRED_LOCAL_STALL: u32 = 4;
+    /// A deadline timer fired late by more than the threshold: the verdict
+    /// is deferred by one grace.
+    pub const DEFERRED_LATE_TIMER: u32 = 5;
+    /// The peer's last packets arrived with a rising one-way delay (behind a
+    /// queue): the verdict is deferred by one grace.
+    pub const DEFERRED_PEER_QUEUED: u32 = 6;
+}
+
+/// Causes of a deferred verdict (`LinkState::defer_cause`).
+pub mod defer_cause {
+    pub const LATE_TIMER: u8 = 1;
+    pub const LOCAL_STALL: u8 = 2;
+    pub const PEER_QUEUED: u8 = 3;
+
+    /// The cause's name, as journal and metrics spell it.
+    pub const fn name(cause: u8) -> &'static str {
+        match cause {
+            LATE_TIMER => "late_timer",
+            LOCAL_STALL => "local_stall",
+            PEER_QUEUED => "peer_queued",
+            _ => "none",
+        }
+    }
 }
 
 /// A record of the `EVENTS` ring buffer.
@@ -277,8 +376,23 @@ pub mod counter {
     pub const DROP_BAD_TIMESTAMP: u32 = 16;
     /// Membership messages (kind 3) passed up to the agent.
     pub const PASS_MEMBERSHIP: u32 = 17;
+    /// Deadline verdicts deferred because the timer fired late.
+    pub const DEFER_LATE_TIMER: u32 = 18;
+    /// Deadline verdicts deferred because the local sender had stalled.
+    pub const DEFER_LOCAL_STALL: u32 = 19;
+    /// Deadline verdicts deferred because the peer was behind a queue.
+    pub const DEFER_PEER_QUEUED: u32 = 20;
+    /// Deferrals whose grace ran out without a packet: the link went down.
+    pub const DEFER_CONFIRMED: u32 = 21;
+    /// Deferrals ended by a valid packet within the grace: no down.
+    pub const DEFER_RESCUED: u32 = 22;
+    /// Own requests seen by the tc egress program.
+    pub const EGRESS_OWN_REQUEST: u32 = 23;
+    /// Own requests leaving without the priority marking that keeps them
+    /// ahead of data (skb priority 6, band 0 of pfifo_fast/prio; DSCP CS6).
+    pub const EGRESS_OFF_PRIORITY: u32 = 24;
     /// Number of counters in use.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 25;
     /// Size of the counters array (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
 
@@ -302,6 +416,13 @@ pub mod counter {
         (PASS_DISABLED, "pass", "disabled"),
         (DROP_BAD_TIMESTAMP, "drop", "bad_timestamp"),
         (PASS_MEMBERSHIP, "pass", "membership"),
+        (DEFER_LATE_TIMER, "defer", "late_timer"),
+        (DEFER_LOCAL_STALL, "defer", "local_stall"),
+        (DEFER_PEER_QUEUED, "defer", "peer_queued"),
+        (DEFER_CONFIRMED, "defer", "confirmed"),
+        (DEFER_RESCUED, "defer", "rescued"),
+        (EGRESS_OWN_REQUEST, "egress", "own_request"),
+        (EGRESS_OFF_PRIORITY, "egress", "off_priority"),
     ];
 }
 
@@ -332,7 +453,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<Config>(), 64);
         assert_eq!(size_of::<KeySlot>(), 24);
         assert_eq!(size_of::<LocalStatus>(), 24);
         assert_eq!(size_of::<PeerConf>(), 8);
@@ -340,7 +461,7 @@ mod tests {
         assert_eq!(size_of::<Event>(), 24);
         assert_eq!(
             size_of::<LinkState>(),
-            17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8
+            17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8 + 15 * 8 + 8
         );
     }
 

@@ -4,6 +4,10 @@
 //! replies (RTT statistics), keeps per-(peer, link) state and in-kernel
 //! deadline timers, and passes every other frame untouched. The agent fills
 //! CONFIG / KEYS / STATUS / PEERS and reads LINKS, COUNTERS and EVENTS.
+//! The same object holds the tc egress program that timestamps the local
+//! sender's own requests (egress.rs) and the tracepoints watching the agent
+//! (watch.rs); deadline.rs holds the timers and the rule that defers a
+//! verdict this node was too blind to give.
 //!
 //! Nothing is logged per packet: every outcome is a per-CPU counter.
 //!
@@ -20,6 +24,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod deadline;
+mod egress;
 mod maps;
 mod packet;
 mod watch;
@@ -237,19 +242,43 @@ fn on_request(
         (*ls).last_req_seq = seq;
         (*ls).requests_rx += 1;
     }
-    heard_from(slot, ls, hdr, cfg.node_timeout_ns, now);
+    // The peer's transmit time: its sender's stamp.
+    heard_from(
+        slot,
+        ls,
+        hdr,
+        hdr.tx_timestamp_ns(),
+        cfg.node_timeout_ns,
+        now,
+    );
     count(counter::RX_REQUEST);
     Ok(())
 }
 
 /// A valid packet (request or reply) came from the peer on this link:
-/// record the time and the status it carries, and push its deadline back.
+/// record the time, the one-way delay and the status it carries, and push
+/// its deadline back. `peer_tx` is when the peer sent it, on the peer's clock.
 #[inline(always)]
-fn heard_from(slot: u32, ls: *mut LinkState, hdr: &Header, node_timeout_ns: u64, now: u64) {
+fn heard_from(
+    slot: u32,
+    ls: *mut LinkState,
+    hdr: &Header,
+    peer_tx: u64,
+    node_timeout_ns: u64,
+    now: u64,
+) {
     // SAFETY: `ls` is the live LINKS value of `slot` from the map lookup;
     // plain stores of integers (races accepted, see the module doc).
     unsafe {
         let last = (*ls).last_rx_ns;
+        if (*ls).owd_count != 0 && hdr.generation() != (*ls).peer_generation {
+            // The peer restarted (its clock may have too, after a reboot):
+            // the old base means nothing any more.
+            (*ls).owd_count = 0;
+        }
+        if peer_tx != 0 {
+            owd_sample(ls, now.wrapping_sub(peer_tx), now.saturating_sub(last));
+        }
         if last != 0 && now > last {
             let gap = now - last;
             if gap > (*ls).gap_max_ns {
@@ -266,6 +295,45 @@ fn heard_from(slot: u32, ls: *mut LinkState, hdr: &Header, node_timeout_ns: u64,
         (*ls).peer_packages = hdr.packages();
     }
     mark_alive(slot, ls, node_timeout_ns, now, hdr.sender_id(), hdr.link_id);
+}
+
+/// Folds one one-way delay sample into the link state. `raw` is the local
+/// receive time minus the peer's transmit time: the two clocks are not
+/// synchronised, so `raw` holds an unknown offset (and may wrap); only the
+/// delay relative to the minimum seen is meaningful. The base creeps up by
+/// 1/16384 of the local time since the previous packet (61 ppm), so that a
+/// peer clock running slower than ours (drift) does not look like a growing
+/// queue; a queue building for a few `node_timeout`s moves it by nothing
+/// that matters. `since_last` is the local time since the previous packet.
+#[inline(always)]
+fn owd_sample(ls: *mut LinkState, raw: u64, since_last: u64) {
+    // SAFETY: `ls` is a live LINKS value returned by the map lookup; plain
+    // loads and stores of integers.
+    unsafe {
+        if (*ls).owd_count == 0 {
+            (*ls).owd_base_raw = raw;
+            (*ls).owd_last_ns = 0;
+            (*ls).owd_ewma_ns = 0;
+            (*ls).owd_rising = 0;
+            (*ls).owd_count = 1;
+            return;
+        }
+        let mut base = (*ls).owd_base_raw.wrapping_add(since_last >> 14);
+        // Signed comparison of wrapping values: a sample below the base.
+        if (raw.wrapping_sub(base) as i64) < 0 {
+            base = raw;
+        }
+        (*ls).owd_base_raw = base;
+        let rel = raw.wrapping_sub(base);
+        let ewma = (*ls).owd_ewma_ns;
+        (*ls).owd_rising = u8::from(rel > ewma);
+        (*ls).owd_ewma_ns = ewma - ewma / 8 + rel / 8;
+        (*ls).owd_last_ns = rel;
+        if rel > (*ls).owd_max_ns {
+            (*ls).owd_max_ns = rel;
+        }
+        (*ls).owd_count += 1;
+    }
 }
 
 /// The dead-man gate and the reply header: fails with `DROP_AGENT_STALE`
@@ -395,7 +463,16 @@ fn on_reply(
         }
         (*ls).replies_rx += 1;
     }
-    heard_from(slot, ls, hdr, cfg.node_timeout_ns, now);
+    // The peer's transmit time: its XDP program's stamp, taken as it
+    // turned our request into this reply.
+    heard_from(
+        slot,
+        ls,
+        hdr,
+        hdr.rx_timestamp_ns(),
+        cfg.node_timeout_ns,
+        now,
+    );
     Ok(())
 }
 

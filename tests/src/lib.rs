@@ -111,6 +111,9 @@ pub enum HarnessError {
     /// Loading or attaching the pass-through XDP program failed.
     #[error("pass-through XDP program on {ifname}: {reason}")]
     Xdp { ifname: String, reason: String },
+    /// Asking the kernel for the TCX programs of an interface failed.
+    #[error("TCX programs of {ifname}: {reason}")]
+    Tcx { ifname: String, reason: String },
 }
 
 /// Result type of this crate.
@@ -859,6 +862,79 @@ fn parse_xdp_json(json: &[u8]) -> std::result::Result<Vec<XdpAttachment>, String
         }
     }
     Ok(found)
+}
+
+/// A tc program attached with TCX (a bpf_link, which `tc filter show` does
+/// not list), as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcxAttachment {
+    /// Interface name.
+    pub ifname: String,
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// Kernel program id.
+    pub prog_id: u32,
+    /// Program name (the kernel keeps the first 15 bytes).
+    pub prog_name: String,
+}
+
+/// TCX programs on `ifname`, queried from the calling thread's namespace.
+fn tcx_query(ifname: &str) -> Result<Vec<TcxAttachment>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut found = Vec::new();
+    for (direction, kind) in [
+        ("ingress", TcAttachType::Ingress),
+        ("egress", TcAttachType::Egress),
+    ] {
+        let (_, progs) =
+            SchedClassifier::query_tcx(ifname, kind).map_err(|e| HarnessError::Tcx {
+                ifname: ifname.to_owned(),
+                reason: e.to_string(),
+            })?;
+        for p in progs {
+            found.push(TcxAttachment {
+                ifname: ifname.to_owned(),
+                direction,
+                prog_id: p.id(),
+                prog_name: p.name_as_str().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// TCX programs attached to any interface of namespace `netns` (`None`:
+/// the root namespace).
+pub fn tcx_attachments(netns: Option<&str>) -> Result<Vec<TcxAttachment>> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["-j", "link", "show"]);
+    let desc = describe(&cmd);
+    let out = run(&mut cmd)?;
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| HarnessError::Parse {
+            cmd: desc,
+            detail: e.to_string(),
+        })?;
+    let names: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("ifname").and_then(|v| v.as_str()).map(str::to_owned))
+        .collect();
+    let query_all = move || {
+        let mut all = Vec::new();
+        for n in &names {
+            all.extend(tcx_query(n)?);
+        }
+        Ok(all)
+    };
+    match netns {
+        Some(ns) => in_netns(ns, query_all)?,
+        None => query_all(),
+    }
 }
 
 /// True if an XDP program is attached to `ifname` in `ns`; false also when

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use heartbeat_common::{
     Config, Event, HEADER_LEN, Header, KeySlot, Kind, LinkState, LocalStatus, PeerConf, counter,
@@ -93,6 +93,10 @@ impl Harness {
         let events =
             RingBuf::try_from(ebpf.take_map(names::EVENTS).expect("EVENTS")).expect("ring buffer");
         let config = Config {
+            heartbeat_interval_ns: 0,
+            late_threshold_ns: 0,
+            queue_threshold_ns: 0,
+            grace_ns: 0,
             node_timeout_ns,
             agent_timeout_ns,
             cluster_id: CLUSTER,
@@ -778,4 +782,418 @@ fn deadline_timer_raises_link_down() {
     answered(&h, V4, None, &request(2, 0, KEY0));
     let l = h.link(PEER, 0);
     assert_eq!((l.up, l.up_events), (1, 2));
+}
+
+// --- The detector that knows when it was blind (deadline.rs, egress.rs) ---
+
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+
+impl Harness {
+    /// Changes the configuration through `f`.
+    fn configure(&mut self, f: impl FnOnce(&mut Config)) {
+        let mut c = self.config;
+        f(&mut c);
+        self.set_config(c);
+    }
+
+    /// Loads the tc egress program (once).
+    fn load_egress(&mut self) {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::EGRESS_STAMP)
+            .expect("egress program")
+            .try_into()
+            .expect("classifier");
+        prog.load().expect("verifier accepts the egress program");
+    }
+
+    /// Runs the egress program once over `frame`; returns its verdict.
+    fn run_egress(&self, frame: &[u8]) -> u32 {
+        self.run_egress_with_priority(frame, 6)
+    }
+
+    /// Runs the egress program over `frame` sent with skb `priority`.
+    fn run_egress_with_priority(&self, frame: &[u8], priority: u32) -> u32 {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(names::EGRESS_STAMP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; 512];
+        // The start of a `struct __sk_buff` up to `priority` (offset 32):
+        // the kernel takes mark and priority from it, the rest must be 0.
+        let mut ctx = [0u8; 36];
+        ctx[32..36].copy_from_slice(&priority.to_ne_bytes());
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN (tc)")
+        .return_value
+    }
+
+    /// Drains events until one of `kind` arrives (or `timeout`); returns
+    /// everything drained.
+    fn events_until(&mut self, kind: u32, timeout: Duration) -> Vec<Event> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !seen.iter().any(|e: &Event| e.kind == kind) {
+            seen.extend(self.drain_events());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        seen
+    }
+}
+
+/// One of our own requests (LOCAL to `target` on `link`), as the agent's
+/// sender puts it on the wire.
+fn own_request(seq: u64, target: u16, link: u8) -> Vec<u8> {
+    let mut h = Header::request(CLUSTER, LOCAL, target, link);
+    h.set_sequence(seq);
+    h.set_tx_timestamp_ns(mono_ns());
+    h.seal(KEY0);
+    frame(swapped(V4), None, &h)
+}
+
+/// A request from PEER on link 0 whose transmit stamp is `tx_ns` (the
+/// peer's clock), with generation `generation`.
+fn request_sent_at(seq: u64, tx_ns: u64, generation: u32) -> Header {
+    let mut h = Header::request(CLUSTER, PEER, LOCAL, 0);
+    h.set_sequence(seq);
+    h.set_tx_timestamp_ns(tx_ns);
+    h.set_generation(generation);
+    h.seal(KEY0);
+    h
+}
+
+fn kinds(ev: &[Event]) -> Vec<u32> {
+    ev.iter().map(|e| e.kind).collect()
+}
+
+#[test]
+fn one_way_delay_is_relative_to_the_minimum_seen() {
+    const MS: u64 = 1_000_000;
+    let h = Harness::new();
+    // The peer's clock runs 1000 s ahead of ours: raw delays are "negative"
+    // (they wrap); only differences to the minimum mean anything.
+    let offset = 1_000_000 * MS;
+    let send = |seq: u64, delay: u64, generation: u32| {
+        let req = request_sent_at(seq, mono_ns() + offset - delay, generation);
+        h.expect_counters(
+            &frame(V4, None, &req),
+            XDP_TX,
+            &[counter::RX_REQUEST, counter::TX_REPLY],
+        );
+        h.link(PEER, 0)
+    };
+    let l = send(1, MS, 7);
+    assert_eq!((l.owd_count, l.owd_last_ns, l.owd_rising), (1, 0, 0));
+    // 5 ms more delay than the first: rising, about 5 ms above the base.
+    let l = send(2, 6 * MS, 7);
+    assert_eq!(l.owd_count, 2);
+    assert!(
+        (4 * MS..6 * MS).contains(&l.owd_last_ns),
+        "relative delay {}",
+        l.owd_last_ns
+    );
+    assert_eq!(l.owd_rising, 1);
+    assert_eq!(l.owd_max_ns, l.owd_last_ns);
+    assert_eq!(l.owd_ewma_ns, l.owd_last_ns / 8);
+    let max = l.owd_max_ns;
+    // Back to the first delay: not rising, near the base.
+    let l = send(3, MS, 7);
+    assert!(l.owd_last_ns < MS, "relative delay {}", l.owd_last_ns);
+    assert_eq!((l.owd_rising, l.owd_max_ns), (0, max));
+    // Faster than ever: a new base.
+    let before = l.owd_base_raw;
+    let l = send(4, 0, 7);
+    assert_eq!(l.owd_last_ns, 0);
+    assert!(
+        (before.wrapping_sub(l.owd_base_raw) as i64) > 0,
+        "base moved down"
+    );
+    // A restarted peer (new generation) starts a new base.
+    let l = send(5, 50 * MS, 8);
+    assert_eq!((l.owd_count, l.owd_last_ns), (1, 0));
+    // Replies carry the peer's transmit time in rx_timestamp (its XDP stamp).
+    let mut r = reply(1, mono_ns());
+    r.set_generation(8);
+    r.set_rx_timestamp_ns(mono_ns() + offset - 60 * MS);
+    r.seal(KEY0);
+    h.expect(&frame(V4, None, &r), XDP_DROP, counter::RX_REPLY);
+    let l = h.link(PEER, 0);
+    assert_eq!(l.owd_count, 2);
+    assert!(
+        (9 * MS..11 * MS).contains(&l.owd_last_ns),
+        "reply's relative delay {}",
+        l.owd_last_ns
+    );
+}
+
+#[test]
+fn late_timer_defers_once_then_declares_down() {
+    const TIMEOUT: u64 = 20_000_000;
+    let mut h = Harness::with_timeouts(TIMEOUT, 60_000_000_000);
+    // Every expiry counts as late: the deferral path is taken for sure.
+    h.configure(|c| {
+        c.late_threshold_ns = 1;
+        c.grace_ns = 10 * TIMEOUT; // capped at node_timeout by the kernel
+    });
+    answered(&h, V4, None, &request(1, 0, KEY0));
+    let armed = h.link(PEER, 0);
+    assert_eq!(armed.deadline_ns, armed.last_rx_ns + TIMEOUT);
+    let seen = h.events_until(event_kind::LINK_DOWN, Duration::from_secs(2));
+    assert_eq!(
+        kinds(&seen),
+        [
+            event_kind::LINK_UP,
+            event_kind::DEFERRED_LATE_TIMER,
+            event_kind::LINK_DOWN
+        ],
+        "{seen:?}"
+    );
+    let (deferred, down) = (seen[1], seen[2]);
+    assert!(deferred.at_ns - deferred.last_rx_ns >= TIMEOUT);
+    // The grace is one node_timeout, not ten.
+    let silence = down.at_ns - down.last_rx_ns;
+    assert!(silence >= 2 * TIMEOUT, "down after {silence} ns");
+    assert!(
+        silence < 2 * TIMEOUT + 1_000_000_000,
+        "down after {silence} ns"
+    );
+    let l = h.link(PEER, 0);
+    assert_eq!((l.up, l.down_events, l.expiries), (0, 1, 2));
+    assert_eq!((l.deferrals, l.deferrals_confirmed, l.deferred), (1, 1, 0));
+    assert_eq!(l.defer_cause, heartbeat_common::defer_cause::LATE_TIMER);
+    assert_eq!(l.expiry_late_last_ns, down.at_ns - l.deadline_ns);
+    assert!(l.expiry_late_max_ns >= l.expiry_late_last_ns);
+    let c = h.counters();
+    assert_eq!(c[counter::DEFER_LATE_TIMER as usize], 1);
+    assert_eq!(c[counter::DEFER_CONFIRMED as usize], 1);
+    assert_eq!(c[counter::TIMER_EXPIRED as usize], 2);
+}
+
+#[test]
+fn a_packet_in_the_grace_rescues_the_link_and_every_silence_gets_one_deferral() {
+    const TIMEOUT: u64 = 20_000_000;
+    let mut h = Harness::with_timeouts(TIMEOUT, 60_000_000_000);
+    h.configure(|c| {
+        c.late_threshold_ns = 1;
+        c.grace_ns = TIMEOUT;
+    });
+    answered(&h, V4, None, &request(1, 0, KEY0));
+    let seen = h.events_until(event_kind::DEFERRED_LATE_TIMER, Duration::from_secs(2));
+    assert_eq!(
+        kinds(&seen),
+        [event_kind::LINK_UP, event_kind::DEFERRED_LATE_TIMER]
+    );
+    assert_eq!(h.link(PEER, 0).deferred, 1);
+    // Fresh evidence inside the grace: no down, no new up.
+    h.expect_counters(
+        &frame(V4, None, &request(2, 0, KEY0)),
+        XDP_TX,
+        &[
+            counter::RX_REQUEST,
+            counter::TX_REPLY,
+            counter::DEFER_RESCUED,
+        ],
+    );
+    let l = h.link(PEER, 0);
+    assert_eq!((l.up, l.deferred, l.down_events, l.up_events), (1, 0, 0, 1));
+    // The next silence is deferred once again, then judged.
+    let seen = h.events_until(event_kind::LINK_DOWN, Duration::from_secs(2));
+    assert_eq!(
+        kinds(&seen),
+        [event_kind::DEFERRED_LATE_TIMER, event_kind::LINK_DOWN],
+        "{seen:?}"
+    );
+    let l = h.link(PEER, 0);
+    assert_eq!(
+        (l.deferrals, l.deferrals_confirmed, l.down_events),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn egress_program_stamps_only_our_own_requests() {
+    let mut h = Harness::new();
+    h.load_egress();
+    h.configure(|c| c.heartbeat_interval_ns = 1_000_000);
+    let own = |h: &Harness, f: &[u8], counted: bool| {
+        let before = h.counters()[counter::EGRESS_OWN_REQUEST as usize];
+        assert_eq!(h.run_egress(f), TC_ACT_UNSPEC, "the program only observes");
+        let after = h.counters()[counter::EGRESS_OWN_REQUEST as usize];
+        assert_eq!(after - before, u64::from(counted));
+    };
+    let t0 = mono_ns();
+    own(&h, &own_request(1, PEER, 1), true);
+    let l = h.link(PEER, 1);
+    assert_eq!(l.own_tx_count, 1);
+    assert!(l.own_tx_last_ns >= t0 && l.own_tx_last_ns <= mono_ns());
+    assert_eq!(h.link(PEER, 0).own_tx_count, 0, "per link");
+    // Not ours: the peer's request, a reply, an unknown target, an
+    // unconfigured link, another port, another cluster, VLAN-tagged and
+    // IPv6 own requests are ours.
+    own(&h, &frame(V4, None, &request(1, 0, KEY0)), false);
+    let mut r = Header::request(CLUSTER, LOCAL, PEER, 0);
+    r.make_reply();
+    r.make_reply(); // sender LOCAL again, but kind Reply
+    own(&h, &frame(V4, None, &r), false);
+    own(&h, &own_request(1, 3, 0), false);
+    own(&h, &own_request(1, PEER, 2), false);
+    let mut other = Header::request(CLUSTER, LOCAL, PEER, 0);
+    own(
+        &h,
+        &frame_with(swapped(V4), None, PORT + 1, other.as_bytes()),
+        false,
+    );
+    other.cluster_id = (CLUSTER + 1).to_be_bytes();
+    own(&h, &frame(swapped(V4), None, &other), false);
+    let mine = Header::request(CLUSTER, LOCAL, PEER, 0);
+    own(&h, &frame(swapped(V4), Some(12), &mine), true);
+    own(&h, &frame(swapped(V6), None, &mine), true);
+    // Garbage never trips it.
+    // (BPF_PROG_TEST_RUN wants a whole IPv4 header.)
+    let full = own_request(2, PEER, 0);
+    for cut in ETH_LEN + IPV4_LEN..full.len() {
+        own(&h, &full[..cut], false);
+    }
+    // Leaving without the marking that keeps it ahead of data (skb
+    // priority 6 = band 0, DSCP CS6) is counted.
+    let off = |h: &Harness| h.counters()[counter::EGRESS_OFF_PRIORITY as usize];
+    let before = off(&h);
+    h.run_egress_with_priority(&own_request(10, PEER, 0), 0);
+    assert_eq!(off(&h) - before, 1, "priority 0");
+    let mut f = own_request(11, PEER, 0);
+    f[ETH_LEN + 1] = 0; // TOS: best effort (IPv4 checksum not rechecked)
+    h.run_egress(&f);
+    assert_eq!(off(&h) - before, 2, "DSCP 0");
+    h.run_egress(&own_request(12, PEER, 0));
+    assert_eq!(off(&h) - before, 2, "priority 6 + CS6");
+    // A gap longer than two intervals is a local stall, recorded.
+    std::thread::sleep(Duration::from_millis(5));
+    own(&h, &own_request(3, PEER, 1), true);
+    let l = h.link(PEER, 1);
+    assert_eq!(l.own_tx_count, 2);
+    assert_eq!(off(&h) - before, 2, "{l:?}");
+    assert_eq!(l.own_stall_end_ns, l.own_tx_last_ns);
+    assert!(l.own_stall_ns >= 5_000_000, "stall {}", l.own_stall_ns);
+}
+
+#[test]
+fn a_stalled_local_sender_defers_the_verdict() {
+    const TIMEOUT: u64 = 30_000_000;
+    let mut h = Harness::with_timeouts(TIMEOUT, 60_000_000_000);
+    h.load_egress();
+    h.configure(|c| {
+        c.heartbeat_interval_ns = 1_000_000;
+        c.grace_ns = TIMEOUT;
+    });
+    // We sent once, then stopped (the sender stalled); the peer's last
+    // packet came after.
+    assert_eq!(h.run_egress(&own_request(1, PEER, 0)), TC_ACT_UNSPEC);
+    answered(&h, V4, None, &request(1, 0, KEY0));
+    let seen = h.events_until(event_kind::LINK_DOWN, Duration::from_secs(2));
+    assert_eq!(
+        kinds(&seen),
+        [
+            event_kind::LINK_UP,
+            event_kind::DEFERRED_LOCAL_STALL,
+            event_kind::LINK_DOWN
+        ],
+        "{seen:?}"
+    );
+    let l = h.link(PEER, 0);
+    assert_eq!(l.defer_cause, heartbeat_common::defer_cause::LOCAL_STALL);
+    assert_eq!(h.counters()[counter::DEFER_LOCAL_STALL as usize], 1);
+}
+
+#[test]
+fn a_sender_on_schedule_does_not_defer() {
+    const TIMEOUT: u64 = 30_000_000;
+    const INTERVAL: u64 = 5_000_000;
+    let mut h = Harness::with_timeouts(TIMEOUT, 60_000_000_000);
+    h.load_egress();
+    h.configure(|c| {
+        c.heartbeat_interval_ns = INTERVAL;
+        c.grace_ns = TIMEOUT;
+    });
+    h.run_egress(&own_request(1, PEER, 0));
+    answered(&h, V4, None, &request(1, 0, KEY0));
+    // Keep "sending" every millisecond until the link goes down.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut seq = 2;
+    while Instant::now() < deadline && !seen.iter().any(|e: &Event| e.kind == event_kind::LINK_DOWN)
+    {
+        h.run_egress(&own_request(seq, PEER, 0));
+        seq += 1;
+        seen.extend(h.drain_events());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let l = h.link(PEER, 0);
+    if l.own_stall_end_ns > l.last_rx_ns {
+        // This test process itself stalled for two intervals: the kernel
+        // was right to defer.
+        eprintln!(
+            "test sender stalled {} ns; deferral expected",
+            l.own_stall_ns
+        );
+        return;
+    }
+    assert_eq!(
+        kinds(&seen),
+        [event_kind::LINK_UP, event_kind::LINK_DOWN],
+        "{seen:?}"
+    );
+    assert_eq!(l.deferrals, 0);
+    assert!(seen[1].at_ns - seen[1].last_rx_ns < 2 * TIMEOUT);
+}
+
+#[test]
+fn a_peer_behind_a_queue_defers_the_verdict() {
+    const MS: u64 = 1_000_000;
+    const TIMEOUT: u64 = 30 * MS;
+    let mut h = Harness::with_timeouts(TIMEOUT, 60_000_000_000);
+    h.configure(|c| {
+        c.queue_threshold_ns = 5 * MS;
+        c.grace_ns = TIMEOUT;
+    });
+    // A small rise: no deferral.
+    let send = |h: &Harness, seq: u64, delay: u64| {
+        let req = request_sent_at(seq, mono_ns() - delay, 7);
+        h.expect_counters(
+            &frame(V4, None, &req),
+            XDP_TX,
+            &[counter::RX_REQUEST, counter::TX_REPLY],
+        );
+    };
+    send(&h, 1, 0);
+    send(&h, 2, MS);
+    let seen = h.events_until(event_kind::LINK_DOWN, Duration::from_secs(2));
+    assert_eq!(
+        kinds(&seen),
+        [event_kind::LINK_UP, event_kind::LINK_DOWN],
+        "{seen:?}"
+    );
+    // Rising to 20 ms above the base: behind a queue.
+    send(&h, 3, 0);
+    send(&h, 4, 20 * MS);
+    let seen = h.events_until(event_kind::LINK_DOWN, Duration::from_secs(2));
+    assert_eq!(
+        kinds(&seen),
+        [
+            event_kind::LINK_UP,
+            event_kind::DEFERRED_PEER_QUEUED,
+            event_kind::LINK_DOWN
+        ],
+        "{seen:?}"
+    );
+    let l = h.link(PEER, 0);
+    assert_eq!(l.defer_cause, heartbeat_common::defer_cause::PEER_QUEUED);
+    assert!(l.owd_last_ns >= 19 * MS, "{}", l.owd_last_ns);
+    assert_eq!(h.counters()[counter::DEFER_PEER_QUEUED as usize], 1);
 }

@@ -17,7 +17,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use heartbeat_tests::{XdpAttachment, delete_netns, leftovers, netns_owner, xdp_attachments};
+use heartbeat_tests::{
+    TcxAttachment, XdpAttachment, delete_netns, leftovers, netns_owner, tcx_attachments,
+    xdp_attachments,
+};
 use nix::{sys::signal, unistd::Pid};
 
 use crate::{
@@ -30,6 +33,9 @@ const MARKER: &str = "HEARTBEAT_XTASK_TEST";
 
 /// XDP program name (the `#[xdp]` function in heartbeat-ebpf).
 const XDP_PROG_NAME: &str = "heartbeat";
+
+/// tc egress program name (the `#[classifier]` function in heartbeat-ebpf).
+const TCX_PROG_NAME: &str = "egress_stamp";
 
 /// `cargo xtask test`.
 pub fn run() -> anyhow::Result<()> {
@@ -96,7 +102,7 @@ pub fn run() -> anyhow::Result<()> {
     if leaks.is_empty() {
         step(
             "test",
-            "leak check: no namespace, process or XDP attachment left behind",
+            "leak check: no namespace, process, XDP or TCX attachment left behind",
         );
     } else {
         step(
@@ -234,6 +240,8 @@ struct Leaks {
     procs: Vec<(i32, String)>,
     /// XDP programs named `heartbeat` attached in the root namespace.
     xdp: Vec<XdpAttachment>,
+    /// tc programs named `egress_stamp` attached (TCX) in the root namespace.
+    tcx: Vec<TcxAttachment>,
     /// Things that look like leftovers but belong to someone else (reported,
     /// left alone).
     foreign: Vec<String>,
@@ -275,11 +283,22 @@ impl Leaks {
                 .foreign
                 .push(format!("could not list XDP attachments: {e}")),
         }
+        match tcx_attachments(None) {
+            Ok(list) => {
+                leaks.tcx = list
+                    .into_iter()
+                    .filter(|a| a.prog_name == TCX_PROG_NAME)
+                    .collect();
+            }
+            Err(e) => leaks
+                .foreign
+                .push(format!("could not list TCX attachments: {e}")),
+        }
         leaks
     }
 
     fn is_empty(&self) -> bool {
-        self.netns.is_empty() && self.procs.is_empty() && self.xdp.is_empty()
+        self.netns.is_empty() && self.procs.is_empty() && self.xdp.is_empty() && self.tcx.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -302,6 +321,19 @@ impl Leaks {
                 .map(|a| format!("{} on {} (id {})", a.prog_name, a.ifname, a.prog_id))
                 .collect();
             parts.push(format!("XDP in the root namespace [{}]", xdp.join(", ")));
+        }
+        if !self.tcx.is_empty() {
+            let tcx: Vec<String> = self
+                .tcx
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} on {} {} (id {})",
+                        a.prog_name, a.ifname, a.direction, a.prog_id
+                    )
+                })
+                .collect();
+            parts.push(format!("TCX in the root namespace [{}]", tcx.join(", ")));
         }
         parts.join(", ")
     }
@@ -336,6 +368,19 @@ impl Leaks {
                     unclean.push(format!(
                         "XDP {} still on {} (pinned link? see `bpftool link`)",
                         a.prog_name, a.ifname
+                    ));
+                }
+            }
+        }
+        if !self.tcx.is_empty() {
+            // A TCX attachment is a bpf_link: it goes away with its owner's
+            // file descriptors (the kills above), unless it was pinned.
+            thread::sleep(Duration::from_millis(300));
+            if let Ok(list) = tcx_attachments(None) {
+                for a in list.iter().filter(|a| a.prog_name == TCX_PROG_NAME) {
+                    unclean.push(format!(
+                        "TCX {} still on {} {} (pinned link? see `bpftool link`)",
+                        a.prog_name, a.ifname, a.direction
                     ));
                 }
             }

@@ -126,6 +126,18 @@ impl Membership {
                 out.push(e);
                 return out;
             }
+            TransportEvent::Deferred {
+                peer,
+                link,
+                cause,
+                at_ns,
+                last_rx_ns,
+            } => {
+                return self
+                    .deferred(peer, link, cause, at_ns, last_rx_ns)
+                    .into_iter()
+                    .collect();
+            }
             TransportEvent::Link {
                 peer,
                 link,
@@ -193,6 +205,45 @@ impl Membership {
     }
 }
 
+impl Membership {
+    /// A deadline expired but the kernel deferred its verdict by one grace
+    /// (heartbeat-ebpf deadline.rs): journalled as `detection_deferred`; the
+    /// link's state does not change (a `link_down` follows if the grace
+    /// runs out).
+    fn deferred(
+        &mut self,
+        peer_id: u16,
+        link: u8,
+        cause: u8,
+        at_ns: u64,
+        last_rx_ns: u64,
+    ) -> Option<Entry> {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            self.unknown_events += 1;
+            return None;
+        };
+        if !peer.links.contains_key(&link) {
+            self.unknown_events += 1;
+            return None;
+        }
+        let cause = heartbeat_common::defer_cause::name(cause);
+        let since = at_ns.saturating_sub(last_rx_ns);
+        let mut e = journal::entry(EventKind::DetectionDeferred, &self.local_name, cause, at_ns);
+        e.peer = Some(peer.name.clone());
+        e.peer_id = Some(peer.id);
+        e.link = Some(link);
+        e.since_last_rx_ns = Some(since);
+        tracing::info!(
+            peer = %peer.name,
+            link,
+            cause,
+            since_last_rx_us = since / 1000,
+            "detection_deferred"
+        );
+        Some(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +276,34 @@ mod tests {
 
     fn names(v: &[Entry]) -> Vec<&str> {
         v.iter().map(|e| e.event.as_str()).collect()
+    }
+
+    #[test]
+    fn deferrals_are_journalled_without_a_state_change() {
+        use heartbeat_common::defer_cause;
+        let mut m = Membership::new("a", &[(2, "b".into(), vec![0])]);
+        m.apply(&ev(UP, 2, 0, 1_000));
+        for (cause, name) in [
+            (defer_cause::LOCAL_STALL, "local_stall"),
+            (defer_cause::LATE_TIMER, "late_timer"),
+            (defer_cause::PEER_QUEUED, "peer_queued"),
+        ] {
+            let d = |peer, link| TransportEvent::Deferred {
+                peer,
+                link,
+                cause,
+                at_ns: 2_000,
+                last_rx_ns: 1_500,
+            };
+            let out = m.apply(&d(2, 0));
+            assert_eq!(names(&out), ["detection_deferred"]);
+            assert_eq!(out[0].cause, name);
+            assert_eq!(out[0].since_last_rx_ns, Some(500));
+            assert_eq!(m.peer(2).unwrap().state, State::Up);
+            assert!(m.apply(&d(9, 0)).is_empty());
+            assert!(m.apply(&d(2, 3)).is_empty());
+        }
+        assert_eq!(m.unknown_events, 6);
     }
 
     #[test]

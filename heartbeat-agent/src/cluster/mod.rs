@@ -61,6 +61,16 @@ pub enum TransportEvent {
     /// The local dead-man gate closed (our kernel stopped answering `peer`
     /// on `link` because this agent looked dead or hung).
     LocalGateClosed { peer: u16, link: u8, at_ns: u64 },
+    /// A deadline expired but the detector deferred its verdict by one
+    /// bounded grace (`heartbeat_common::defer_cause`); the link's state
+    /// does not change (a `Link` down follows if the grace runs out).
+    Deferred {
+        peer: u16,
+        link: u8,
+        cause: u8,
+        at_ns: u64,
+        last_rx_ns: u64,
+    },
 }
 
 /// One peer as the cluster sees it (for status and metrics).

@@ -199,6 +199,7 @@ impl HeartbeatProg {
                 port: PORT,
                 enabled: 1,
                 _pad: 0,
+                ..Config::default()
             },
             0,
         )?;
