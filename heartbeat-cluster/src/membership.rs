@@ -497,6 +497,8 @@ pub struct Membership {
     qs_lease_until: Option<u64>,
     qs_renew_at: Option<u64>,
     excluded: BTreeMap<NodeId, Cause>,
+    /// When the open round started.
+    round_since: u64,
 }
 
 impl Membership {
@@ -561,6 +563,7 @@ impl Membership {
             qs_lease_until: None,
             qs_renew_at: None,
             excluded: BTreeMap::new(),
+            round_since: now_ns,
             params,
         }
     }
@@ -660,6 +663,7 @@ impl Membership {
                 if !self.may_form_self() {
                     d.push(self.started_at.saturating_add(t.auto_start_timeout_ns));
                 }
+                d.push(self.round_since.saturating_add(t.consensus_timeout_ns));
             }
             Phase::Proposing { since, qs, .. } => {
                 d.push(self.last_resend + t.join_interval_ns);
@@ -690,7 +694,8 @@ impl Membership {
                 d.push(p.agent_since.saturating_add(t.restart_window_ns));
             }
         }
-        d.into_iter().min()
+        // Everything due at or before now was handled by the last step.
+        d.into_iter().filter(|&x| x > self.now).min()
     }
 
     /// Feeds one input; returns the outputs in order.
@@ -972,6 +977,7 @@ impl Membership {
             Command::NodeStart => {
                 if self.phase == Phase::Halted {
                     self.phase = Phase::Gather;
+                    self.round_since = self.now;
                     self.view = None;
                     self.refresh_reach();
                     self.schedule_join(self.now);
@@ -1238,6 +1244,7 @@ impl Membership {
     fn start_round(&mut self, _cause: Cause, out: &mut Vec<Output>) {
         let _ = out;
         self.phase = Phase::Gather;
+        self.round_since = self.now;
         self.qs_renew_at = None;
         self.schedule_join(self.now);
     }
@@ -1347,6 +1354,7 @@ impl Membership {
         let me = self.params.local;
         self.refresh_reach();
         if self.phase == Phase::Halted {
+            self.join_due = None;
             return;
         }
         // LMS.
@@ -1522,6 +1530,19 @@ impl Membership {
             return;
         }
         if self.coordinator_of(m) != Some(me) {
+            return;
+        }
+        // We hear a node that is not in our set: the graph may still be
+        // settling (a link event or join not yet seen by one side). Wait,
+        // at most consensus_timeout since the round started (one-way loss
+        // ends up here for good).
+        let disagreement = !self.reachable().difference(m).is_empty();
+        if disagreement
+            && self.now
+                < self
+                    .round_since
+                    .saturating_add(self.params.timing.consensus_timeout_ns)
+        {
             return;
         }
         let may_form = self.may_form_self()
