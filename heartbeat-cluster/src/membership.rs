@@ -75,8 +75,10 @@
 //! join_interval` for `N` configured nodes (flooding takes at most `N - 1`
 //! hops, each at most one join interval; consensus one more; propose, ack
 //! and commit three messages; a proposal overtaken by a change is
-//! abandoned within `consensus_timeout`). Pending timers (auto start,
-//! restart window, quorum server) come on top. The model test checks it.
+//! abandoned within `consensus_timeout`). With a quorum server configured,
+//! one `qs_timeout` more ([`Timing::convergence_bound_with_qs_ns`]).
+//! Pending timers (auto start, restart window) come on top. The model
+//! test checks it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,6 +158,13 @@ impl Timing {
     pub fn convergence_bound_ns(&self, n: usize) -> u64 {
         self.consensus_timeout_ns
             .saturating_add(self.join_interval_ns.saturating_mul(n as u64 + 6))
+    }
+
+    /// The convergence bound with a quorum server configured: one quorum
+    /// server timeout more.
+    pub fn convergence_bound_with_qs_ns(&self, n: usize) -> u64 {
+        self.convergence_bound_ns(n)
+            .saturating_add(self.qs_timeout_ns)
     }
 }
 
@@ -667,14 +676,14 @@ impl Membership {
             }
             Phase::Proposing { since, qs, .. } => {
                 d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + t.consensus_timeout_ns);
+                d.push(since + self.round_timeout_ns());
                 if let QsWait::Pending { deadline } = qs {
                     d.push(deadline);
                 }
             }
             Phase::Acked { since, .. } => {
                 d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + t.consensus_timeout_ns);
+                d.push(since + self.round_timeout_ns());
             }
             Phase::Operational => {
                 d.push(self.last_join_sent.unwrap_or(self.now) + t.sync_interval_ns);
@@ -765,6 +774,17 @@ impl Membership {
         }
         if self.ticked {
             self.step(out);
+        }
+    }
+
+    /// How long a proposal (or an ack) stays open: the consensus timeout,
+    /// plus the quorum server timeout when one may have to be asked.
+    fn round_timeout_ns(&self) -> u64 {
+        let t = &self.params.timing;
+        if self.params.quorum.quorum_server {
+            t.consensus_timeout_ns.saturating_add(t.qs_timeout_ns)
+        } else {
+            t.consensus_timeout_ns
         }
     }
 
@@ -1413,7 +1433,7 @@ impl Membership {
                 since,
                 qs,
             } => {
-                if m != members || self.now >= since + t.consensus_timeout_ns {
+                if m != members || self.now >= since + self.round_timeout_ns() {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
                 } else {
@@ -1450,7 +1470,7 @@ impl Membership {
                 coordinator,
                 since,
             } => {
-                if m != members || self.now >= since + t.consensus_timeout_ns {
+                if m != members || self.now >= since + self.round_timeout_ns() {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
                 } else if self.now >= self.last_resend + t.join_interval_ns {

@@ -282,3 +282,80 @@ fn stale_agent_is_excluded() {
     let st = s.nodes[&1].m.as_ref().unwrap().node_states();
     assert_eq!(st[&NodeId(3)], NodeState::Stale);
 }
+
+fn qs_opts() -> QuorumOptions {
+    QuorumOptions {
+        quorum_server: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn two_two_split_with_quorum_server_gives_exactly_one_side_and_the_same_again() {
+    let mut s = Sim::new(4, qs_opts(), 3).with_qserver();
+    s.start_all();
+    s.run_for(30 * MS);
+    s.check_agreement();
+    let bound = s.detect_ns + s.timing.convergence_bound_ns(4) + s.timing.qs_timeout_ns;
+    let mut winners = Vec::new();
+    for round in 0..2 {
+        s.partition(set(&[3, 4]));
+        s.run_for(bound);
+        s.check_agreement();
+        let q: Vec<bool> = (1..=4).map(|i| s.view(i).unwrap().quorum.quorate).collect();
+        assert_eq!(
+            q.iter().filter(|x| **x).count(),
+            2,
+            "round {round}: {q:?}\n{}",
+            s.log
+        );
+        assert_eq!(q[0], q[1]);
+        assert_eq!(q[2], q[3]);
+        winners.push(q[0]);
+        let w = if q[0] { 1 } else { 3 };
+        assert_eq!(s.view(w).unwrap().quorum.tie_breaker, TieBreaker::QsGranted);
+        // The holder keeps renewing its lease: still quorate much later.
+        s.run_for(1000 * MS);
+        assert!(s.view(w).unwrap().quorum.quorate, "{}", s.log);
+        s.heal_all();
+        s.run_for(bound);
+        s.check_agreement();
+        assert!(s.view(1).unwrap().quorum.quorate);
+        // Let the lease run out before the next split.
+        s.run_for(400 * MS);
+    }
+    assert_eq!(
+        winners[0], winners[1],
+        "same side again on a repeated split"
+    );
+}
+
+#[test]
+fn two_two_split_with_quorum_server_down_is_quorate_nowhere() {
+    let mut s = Sim::new(4, qs_opts(), 4).with_qserver();
+    s.start_all();
+    s.run_for(30 * MS);
+    s.qs_cut = set(&[1, 2, 3, 4]);
+    s.partition(set(&[3, 4]));
+    s.run_for(s.detect_ns + s.timing.convergence_bound_ns(4) + s.timing.qs_timeout_ns);
+    s.check_agreement();
+    for i in 1..=4 {
+        let v = s.view(i).unwrap();
+        assert!(!v.quorum.quorate);
+        assert_eq!(v.quorum.tie_breaker, TieBreaker::QsUnreachable);
+    }
+}
+
+#[test]
+fn quorum_server_never_grants_a_side_it_cannot_hear() {
+    let mut s = Sim::new(4, qs_opts(), 5).with_qserver();
+    s.start_all();
+    s.run_for(30 * MS);
+    // The server cannot hear the half holding node 1.
+    s.qs_cut = set(&[1, 2]);
+    s.partition(set(&[3, 4]));
+    s.run_for(s.detect_ns + s.timing.convergence_bound_ns(4) + s.timing.qs_timeout_ns);
+    s.check_agreement();
+    assert!(!s.view(1).unwrap().quorum.quorate);
+    assert!(s.view(3).unwrap().quorum.quorate);
+}

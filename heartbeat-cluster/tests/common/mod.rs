@@ -14,6 +14,7 @@ use heartbeat_cluster::membership::{
     Command, Dest, Input, Membership, NodeParams, Output, Params, PeerAgentState, StartMode,
     Timing, View,
 };
+use heartbeat_cluster::qserver::{Client, Server, ServerConfig};
 use heartbeat_cluster::quorum::QuorumOptions;
 use heartbeat_cluster::wire::{Keys, Sealer, decode};
 use heartbeat_cluster::{Epoch, LinkId, NodeId, NodeSet, SipKey};
@@ -65,6 +66,8 @@ enum Ev {
     Link { at: u16, peer: u16, up: bool },
     /// Peer agent state seen by `at`.
     Agent { at: u16, peer: u16, state: u8 },
+    /// A quorum server answer for node `to`.
+    QsAnswer { to: u16, msg: usize },
 }
 
 pub struct SimNode {
@@ -100,6 +103,10 @@ pub struct Sim {
     pub timing: Timing,
     pub installs: u64,
     pub allow_disjoint_quorate: bool,
+    /// The quorum server, if any, and the nodes that cannot reach it.
+    pub qserver: Option<Server<u16>>,
+    pub qs_cut: NodeSet,
+    clients: BTreeMap<u16, Client>,
 }
 
 impl Sim {
@@ -131,6 +138,9 @@ impl Sim {
             timing: timing(),
             installs: 0,
             allow_disjoint_quorate: options.two_node,
+            qserver: None,
+            qs_cut: NodeSet::EMPTY,
+            clients: BTreeMap::new(),
         };
         for i in 1..=n {
             s.nodes.insert(
@@ -221,6 +231,8 @@ impl Sim {
         }
         node.m = Some(m);
         node.xdp_alive = true;
+        let inc = node.incarnation;
+        self.clients.insert(i, Client::new(CLUSTER, NodeId(i), inc));
         let _ = writeln!(self.log, "{:>8}us start node {i}", now / 1000);
         self.process(i, outs);
         self.input(i, Input::Tick { now_ns: now });
@@ -388,9 +400,29 @@ impl Sim {
                         e.epoch
                     );
                 }
-                Output::AskQuorumServer { .. }
-                | Output::QuorumUpdated(_)
-                | Output::Dropped { .. } => {}
+                Output::AskQuorumServer {
+                    epoch,
+                    members,
+                    votes,
+                    expected_votes,
+                } => {
+                    if self.qs_cut.contains(NodeId(i)) {
+                        continue;
+                    }
+                    let now = self.now;
+                    let req = self.clients.get_mut(&i).unwrap().request(
+                        epoch,
+                        members,
+                        votes,
+                        expected_votes,
+                        &Self::keys(),
+                    );
+                    if let Some(srv) = self.qserver.as_mut() {
+                        let replies = srv.handle(&req, i, now);
+                        self.qs_replies(replies);
+                    }
+                }
+                Output::QuorumUpdated(_) | Output::Dropped { .. } => {}
             }
         }
     }
@@ -466,7 +498,24 @@ impl Sim {
         }
     }
 
+    fn qs_replies(&mut self, replies: Vec<heartbeat_cluster::qserver::Reply<u16>>) {
+        for r in replies {
+            if self.qs_cut.contains(NodeId(r.to)) {
+                continue;
+            }
+            let idx = self.msgs.len();
+            self.msgs.push(r.bytes);
+            let at = self.now + self.max_delay_ns / 2;
+            self.push(at, Ev::QsAnswer { to: r.to, msg: idx });
+        }
+    }
+
     fn next_deadline(&self) -> Option<(u64, u16)> {
+        let qs = self
+            .qserver
+            .as_ref()
+            .and_then(|s| s.next_deadline_ns())
+            .map(|d| (d.max(self.now), 0u16));
         self.nodes
             .iter()
             .filter_map(|(i, n)| {
@@ -474,6 +523,7 @@ impl Sim {
                     .and_then(|m| m.next_deadline_ns())
                     .map(|d| (d.max(self.now), *i))
             })
+            .chain(qs)
             .min()
     }
 
@@ -506,7 +556,14 @@ impl Sim {
                 self.deliver(ev);
             } else if let Some((_, i)) = d {
                 let now_ns = self.now;
-                self.input(i, Input::Tick { now_ns });
+                if i == 0 {
+                    if let Some(srv) = self.qserver.as_mut() {
+                        let replies = srv.tick(now_ns);
+                        self.qs_replies(replies);
+                    }
+                } else {
+                    self.input(i, Input::Tick { now_ns });
+                }
             }
         }
     }
@@ -548,6 +605,18 @@ impl Sim {
                     }
                 };
                 self.input(at, input);
+            }
+            Ev::QsAnswer { to, msg } => {
+                if !self.alive(to) {
+                    return;
+                }
+                let bytes = self.msgs[msg].clone();
+                let Some(c) = self.clients.get_mut(&to) else {
+                    return;
+                };
+                if let Ok(input) = c.answer(&bytes, &Self::keys(), at_ns) {
+                    self.input(to, input);
+                }
             }
             Ev::Agent { at, peer, state } => {
                 let state = match state {
@@ -615,6 +684,14 @@ impl Sim {
                 }
             }
         }
+    }
+
+    pub fn with_qserver(mut self) -> Self {
+        let mut cfg = ServerConfig::new(CLUSTER, Self::keys());
+        cfg.lease_ns = 300 * MS;
+        cfg.settle_ns = 5 * MS;
+        self.qserver = Some(Server::new(cfg, 1));
+        self
     }
 
     pub fn start_all(&mut self) {
