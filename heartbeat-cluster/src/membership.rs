@@ -75,8 +75,10 @@
 //! join_interval` for `N` configured nodes (flooding takes at most `N - 1`
 //! hops, each at most one join interval; consensus one more; propose, ack
 //! and commit three messages; a proposal overtaken by a change is
-//! abandoned within `consensus_timeout`). Pending timers (auto start,
-//! restart window, quorum server) come on top. The model test checks it.
+//! abandoned within `consensus_timeout`). With a quorum server configured,
+//! one `qs_timeout` more ([`Timing::convergence_bound_with_qs_ns`]).
+//! Pending timers (auto start, restart window) come on top. The model
+//! test checks it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,6 +158,13 @@ impl Timing {
     pub fn convergence_bound_ns(&self, n: usize) -> u64 {
         self.consensus_timeout_ns
             .saturating_add(self.join_interval_ns.saturating_mul(n as u64 + 6))
+    }
+
+    /// The convergence bound with a quorum server configured: one quorum
+    /// server timeout more.
+    pub fn convergence_bound_with_qs_ns(&self, n: usize) -> u64 {
+        self.convergence_bound_ns(n)
+            .saturating_add(self.qs_timeout_ns)
     }
 }
 
@@ -497,6 +506,8 @@ pub struct Membership {
     qs_lease_until: Option<u64>,
     qs_renew_at: Option<u64>,
     excluded: BTreeMap<NodeId, Cause>,
+    /// When the open round started.
+    round_since: u64,
 }
 
 impl Membership {
@@ -561,6 +572,7 @@ impl Membership {
             qs_lease_until: None,
             qs_renew_at: None,
             excluded: BTreeMap::new(),
+            round_since: now_ns,
             params,
         }
     }
@@ -660,17 +672,18 @@ impl Membership {
                 if !self.may_form_self() {
                     d.push(self.started_at.saturating_add(t.auto_start_timeout_ns));
                 }
+                d.push(self.round_since.saturating_add(t.consensus_timeout_ns));
             }
             Phase::Proposing { since, qs, .. } => {
                 d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + t.consensus_timeout_ns);
+                d.push(since + self.round_timeout_ns());
                 if let QsWait::Pending { deadline } = qs {
                     d.push(deadline);
                 }
             }
             Phase::Acked { since, .. } => {
                 d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + t.consensus_timeout_ns);
+                d.push(since + self.round_timeout_ns());
             }
             Phase::Operational => {
                 d.push(self.last_join_sent.unwrap_or(self.now) + t.sync_interval_ns);
@@ -690,7 +703,8 @@ impl Membership {
                 d.push(p.agent_since.saturating_add(t.restart_window_ns));
             }
         }
-        d.into_iter().min()
+        // Everything due at or before now was handled by the last step.
+        d.into_iter().filter(|&x| x > self.now).min()
     }
 
     /// Feeds one input; returns the outputs in order.
@@ -760,6 +774,17 @@ impl Membership {
         }
         if self.ticked {
             self.step(out);
+        }
+    }
+
+    /// How long a proposal (or an ack) stays open: the consensus timeout,
+    /// plus the quorum server timeout when one may have to be asked.
+    fn round_timeout_ns(&self) -> u64 {
+        let t = &self.params.timing;
+        if self.params.quorum.quorum_server {
+            t.consensus_timeout_ns.saturating_add(t.qs_timeout_ns)
+        } else {
+            t.consensus_timeout_ns
         }
     }
 
@@ -972,6 +997,7 @@ impl Membership {
             Command::NodeStart => {
                 if self.phase == Phase::Halted {
                     self.phase = Phase::Gather;
+                    self.round_since = self.now;
                     self.view = None;
                     self.refresh_reach();
                     self.schedule_join(self.now);
@@ -1238,6 +1264,7 @@ impl Membership {
     fn start_round(&mut self, _cause: Cause, out: &mut Vec<Output>) {
         let _ = out;
         self.phase = Phase::Gather;
+        self.round_since = self.now;
         self.qs_renew_at = None;
         self.schedule_join(self.now);
     }
@@ -1347,6 +1374,7 @@ impl Membership {
         let me = self.params.local;
         self.refresh_reach();
         if self.phase == Phase::Halted {
+            self.join_due = None;
             return;
         }
         // LMS.
@@ -1405,7 +1433,7 @@ impl Membership {
                 since,
                 qs,
             } => {
-                if m != members || self.now >= since + t.consensus_timeout_ns {
+                if m != members || self.now >= since + self.round_timeout_ns() {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
                 } else {
@@ -1442,7 +1470,7 @@ impl Membership {
                 coordinator,
                 since,
             } => {
-                if m != members || self.now >= since + t.consensus_timeout_ns {
+                if m != members || self.now >= since + self.round_timeout_ns() {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
                 } else if self.now >= self.last_resend + t.join_interval_ns {
@@ -1522,6 +1550,19 @@ impl Membership {
             return;
         }
         if self.coordinator_of(m) != Some(me) {
+            return;
+        }
+        // We hear a node that is not in our set: the graph may still be
+        // settling (a link event or join not yet seen by one side). Wait,
+        // at most consensus_timeout since the round started (one-way loss
+        // ends up here for good).
+        let disagreement = !self.reachable().difference(m).is_empty();
+        if disagreement
+            && self.now
+                < self
+                    .round_since
+                    .saturating_add(self.params.timing.consensus_timeout_ns)
+        {
             return;
         }
         let may_form = self.may_form_self()
