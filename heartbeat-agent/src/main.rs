@@ -78,6 +78,21 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run a quorum server: the tie-breaker that grants a cluster split
+    /// into two halves of exactly half the votes to at most one half (set
+    /// `[quorum] quorum_server = "ADDR"` on the nodes). Stops on SIGTERM;
+    /// SIGHUP re-reads the key file.
+    QuorumServer {
+        /// Address and UDP port to listen on, e.g. 192.0.2.10:6406.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The cluster's key file (the same as the nodes').
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The cluster's id (`cluster.id`).
+        #[arg(long)]
+        cluster_id: u32,
+    },
     /// Cluster-wide operations.
     Cluster {
         #[command(subcommand)]
@@ -215,6 +230,11 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
         Command::Reload { target } => command(&target, &Request::Reload {}),
+        Command::QuorumServer {
+            listen,
+            key_file,
+            cluster_id,
+        } => runtime()?.block_on(heartbeat_agent::qserver::run(listen, &key_file, cluster_id)),
         Command::Cluster {
             command: ClusterCommand::Start { target },
         } => command(&target, &Request::ClusterStart {}),

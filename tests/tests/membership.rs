@@ -251,3 +251,275 @@ fn five_nodes_split_two_three_and_shrink() {
     assert!(!q_small && q_big);
     assert_eq!(coord.as_deref(), Some("gamma"));
 }
+
+/// Splits 4 nodes into {alpha, beta} | {gamma, delta}.
+fn split_two_two(c: &Cluster) -> Vec<NftGuard> {
+    vec![
+        cut(c, "alpha", &["gamma", "delta"]),
+        cut(c, "beta", &["gamma", "delta"]),
+        cut(c, "gamma", &["alpha", "beta"]),
+        cut(c, "delta", &["alpha", "beta"]),
+    ]
+}
+
+const FOUR: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+const LOW: [&str; 2] = ["alpha", "beta"];
+const HIGH: [&str; 2] = ["gamma", "delta"];
+
+#[test]
+fn split_two_two_without_tie_breaker_leaves_no_side_quorate() {
+    let mut c = Cluster::new(4, 1, RELAXED, false);
+    c.start_all();
+    agreed(&c, &FOUR, &FOUR);
+    let _g = split_two_two(&c);
+    let (_, _, q1) = agreed(&c, &LOW, &LOW);
+    let (_, _, q2) = agreed(&c, &HIGH, &HIGH);
+    assert!(!q1 && !q2, "exactly half and no tie-breaker: neither side");
+    assert_eq!(c.status("alpha").membership.quorum.tie_breaker, "tie");
+}
+
+#[test]
+fn split_two_two_with_auto_tie_breaker_keeps_the_lowest_id() {
+    let mut c = Cluster::new(4, 1, RELAXED, false);
+    c.edit_config(|t| format!("{t}\n[quorum]\nauto_tie_breaker = true\nwait_for_all = true\n"));
+    c.start_all();
+    agreed(&c, &FOUR, &FOUR);
+    let _g = split_two_two(&c);
+    let (_, _, q1) = agreed(&c, &LOW, &LOW);
+    let (_, _, q2) = agreed(&c, &HIGH, &HIGH);
+    assert!(q1 && !q2, "the half holding node 1 wins");
+}
+
+#[test]
+fn split_two_two_with_a_quorum_server_gives_one_side_and_the_same_side_again() {
+    let mut c = Cluster::new(4, 1, RELAXED, false);
+    let qs_addr = "10.210.0.100";
+    c.hub(0)
+        .ip(&["addr", "add", &format!("{qs_addr}/24"), "dev", "br0"])
+        .unwrap();
+    c.edit_config(|t| format!("{t}\n[quorum]\nquorum_server = \"{qs_addr}:6406\"\n"));
+    let key = c.dir.0.join("cluster.key");
+    let log = c.dir.0.join("qs.log");
+    let mut qs = c
+        .hub(0)
+        .spawn_logged(
+            &[
+                support::agent_binary().to_str().unwrap(),
+                "quorum-server",
+                "--listen",
+                &format!("{qs_addr}:6406"),
+                "--key-file",
+                key.to_str().unwrap(),
+                "--cluster-id",
+                "7",
+            ],
+            &log,
+        )
+        .unwrap();
+    c.start_all();
+    agreed(&c, &FOUR, &FOUR);
+    let mut winners = Vec::new();
+    for round in 0..2 {
+        let g = split_two_two(&c);
+        let (_, _, q1) = agreed(&c, &LOW, &LOW);
+        let (_, _, q2) = agreed(&c, &HIGH, &HIGH);
+        // Agreement may come before the server's answer: wait for the
+        // quorum to settle on one side.
+        let deadline = Instant::now() + AGREE;
+        let (mut q1, mut q2) = (q1, q2);
+        while q1 == q2 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no single quorate side ({q1} {q2})\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            q1 = view(&c, "alpha").is_some_and(|v| v.3);
+            q2 = view(&c, "gamma").is_some_and(|v| v.3);
+        }
+        winners.push(q1);
+        drop(g);
+        agreed(&c, &FOUR, &FOUR);
+    }
+    assert_eq!(
+        winners[0], winners[1],
+        "a repeated split gives the same side"
+    );
+    // The quorum server down too: neither side.
+    qs.kill().unwrap();
+    let _g = split_two_two(&c);
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let a = view(&c, "alpha");
+        let g = view(&c, "gamma");
+        // (members are reported sorted by name)
+        if a.as_ref().is_some_and(|v| v.1 == ["alpha", "beta"] && !v.3)
+            && g.as_ref()
+                .is_some_and(|v| v.1 == ["delta", "gamma"] && !v.3)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "with the server down: {a:?} {g:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn last_man_standing_shrinks_four_to_two_one_by_one() {
+    let mut c = Cluster::new(4, 1, RELAXED, false);
+    c.edit_config(|t| {
+        format!("{t}\n[quorum]\nlast_man_standing = true\nlast_man_standing_window = \"1s\"\n")
+    });
+    c.start_all();
+    agreed(&c, &FOUR, &FOUR);
+    c.agent("delta").signal(Signal::SIGKILL).unwrap();
+    let (_, _, q) = agreed(&c, &["alpha", "beta", "gamma"], &["alpha", "beta", "gamma"]);
+    assert!(q);
+    std::thread::sleep(Duration::from_secs(2));
+    c.agent("gamma").signal(Signal::SIGKILL).unwrap();
+    let (_, _, q) = agreed(&c, &LOW, &LOW);
+    // 2 of the 3 expected after the window: still quorate.
+    let deadline = Instant::now() + AGREE;
+    let mut q = q;
+    while !q {
+        assert!(
+            Instant::now() < deadline,
+            "LMS did not keep 2 of 4 quorate: {:?}",
+            c.status("alpha").membership
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        q = view(&c, "alpha").is_some_and(|v| v.3);
+    }
+    assert_eq!(c.status("alpha").membership.quorum.votes_expected, 3);
+}
+
+#[test]
+fn without_last_man_standing_two_of_four_is_not_quorate() {
+    let mut c = Cluster::new(4, 1, RELAXED, false);
+    c.start_all();
+    agreed(&c, &FOUR, &FOUR);
+    c.agent("delta").signal(Signal::SIGKILL).unwrap();
+    agreed(&c, &["alpha", "beta", "gamma"], &["alpha", "beta", "gamma"]);
+    c.agent("gamma").signal(Signal::SIGKILL).unwrap();
+    let (_, _, q) = agreed(&c, &LOW, &LOW);
+    assert!(!q);
+}
+
+#[test]
+fn two_node_cluster_survives_the_loss_of_one() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.edit_config(|t| format!("{t}\n[quorum]\ntwo_node = true\n"));
+    c.start_all();
+    let (_, _, q) = agreed(&c, &LOW, &LOW);
+    assert!(q);
+    c.agent("beta").signal(Signal::SIGKILL).unwrap();
+    let (_, _, q) = agreed(&c, &["alpha"], &["alpha"]);
+    assert!(
+        q,
+        "two_node: one node is quorate (after wait_for_all was met)"
+    );
+}
+
+#[test]
+fn a_node_started_alone_waits_auto_start_timeout_then_forms_only_if_quorate() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    c.edit_config(|t| {
+        t.replace(
+            "agent_timeout = \"1s\"",
+            "agent_timeout = \"1s\"\nauto_start_timeout = \"2s\"",
+        )
+    });
+    let t = Instant::now();
+    c.start("alpha");
+    // Alone: waits, then forms a view of itself, not quorate (1 of 3).
+    let (_, _, q) = agreed(&c, &["alpha"], &["alpha"]);
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "formed before auto_start_timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(!q);
+    let st = c.status("alpha");
+    assert_eq!(st.node("alpha").unwrap().state, NodeState::Passive);
+    // A second node makes it quorate.
+    c.start("beta");
+    let (_, _, q) = agreed(&c, &LOW, &LOW);
+    assert!(q);
+}
+
+#[test]
+fn a_manual_start_forms_only_after_cluster_start() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.edit_config(|t| {
+        t.replace(
+            "agent_timeout = \"1s\"",
+            "agent_timeout = \"1s\"\nauto_start = false",
+        )
+    });
+    c.start_all();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        view(&c, "alpha").map(|v| v.0),
+        Some(0),
+        "formed without `cluster start`"
+    );
+    let out = c.cli("alpha", &["cluster", "start"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, q) = agreed(&c, &LOW, &LOW);
+    assert!(q);
+}
+
+#[test]
+fn bad_membership_messages_are_dropped_and_counted() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.start_all();
+    agreed(&c, &LOW, &LOW);
+    let b = c.index("beta");
+    let target = format!("{}:6405", addr(c.index("alpha"), 0));
+    let src = format!("{}:0", addr(b, 0));
+    let before = c.status("alpha").messages;
+    support::in_netns(&c.nodes[b].ns, move || {
+        let s = std::net::UdpSocket::bind(src).unwrap();
+        let mut prefix = b"HBT1\x01\x03".to_vec();
+        // Wrong length (prefix only), garbage body, bad MAC, other cluster.
+        s.send_to(&prefix, &target).unwrap();
+        prefix.extend_from_slice(&[0u8; 40]);
+        s.send_to(&prefix, &target).unwrap();
+        let mut m = vec![0u8; 60];
+        m[..6].copy_from_slice(b"HBT1\x01\x03");
+        m[9] = 7; // cluster 7
+        m[11] = 2; // from beta
+        m[24] = 1; // join
+        m[26] = 25;
+        s.send_to(&m, &target).unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = c.status("alpha").messages;
+        let dropped: u64 = after
+            .iter()
+            .filter(|(k, _)| k.starts_with("dropped_"))
+            .map(|(_, v)| *v)
+            .sum::<u64>()
+            - before
+                .iter()
+                .filter(|(k, _)| k.starts_with("dropped_"))
+                .map(|(_, v)| *v)
+                .sum::<u64>();
+        if dropped >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted: {after:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The cluster did not notice.
+    let (_, _, q) = agreed(&c, &LOW, &LOW);
+    assert!(q);
+}

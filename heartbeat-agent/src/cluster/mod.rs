@@ -219,6 +219,14 @@ struct Runner {
     round_started: Option<std::time::Instant>,
     agreement: Arc<crate::metrics::Histogram>,
     quorate: bool,
+    /// The quorum server client, when one is configured.
+    qs: Option<QsLink>,
+}
+
+/// The quorum server client and its socket.
+struct QsLink {
+    client: heartbeat_cluster::qserver::Client,
+    socket: tokio::net::UdpSocket,
 }
 
 impl Runner {
@@ -297,10 +305,23 @@ impl Runner {
                     self.journal.record(e);
                 }
             }
-            Output::AskQuorumServer { .. } => {
-                // No quorum server client yet: the tie stays unbroken.
-                self.count("quorum_server_unavailable");
-            }
+            Output::AskQuorumServer {
+                epoch,
+                members,
+                votes,
+                expected_votes,
+            } => match (&mut self.qs, self.plan.config.quorum.quorum_server) {
+                (Some(qs), Some(addr)) => {
+                    let bytes =
+                        qs.client
+                            .request(epoch, members, votes, expected_votes, &self.keys);
+                    match qs.socket.try_send_to(&bytes, addr) {
+                        Ok(_) => self.count("quorum_server_requests"),
+                        Err(_) => self.count("quorum_server_send_errors"),
+                    }
+                }
+                _ => self.count("quorum_server_unavailable"),
+            },
             Output::Event(ev) => {
                 *self.causes.entry(ev.cause.as_str()).or_default() += 1;
                 let mut e = journal::entry(
@@ -363,6 +384,16 @@ impl Runner {
         let members: Vec<String> = v.members.iter().map(|n| self.name(n)).collect();
         let coordinator = v.coordinator.map(|c| self.name(c));
         let tb = v.quorum.tie_breaker;
+        let qs = self.plan.config.quorum.quorum_server.map(|_| {
+            use heartbeat_cluster::quorum::TieBreaker;
+            match tb {
+                TieBreaker::QsGranted => "granted",
+                TieBreaker::QsDenied => "refused",
+                TieBreaker::QsUnreachable => "unreachable",
+                _ => "not_needed",
+            }
+            .to_owned()
+        });
         self.view.send_modify(|cv| {
             cv.membership = MembershipStatus {
                 epoch: v.epoch.0,
@@ -374,7 +405,7 @@ impl Runner {
                     votes_needed: v.quorum.needed_votes,
                     votes_expected: v.quorum.expected_votes,
                     tie_breaker: tb.as_str().to_owned(),
-                    quorum_server: None,
+                    quorum_server: qs,
                 },
                 since_s: Some(0.0),
                 phase: String::new(),
@@ -471,6 +502,18 @@ impl Runner {
                 });
             }
             Err(reason) => self.count(&format!("dropped_{}", reason.as_str())),
+        }
+    }
+
+    fn on_qs_answer(&mut self, bytes: &[u8]) {
+        let now = crate::clock::mono_ns();
+        let Some(qs) = self.qs.as_mut() else { return };
+        match qs.client.answer(bytes, &self.keys, now) {
+            Ok(input) => {
+                self.count("quorum_server_answers");
+                self.feed(input);
+            }
+            Err(reason) => self.count(&format!("quorum_server_dropped_{}", reason.as_str())),
         }
     }
 
@@ -601,9 +644,33 @@ pub async fn run(
         round_started: None,
         agreement: ch.agreement,
         quorate: false,
+        qs: None,
     };
+    if let Some(addr) = r.plan.config.quorum.quorum_server {
+        let bind: std::net::SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        match tokio::net::UdpSocket::bind(bind).await {
+            Ok(socket) => {
+                r.qs = Some(QsLink {
+                    client: heartbeat_cluster::qserver::Client::new(
+                        r.plan.config.cluster.id,
+                        NodeId(r.plan.local.id),
+                        persisted.incarnation,
+                    ),
+                    socket,
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a socket for the quorum server; ties stay unbroken")
+            }
+        }
+    }
     r.feed(Input::Tick { now_ns: now });
     r.publish();
+    let mut qs_buf = vec![0u8; 2048];
     loop {
         let deadline = r.sm.next_deadline_ns();
         let sleep = deadline.map_or(Duration::from_millis(100), |d| {
@@ -613,6 +680,12 @@ pub async fn run(
         tokio::select! {
             Some(ev) = ch.events.recv() => r.on_transport(&ev),
             Some(d) = ch.messages.recv() => r.on_datagram(&d),
+            Ok(n) = async {
+                match r.qs.as_ref() {
+                    Some(q) => q.socket.recv(&mut qs_buf).await,
+                    None => std::future::pending().await,
+                }
+            } => r.on_qs_answer(&qs_buf[..n]),
             Ok(()) = ch.fast.changed() => {
                 let snap = ch.fast.borrow_and_update().clone();
                 r.on_snapshot(&snap);

@@ -298,6 +298,18 @@ impl Cluster {
         c
     }
 
+    /// The hub namespace joining the wire ports of link `l` (3 nodes or
+    /// more): its bridge `br0` can hold an address (a quorum server).
+    pub fn hub(&self, l: usize) -> &Netns {
+        &self
+            .nodes
+            .iter()
+            .filter(|n| n.name.is_empty())
+            .nth(l)
+            .expect("a hub (3 nodes or more)")
+            .ns
+    }
+
     pub fn members(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| !n.name.is_empty())
     }
