@@ -2,6 +2,9 @@
 //! nightly toolchain and bpf-linker, so the agent embeds it.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
+// A build dependency only so that cargo rebuilds the agent when the XDP
+// program changes.
+use heartbeat_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let meta =

@@ -19,5 +19,9 @@ pub mod state;
 pub mod status;
 pub mod transport;
 
+// Used by the binary (src/main.rs) only.
+use clap as _;
+use tracing_subscriber as _;
+
 /// The XDP object built from heartbeat-ebpf, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/heartbeat"));

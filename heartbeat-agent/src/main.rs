@@ -1,4 +1,8 @@
 //! `heartbeat-agent`: the daemon and its command-line tools.
+#![allow(
+    unused_crate_dependencies,
+    reason = "the package's dependencies are the library's; the binary uses the library"
+)]
 
 use std::{
     path::{Path, PathBuf},

@@ -210,6 +210,7 @@ pub fn render(this: &StatusReport) -> String {
         .iter()
         .filter(|n| n.state == NodeState::Up)
         .count();
+    // (`up` counts members of the quorate view, the local node included.)
     let _ = writeln!(s, "CLUSTER          ID        STATUS");
     let _ = writeln!(
         s,
@@ -231,6 +232,34 @@ pub fn render(this: &StatusReport) -> String {
         } else {
             "not real-time"
         }
+    );
+    let m = &this.membership;
+    let q = &m.quorum;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "  MEMBERSHIP  epoch {}  coordinator {}  {}  ({})",
+        m.epoch,
+        m.coordinator.as_deref().unwrap_or("-"),
+        if m.quorate { "QUORATE" } else { "NOT QUORATE" },
+        if m.phase.is_empty() { "-" } else { &m.phase }
+    );
+    let _ = writeln!(
+        s,
+        "    members {}; votes {} present, {} needed, {} expected; tie-breaker {}{}",
+        if m.members.is_empty() {
+            "-".to_owned()
+        } else {
+            m.members.join(", ")
+        },
+        q.votes_present,
+        q.votes_needed,
+        q.votes_expected,
+        q.tie_breaker,
+        q.quorum_server
+            .as_deref()
+            .map(|v| format!("; quorum server {v}"))
+            .unwrap_or_default()
     );
     for n in &this.nodes {
         let _ = writeln!(s);

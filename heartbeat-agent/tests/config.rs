@@ -1,6 +1,10 @@
 //! Integration tests of the configuration module: one test per class of
 //! error, asserting on the file name, line number, key path and wording, plus
 //! the examples/ files, defaults, path resolution and the system checks.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;

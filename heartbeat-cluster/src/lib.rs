@@ -17,3 +17,7 @@ pub mod wire;
 
 pub use heartbeat_common::siphash::SipKey;
 pub use ids::{Epoch, LinkId, MAX_NODE_ID, NodeId, NodeSet};
+
+// Used by the integration tests (tests/) only.
+#[cfg(test)]
+use proptest as _;

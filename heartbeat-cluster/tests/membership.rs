@@ -1,4 +1,8 @@
 //! Scenario tests of the membership state machine on a simulated network.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod common;
 

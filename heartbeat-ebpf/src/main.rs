@@ -23,6 +23,9 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+// The library is a host-side stub (see lib.rs); the program is this binary.
+use heartbeat_ebpf as _;
+
 mod deadline;
 mod egress;
 mod maps;

@@ -18,6 +18,10 @@
 //! All of it needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN) and the `ip` and
 //! `nft` tools; `cargo xtask setup` installs them.
 
+// Dev-dependencies of the integration tests (tests/), not of this library.
+#[cfg(test)]
+use {heartbeat_agent as _, heartbeat_api as _, libc as _};
+
 use std::{
     ffi::OsStr,
     fs::File,

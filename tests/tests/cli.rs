@@ -1,6 +1,10 @@
 //! The agent's command line as an administrator meets it: `check-config`,
 //! `keygen`, `--help`, and startup failures that must end in one clear error
 //! line and exit code 1, never a panic.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 

@@ -1,6 +1,10 @@
 //! Two and three real agents in network namespaces: round-trip times in the
 //! maps, detection of a killed, stopped or silenced node, multi-link
 //! behaviour, status, events, metrics and clean shutdown.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 

@@ -3,6 +3,10 @@
 //! stopped defers its verdict on a healthy peer instead of failing it over,
 //! a really dead peer is still detected within node_timeout + grace, and the
 //! tc egress stamp is attached while the agent runs and gone after it.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 

@@ -4,6 +4,10 @@
 //! socket, SIGHUP, and the control protocol's answers to bad requests.
 //! Also the reshaped daemon's promises: a control client that never reads
 //! cannot cause a down event, and reload rotates keys without one.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 

@@ -1,6 +1,10 @@
 //! Tests of the namespace harness itself: veth connectivity (IPv4 and IPv6),
 //! nftables egress fault injection, and that every guard cleans up, also on
 //! panic. Needs root.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::{
     process::Command,

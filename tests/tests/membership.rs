@@ -3,6 +3,10 @@
 //! coordinator); a killed coordinator is replaced; partitions leave exactly
 //! one quorate side; a graceful leave reforms without waiting for
 //! node_timeout; epochs survive restarts.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 

@@ -3,6 +3,10 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN). Each test loads its own instance of
 //! the program and its maps, so the tests run in parallel.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::time::{Duration, Instant};
 
