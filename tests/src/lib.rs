@@ -30,6 +30,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod topology;
+
 pub use nix::sys::signal::Signal;
 use nix::{sys::signal, unistd::Pid};
 
