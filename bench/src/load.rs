@@ -35,6 +35,9 @@ pub const FIFO_ABOVE_SENDER: u32 = 60;
 const MEM_LIMIT_MB: u64 = 96;
 const MEM_WORKERS: u32 = 2;
 const MEM_WORKER_MB: u64 = 64;
+/// Rate of A's shaped egress in the full-queue load: slow enough that
+/// iperf3 UDP keeps pfifo_fast's queue full (1000 packets, ~60 ms).
+const SHAPED_RATE: &str = "200mbit";
 
 /// Where a load runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +67,7 @@ pub enum Load {
     Idle,
     IperfTcp,
     IperfUdp,
+    UdpShaped,
     CpuA,
     FifoA,
     TimersA,
@@ -76,10 +80,11 @@ pub enum Load {
 
 impl Load {
     /// The full ladder.
-    pub const ALL: [Load; 11] = [
+    pub const ALL: [Load; 12] = [
         Load::Idle,
         Load::IperfTcp,
         Load::IperfUdp,
+        Load::UdpShaped,
         Load::CpuA,
         Load::FifoA,
         Load::TimersA,
@@ -90,10 +95,11 @@ impl Load {
         Load::TcpAndCpu,
     ];
     /// The ladder of `--quick`.
-    pub const QUICK: [Load; 8] = [
+    pub const QUICK: [Load; 9] = [
         Load::Idle,
         Load::IperfTcp,
         Load::IperfUdp,
+        Load::UdpShaped,
         Load::CpuA,
         Load::FifoA,
         Load::TimersA,
@@ -101,13 +107,7 @@ impl Load {
         Load::TimerSwitch,
     ];
     /// The ladder of the smoke run (one of each kind of tool).
-    pub const SMOKE: [Load; 5] = [
-        Load::Idle,
-        Load::IperfUdp,
-        Load::FifoA,
-        Load::TimersA,
-        Load::MemoryA,
-    ];
+    pub const SMOKE: [Load; 4] = [Load::Idle, Load::UdpShaped, Load::FifoA, Load::MemoryA];
 
     /// Short name, as `--loads` takes it.
     pub fn key(self) -> &'static str {
@@ -115,6 +115,7 @@ impl Load {
             Load::Idle => "idle",
             Load::IperfTcp => "tcp",
             Load::IperfUdp => "udp",
+            Load::UdpShaped => "udp-full-queue",
             Load::CpuA => "cpu-a",
             Load::FifoA => "fifo-a",
             Load::TimersA => "timers-a",
@@ -133,7 +134,7 @@ impl Load {
     pub fn scope(self) -> Scope {
         match self {
             Load::Idle => Scope::None,
-            Load::IperfTcp | Load::IperfUdp => Scope::Link,
+            Load::IperfTcp | Load::IperfUdp | Load::UdpShaped => Scope::Link,
             Load::CpuA | Load::FifoA | Load::TimersA | Load::MemoryA => Scope::NodeA,
             Load::Cpu | Load::TimerSwitch | Load::Fifo | Load::TcpAndCpu => Scope::Machine,
         }
@@ -144,6 +145,7 @@ impl Load {
             Load::Idle => "idle",
             Load::IperfTcp => "iperf3 TCP",
             Load::IperfUdp => "iperf3 UDP line rate",
+            Load::UdpShaped => "UDP, A's NIC queue full",
             Load::CpuA => "A: CPU hogs (fair)",
             Load::FifoA => "A: FIFO hogs > sender",
             Load::TimersA => "A: hrtimer pressure",
@@ -164,6 +166,9 @@ impl Load {
             Load::Idle => "nothing".into(),
             Load::IperfTcp => "iperf3 -c B -t T (TCP, gen -> A -> B)".into(),
             Load::IperfUdp => "iperf3 -c B -u -b 0 -t T (UDP at line rate, gen -> A -> B)".into(),
+            Load::UdpShaped => format!(
+                "iperf3 UDP at line rate into A's interface shaped to {SHAPED_RATE} (tbf root, pfifo_fast under it): pfifo_fast's queue stays full, so heartbeats pass only through its band 0 (SO_PRIORITY 6)"
+            ),
             Load::CpuA => format!("stress-ng --cpu 2{on_a}"),
             Load::FifoA => format!(
                 "stress-ng --cpu 1 --sched fifo --sched-prio {FIFO_ABOVE_SENDER}{on_a} (the agent's sender: SCHED_FIFO {SENDER_PRIORITY})"
@@ -230,13 +235,68 @@ impl Drop for MemCgroup {
     }
 }
 
-/// A running load; everything is killed on drop.
-pub struct Running {
-    children: Vec<ChildGuard>,
-    _cgroup: Option<MemCgroup>,
+/// A's egress shaped for the full-queue load; plain pfifo_fast again on
+/// drop.
+struct Shaped<'a> {
+    topo: &'a Topology,
 }
 
-impl Running {
+impl<'a> Shaped<'a> {
+    fn new(topo: &'a Topology) -> anyhow::Result<Self> {
+        let dev = topo.if_a.as_str();
+        topo.a.exec(&[
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "handle",
+            "1:",
+            "tbf",
+            "rate",
+            SHAPED_RATE,
+            "burst",
+            "64kb",
+            "latency",
+            "100ms",
+        ])?;
+        let shaped = Shaped { topo };
+        topo.a.exec(&[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            "1:1",
+            "handle",
+            "10:",
+            "pfifo_fast",
+        ])?;
+        Ok(shaped)
+    }
+}
+
+impl Drop for Shaped<'_> {
+    fn drop(&mut self) {
+        let dev = self.topo.if_a.as_str();
+        // Failure leaves the shaping until the topology is deleted.
+        let _ = self
+            .topo
+            .a
+            .exec(&["tc", "qdisc", "replace", "dev", dev, "root", "pfifo_fast"]);
+    }
+}
+
+/// A running load; everything is killed on drop.
+pub struct Running<'a> {
+    children: Vec<ChildGuard>,
+    _cgroup: Option<MemCgroup>,
+    _shaped: Option<Shaped<'a>>,
+}
+
+impl Running<'_> {
     /// Stops every process of the load now.
     pub fn stop(mut self) {
         for mut c in self.children.drain(..) {
@@ -318,16 +378,17 @@ fn iperf(topo: &Topology, udp: bool, secs: u64, dir: &Path) -> anyhow::Result<Ve
 }
 
 /// Starts `load` for `secs` seconds (logs go to `dir`).
-pub fn start(
+pub fn start<'a>(
     load: Load,
-    topo: &Topology,
+    topo: &'a Topology,
     secs: u64,
     cpus: usize,
     dir: &Path,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<Running<'a>> {
     let n = cpus.to_string();
     let mut children = Vec::new();
     let mut cgroup = None;
+    let mut shaped = None;
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>();
     let log = dir.join("stress-ng.log");
     let fifo_above = FIFO_ABOVE_SENDER.to_string();
@@ -336,6 +397,10 @@ pub fn start(
         Load::Idle => {}
         Load::IperfTcp => children.extend(iperf(topo, false, secs, dir)?),
         Load::IperfUdp => children.extend(iperf(topo, true, secs, dir)?),
+        Load::UdpShaped => {
+            shaped = Some(Shaped::new(topo)?);
+            children.extend(iperf(topo, true, secs, dir)?);
+        }
         Load::CpuA => children.push(stress(topo, &s(&["--cpu", "2"]), true, secs, &log, None)?),
         Load::FifoA => children.push(stress(
             topo,
@@ -395,5 +460,6 @@ pub fn start(
     Ok(Running {
         children,
         _cgroup: cgroup,
+        _shaped: shaped,
     })
 }

@@ -73,7 +73,7 @@ use util::step;
 #[derive(Parser, Debug, Default)]
 #[command(name = "heartbeat-bench")]
 pub struct BenchArgs {
-    /// A short run: 3 trials per fault, 8 loads of 6 s.
+    /// A short run: 3 trials per fault, 9 loads of 6 s.
     #[arg(long)]
     pub quick: bool,
     /// The minimal run `cargo xtask test` does: heartbeat 5 ms alone, two
@@ -92,9 +92,9 @@ pub struct BenchArgs {
     /// keepalived, bfdd, corosync [default: all].
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
-    /// Loads to run, comma separated, from: idle, tcp, udp, cpu-a, fifo-a,
-    /// timers-a, memory-a, cpu, timers, fifo, tcp-cpu [default: all;
-    /// --quick: 8 of them].
+    /// Loads to run, comma separated, from: idle, tcp, udp, udp-full-queue
+    /// (link); cpu-a, fifo-a, timers-a, memory-a (A only); cpu, timers,
+    /// fifo, tcp-cpu (whole machine) [default: all; --quick: 9 of them].
     #[arg(long, value_delimiter = ',')]
     pub loads: Vec<String>,
     /// heartbeat's agent_timeout (dead-man gate) in heartbeat intervals
@@ -323,6 +323,7 @@ fn smoke() -> anyhow::Result<()> {
     util::require_root("the bench smoke run")?;
     let plan = Plan::smoke();
     let r = execute(&plan)?;
+    println!("{}", r.table());
     let hb = r
         .systems
         .iter()
@@ -712,8 +713,9 @@ fn statuses(sys: &dyn System) -> Statuses {
 }
 
 /// Heartbeat's own account of a window, from the status reports before and
-/// after it.
-fn delivery(before: &Statuses, after: &Statuses, secs: f64, per_s: f64) -> Option<Delivery> {
+/// after it (A's uptime between its two reports gives the requests it
+/// should have sent).
+fn delivery(before: &Statuses, after: &Statuses, per_s: f64) -> Option<Delivery> {
     let ((a0, b0), (a1, b1)) = (before.as_ref()?, after.as_ref()?);
     let d = |v1: &serde_json::Value, v0: &serde_json::Value, peer: &str, key: &str| {
         link_counter(v1, peer, key).saturating_sub(link_counter(v0, peer, key))
@@ -722,7 +724,14 @@ fn delivery(before: &Statuses, after: &Statuses, secs: f64, per_s: f64) -> Optio
     let a_missed = missed(a1)
         .zip(missed(a0))
         .map_or(0, |(x, y)| x.saturating_sub(y));
-    let expected = (secs * per_s).round() as u64;
+    let uptime = |v: &serde_json::Value| v["agent"]["uptime_s"].as_f64();
+    let secs = uptime(a1)? - uptime(a0)?;
+    let expected = (secs * per_s).round().max(0.0) as u64;
+    let lateness = |v: &serde_json::Value| v["agent"]["sender_max_lateness_us"].as_f64();
+    let a_sender_max_lateness_us = match (lateness(a0), lateness(a1)) {
+        (Some(x0), Some(x1)) if x1 > x0 => Some(x1),
+        _ => None,
+    };
     let b_requests_rx = d(b1, b0, "a", "requests_rx");
     let mut xdp_counters = Vec::new();
     for (node, v1, v0) in [("A", a1, a0), ("B", b1, b0)] {
@@ -742,6 +751,7 @@ fn delivery(before: &Statuses, after: &Statuses, secs: f64, per_s: f64) -> Optio
         b_replies_tx: d(b1, b0, "a", "replies_tx"),
         a_replies_rx: d(a1, a0, "b", "replies_rx"),
         lost_from_a: expected as i64 - a_missed as i64 - b_requests_rx as i64,
+        a_sender_max_lateness_us,
         b_link_down_events: d(b1, b0, "a", "down_events"),
         xdp_counters,
     })
@@ -781,7 +791,6 @@ fn load_ladder(
             .map(|s| (s.observations(Node::A).len(), s.observations(Node::B).len()))
             .collect();
         stall_probe.reset();
-        let counters0 = counters::Snapshot::take(topo);
         let rx_gaps0: Vec<Option<system::ReceiverGaps>> =
             group.iter().map(|s| s.receiver_gaps()).collect();
         let status0: Vec<Statuses> = group.iter().map(|s| statuses(s.as_ref())).collect();
@@ -793,6 +802,9 @@ fn load_ladder(
                 None
             }
         };
+        // Counters are read while the load runs: a load may replace A's
+        // qdisc (the full-queue load shapes it) and restore it on stop.
+        let counters0 = counters::Snapshot::take(topo);
         let end = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < end {
             if let Err(e) = check_interrupt() {
@@ -806,13 +818,13 @@ fn load_ladder(
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let counters = counters::Snapshot::take(topo).since(&counters0);
         if let Some(r) = running {
             r.stop();
         }
         let t1 = wall_ns();
         let window_s = (t1 - t0) as f64 / 1e9;
         let stall = stall_probe.max_late_ns();
-        let counters = counters::Snapshot::take(topo).since(&counters0);
         let rx_gaps1: Vec<Option<system::ReceiverGaps>> =
             group.iter().map(|s| s.receiver_gaps()).collect();
         let status1: Vec<Statuses> = group.iter().map(|s| statuses(s.as_ref())).collect();
@@ -849,7 +861,7 @@ fn load_ladder(
             let deferrals = s.deferrals_since(t0);
             let delivery = s
                 .heartbeats_per_s()
-                .and_then(|per_s| delivery(&status0[i], &status1[i], window_s, per_s));
+                .and_then(|per_s| delivery(&status0[i], &status1[i], per_s));
             let recovered = wait_healthy(s.as_mut(), Duration::from_secs(10)).is_ok();
             row.systems.push(LoadSystem {
                 system: s.label(),

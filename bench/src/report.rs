@@ -179,8 +179,13 @@ pub struct Delivery {
     /// Replies B's XDP program sent to A (XDP_TX) and A accepted.
     pub b_replies_tx: u64,
     pub a_replies_rx: u64,
-    /// Expected minus missed minus received: requests lost or still queued.
+    /// Expected minus missed minus received: requests lost or still queued
+    /// (about ±2: the two nodes' reports are read a moment apart).
     pub lost_from_a: i64,
+    /// The largest lateness of A's sender so far, if it grew in this
+    /// window (the agent reports only its maximum since start), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a_sender_max_lateness_us: Option<f64>,
     /// Link-level downs B's XDP program counted for A.
     pub b_link_down_events: u64,
     /// XDP counters (per action and reason) that moved, per node.
@@ -449,11 +454,16 @@ impl Results {
                 let Some(d) = &s.delivery else { continue };
                 let _ = writeln!(
                     t,
-                    "  {:<24} {:<16} A->B requests: {} expected, {} ticks missed by A's sender, {} accepted by B, {} lost or late; B->A replies {} sent / {} accepted",
+                    "  {:<24} {:<16} A->B requests: {} expected, {} ticks missed by A's sender{}, {} accepted by B, {} lost or late; B->A replies {} sent / {} accepted",
                     row.name,
                     s.system,
                     d.expected_from_a,
                     d.a_missed_ticks,
+                    d.a_sender_max_lateness_us
+                        .map_or(String::new(), |l| format!(
+                            " (lateness up to {:.1} ms)",
+                            l / 1e3
+                        )),
                     d.b_requests_rx,
                     d.lost_from_a,
                     d.b_replies_tx,
@@ -555,18 +565,23 @@ impl Results {
         );
         let mut any = false;
         for row in self.loads.iter().filter(|r| r.load.scope() == Scope::Link) {
-            let drops: i64 = row
-                .counters
-                .interfaces
-                .iter()
-                .filter(|(k, _)| k.starts_with("A "))
-                .filter_map(|(_, c)| c.get("qdisc_drops"))
-                .sum();
+            let a_counter = |key: &str| -> i64 {
+                row.counters
+                    .interfaces
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("A "))
+                    .filter_map(|(_, c)| c.get(key))
+                    .sum()
+            };
+            let drops = a_counter("qdisc_drops");
+            let queued = drops + a_counter("qdisc_requeues") + a_counter("qdisc_backlog_at_end");
             for s in &row.systems {
                 if let Some(d) = &s.delivery {
                     any = true;
-                    let verdict = if d.lost_from_a <= 0 {
-                        "held"
+                    let verdict = if queued == 0 {
+                        "A's queue never filled (no drop, requeue or backlog): band 0 not exercised; delays come from elsewhere (A's sender: see missed ticks)"
+                    } else if d.lost_from_a <= 2 {
+                        "held: A's queue was busy, heartbeats were not lost"
                     } else if drops > 0 {
                         "heartbeats lost while data was dropped: check"
                     } else {
@@ -574,9 +589,10 @@ impl Results {
                     };
                     let _ = write!(
                         t,
-                        "\n    {} / {}: A's qdisc dropped {drops} data packets; {} heartbeat requests of {} expected lost or late; largest gap at B {} ms: {verdict}",
+                        "\n    {} / {}: A's qdisc dropped {drops} packets, requeued {}; {} heartbeat requests of {} expected lost or late; largest gap at B {} ms: {verdict}",
                         row.name,
                         s.system,
+                        a_counter("qdisc_requeues"),
                         d.lost_from_a.max(0),
                         d.expected_from_a,
                         ms(s.max_gap_rx_ns)

@@ -47,9 +47,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The benchmark smoke run called by `cargo xtask test` (`heartbeat-bench
-/// --smoke`: heartbeat alone, short windows, checks that every part of the
-/// benchmark produced data).
+/// The benchmark smoke run called by `cargo xtask test`: the benchmark
+/// crate's unit tests (it is not a default member, so `cargo test` skips
+/// it), then `heartbeat-bench --smoke` (heartbeat alone, short windows;
+/// checks that every part of the benchmark produced data).
 pub fn smoke() -> anyhow::Result<()> {
+    util::step("bench", "unit tests of heartbeat-bench");
+    util::run_streamed(util::cargo().args(["test", "--quiet", "-p", "heartbeat-bench"]))?;
     run(&["--smoke".to_owned()])
 }
