@@ -705,18 +705,22 @@ fn link_counter(v: &serde_json::Value, peer: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Both agents' status reports (heartbeat only).
-type Statuses = Option<(serde_json::Value, serde_json::Value)>;
+/// Both agents' status reports (heartbeat only) and the seconds between
+/// reading A's and B's.
+type Statuses = Option<(serde_json::Value, serde_json::Value, f64)>;
 
 fn statuses(sys: &dyn System) -> Statuses {
-    Some((sys.status(Node::A)?, sys.status(Node::B)?))
+    let a = sys.status(Node::A)?;
+    let t = Instant::now();
+    let b = sys.status(Node::B)?;
+    Some((a, b, t.elapsed().as_secs_f64()))
 }
 
 /// Heartbeat's own account of a window, from the status reports before and
 /// after it (A's uptime between its two reports gives the requests it
 /// should have sent).
 fn delivery(before: &Statuses, after: &Statuses, per_s: f64) -> Option<Delivery> {
-    let ((a0, b0), (a1, b1)) = (before.as_ref()?, after.as_ref()?);
+    let ((a0, b0, skew0), (a1, b1, skew1)) = (before.as_ref()?, after.as_ref()?);
     let d = |v1: &serde_json::Value, v0: &serde_json::Value, peer: &str, key: &str| {
         link_counter(v1, peer, key).saturating_sub(link_counter(v0, peer, key))
     };
@@ -751,6 +755,7 @@ fn delivery(before: &Statuses, after: &Statuses, per_s: f64) -> Option<Delivery>
         b_replies_tx: d(b1, b0, "a", "replies_tx"),
         a_replies_rx: d(a1, a0, "b", "replies_rx"),
         lost_from_a: expected as i64 - a_missed as i64 - b_requests_rx as i64,
+        count_tolerance: ((skew0 + skew1) * per_s).ceil() as u64 + 2,
         a_sender_max_lateness_us,
         b_link_down_events: d(b1, b0, "a", "down_events"),
         xdp_counters,

@@ -179,9 +179,13 @@ pub struct Delivery {
     /// Replies B's XDP program sent to A (XDP_TX) and A accepted.
     pub b_replies_tx: u64,
     pub a_replies_rx: u64,
-    /// Expected minus missed minus received: requests lost or still queued
-    /// (about ±2: the two nodes' reports are read a moment apart).
+    /// Expected minus missed minus received: requests lost or still queued,
+    /// within ± `count_tolerance`.
     pub lost_from_a: i64,
+    /// The two nodes' reports are read a moment apart (each by running
+    /// `heartbeat-agent status`): the heartbeats sent in that moment, both
+    /// times, plus 2.
+    pub count_tolerance: u64,
     /// The largest lateness of A's sender so far, if it grew in this
     /// window (the agent reports only its maximum since start), µs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -454,7 +458,7 @@ impl Results {
                 let Some(d) = &s.delivery else { continue };
                 let _ = writeln!(
                     t,
-                    "  {:<24} {:<16} A->B requests: {} expected, {} ticks missed by A's sender{}, {} accepted by B, {} lost or late; B->A replies {} sent / {} accepted",
+                    "  {:<24} {:<16} A->B requests: {} expected, {} ticks missed by A's sender{}, {} accepted by B, {} lost or late (±{}); B->A replies {} sent / {} accepted",
                     row.name,
                     s.system,
                     d.expected_from_a,
@@ -466,6 +470,7 @@ impl Results {
                         )),
                     d.b_requests_rx,
                     d.lost_from_a,
+                    d.count_tolerance,
                     d.b_replies_tx,
                     d.a_replies_rx
                 );
@@ -580,7 +585,7 @@ impl Results {
                     any = true;
                     let verdict = if queued == 0 {
                         "A's queue never filled (no drop, requeue or backlog): band 0 not exercised; delays come from elsewhere (A's sender: see missed ticks)"
-                    } else if d.lost_from_a <= 2 {
+                    } else if d.lost_from_a <= d.count_tolerance as i64 {
                         "held: A's queue was busy, heartbeats were not lost"
                     } else if drops > 0 {
                         "heartbeats lost while data was dropped: check"
@@ -589,11 +594,12 @@ impl Results {
                     };
                     let _ = write!(
                         t,
-                        "\n    {} / {}: A's qdisc dropped {drops} packets, requeued {}; {} heartbeat requests of {} expected lost or late; largest gap at B {} ms: {verdict}",
+                        "\n    {} / {}: A's qdisc dropped {drops} packets, requeued {}; {} (±{}) heartbeat requests of {} expected lost or late; largest gap at B {} ms: {verdict}",
                         row.name,
                         s.system,
                         a_counter("qdisc_requeues"),
                         d.lost_from_a.max(0),
+                        d.count_tolerance,
                         d.expected_from_a,
                         ms(s.max_gap_rx_ns)
                     );
