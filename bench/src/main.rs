@@ -814,7 +814,7 @@ fn load_ladder(
         while Instant::now() < end {
             if let Err(e) = check_interrupt() {
                 if let Some(r) = running {
-                    r.stop();
+                    let _ = r.stop();
                 }
                 return Err(e);
             }
@@ -824,9 +824,7 @@ fn load_ladder(
             std::thread::sleep(Duration::from_millis(100));
         }
         let counters = counters::Snapshot::take(topo).since(&counters0);
-        if let Some(r) = running {
-            r.stop();
-        }
+        let load_note = running.and_then(load::Running::stop);
         let t1 = wall_ns();
         let window_s = (t1 - t0) as f64 / 1e9;
         let stall = stall_probe.max_late_ns();
@@ -843,6 +841,7 @@ fn load_ladder(
             secs: window_s,
             host_stall_max_ns: stall,
             counters,
+            load_note,
             systems: Vec::new(),
         };
         for (i, s) in group.iter_mut().enumerate() {

@@ -208,6 +208,9 @@ pub struct LoadRow {
     pub host_stall_max_ns: i64,
     /// Qdisc, veth and softirq counters that moved during the window.
     pub counters: WindowCounters,
+    /// What the load's own counters say (the memory cgroup's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_note: Option<String>,
     pub systems: Vec<LoadSystem>,
 }
 
@@ -485,11 +488,14 @@ impl Results {
             }
             let _ = writeln!(
                 t,
-                "  {:<24} {:<16} kernel: {}; NET_RX per CPU {}",
+                "  {:<24} {:<16} kernel: {}; NET_RX per CPU {}{}",
                 row.name,
                 "",
                 row.counters.loss_summary(),
-                row.counters.net_rx()
+                row.counters.net_rx(),
+                row.load_note
+                    .as_ref()
+                    .map_or(String::new(), |n| format!("; {n}"))
             );
         }
         let _ = writeln!(t, "{}", self.egress_priority());
@@ -864,6 +870,7 @@ mod tests {
             secs: 1.0,
             host_stall_max_ns: 0,
             counters: WindowCounters::default(),
+            load_note: None,
             systems: vec![LoadSystem {
                 system: "keepalived".into(),
                 down_events: 2,
