@@ -68,8 +68,8 @@ use util::step;
 ///
 /// Needs root. `cargo xtask bench [ARGS]` installs the Debian packages,
 /// builds this and runs it. Results: a table on stdout,
-/// target/bench/results.json and target/bench/plot.svg. A full run takes
-/// about 45 minutes; `--quick` a few minutes.
+/// target/bench/results.json and target/bench/plot.svg. A full run should
+/// take 40-45 minutes; `--quick` about 5.
 #[derive(Parser, Debug, Default)]
 #[command(name = "heartbeat-bench")]
 pub struct BenchArgs {
@@ -718,8 +718,8 @@ fn statuses(sys: &dyn System) -> Statuses {
 
 /// Heartbeat's own account of a window, from the status reports before and
 /// after it (A's uptime between its two reports gives the requests it
-/// should have sent).
-fn delivery(before: &Statuses, after: &Statuses, per_s: f64) -> Option<Delivery> {
+/// should have sent; `window_s` stands in if the report lacks it).
+fn delivery(before: &Statuses, after: &Statuses, per_s: f64, window_s: f64) -> Option<Delivery> {
     let ((a0, b0, skew0), (a1, b1, skew1)) = (before.as_ref()?, after.as_ref()?);
     let d = |v1: &serde_json::Value, v0: &serde_json::Value, peer: &str, key: &str| {
         link_counter(v1, peer, key).saturating_sub(link_counter(v0, peer, key))
@@ -729,7 +729,10 @@ fn delivery(before: &Statuses, after: &Statuses, per_s: f64) -> Option<Delivery>
         .zip(missed(a0))
         .map_or(0, |(x, y)| x.saturating_sub(y));
     let uptime = |v: &serde_json::Value| v["agent"]["uptime_s"].as_f64();
-    let secs = uptime(a1)? - uptime(a0)?;
+    let secs = match (uptime(a0), uptime(a1)) {
+        (Some(u0), Some(u1)) => u1 - u0,
+        _ => window_s,
+    };
     let expected = (secs * per_s).round().max(0.0) as u64;
     let lateness = |v: &serde_json::Value| v["agent"]["sender_max_lateness_us"].as_f64();
     let a_sender_max_lateness_us = match (lateness(a0), lateness(a1)) {
@@ -865,7 +868,7 @@ fn load_ladder(
             let deferrals = s.deferrals_since(t0);
             let delivery = s
                 .heartbeats_per_s()
-                .and_then(|per_s| delivery(&status0[i], &status1[i], per_s));
+                .and_then(|per_s| delivery(&status0[i], &status1[i], per_s, window_s));
             let recovered = wait_healthy(s.as_mut(), Duration::from_secs(10)).is_ok();
             row.systems.push(LoadSystem {
                 system: s.label(),
