@@ -20,7 +20,7 @@
 
 // Dev-dependencies of the integration tests (tests/), not of this library.
 #[cfg(test)]
-use {heartbeat_agent as _, heartbeat_api as _, libc as _};
+use {heartbeat_agent as _, heartbeat_api as _};
 
 use std::{
     ffi::OsStr,
@@ -33,6 +33,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+pub mod topology;
 
 pub use nix::sys::signal::Signal;
 use nix::{sys::signal, unistd::Pid};

@@ -68,9 +68,18 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Failure-detection benchmarks against keepalived, corosync, BFD (root)
     ///
-    /// Measures failure-detection latency of heartbeat and of keepalived,
-    /// corosync and BFD (frr), idle and under load. Needs root.
-    Bench(bench::BenchArgs),
+    /// Builds and runs the benchmark crate (`bench/`, `heartbeat-bench`):
+    /// failure-detection latency, false failovers under one-node and
+    /// whole-machine loads, and cost of heartbeat and of keepalived,
+    /// corosync and BFD (frr). Arguments go to the benchmark: `cargo xtask
+    /// bench --help` lists them (`--quick`, `--smoke`, `--systems`, ...).
+    /// Needs root.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for heartbeat-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,7 +111,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Test => testcmd::run(),
         Cmd::Demo(args) => demo::run(args),
-        Cmd::Bench(args) => bench::run(args),
+        Cmd::Bench { args } => bench::run(&args),
     }
 }
 

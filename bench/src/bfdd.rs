@@ -62,10 +62,11 @@ impl Bfdd {
     }
 
     fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
-        let (ns, local, peer) = match node {
-            Node::A => (&topo.a, IP_A, IP_B),
-            Node::B => (&topo.b, IP_B, IP_A),
+        let (local, peer) = match node {
+            Node::A => (IP_A, IP_B),
+            Node::B => (IP_B, IP_A),
         };
+        let ns = topo.netns(node.side());
         let log = file(&self.dir, node, "log");
         let conf = file(&self.dir, node, "conf");
         let vty = file(&self.dir, node, "vty");
@@ -89,7 +90,7 @@ impl Bfdd {
         ]))
         .context("chown frr")?;
         let out = file(&self.dir, node, "out");
-        let mut cmd = ns.command(BFDD);
+        let mut cmd = topo.command(node.side(), &[BFDD])?;
         cmd.env("TZ", "UTC")
             .process_group(0)
             .arg("-f")

@@ -36,6 +36,9 @@ struct Instance {
     peer: &'static str,
     /// (wall ns, event) of agent-level events worth reporting.
     warnings: Vec<(i64, String)>,
+    /// Wall ns of every `detection_deferred` event (the detector held a
+    /// verdict because this node itself was stalled or its timer late).
+    deferred: Vec<i64>,
 }
 
 /// Two heartbeat agents.
@@ -81,6 +84,7 @@ impl Heartbeat {
             obs: Vec::new(),
             peer,
             warnings: Vec::new(),
+            deferred: Vec::new(),
         };
         Heartbeat {
             dir: dir.to_owned(),
@@ -116,15 +120,15 @@ impl Heartbeat {
             hb = human(self.interval),
             nt = human(self.node_timeout),
             at = human(self.agent_timeout),
-            if_a = topo.if_a(),
-            if_b = topo.if_b(),
+            if_a = topo.if_a,
+            if_b = topo.if_b,
         )
     }
 
     fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
-        let (ns, name) = match node {
-            Node::A => (&topo.a, "a"),
-            Node::B => (&topo.b, "b"),
+        let name = match node {
+            Node::A => "a",
+            Node::B => "b",
         };
         let conf = file(&self.dir, node, "toml");
         std::fs::write(&conf, self.config(node, topo))?;
@@ -132,7 +136,8 @@ impl Heartbeat {
         let agent = self.agent.display().to_string();
         let conf_s = conf.display().to_string();
         let mut guard = spawn_logged(
-            ns,
+            topo,
+            node.side(),
             &[&agent, "run", "--config", &conf_s, "--node", name],
             &log,
         )
@@ -153,10 +158,12 @@ impl Instance {
         for line in self.tail.lines() {
             if let Some(o) = parse::heartbeat_obs(&line, self.peer) {
                 self.obs.push(o);
-            } else if let Some(ev) = parse::heartbeat_event_name(&line)
-                && ev == "agent_stale"
-            {
-                self.warnings.push((wall_ns(), ev));
+            } else if let Some(ev) = parse::heartbeat_event_name(&line) {
+                match ev.as_str() {
+                    "agent_stale" => self.warnings.push((wall_ns(), ev)),
+                    "detection_deferred" => self.deferred.push(wall_ns()),
+                    _ => {}
+                }
             }
         }
     }
@@ -250,13 +257,32 @@ impl System for Heartbeat {
         self.child_pids()
     }
 
-    fn receiver_gaps(&self) -> Option<ReceiverGaps> {
+    fn agent_pid(&self, node: Node) -> Option<i32> {
+        self.guard_ref(node).as_ref().map(|g| g.pid() as i32)
+    }
+
+    fn heartbeats_per_s(&self) -> Option<f64> {
+        Some(1e9 / self.interval.as_nanos() as f64)
+    }
+
+    fn status(&self, node: Node) -> Option<serde_json::Value> {
         let out = std::process::Command::new(&self.agent)
             .args(["status", "--json", "--socket"])
-            .arg(file(&self.dir, Node::B, "sock"))
+            .arg(file(&self.dir, node, "sock"))
             .output()
             .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn deferrals_since(&self, since: i64) -> Option<usize> {
+        Some(
+            self.a.deferred.iter().filter(|t| **t >= since).count()
+                + self.b.deferred.iter().filter(|t| **t >= since).count(),
+        )
+    }
+
+    fn receiver_gaps(&self) -> Option<ReceiverGaps> {
+        let v = self.status(Node::B)?;
         let link = v["nodes"].as_array()?.iter().find(|n| n["name"] == "a")?["links"]
             .get(0)?
             .clone();

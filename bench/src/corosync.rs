@@ -87,10 +87,7 @@ impl Corosync {
     }
 
     fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
-        let ns = match node {
-            Node::A => &topo.a,
-            Node::B => &topo.b,
-        };
+        let ns = topo.netns(node.side());
         let conf = file(&self.dir, node, "conf");
         let run = file(&self.dir, node, "run");
         std::fs::create_dir_all(&run)?;
@@ -102,7 +99,7 @@ impl Corosync {
             run.display(),
             conf.display()
         );
-        let mut cmd = ns.command("sh");
+        let mut cmd = topo.command(node.side(), &["sh"])?;
         cmd.env("TZ", "UTC")
             .process_group(0)
             .args(["-c", &script])

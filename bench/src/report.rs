@@ -8,7 +8,13 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::Context as _;
 use plotters::prelude::*;
 
-use super::{load::Load, system::Node, xdpcost::XdpCost};
+use super::{
+    cost::NodeCost,
+    counters::WindowCounters,
+    load::{Load, Scope},
+    system::Node,
+    xdpcost::XdpCost,
+};
 
 /// A fault injected on node A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -133,15 +139,25 @@ pub struct DownEvent {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LoadSystem {
     pub system: String,
+    /// Node-level down declarations (heartbeat: node_down) by either node:
+    /// false failovers, the headline figure.
     pub down_events: usize,
+    /// The same per 60 s of load.
+    pub downs_per_60s: f64,
     pub downs: Vec<DownEvent>,
-    /// Largest gap between A's heartbeats received on B's interface (ns);
-    /// `None` where the receiver's XDP program consumes them before any tap.
+    /// Link-level downs (heartbeat: link_down; corosync: token loss) by
+    /// either node.
+    pub link_downs: usize,
+    /// Verdicts the detector deferred (`detection_deferred`), if it has
+    /// them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferrals: Option<usize>,
+    /// Largest gap between valid heartbeats from A seen by B's XDP program
+    /// (ns); `None` for the peers (no packet tap on the nodes' interfaces).
     pub max_gap_rx_ns: Option<i64>,
-    pub packets_rx: u64,
-    /// Largest gap between A's heartbeats leaving A's interface (ns).
-    pub max_gap_tx_ns: Option<i64>,
-    pub packets_tx: u64,
+    /// Heartbeat only: what the agents' own counters say about the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
     /// Other signs of trouble the system logged (agent_stale, corosync
     /// "not scheduled").
     pub warnings: usize,
@@ -151,19 +167,50 @@ pub struct LoadSystem {
     pub recovered: bool,
 }
 
+/// Heartbeat's own counters over one load window (deltas).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Delivery {
+    /// Requests A's sender should have sent (window / interval).
+    pub expected_from_a: u64,
+    /// Ticks A's sender skipped because it woke more than an interval late.
+    pub a_missed_ticks: u64,
+    /// Requests from A that B's XDP program accepted.
+    pub b_requests_rx: u64,
+    /// Replies B's XDP program sent to A (XDP_TX) and A accepted.
+    pub b_replies_tx: u64,
+    pub a_replies_rx: u64,
+    /// Expected minus missed minus received: requests lost or still queued,
+    /// within ± `count_tolerance`.
+    pub lost_from_a: i64,
+    /// The two nodes' reports are read a moment apart (each by running
+    /// `heartbeat-agent status`): the heartbeats sent in that moment, both
+    /// times, plus 2.
+    pub count_tolerance: u64,
+    /// The largest lateness of A's sender so far, if it grew in this
+    /// window (the agent reports only its maximum since start), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a_sender_max_lateness_us: Option<f64>,
+    /// Link-level downs B's XDP program counted for A.
+    pub b_link_down_events: u64,
+    /// XDP counters (per action and reason) that moved, per node.
+    pub xdp_counters: Vec<(String, String, i64)>,
+}
+
 /// One load window.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LoadRow {
     pub load: Load,
+    pub scope: Scope,
     pub name: String,
     pub command: String,
     pub secs: f64,
     /// Largest wake-up lateness of the bench's 1 ms SCHED_FIFO 99 probe.
     pub host_stall_max_ns: i64,
-    /// Frames the link's veth ends dropped during the window: A tx, A rx,
-    /// B tx, B rx (a veth drops on transmit when its peer's queue is full;
-    /// rx counts include frames an XDP program dropped on purpose).
-    pub link_drops: [u64; 4],
+    /// Qdisc, veth and softirq counters that moved during the window.
+    pub counters: WindowCounters,
+    /// What the load's own counters say (the memory cgroup's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_note: Option<String>,
     pub systems: Vec<LoadSystem>,
 }
 
@@ -177,6 +224,12 @@ pub struct CostRow {
     pub cpu_ms_per_s: f64,
     /// The same from /proc/PID/task/*/schedstat (ns resolution).
     pub cpu_ms_per_s_schedstat: f64,
+    /// Heartbeat only: heartbeats each node sent per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeats_per_s: Option<f64>,
+    /// Heartbeat only: per node, agent threads and XDP program.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeCost>,
 }
 
 /// A system's place in the run.
@@ -346,86 +399,106 @@ impl Results {
 
         let _ = writeln!(
             t,
-            "\n== 2. false detections: down events with no fault (largest heartbeat gap rx@B / tx@A, ms) =="
+            "\n== 2. false failovers: node-level downs per 60 s with no fault (plain topology: one veth, pfifo_fast, no tap) =="
         );
         let names = self.system_names();
         let mut header = format!(
-            "  {:<22} {:>5} {:>8} {:>15}",
-            "load", "secs", "stall", "tx drops A/B"
+            "  {:<24} {:<13} {:>5} {:>8}",
+            "load", "scope", "secs", "stall"
         );
         for n in &names {
-            let _ = write!(header, " | {n:^26}");
+            let _ = write!(header, " | {n:^24}");
         }
-        let _ = write!(header, " | heartbeat vs best peer");
         let _ = writeln!(t, "{header}");
         for (load, rows) in self.by_load() {
             let secs: Vec<String> = rows.iter().map(|r| format!("{:.0}", r.secs)).collect();
             let stall = rows.iter().map(|r| r.host_stall_max_ns).max();
-            let drops_a: u64 = rows.iter().map(|r| r.link_drops[0]).sum();
-            let drops_b: u64 = rows.iter().map(|r| r.link_drops[2]).sum();
             let mut line = format!(
-                "  {:<22} {:>5} {:>8} {:>15}",
+                "  {:<24} {:<13} {:>5} {:>8}",
                 load.name(),
+                load.scope().name(),
                 secs.join("+"),
                 ms(stall),
-                format!("{drops_a}/{drops_b}")
             );
             let cells: Vec<&LoadSystem> = rows.iter().flat_map(|r| r.systems.iter()).collect();
             for n in &names {
                 match cells.iter().find(|s| &s.system == n) {
                     Some(s) => {
+                        let deferred = s.deferrals.map_or(String::new(), |d| format!(" d{d}"));
                         let warn = if s.warnings > 0 {
                             format!(" w{}", s.warnings)
                         } else {
                             String::new()
                         };
                         let cell = format!(
-                            "{}{} {}/{}{}",
-                            s.down_events,
+                            "{:.0}{} (l{}{}{}) {}",
+                            s.downs_per_60s,
                             if s.recovered { "" } else { "!" },
+                            s.link_downs,
+                            deferred,
+                            warn,
                             ms(s.max_gap_rx_ns),
-                            ms(s.max_gap_tx_ns),
-                            warn
                         );
-                        let _ = write!(line, " | {cell:^26}");
+                        let _ = write!(line, " | {cell:^24}");
                     }
                     None => {
-                        let _ = write!(line, " | {:^26}", "not run");
+                        let _ = write!(line, " | {:^24}", "not run");
                     }
                 }
             }
-            let best = cells
-                .iter()
-                .filter(|s| !is_heartbeat(&s.system))
-                .map(|s| s.down_events)
-                .min();
-            let hb: Vec<String> = cells
-                .iter()
-                .filter(|s| is_heartbeat(&s.system))
-                .map(|s| {
-                    format!(
-                        "{} {}",
-                        s.system.trim_start_matches("heartbeat "),
-                        s.down_events
-                    )
-                })
-                .collect();
-            let _ = write!(
-                line,
-                " | {} vs {}",
-                if hb.is_empty() {
-                    "-".into()
-                } else {
-                    hb.join(", ")
-                },
-                best.map_or("-".into(), |b| b.to_string())
-            );
             let _ = writeln!(t, "{line}");
         }
         let _ = writeln!(
             t,
-            "  (cell: downs [! = not healthy after the window] max-gap rx/tx ms [wN = N warnings: agent_stale, corosync not scheduled])"
+            "  (cell: node_down per 60 s [! = not healthy after the window] (lN link-level downs, dN deferred verdicts, wN warnings: agent_stale, corosync not scheduled) largest gap between A's heartbeats at B's XDP program, ms)"
         );
+        let _ = writeln!(
+            t,
+            "\n== 2b. where heartbeats went (heartbeat's counters; kernel counters of the two interfaces; NET_RX softirqs per CPU) =="
+        );
+        for row in &self.loads {
+            for s in row.systems.iter().filter(|s| s.delivery.is_some()) {
+                let Some(d) = &s.delivery else { continue };
+                let _ = writeln!(
+                    t,
+                    "  {:<24} {:<16} A->B requests: {} expected, {} ticks missed by A's sender{}, {} accepted by B, {} lost or late (±{}); B->A replies {} sent / {} accepted",
+                    row.name,
+                    s.system,
+                    d.expected_from_a,
+                    d.a_missed_ticks,
+                    d.a_sender_max_lateness_us
+                        .map_or(String::new(), |l| format!(
+                            " (lateness up to {:.1} ms)",
+                            l / 1e3
+                        )),
+                    d.b_requests_rx,
+                    d.lost_from_a,
+                    d.count_tolerance,
+                    d.b_replies_tx,
+                    d.a_replies_rx
+                );
+                if !d.xdp_counters.is_empty() {
+                    let xs: Vec<String> = d
+                        .xdp_counters
+                        .iter()
+                        .map(|(n, k, v)| format!("{n}:{k}={v}"))
+                        .collect();
+                    let _ = writeln!(t, "  {:<24} {:<16} XDP: {}", "", "", xs.join(" "));
+                }
+            }
+            let _ = writeln!(
+                t,
+                "  {:<24} {:<16} kernel: {}; NET_RX per CPU {}{}",
+                row.name,
+                "",
+                row.counters.loss_summary(),
+                row.counters.net_rx(),
+                row.load_note
+                    .as_ref()
+                    .map_or(String::new(), |n| format!("; {n}"))
+            );
+        }
+        let _ = writeln!(t, "{}", self.egress_priority());
 
         let _ = writeln!(
             t,
@@ -448,6 +521,26 @@ impl Results {
                 "  {:<16} {:>8.3} ms/s (/proc/PID/stat)  {:>8.3} ms/s (schedstat)  {} processes  {r}",
                 c.system, c.cpu_ms_per_s, c.cpu_ms_per_s_schedstat, c.processes
             );
+            for n in &c.nodes {
+                let threads: Vec<String> = n
+                    .threads
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2}%"))
+                    .collect();
+                let _ = writeln!(
+                    t,
+                    "  {:<16}   node {}: agent {:.2}% of a core at {:.0} heartbeats/s = {:.0} ns per heartbeat [{}]; XDP program {} runs/s x {} ns = {}% of a core",
+                    "",
+                    n.node,
+                    n.agent_pct,
+                    c.heartbeats_per_s.unwrap_or(0.0),
+                    n.agent_ns_per_heartbeat,
+                    threads.join(", "),
+                    n.xdp_runs_per_s.map_or("-".into(), |x| format!("{x:.0}")),
+                    n.xdp_ns_per_run.map_or("-".into(), |x| format!("{x:.0}")),
+                    n.xdp_pct.map_or("-".into(), |x| format!("{x:.3}")),
+                );
+            }
         }
         match (&self.xdp, &self.xdp_skipped) {
             (Some(x), _) => {
@@ -470,6 +563,57 @@ impl Results {
                 let _ = writeln!(t, "  XDP program cost: skipped: {r}");
             }
             (None, None) => {}
+        }
+        t
+    }
+
+    /// Whether heartbeats kept band 0 of pfifo_fast (SO_PRIORITY 6, DSCP
+    /// CS6) while data filled A's queue: under the link loads, A's qdisc
+    /// drops against heartbeat requests from A lost.
+    fn egress_priority(&self) -> String {
+        let mut t = String::from(
+            "  egress priority (A's pfifo_fast, heartbeats in band 0 by SO_PRIORITY 6):",
+        );
+        let mut any = false;
+        for row in self.loads.iter().filter(|r| r.load.scope() == Scope::Link) {
+            let a_counter = |key: &str| -> i64 {
+                row.counters
+                    .interfaces
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("A "))
+                    .filter_map(|(_, c)| c.get(key))
+                    .sum()
+            };
+            let drops = a_counter("qdisc_drops");
+            let queued = drops + a_counter("qdisc_requeues") + a_counter("qdisc_backlog_at_end");
+            for s in &row.systems {
+                if let Some(d) = &s.delivery {
+                    any = true;
+                    let verdict = if queued == 0 {
+                        "A's queue never filled (no drop, requeue or backlog): band 0 not exercised; delays come from elsewhere (A's sender: see missed ticks)"
+                    } else if d.lost_from_a <= d.count_tolerance as i64 {
+                        "held: A's queue was busy, heartbeats were not lost"
+                    } else if drops > 0 {
+                        "heartbeats lost while data was dropped: check"
+                    } else {
+                        "heartbeats late or lost elsewhere"
+                    };
+                    let _ = write!(
+                        t,
+                        "\n    {} / {}: A's qdisc dropped {drops} packets, requeued {}; {} (±{}) heartbeat requests of {} expected lost or late; largest gap at B {} ms: {verdict}",
+                        row.name,
+                        s.system,
+                        a_counter("qdisc_requeues"),
+                        d.lost_from_a.max(0),
+                        d.count_tolerance,
+                        d.expected_from_a,
+                        ms(s.max_gap_rx_ns)
+                    );
+                }
+            }
+        }
+        if !any {
+            t.push_str(" not measured (no link load with heartbeat)");
         }
         t
     }
@@ -720,11 +864,13 @@ mod tests {
         }
         r.loads.push(LoadRow {
             load: Load::Idle,
+            scope: Scope::None,
             name: "idle".into(),
             command: String::new(),
             secs: 1.0,
             host_stall_max_ns: 0,
-            link_drops: [0; 4],
+            counters: WindowCounters::default(),
+            load_note: None,
             systems: vec![LoadSystem {
                 system: "keepalived".into(),
                 down_events: 2,

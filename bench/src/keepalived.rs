@@ -84,10 +84,7 @@ impl Keepalived {
     }
 
     fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
-        let (ns, ifname) = match node {
-            Node::A => (&topo.a, topo.if_a()),
-            Node::B => (&topo.b, topo.if_b()),
-        };
+        let ifname = topo.link_if(node.side());
         let conf = file(&self.dir, node, "conf");
         std::fs::write(&conf, self.config(node, ifname)).context("writing keepalived.conf")?;
         let pid = file(&self.dir, node, "pid");
@@ -126,7 +123,8 @@ impl Keepalived {
         .chain(["--checkers_pid".into(), chk_pid.display().to_string()])
         .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut guard = spawn_logged(ns, &args, &log).context("starting keepalived")?;
+        let mut guard =
+            spawn_logged(topo, node.side(), &args, &log).context("starting keepalived")?;
         check_started(&mut guard, &log, "keepalived")?;
         inst.vrrp_pid = read_pid_file(&vrrp_pid, Duration::from_secs(3));
         inst.guard = Some(guard);

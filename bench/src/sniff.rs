@@ -4,10 +4,10 @@
 //! protocol (heartbeat, VRRP, BFD, corosync) and reduced to the largest gap
 //! per window, so memory stays constant whatever the packet rate.
 //!
-//! Two taps are used: B's interface, inbound (what the receiver got), and
-//! A's interface, outbound (what left the sender, after its nftables egress
-//! hook). The heartbeat XDP program consumes its frames before any tap on
-//! the receiving side, so for heartbeat only the sender's tap sees them.
+//! The bench uses one tap, on A's interface, outbound, and only during
+//! detection trials (no load): the time from A's last frame to the fault.
+//! Load windows run with no tap on the nodes' interfaces (a tap clones
+//! every frame and is part of the data path it measures).
 
 use std::{
     collections::BTreeMap,
@@ -98,6 +98,7 @@ impl Gaps {
     }
 
     /// The stats with the silence from the last packet to `end` counted.
+    #[cfg(test)]
     fn closed(mut self, end: i64) -> Self {
         let prev = if self.last_ns > 0 {
             self.last_ns
@@ -122,11 +123,10 @@ struct Shared {
     drops: u64,
 }
 
-/// Which packets of the interface a tap keeps.
+/// Which packets of the interface a tap keeps (the bench taps only what A
+/// sends, and only during detection trials).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
-    /// Received by the interface's node.
-    Inbound,
     /// Sent by the interface's node.
     Outbound,
 }
@@ -389,37 +389,9 @@ impl Sniffer {
         }
     }
 
-    /// Starts a new window now: gap statistics restart from zero.
-    pub fn reset(&self) {
-        if let Ok(mut sh) = self.shared.lock() {
-            sh.window_start = wall_ns();
-            sh.streams.clear();
-        }
-    }
-
-    /// The statistics of `stream` since the last reset, with the silence up
-    /// to now counted (a stream silent for the whole window has one gap
-    /// the length of the window).
-    pub fn window(&self, stream: Stream) -> Gaps {
-        let now = wall_ns();
-        let Ok(sh) = self.shared.lock() else {
-            return Gaps::default();
-        };
-        let g = sh.streams.get(&stream).copied().unwrap_or(Gaps {
-            start_ns: sh.window_start,
-            ..Gaps::default()
-        });
-        g.closed(now)
-    }
-
     /// Wall time of the last packet of `stream` seen (ever), if any.
     pub fn last(&self, stream: Stream) -> Option<i64> {
         self.shared.lock().ok()?.last.get(&stream).copied()
-    }
-
-    /// Frames the kernel dropped on this tap so far (receive buffer full).
-    pub fn drops(&self) -> u64 {
-        self.shared.lock().map(|s| s.drops).unwrap_or(0)
     }
 }
 

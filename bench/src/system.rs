@@ -24,7 +24,7 @@ use heartbeat_tests::{ChildGuard, Signal};
 use super::{
     parse::{Obs, Transition},
     sniff::Stream,
-    topology::Topology,
+    topology::{Side, Topology},
     wall_ns,
 };
 
@@ -34,6 +34,16 @@ use super::{
 pub enum Node {
     A,
     B,
+}
+
+impl Node {
+    /// The node's place in the topology.
+    pub fn side(self) -> Side {
+        match self {
+            Node::A => Side::A,
+            Node::B => Side::B,
+        }
+    }
 }
 
 /// A system under test: two instances (nodes A and B) watching each other.
@@ -68,15 +78,37 @@ pub trait System {
     fn restart_a(&mut self, topo: &Topology) -> anyhow::Result<()>;
     /// Pids of all its processes on both nodes.
     fn pids(&self) -> Vec<i32>;
-    /// Anything odd it logged that the report should count (e.g. the
-    /// agent's `agent_stale`, corosync's "not scheduled"), since `since`.
-    /// The receiving side's own record of gaps between A's heartbeats, for
-    /// systems whose frames no packet tap on B can see (heartbeat's XDP
-    /// program consumes them first). `None`: use the tap.
+    /// The receiving side's own record of gaps between A's heartbeats
+    /// (heartbeat's XDP program keeps it). `None`: not measured (the bench
+    /// puts no packet tap on the nodes' interfaces during loads).
     fn receiver_gaps(&self) -> Option<ReceiverGaps> {
         None
     }
 
+    /// The pid of the node's agent (heartbeat only: its threads and XDP
+    /// program are costed one by one).
+    fn agent_pid(&self, _node: Node) -> Option<i32> {
+        None
+    }
+
+    /// Heartbeats each node sends per second (heartbeat only).
+    fn heartbeats_per_s(&self) -> Option<f64> {
+        None
+    }
+
+    /// The node's own status report as JSON (heartbeat only).
+    fn status(&self, _node: Node) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// `detection_deferred` events both nodes journaled since `since`
+    /// (heartbeat only; zero until the detector has deferrals).
+    fn deferrals_since(&self, _since: i64) -> Option<usize> {
+        None
+    }
+
+    /// Anything odd it logged that the report should count (e.g. the
+    /// agent's `agent_stale`, corosync's "not scheduled"), since `since`.
     fn warnings_since(&self, _since: i64) -> Vec<String> {
         Vec::new()
     }
@@ -298,23 +330,22 @@ pub fn kill_guard(guard: &mut ChildGuard) -> anyhow::Result<i64> {
 /// process group of its own: some tools signal their whole group when they
 /// stop (stress-ng does), which must not reach the bench.
 pub fn spawn_logged(
-    ns: &heartbeat_tests::Netns,
+    topo: &Topology,
+    side: Side,
     args: &[&str],
     log: &Path,
 ) -> anyhow::Result<ChildGuard> {
-    let (program, rest) = args.split_first().context("empty command")?;
     let out = File::options()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let mut cmd = ns.command(program);
-    cmd.args(rest)
-        .stdin(std::process::Stdio::null())
+    let mut cmd = topo.command(side, args)?;
+    cmd.stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .process_group(0);
-    Ok(ns.spawn(&mut cmd)?)
+    Ok(topo.netns(side).spawn(&mut cmd)?)
 }
 
 /// Fails unless `guard` is still running a moment after start, with the
