@@ -33,6 +33,7 @@ mod counters;
 mod heartbeat;
 mod keepalived;
 mod load;
+mod membership;
 mod parse;
 mod probe;
 mod report;
@@ -105,6 +106,11 @@ pub struct BenchArgs {
     /// stable one.
     #[arg(long)]
     pub corosync_token: Option<u32>,
+    /// Only the time to agreed membership (3 nodes; SIGKILL and link cut;
+    /// heartbeat at 5 ms and 500 µs; `--trials` per fault, default 20).
+    /// A full or quick run measures it too, after everything else.
+    #[arg(long)]
+    pub membership: bool,
 }
 
 fn main() -> ExitCode {
@@ -146,7 +152,7 @@ fn install_signal_handlers() {
 }
 
 /// Fails once Ctrl-C was pressed, so the run unwinds through its guards.
-fn check_interrupt() -> anyhow::Result<()> {
+pub(crate) fn check_interrupt() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!(
             "interrupted by signal {} from pid {}",
@@ -310,10 +316,40 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return smoke();
     }
     util::require_root("heartbeat-bench")?;
-    let plan = Plan::new(args)?;
-    let results = execute(&plan)?;
-    println!("{}", results.table());
+    if !args.membership {
+        let plan = Plan::new(args)?;
+        let results = execute(&plan)?;
+        println!("{}", results.table());
+    }
+    let trials = args
+        .trials
+        .map_or(if args.quick { 5 } else { 20 }, |t| t as usize);
+    let rows = membership_run(trials, false, &[membership::HB5MS, membership::HB500US])?;
+    println!("{}", membership::table(&rows));
     Ok(())
+}
+
+/// Measures the time to agreed membership; writes membership.json.
+fn membership_run(
+    trials: usize,
+    debug_agent: bool,
+    timings: &[membership::Timing],
+) -> anyhow::Result<Vec<membership::MembershipRow>> {
+    install_signal_handlers();
+    let (agent, object) = build_agent(!debug_agent)?;
+    let object = std::fs::read(&object).context("reading the XDP object")?;
+    let out = util::target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    let mut rows = Vec::new();
+    for t in timings {
+        let dir = out.join(format!("membership-{}", std::process::id()));
+        rows.extend(membership::measure(&agent, &object, *t, trials, &dir)?);
+    }
+    std::fs::write(
+        out.join("membership.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    Ok(rows)
 }
 
 /// The smoke run called by `cargo xtask test`: heartbeat alone, two
@@ -324,6 +360,11 @@ fn smoke() -> anyhow::Result<()> {
     let plan = Plan::smoke();
     let r = execute(&plan)?;
     println!("{}", r.table());
+    let m = membership_run(1, true, &[membership::HB5MS])?;
+    println!("{}", membership::table(&m));
+    if m.iter().any(|r| r.p50_ms.is_none()) {
+        bail!("a membership trial found no agreement");
+    }
     let hb = r
         .systems
         .iter()
