@@ -6,8 +6,9 @@
 //! It is the only writer of `STATUS[0]`. The agent's tasks prove they are
 //! alive by updating [`Shared::main_alive_ns`] (the supervisor's liveness
 //! task, which runs on the same runtime as every other task, so it stalls
-//! when they do); if that stops, the sender withholds the stamp AND stops
-//! sending requests, so a hung agent looks failed to its peers both ways.
+//! when they do); if that stops, the sender withholds the stamp (the kernel
+//! stops answering) AND marks its requests STALE, so a hung agent looks
+//! failed to its peers both ways.
 //!
 //! Nothing else runs on this thread: the sockets are shared with the
 //! transport's receive task (which reads them), changes arrive on a
@@ -27,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use heartbeat_common::{Header, LocalStatus, siphash::SipKey};
+use heartbeat_common::{Header, LocalStatus, node_state, siphash::SipKey};
 use thiserror::Error;
 
 use crate::{clock, fastpath::StatusWriter};
@@ -372,9 +373,11 @@ fn run(
         }
 
         // A stuck agent must look failed to its peers: no stamp (its kernel
-        // stops answering) and no requests either.
-        let links: &[SenderLink] = if fresh { &cfg.links } else { &[] };
-        for link in links {
+        // stops answering them) and its requests say STALE, so their
+        // membership takes this node out at once and shows it `stale`
+        // rather than waiting for silence.
+        let state = if fresh { state } else { node_state::STALE };
+        for link in &cfg.links {
             let sock = &link.socket;
             let stats = shared.link_stats(link.link_id);
             for &(peer, dst) in &link.peers {

@@ -645,7 +645,25 @@ pub fn decode(bytes: &[u8], keys: &Keys, cluster_id: u32) -> Result<Authenticate
 pub struct ReplayGuard {
     known: NodeSet,
     allow_qserver: bool,
-    last: std::collections::BTreeMap<NodeId, (u32, u64)>,
+    last: std::collections::BTreeMap<NodeId, Window>,
+}
+
+/// Bits of the anti-replay window: messages up to this many sequence
+/// numbers behind the highest one seen are still accepted once each.
+pub const REPLAY_WINDOW: u64 = 64;
+
+/// The anti-replay window of one sender (RFC 4303 §3.4.3, IPsec ESP's
+/// sliding window): the highest (incarnation, sequence) accepted, and a
+/// bitmap of which of the [`REPLAY_WINDOW`] sequences below it were seen.
+/// UDP may reorder (and a message sent on several links arrives several
+/// times): a strictly-increasing check would drop a proposal overtaken by
+/// the join sent right after it; the window accepts it, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    incarnation: u32,
+    highest: u64,
+    /// Bit `i` set: `highest - i` was accepted (bit 0 is `highest`).
+    seen: u64,
 }
 
 impl ReplayGuard {
@@ -670,20 +688,51 @@ impl ReplayGuard {
         self.last.retain(|n, _| known.contains(*n));
     }
 
-    /// Accepts `h` if its sender is known and (incarnation, seq) is newer
-    /// than the last accepted from that sender; records it.
+    /// Accepts `h` if its sender is known and (incarnation, seq) was not
+    /// accepted before: a newer incarnation, a higher sequence, or one of
+    /// the [`REPLAY_WINDOW`] sequences below the highest not seen yet.
     pub fn check(&mut self, h: &Header) -> Result<(), DropReason> {
         let sender_known =
             self.known.contains(h.sender) || (self.allow_qserver && h.sender == QSERVER_SENDER);
         if !sender_known {
             return Err(DropReason::UnknownNode);
         }
-        if let Some(&(inc, seq)) = self.last.get(&h.sender)
-            && (h.incarnation, h.seq) <= (inc, seq)
-        {
+        // The first message of a sender (or of a new incarnation) closes
+        // the window below it: nothing older is accepted.
+        let fresh = Window {
+            incarnation: h.incarnation,
+            highest: h.seq,
+            seen: u64::MAX,
+        };
+        let Some(w) = self.last.get_mut(&h.sender) else {
+            self.last.insert(h.sender, fresh);
+            return Ok(());
+        };
+        if h.incarnation < w.incarnation {
             return Err(DropReason::Replay);
         }
-        self.last.insert(h.sender, (h.incarnation, h.seq));
+        if h.incarnation > w.incarnation {
+            *w = fresh;
+            return Ok(());
+        }
+        if h.seq > w.highest {
+            let shift = h.seq - w.highest;
+            let seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                w.seen << shift
+            };
+            *w = Window {
+                seen: seen | 1,
+                ..fresh
+            };
+            return Ok(());
+        }
+        let behind = w.highest - h.seq;
+        if behind >= REPLAY_WINDOW || w.seen & (1u64 << behind) != 0 {
+            return Err(DropReason::Replay);
+        }
+        w.seen |= 1u64 << behind;
         Ok(())
     }
 }
@@ -917,5 +966,35 @@ mod tests {
         assert!(g.check(&a.header).is_ok());
         assert!(g.check(&b.header).is_ok());
         assert_eq!(g.check(&a.header), Err(DropReason::Replay));
+    }
+
+    #[test]
+    fn the_replay_window_accepts_reordered_messages_once() {
+        let mut g = ReplayGuard::new(NodeSet::from_bits(0b110));
+        let h = |inc: u32, seq: u64| Header {
+            cluster_id: 7,
+            sender: NodeId(1),
+            incarnation: inc,
+            seq,
+        };
+        assert_eq!(g.check(&h(1, 10)), Ok(()));
+        assert_eq!(g.check(&h(1, 12)), Ok(()));
+        // 11 overtaken by 12: accepted once.
+        assert_eq!(g.check(&h(1, 11)), Ok(()));
+        assert_eq!(g.check(&h(1, 11)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(1, 12)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(1, 10)), Err(DropReason::Replay));
+        // Beyond the window: replay.
+        assert_eq!(g.check(&h(1, 12 + REPLAY_WINDOW)), Ok(()));
+        assert_eq!(g.check(&h(1, 12)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(1, 13)), Ok(()));
+        // A new incarnation resets; an old one is a replay.
+        assert_eq!(g.check(&h(2, 1)), Ok(()));
+        assert_eq!(g.check(&h(1, 500)), Err(DropReason::Replay));
+        assert_eq!(g.check(&h(2, 1)), Err(DropReason::Replay));
+        // Unknown senders.
+        let mut other = h(2, 2);
+        other.sender = NodeId(5);
+        assert_eq!(g.check(&other), Err(DropReason::UnknownNode));
     }
 }

@@ -57,6 +57,9 @@ pub mod node_state {
     pub const HALTING: u8 = 3;
     /// Within an announced restart window: the kernel keeps answering.
     pub const RESTARTING: u8 = 4;
+    /// The agent's tasks stopped checking in: its kernel no longer answers
+    /// and its membership must not count it.
+    pub const STALE: u8 = 5;
     /// Set while the node is a member of a quorate view.
     pub const QUORATE: u8 = 0x80;
     /// The state without the quorum bit.

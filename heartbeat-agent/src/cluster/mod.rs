@@ -191,6 +191,7 @@ fn peer_agent(byte: u8) -> PeerAgentState {
     match byte & node_state::MASK {
         node_state::HALTING => PeerAgentState::Leaving,
         node_state::RESTARTING => PeerAgentState::Restarting,
+        node_state::STALE => PeerAgentState::Stale,
         _ => PeerAgentState::Running,
     }
 }
