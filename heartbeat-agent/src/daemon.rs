@@ -255,6 +255,18 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         ));
     }
     tracker.spawn(liveness(shared.clone(), cancel.clone()));
+    // Every thread of our own is spawned (they keep their own policies):
+    // the runtime thread itself goes real-time, below the sender.
+    match sender::set_thread_fifo(sender::RUNTIME_RT_PRIORITY) {
+        Ok(()) => tracing::debug!(
+            "runtime thread is SCHED_FIFO {}",
+            sender::RUNTIME_RT_PRIORITY
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot run the agent's tasks real-time; membership rounds may be late under CPU load"
+        ),
+    }
 
     let mut start = journal::entry(
         EventKind::AgentStarted,

@@ -241,9 +241,21 @@ pub fn open_socket(
     Ok(sock)
 }
 
+/// Priority of the agent's runtime thread (the cluster, transport, journal
+/// and control tasks) under SCHED_FIFO: below the sender, so a busy task
+/// never delays a heartbeat, but above ordinary processes, so a loaded
+/// machine does not delay a membership round (corosync runs its whole
+/// process real-time for the same reason).
+pub const RUNTIME_RT_PRIORITY: i32 = 40;
+
 fn set_realtime() -> io::Result<()> {
+    set_thread_fifo(RT_PRIORITY)
+}
+
+/// Makes the calling thread SCHED_FIFO at `priority`.
+pub fn set_thread_fifo(priority: i32) -> io::Result<()> {
     let param = libc::sched_param {
-        sched_priority: RT_PRIORITY,
+        sched_priority: priority,
     };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };

@@ -527,3 +527,45 @@ fn bad_membership_messages_are_dropped_and_counted() {
     let (_, _, q) = agreed(&c, &LOW, &LOW);
     assert!(q);
 }
+
+#[test]
+#[ignore = "diagnostic: membership at node_timeout 500 us"]
+fn probe_fast_membership() {
+    let t = Timing {
+        interval: "1ms",
+        node_timeout: "5ms",
+        agent_timeout: "20ms",
+    };
+    let mut c = Cluster::new(3, 1, t, false);
+    c.start_all();
+    std::thread::sleep(Duration::from_secs(3));
+    for n in ["alpha", "beta", "gamma"] {
+        let pid = c.agent(n).pid();
+        let out = std::process::Command::new("ps")
+            .args(["-L", "-o", "tid,pcpu,comm", "-p", &pid.to_string()])
+            .output()
+            .unwrap();
+        eprintln!("{n} threads:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
+    for n in ["alpha", "beta", "gamma"] {
+        eprintln!("{n}: {:?}", view(&c, n));
+        let j = c.journal(n);
+        let downs = j.iter().filter(|e| e.event == EventKind::LinkDown).count();
+        let views = j
+            .iter()
+            .filter(|e| e.event == EventKind::ViewInstalled)
+            .count();
+        eprintln!("  link_down {downs}, view_installed {views}");
+        for e in j.iter().rev().take(8) {
+            eprintln!("  {} {} {:?} {:?}", e.event, e.cause, e.peer, e.members);
+        }
+        eprintln!(
+            "{}",
+            c.status(n)
+                .messages
+                .iter()
+                .map(|(k, v)| format!("{k}={v} "))
+                .collect::<String>()
+        );
+    }
+}
