@@ -369,7 +369,9 @@ fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
     membership[..4].copy_from_slice(&MAGIC);
     membership[4] = VERSION;
     membership[5] = KIND_MEMBERSHIP;
-    let frames: [(&str, Addrs, Option<u16>, u16, &[u8]); 6] = [
+    /// Name, addresses, VLAN tag, destination port, payload.
+    type Seed<'a> = (&'a str, Addrs, Option<u16>, u16, &'a [u8]);
+    let frames: [Seed<'_>; 6] = [
         ("v4-request", v4, None, DEFAULT_PORT, request.as_bytes()),
         ("v6-request", v6, None, DEFAULT_PORT, request.as_bytes()),
         (
