@@ -432,6 +432,52 @@ fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
             .to_vec(),
     ));
 
+    // Membership messages as the target takes them: without the MAC (it
+    // seals every input itself).
+    {
+        use heartbeat_cluster::{
+            ids::{Epoch, NodeId, NodeSet},
+            wire::{self, Ack, Header as MsgHeader, Join, Leave, MAC_LEN, Message, ReachEntry},
+        };
+        let members = NodeSet::from_bits(0b110);
+        let header = MsgHeader {
+            cluster_id: 7,
+            sender: NodeId(1),
+            incarnation: 1_790_000_000,
+            seq: 5,
+        };
+        let join = Join {
+            max_epoch: Epoch(3),
+            view_epoch: Epoch(3),
+            view_members: members,
+            flags: wire::join_flags::MAY_FORM,
+            expected: members,
+            proposal: members,
+            reach: vec![ReachEntry {
+                node: NodeId(2),
+                incarnation: 9,
+                version: 4,
+                reach: members,
+            }],
+        };
+        let msgs = [
+            ("join", Message::Join(join)),
+            (
+                "ack",
+                Message::Ack(Ack {
+                    epoch: Epoch(4),
+                    members,
+                }),
+            ),
+            ("leave", Message::Leave(Leave { epoch: Epoch(4) })),
+        ];
+        for (name, msg) in msgs {
+            let mut bytes = wire::encode(&header, &msg, key);
+            bytes.truncate(bytes.len() - MAC_LEN);
+            out.push(("membership", name.into(), bytes));
+        }
+    }
+
     for (name, line) in [
         ("status", "{\"command\":\"status\"}\n"),
         ("events", "{\"command\":\"events\"}\n"),
