@@ -5,6 +5,7 @@
 //!   commented line in the `bin` list of `fuzz/Cargo.toml`, waiting for its
 //!   decoder to be merged);
 //! - `cargo xtask fuzz TARGET --time N` runs one target for N seconds;
+//!   `--all` runs every target as `cargo xtask test` does;
 //! - `cargo xtask test` calls [`run_all`] after `cargo test`: every target
 //!   for a share of about 30 s.
 //!
@@ -37,7 +38,7 @@ const INPUT_TIMEOUT_SECS: u64 = 10;
 #[derive(Args)]
 pub struct FuzzArgs {
     /// The target to run (see --list).
-    #[arg(required_unless_present_any = ["list", "write_seeds"])]
+    #[arg(required_unless_present_any = ["list", "write_seeds", "all"])]
     target: Option<String>,
     /// How long to run it, in seconds.
     #[arg(long, default_value_t = 60)]
@@ -48,6 +49,9 @@ pub struct FuzzArgs {
     /// Rewrite the committed seed corpora in fuzz/seeds/ and exit.
     #[arg(long, conflicts_with = "list")]
     write_seeds: bool,
+    /// Run every target for its share of about 30 s, as `cargo xtask test` does.
+    #[arg(long, conflicts_with_all = ["list", "write_seeds", "target"])]
+    all: bool,
 }
 
 /// The fuzz project's directory.
@@ -87,6 +91,9 @@ fn parse_targets(manifest: &str) -> (Vec<String>, Vec<String>) {
 pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     if args.write_seeds {
         return write_seeds();
+    }
+    if args.all {
+        return run_all();
     }
     let (enabled, pending) = targets()?;
     if args.list {

@@ -69,8 +69,8 @@ enum Cmd {
     /// libFuzzer, AddressSanitizer) for N seconds from its committed seeds
     /// in fuzz/seeds/TARGET; `--list` shows the targets. A crashing input
     /// is saved under fuzz/artifacts/TARGET and its path printed; the run
-    /// then fails. `cargo xtask test` runs every target for about 30 s in
-    /// total.
+    /// then fails. `--all` runs every target for about 30 s in total, as
+    /// `cargo xtask test` does; `--write-seeds` regenerates the seeds.
     Fuzz(fuzz::FuzzArgs),
     /// A live 3-node cluster in network namespaces, a node killed (root)
     ///
