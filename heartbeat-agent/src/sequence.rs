@@ -108,7 +108,12 @@ mod tests {
         let state = d.0.join("alpha.state");
         // The injected wall clock of each start: it goes back an hour, a
         // day, then to 1970.
-        let clock = [1_790_000_000_000_000_000u64, 1_789_996_400_000_000_000, 1_789_913_600_000_000_000, 1];
+        let clock = [
+            1_790_000_000_000_000_000u64,
+            1_789_996_400_000_000_000,
+            1_789_913_600_000_000_000,
+            1,
+        ];
         let mut last_new = 0u64;
         let mut last_old = 0u64;
         let mut old_replayed = false;

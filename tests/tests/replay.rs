@@ -2,7 +2,8 @@
 //! steps. A node restarted with its wall clock set back used to start its
 //! request sequence from that clock, below what its peers had accepted, so
 //! every request was dropped as a replay while both sides still showed the
-//! link up. The sequence now starts from a persisted incarnation.
+//! link up. The sequence now starts from the incarnation persisted in the
+//! state file (`heartbeat_agent::sequence`).
 //!
 //! A namespace cannot have a clock of its own (time namespaces offset only
 //! the monotonic clocks), so the restarted agent runs with a small
@@ -177,6 +178,12 @@ fn restarts_with_the_clock_set_back_are_not_replays() {
         assert_eq!(g, generation + 1, "generation {generation} -> {g}");
         generation = g;
     }
-    let inc = std::fs::read_to_string(c.dir.0.join("alpha.incarnation")).unwrap();
-    assert_eq!(inc.trim().parse::<u32>().unwrap(), generation);
+    // ... and the one persisted in alpha's state file.
+    let state = std::fs::read_to_string(c.dir.0.join("alpha.state")).unwrap();
+    assert!(
+        state
+            .lines()
+            .any(|l| l.replace(' ', "") == format!("incarnation={generation}")),
+        "{state}"
+    );
 }

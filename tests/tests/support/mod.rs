@@ -340,20 +340,18 @@ impl Cluster {
     }
 
     /// Starts `name`'s agent behind `prefix` (e.g. `prlimit --nofile=...`).
-    /// Its state (the incarnation file) is kept in the cluster's directory.
     pub fn start_prefixed(&mut self, name: &str, prefix: &[&str]) {
         let i = self.index(name);
         let log = self.dir.0.join(format!("{name}.log"));
         let bin = agent_binary();
         let cfg = self.config.to_str().unwrap().to_owned();
-        let state = format!("STATE_DIRECTORY={}", self.dir.0.display());
         let node = &mut self.nodes[i];
         let guard = node
             .ns
             .spawn_logged(
-                &["env", state.as_str()]
-                    .into_iter()
-                    .chain(prefix.iter().copied())
+                &prefix
+                    .iter()
+                    .copied()
                     .chain([
                         bin.to_str().unwrap(),
                         "run",
