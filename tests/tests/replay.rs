@@ -12,6 +12,10 @@
 //! and the sender's deadlines use CLOCK_MONOTONIC. (libfaketime is no use
 //! here: even with FAKETIME_DONT_FAKE_MONOTONIC it shifts absolute
 //! CLOCK_MONOTONIC deadlines of clock_nanosleep, so the sender floods.)
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 
