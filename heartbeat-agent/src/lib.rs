@@ -15,6 +15,7 @@ pub mod plan;
 pub mod qserver;
 pub mod reload;
 pub mod sender;
+pub mod sequence;
 pub mod state;
 pub mod status;
 pub mod transport;

@@ -31,7 +31,7 @@ use std::{
 use heartbeat_common::{Header, LocalStatus, node_state, siphash::SipKey};
 use thiserror::Error;
 
-use crate::{clock, fastpath::StatusWriter};
+use crate::{clock, fastpath::StatusWriter, sequence};
 
 /// Priority of the sender thread under SCHED_FIFO.
 pub const RT_PRIORITY: i32 = 50;
@@ -102,6 +102,10 @@ pub struct SenderConfig {
     pub agent_timeout: Duration,
     pub key: [u8; 16],
     pub links: Vec<SenderLink>,
+    /// The sequence the requests count up from (`sequence::first_sequence`
+    /// of the incarnation), never the wall clock, so that a restart is
+    /// above everything sent before even when the clock was set back.
+    pub first_sequence: u64,
 }
 
 /// Counters of one link's sends.
@@ -336,7 +340,7 @@ fn run(
     let mut key = SipKey::from_bytes(&cfg.key);
     let mut interval = cfg.interval.as_nanos().max(1) as u64;
     let mut agent_timeout = cfg.agent_timeout.as_nanos() as u64;
-    let mut seq = clock::wall_ns();
+    let mut seq = cfg.first_sequence;
     let mut last_refresh = 0u64;
     let mut next = clock::mono_ns();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -394,7 +398,7 @@ fn run(
             let stats = shared.link_stats(link.link_id);
             for &(peer, dst) in &link.peers {
                 let mut h = Header::request(cfg.cluster_id, cfg.local_node, peer, link.link_id);
-                seq = seq.wrapping_add(1);
+                seq = sequence::advance(seq);
                 h.set_sequence(seq);
                 h.set_generation(shared.generation);
                 h.node_state = state;

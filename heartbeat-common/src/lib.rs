@@ -9,6 +9,7 @@ pub mod frame;
 pub mod maps;
 pub mod siphash;
 pub mod wire;
+pub mod xdpwalk;
 
 pub use maps::*;
 pub use wire::*;

@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod testcmd;
 mod util;
@@ -30,7 +31,7 @@ enum Cmd {
     ///
     /// Installs what building and testing need: the nightly toolchain with
     /// rust-src (for the eBPF program), bpf-linker 0.13.0 built against the
-    /// nightly's own LLVM, and Debian packages (iproute2, nftables, ethtool,
+    /// nightly's own LLVM, cargo-fuzz, and Debian packages (iproute2, nftables, ethtool,
     /// procps, iputils-ping). Idempotent and fast when nothing is missing;
     /// needs root only to install packages.
     Setup(setup::SetupArgs),
@@ -55,12 +56,22 @@ enum Cmd {
     },
     /// Run every test, then check that nothing was left behind (root)
     ///
-    /// Runs setup, `cargo build`, `cargo test` (all default members) and the
-    /// benchmark smoke run, then checks that no harness network namespace
+    /// Runs setup, `cargo build`, `cargo test` (all default members), every
+    /// fuzz target for about 30 s in total (`cargo xtask fuzz --list`) and
+    /// the benchmark smoke run, then checks that no harness network namespace
     /// (`hb*`), no process started by this run and no XDP program named
     /// `heartbeat` in the root namespace is left behind; anything found is
     /// cleaned up and the run fails. Needs root.
     Test,
+    /// Run one fuzz target for a while, or list them (nightly, cargo-fuzz)
+    ///
+    /// `cargo xtask fuzz TARGET --time N` runs TARGET (cargo-fuzz,
+    /// libFuzzer, AddressSanitizer) for N seconds from its committed seeds
+    /// in fuzz/seeds/TARGET; `--list` shows the targets. A crashing input
+    /// is saved under fuzz/artifacts/TARGET and its path printed; the run
+    /// then fails. `--all` runs every target for about 30 s in total, as
+    /// `cargo xtask test` does; `--write-seeds` regenerates the seeds.
+    Fuzz(fuzz::FuzzArgs),
     /// A live 3-node cluster in network namespaces, a node killed (root)
     ///
     /// Starts three agents in network namespaces, kills one and shows the
@@ -110,6 +121,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             Err(err).with_context(|| format!("executing {}", bin.display()))
         }
         Cmd::Test => testcmd::run(),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench { args } => bench::run(&args),
     }

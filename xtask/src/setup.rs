@@ -6,7 +6,9 @@
 //!    for the eBPF target);
 //! 2. bpf-linker 0.13.0, built against the nightly's own libLLVM (prebuilt
 //!    binaries cannot be downloaded here, and the LLVM versions must match);
-//! 3. the Debian packages the tests use.
+//! 3. cargo-fuzz (the fuzz targets in `fuzz/`, run by `cargo xtask fuzz`
+//!    and `cargo xtask test`);
+//! 4. the Debian packages the tests use.
 
 use std::{
     collections::BTreeSet,
@@ -26,6 +28,9 @@ pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "ethtool", "procps"
 
 /// bpf-linker release the eBPF build is verified with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// cargo-fuzz release `cargo xtask fuzz` is verified with.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// LLVM majors bpf-linker 0.13.0 has a feature for.
 const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
@@ -58,6 +63,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_rustup()?;
     ensure_nightly()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     ensure_packages(TEST_PACKAGES)
 }
 
@@ -315,6 +321,41 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True if `cargo fuzz` runs.
+fn cargo_fuzz_works() -> bool {
+    util::succeeds(util::cargo().args(["fuzz", "--version"]))
+}
+
+fn cargo_fuzz_install_command() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]);
+    cmd
+}
+
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    if cargo_fuzz_works() {
+        return Ok(());
+    }
+    step(
+        "setup",
+        format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 minutes)"),
+    );
+    util::run_captured(&mut cargo_fuzz_install_command())
+        .context("installing cargo-fuzz (cargo install)")?;
+    if !cargo_fuzz_works() {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz --version` still fails; is ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}
+
 /// Which of `pkgs` are not installed (per dpkg).
 fn missing_packages(pkgs: &[&str]) -> anyhow::Result<Vec<String>> {
     let mut cmd = Command::new("dpkg-query");
@@ -423,6 +464,17 @@ fn dry_run() -> anyhow::Result<()> {
     } else {
         println!("rust-src, bpf-linker: checked after the nightly is installed");
     }
+    println!(
+        "cargo-fuzz: {}",
+        if cargo_fuzz_works() {
+            "present".to_owned()
+        } else {
+            format!(
+                "missing -> {}",
+                util::describe(&cargo_fuzz_install_command())
+            )
+        }
+    );
     let missing = missing_packages(TEST_PACKAGES)?;
     if missing.is_empty() {
         println!("Debian packages ({}): present", TEST_PACKAGES.join(" "));

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: builds, runs `cargo test` on the default members
-//! (streaming its output), runs the benchmark smoke test, then checks that
+//! (streaming its output), runs every fuzz target for a bounded time (about
+//! 30 s in total, `fuzz::run_all`), runs the benchmark smoke test, then checks that
 //! nothing was left behind (harness network namespaces, processes started by
 //! this run, XDP programs named `heartbeat` in the root namespace), cleans up
 //! whatever was and fails if so.
@@ -24,7 +25,7 @@ use heartbeat_tests::{
 use nix::{sys::signal, unistd::Pid};
 
 use crate::{
-    bench,
+    bench, fuzz,
     util::{self, step},
 };
 
@@ -65,6 +66,15 @@ pub fn run() -> anyhow::Result<()> {
     step("test", "cargo test (default members)");
     let summary = cargo_test()?;
 
+    step(
+        "test",
+        format!(
+            "fuzzing every target (about {} s in total)",
+            fuzz::TEST_BUDGET_SECS
+        ),
+    );
+    let fuzzed = fuzz::run_all();
+
     let smoke = if summary.ok {
         step("test", "benchmark smoke run");
         Some(bench::smoke())
@@ -91,6 +101,10 @@ pub fn run() -> anyhow::Result<()> {
             summary.passed, summary.failed, summary.ignored, summary.binaries
         ),
     );
+    match &fuzzed {
+        Ok(()) => step("test", "fuzzing: no crash"),
+        Err(e) => step("test", format!("fuzzing: FAILED: {e:#}")),
+    }
     match &smoke {
         Some(Ok(())) => step("test", "benchmark smoke run: ok"),
         Some(Err(e)) => step("test", format!("benchmark smoke run: FAILED: {e:#}")),
@@ -121,6 +135,9 @@ pub fn run() -> anyhow::Result<()> {
 
     if !summary.ok {
         bail!("cargo test failed");
+    }
+    if let Err(e) = fuzzed {
+        return Err(e.context("fuzzing failed"));
     }
     if let Some(Err(e)) = smoke {
         return Err(e.context("benchmark smoke run failed"));
