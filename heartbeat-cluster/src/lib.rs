@@ -11,6 +11,7 @@
 
 pub mod ids;
 pub mod membership;
+pub mod placement;
 pub mod qserver;
 pub mod quorum;
 pub mod wire;
