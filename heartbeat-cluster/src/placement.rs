@@ -334,10 +334,10 @@ pub fn place(view: &View, packages: &[PackagePolicy], s: &Situation) -> Placemen
     let mut decisions = BTreeMap::new();
     let mut pending: Vec<(&PackagePolicy, Vec<NodeId>)> = Vec::new();
     let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-    let mut decide = |decisions: &mut BTreeMap<PackageId, Decision>,
-                      load: &mut BTreeMap<NodeId, usize>,
-                      id: PackageId,
-                      d: Decision| {
+    let decide = |decisions: &mut BTreeMap<PackageId, Decision>,
+                  load: &mut BTreeMap<NodeId, usize>,
+                  id: PackageId,
+                  d: Decision| {
         if let Some(n) = d.owner {
             *load.entry(n).or_default() += 1;
         }
