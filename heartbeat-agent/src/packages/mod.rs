@@ -8,5 +8,9 @@
 //!   OCF resource agent) as a child process group, with a timeout that kills
 //!   the whole group, bounded output capture and one action per package at a
 //!   time; interprets exit codes as Pacemaker does.
+//! - [`addresses`]: adds and removes a package's addresses through rtnetlink
+//!   and announces them (gratuitous ARP, unsolicited neighbour
+//!   advertisements).
 
+pub mod addresses;
 pub mod runner;
