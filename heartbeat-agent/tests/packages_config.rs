@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use heartbeat_agent::config::{ClusterConfig, ConfigError};
 use heartbeat_agent::packages::runner::{Service, Timeouts};
-use heartbeat_cluster::NodeId;
-use heartbeat_cluster::placement::{FailbackPolicy, FailoverPolicy, OnAllUnhealthy};
+use heartbeat_cluster::placement::{
+    FailbackPolicy, FailoverPolicy, OnAllUnhealthy, PackageId, Situation, View, place,
+};
+use heartbeat_cluster::{Epoch, NodeId};
 
 const FILE: &str = "/etc/heartbeat/test.toml";
 
@@ -140,6 +142,20 @@ agent = "ocf:heartbeat:IPaddr2"
         params.iter().collect::<Vec<_>>(),
         [("cidr_netmask", "24"), ("ip", "10.0.0.101")]
     );
+
+    // The placement policies, and a placement of them on all three nodes.
+    let policies = heartbeat_agent::packages::policies(&cfg.packages);
+    assert_eq!(policies[1].id, PackageId(1));
+    assert_eq!(policies[1].nodes, [NodeId(3), NodeId(1)]);
+    let view = View {
+        epoch: Epoch(1),
+        members: [NodeId(1), NodeId(2), NodeId(3)].into_iter().collect(),
+        quorate: true,
+    };
+    let p = place(&view, &policies, &Situation::default());
+    assert_eq!(p.owner(PackageId(0)), Some(NodeId(1)));
+    // vip: gamma, its first node and the least loaded.
+    assert_eq!(p.owner(PackageId(1)), Some(NodeId(3)));
 }
 
 #[test]

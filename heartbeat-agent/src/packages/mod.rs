@@ -14,3 +14,23 @@
 
 pub mod addresses;
 pub mod runner;
+
+use heartbeat_cluster::placement::{PackageId, PackagePolicy};
+
+use crate::config::PackageConfig;
+
+/// The placement policies of the configured packages; a package's id is
+/// its index among `[[package]]`.
+pub fn policies(packages: &[PackageConfig]) -> Vec<PackagePolicy> {
+    packages
+        .iter()
+        .zip(0u16..)
+        .map(|(p, i)| PackagePolicy {
+            id: PackageId(i),
+            nodes: p.nodes.clone(),
+            failover: p.failover_policy,
+            failback: p.failback_policy,
+            on_all_unhealthy: p.on_all_unhealthy,
+        })
+        .collect()
+}
