@@ -11,8 +11,16 @@
 //! - [`addresses`]: adds and removes a package's addresses through rtnetlink
 //!   and announces them (gratuitous ARP, unsolicited neighbour
 //!   advertisements).
+//! - [`recovery`]: what an action's result means for the package here
+//!   (restart in place up to `restart_limit`, ban this node, fatal, escalate
+//!   a failed stop).
+//!
+//! The configuration (`[[package]]`) is read by [`crate::config`] into
+//! [`crate::config::PackageConfig`]; [`policies`] turns it into placement
+//! policies.
 
 pub mod addresses;
+pub mod recovery;
 pub mod runner;
 
 use heartbeat_cluster::placement::{PackageId, PackagePolicy};
