@@ -39,6 +39,11 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use crate::keyfile::KeyError;
+use crate::packages::addresses::PackageAddress;
+use crate::packages::runner::{
+    CommandLine, OcfAgent, OcfParams, PackageName, PackageSpec, Service, Timeouts,
+};
+use heartbeat_cluster::placement::{FailbackPolicy, FailoverPolicy, OnAllUnhealthy};
 
 use locate::{Seg, closest, locate, plain_serde_message, render, table_kind, walk};
 use raw::{Field, Value as _};
@@ -68,6 +73,17 @@ pub const DEFAULT_LAST_MAN_STANDING_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUORUM_SERVER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default `control.socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/heartbeat/control.sock";
+/// Default `package.monitor_interval`.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `package.start_timeout`.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `package.stop_timeout`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `package.monitor_timeout`.
+pub const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most `[[package]]` tables: package health travels as a 64-bit bitmap
+/// in every heartbeat reply.
+pub const MAX_PACKAGES: usize = 64;
 /// Default `node.priority`.
 pub const DEFAULT_PRIORITY: u32 = 100;
 /// Default `node.votes`.
@@ -91,10 +107,9 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Roadmap issues that keys wait for.
 const WAITS_STANDBY: &str = "waits for standby NIC takeover (issue #10)";
-const WAITS_PACKAGES: &str = "waits for packages (issue #9)";
 const WAITS_SERIAL: &str = "waits for the serial heartbeat link (issue #11)";
 /// Keys that exist only to be refused: left out of "the valid keys are".
-const WAITING_KEYS: &[&str] = &["package", "serial", "network_polling_interval", "standby"];
+const WAITING_KEYS: &[&str] = &["serial", "network_polling_interval", "standby"];
 
 /// The whole cluster's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +121,32 @@ pub struct ClusterConfig {
     pub metrics: Option<MetricsSection>,
     pub control: ControlSection,
     pub nodes: Vec<NodeConfig>,
+    /// `[[package]]`, in the order written (a package's index is its
+    /// `heartbeat_cluster::placement::PackageId`).
+    pub packages: Vec<PackageConfig>,
     /// Where each key was written in the file, so that later checks
     /// ([`ClusterConfig::check_system`]) can point at the line. Empty for a
     /// configuration built in code.
     pub locations: Locations,
+}
+
+/// One `[[package]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageConfig {
+    /// Its service, name and timeouts, as the runner takes them.
+    pub spec: PackageSpec,
+    /// `nodes`, resolved to ids, most preferred first.
+    pub nodes: Vec<NodeId>,
+    /// `failover_policy` (default `configured_node`).
+    pub failover_policy: FailoverPolicy,
+    /// `failback_policy` (default `manual`).
+    pub failback_policy: FailbackPolicy,
+    /// `on_all_unhealthy` (default `keep_best`).
+    pub on_all_unhealthy: OnAllUnhealthy,
+    /// `addresses`.
+    pub addresses: Vec<PackageAddress>,
+    /// `restart_limit` (default 0: the first monitor failure fails over).
+    pub restart_limit: u32,
 }
 
 /// `[cluster]`.
@@ -708,7 +745,6 @@ impl Src<'_> {
     }
 
     fn build(&self, top: raw::Top, top_span: Range<usize>) -> Result<ClusterConfig, ConfigError> {
-        self.refuse_waiting(&top.package, "package", WAITS_PACKAGES)?;
         self.refuse_waiting(&top.serial, "serial", WAITS_SERIAL)?;
         let Some(cluster) = top.cluster else {
             return Err(self.invalid(
@@ -761,6 +797,7 @@ impl Src<'_> {
         }
         self.check_nodes(&top_span, &nodes)?;
         let quorum = self.quorum(top.quorum, &cluster, &nodes)?;
+        let packages = self.packages(top.package, &nodes)?;
         Ok(ClusterConfig {
             path: self.file.to_owned(),
             cluster: cluster.section,
@@ -768,7 +805,266 @@ impl Src<'_> {
             metrics,
             control,
             nodes: nodes.into_iter().map(|n| n.node).collect(),
+            packages,
             locations: Locations::default(),
+        })
+    }
+
+    /// Every `[[package]]` (see [`PackageConfig`]).
+    fn packages(
+        &self,
+        raw: Field<raw::Tables<raw::Package>>,
+        nodes: &[BuiltNode],
+    ) -> Result<Vec<PackageConfig>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Vec::new());
+        };
+        let span = raw.span();
+        let raw = raw.into_inner().0;
+        if raw.len() > MAX_PACKAGES {
+            return Err(self.invalid(
+                &span,
+                "package",
+                format!(
+                    "{} packages; at most {MAX_PACKAGES} are supported (package health travels as a 64-bit bitmap)",
+                    raw.len()
+                ),
+            ));
+        }
+        let mut out: Vec<PackageConfig> = Vec::with_capacity(raw.len());
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        let mut owners_of_address: BTreeMap<(IpAddr, String), usize> = BTreeMap::new();
+        for (i, p) in raw.into_iter().enumerate() {
+            let path = format!("package[{i}]");
+            let BuiltPackage {
+                package: pkg,
+                name_span,
+                addr_spans,
+            } = self.package(&path, p, nodes)?;
+            if let Some(first) = names.insert(pkg.spec.name.to_string(), i) {
+                return Err(self.invalid(
+                    &name_span,
+                    &format!("{path}.name"),
+                    format!(
+                        "package name `{}` is already used by package[{first}]; package names must be unique",
+                        pkg.spec.name
+                    ),
+                ));
+            }
+            for (j, (a, at)) in pkg.addresses.iter().zip(&addr_spans).enumerate() {
+                if let Some(first) = owners_of_address.insert((a.addr(), a.dev().to_owned()), i) {
+                    return Err(self.invalid(
+                        at,
+                        &format!("{path}.addresses[{j}]"),
+                        format!(
+                            "address {} on {} is already used by package[{first}]; an address belongs to one package",
+                            a.addr(),
+                            a.dev()
+                        ),
+                    ));
+                }
+            }
+            out.push(pkg);
+        }
+        Ok(out)
+    }
+
+    /// One `[[package]]`; returns it with the spans of its name and addresses.
+    fn package(
+        &self,
+        path: &str,
+        p: Spanned<raw::Package>,
+        nodes: &[BuiltNode],
+    ) -> Result<BuiltPackage, ConfigError> {
+        const WHAT: &str = "[[package]]";
+        let span = p.span();
+        let p = p.into_inner();
+        let name = self.required(
+            p.name,
+            &span,
+            &format!("{path}.name"),
+            WHAT,
+            "the package's unique name, a string",
+        )?;
+        let name_span = name.span();
+        let pkg_name = PackageName::new(&name.get_ref().0)
+            .map_err(|e| self.invalid(&name_span, &format!("{path}.name"), e.to_string()))?;
+
+        // nodes: defined node names, no repeats.
+        let list = p.nodes.ok_or_else(|| {
+            self.invalid(
+                &span,
+                &format!("{path}.nodes"),
+                format!(
+                    "required key is missing in {WHAT} (expected the names of the nodes that may run it, most preferred first, e.g. nodes = [\"alpha\", \"beta\"])"
+                ),
+            )
+        })?;
+        let list_span = list.span();
+        let list = list.into_inner().0;
+        if list.is_empty() {
+            return Err(self.invalid(
+                &list_span,
+                &format!("{path}.nodes"),
+                "the list is empty; name at least one [[node]] that may run the package",
+            ));
+        }
+        let known: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
+        let mut ids: Vec<NodeId> = Vec::with_capacity(list.len());
+        for (j, n) in list.iter().enumerate() {
+            let key = format!("{path}.nodes[{j}]");
+            let text = n.get_ref().0.as_str();
+            let Some(node) = nodes.iter().find(|b| b.node.name == text) else {
+                let hint = closest(text, &known)
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
+                return Err(self.invalid(
+                    &n.span(),
+                    &key,
+                    format!(
+                        "no [[node]] is named `{}`{hint}; the nodes are: {}",
+                        shorten(text),
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let id = NodeId(node.node.id);
+            if ids.contains(&id) {
+                return Err(self.invalid(
+                    &n.span(),
+                    &key,
+                    format!("node `{text}` is listed twice"),
+                ));
+            }
+            ids.push(id);
+        }
+
+        // The service: commands, or an OCF agent with its params.
+        let text_of = |f: &Field<raw::Text>| f.as_ref().map(|t| (t.get_ref().0.clone(), t.span()));
+        let (start, stop, monitor, agent) = (
+            text_of(&p.start),
+            text_of(&p.stop),
+            text_of(&p.monitor),
+            text_of(&p.agent),
+        );
+        let command = |key: &str, (text, at): (String, Range<usize>)| {
+            CommandLine::parse(&text)
+                .map_err(|e| self.invalid(&at, &format!("{path}.{key}"), format!("{e}")))
+        };
+        let service = match agent {
+            Some((agent_text, agent_at)) => {
+                for (key, f) in [("start", &start), ("stop", &stop), ("monitor", &monitor)] {
+                    if let Some((_, at)) = f {
+                        return Err(self.invalid(
+                            at,
+                            &format!("{path}.{key}"),
+                            format!(
+                                "`{key}` and `agent` exclude each other: an OCF agent is run with the action as its argument; remove `{key}` or `agent`"
+                            ),
+                        ));
+                    }
+                }
+                let agent = OcfAgent::parse(&agent_text).map_err(|e| {
+                    self.invalid(&agent_at, &format!("{path}.agent"), e.to_string())
+                })?;
+                let params = match p.params {
+                    None => OcfParams::default(),
+                    Some(params) => {
+                        let params_span = params.span();
+                        let params = params.into_inner().0;
+                        let mut checked = Vec::with_capacity(params.len());
+                        for (k, v) in params {
+                            let at = v.span();
+                            let one =
+                                OcfParams::new([(k.clone(), v.into_inner().0)]).map_err(|e| {
+                                    self.invalid(&at, &format!("{path}.params.{k}"), e.to_string())
+                                })?;
+                            checked.extend(one.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+                        }
+                        OcfParams::new(checked).map_err(|e| {
+                            self.invalid(&params_span, &format!("{path}.params"), e.to_string())
+                        })?
+                    }
+                };
+                Service::Ocf { agent, params }
+            }
+            None => {
+                if let Some(params) = &p.params {
+                    return Err(self.invalid(
+                        &params.span(),
+                        &format!("{path}.params"),
+                        "[package.params] are OCF parameters; they need `agent = \"ocf:PROVIDER:TYPE\"`",
+                    ));
+                }
+                let missing = |key: &str| {
+                    self.invalid(
+                        &span,
+                        &format!("{path}.{key}"),
+                        format!(
+                            "required key is missing in {WHAT} (expected `{key}`, a command such as \"/etc/heartbeat/web {key}\"; or use `agent = \"ocf:PROVIDER:TYPE\"` instead of commands)"
+                        ),
+                    )
+                };
+                let start = command("start", start.ok_or_else(|| missing("start"))?)?;
+                let stop = command("stop", stop.ok_or_else(|| missing("stop"))?)?;
+                let monitor = monitor.map(|m| command("monitor", m)).transpose()?;
+                Service::Commands {
+                    start,
+                    stop,
+                    monitor,
+                }
+            }
+        };
+
+        // Addresses.
+        let mut addresses = Vec::new();
+        let mut addr_spans = Vec::new();
+        if let Some(list) = p.addresses {
+            for (j, a) in list.into_inner().0.into_iter().enumerate() {
+                let at = a.span();
+                let key = format!("{path}.addresses[{j}]");
+                let parsed: PackageAddress = a.get_ref().0.parse().map_err(
+                    |e: crate::packages::addresses::AddressError| {
+                        self.invalid(&at, &key, e.to_string())
+                    },
+                )?;
+                if addresses.contains(&parsed) {
+                    return Err(self.invalid(&at, &key, format!("{parsed} is listed twice")));
+                }
+                addresses.push(parsed);
+                addr_spans.push(at);
+            }
+        }
+
+        let dur = |f: Field<raw::Dur>, default: Duration| f.map_or(default, |d| d.into_inner().0);
+        let timeouts = Timeouts {
+            start: dur(p.start_timeout, DEFAULT_START_TIMEOUT),
+            stop: dur(p.stop_timeout, DEFAULT_STOP_TIMEOUT),
+            monitor: dur(p.monitor_timeout, DEFAULT_MONITOR_TIMEOUT),
+            monitor_interval: dur(p.monitor_interval, DEFAULT_MONITOR_INTERVAL),
+        };
+        Ok(BuiltPackage {
+            package: PackageConfig {
+                spec: PackageSpec {
+                    name: pkg_name,
+                    service,
+                    timeouts,
+                },
+                nodes: ids,
+                failover_policy: p
+                    .failover_policy
+                    .map_or_else(Default::default, |v| v.into_inner().0),
+                failback_policy: p
+                    .failback_policy
+                    .map_or_else(Default::default, |v| v.into_inner().0),
+                on_all_unhealthy: p
+                    .on_all_unhealthy
+                    .map_or_else(Default::default, |v| v.into_inner().0),
+                addresses,
+                restart_limit: p.restart_limit.map_or(0, |v| v.into_inner().0),
+            },
+            name_span,
+            addr_spans,
         })
     }
 
@@ -1419,6 +1715,14 @@ struct BuiltCluster {
 }
 
 /// A built node with the spans the cross-node checks point at.
+/// A package with the spans of its name and addresses (for checks across
+/// packages).
+struct BuiltPackage {
+    package: PackageConfig,
+    name_span: Range<usize>,
+    addr_spans: Vec<Range<usize>>,
+}
+
 struct BuiltNode {
     node: NodeConfig,
     path: String,

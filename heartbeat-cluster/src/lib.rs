@@ -8,9 +8,13 @@
 //! - [`quorum`]: votequorum semantics and tie-breakers.
 //! - [`membership`]: membership, coordinator election and epochs.
 //! - [`qserver`]: the quorum server's logic and its client side.
+//! - [`placement`]: which node owns each package in an agreed view.
+//! - [`lease`]: package leases; when a new owner may start a package.
 
 pub mod ids;
+pub mod lease;
 pub mod membership;
+pub mod placement;
 pub mod qserver;
 pub mod quorum;
 pub mod wire;

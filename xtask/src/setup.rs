@@ -23,8 +23,17 @@ use clap::Args;
 use crate::util::{self, step};
 
 /// Debian packages every test run needs: `ip` (netns, veth), `nft` (silent
-/// fault injection), `ethtool` (veth GRO/offloads), `sysctl`, `ping`.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "nftables", "ethtool", "procps", "iputils-ping"];
+/// fault injection), `ethtool` (veth GRO/offloads), `sysctl`, `ping`,
+/// `resource-agents` (the OCF agents `Dummy` and `IPaddr2` the package
+/// runner's tests run unchanged).
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "ethtool",
+    "procps",
+    "iputils-ping",
+    "resource-agents",
+];
 
 /// bpf-linker release the eBPF build is verified with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -103,6 +103,7 @@ pub(super) fn table_kind(segs: &[Seg]) -> (&'static str, &'static [&'static str]
         [Key(k)] if k == "metrics" => ("[metrics]", raw::field_names::<raw::Metrics>()),
         [Key(k)] if k == "control" => ("[control]", raw::field_names::<raw::Control>()),
         [Key(k), Index(_)] if k == "node" => ("[[node]]", raw::field_names::<raw::Node>()),
+        [Key(k), Index(_)] if k == "package" => ("[[package]]", raw::field_names::<raw::Package>()),
         [Key(k), Index(_), Key(l), Index(_)] if k == "node" && l == "link" => {
             ("[[node.link]]", raw::field_names::<raw::Link>())
         }

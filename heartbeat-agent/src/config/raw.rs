@@ -30,8 +30,7 @@ pub(super) struct Top {
     pub metrics: Field<Metrics>,
     pub control: Field<Control>,
     pub node: Field<Tables<Node>>,
-    /// Waits for packages (issue #9).
-    pub package: Field<IgnoredAny>,
+    pub package: Field<Tables<Package>>,
     /// Waits for the serial heartbeat link (issue #11).
     pub serial: Field<IgnoredAny>,
 }
@@ -108,6 +107,75 @@ pub(super) struct Link {
     pub standby: Field<IgnoredAny>,
 }
 
+/// One `[[package]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([[package]])")]
+pub(super) struct Package {
+    pub name: Field<Name>,
+    pub nodes: Field<Strings>,
+    pub failover_policy: Field<FailoverValue>,
+    pub failback_policy: Field<FailbackValue>,
+    pub on_all_unhealthy: Field<AllUnhealthyValue>,
+    pub addresses: Field<Strings>,
+    pub start: Field<Text>,
+    pub stop: Field<Text>,
+    pub monitor: Field<Text>,
+    pub agent: Field<Text>,
+    pub params: Field<Params>,
+    pub monitor_interval: Field<Dur>,
+    pub start_timeout: Field<Dur>,
+    pub stop_timeout: Field<Dur>,
+    pub monitor_timeout: Field<Dur>,
+    pub restart_limit: Field<RestartLimit>,
+}
+
+/// An array of strings, each with where it was written.
+pub(super) struct Strings(pub Vec<Spanned<Text>>);
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strings;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<Text>>()? {
+                    items.push(item);
+                }
+                Ok(Strings(items))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// `[package.params]`: names and string values (in the order toml gives
+/// them: sorted by name).
+pub(super) struct Params(pub Vec<(String, Spanned<Text>)>);
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Params;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of OCF parameters ([package.params]) with string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
+                let mut items = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    items.push((key, map.next_value::<Spanned<Text>>()?));
+                }
+                Ok(Params(items))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// A table that appears as an array of tables (`[[node]]`).
 pub(super) trait Section {
     /// How the table is written (`[[node]]`).
@@ -120,6 +188,10 @@ impl Section for Node {
 
 impl Section for Link {
     const WHAT: &'static str = "[[node.link]]";
+}
+
+impl Section for Package {
+    const WHAT: &'static str = "[[package]]";
 }
 
 /// An array of tables, with a message naming it when something else is there.
@@ -287,6 +359,10 @@ integer_value!(
 integer_value!(
     /// `node.priority`.
     Priority: u32, 0, u32::MAX, "an integer"
+);
+integer_value!(
+    /// `package.restart_limit`.
+    RestartLimit: u32, 0, 1000, "a restart count"
 );
 integer_value!(
     /// `node.votes`.
@@ -500,7 +576,79 @@ impl Value for Role {
     }
 }
 
-deserialize_via_value!(Dur, Flag, PathText, Name, Interface, Ip, Addr, Role);
+/// Longest command, agent or parameter value.
+pub(super) const MAX_TEXT_LEN: usize = 4096;
+
+/// A string (a command, an agent, an address, a node name, a parameter
+/// value): at most [`MAX_TEXT_LEN`] bytes, no NUL.
+pub(super) struct Text(pub String);
+
+impl Value for Text {
+    fn expected() -> String {
+        "a string".to_owned()
+    }
+    fn from_raw(raw: Raw) -> Result<Self, String> {
+        match raw {
+            Raw::Str(s) if s.len() > MAX_TEXT_LEN => Err(format!(
+                "the string is {} bytes long; at most {MAX_TEXT_LEN} are accepted",
+                s.len()
+            )),
+            Raw::Str(s) if s.contains('\0') => Err("the string holds a NUL character".to_owned()),
+            Raw::Str(s) => Ok(Text(s)),
+            other => Err(wrong::<Self>(&other)),
+        }
+    }
+}
+
+macro_rules! choice_value {
+    ($(#[$doc:meta])* $name:ident: $t:ty { $($text:literal => $v:expr),+ $(,)? }) => {
+        $(#[$doc])*
+        pub(super) struct $name(pub $t);
+
+        impl Value for $name {
+            fn expected() -> String {
+                [$(concat!("\"", $text, "\"")),+].join(" or ")
+            }
+            fn from_raw(raw: Raw) -> Result<Self, String> {
+                match raw {
+                    $(Raw::Str(s) if s == $text => Ok($name($v)),)+
+                    Raw::Str(s) => Err(format!(
+                        "expected {}, found {:?}",
+                        Self::expected(),
+                        shorten(&s)
+                    )),
+                    other => Err(wrong::<Self>(&other)),
+                }
+            }
+        }
+
+        deserialize_via_value!($name);
+    };
+}
+
+choice_value!(
+    /// `package.failover_policy`.
+    FailoverValue: heartbeat_cluster::placement::FailoverPolicy {
+        "configured_node" => heartbeat_cluster::placement::FailoverPolicy::ConfiguredNode,
+        "min_package_node" => heartbeat_cluster::placement::FailoverPolicy::MinPackageNode,
+    }
+);
+choice_value!(
+    /// `package.failback_policy`.
+    FailbackValue: heartbeat_cluster::placement::FailbackPolicy {
+        "manual" => heartbeat_cluster::placement::FailbackPolicy::Manual,
+        "automatic" => heartbeat_cluster::placement::FailbackPolicy::Automatic,
+    }
+);
+choice_value!(
+    /// `package.on_all_unhealthy`.
+    AllUnhealthyValue: heartbeat_cluster::placement::OnAllUnhealthy {
+        "keep_best" => heartbeat_cluster::placement::OnAllUnhealthy::KeepBest,
+        "stop" => heartbeat_cluster::placement::OnAllUnhealthy::Stop,
+    }
+);
+
+deserialize_via_value!(Dur, Flag, PathText, Name, Interface, Ip, Addr, Role, Text);
 
 /// The field names serde's derive gives a struct, in declaration order:
 /// the keys its table accepts.
