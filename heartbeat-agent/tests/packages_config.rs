@@ -1,6 +1,10 @@
 //! `[[package]]` in the configuration: the key names, defaults,
 //! commands or an OCF agent with `[package.params]`, and errors that name
 //! the file, line, key and what was expected.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,6 +2,10 @@
 //! to a temporary directory (success, failure, hang with a grandchild that
 //! ignores SIGTERM, untrusted output, environment, one action per package at
 //! a time, a daemon left behind by `start`, cancellation).
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::{
     fs,

@@ -20,7 +20,7 @@
 
 // Dev-dependencies of the integration tests (tests/), not of this library.
 #[cfg(test)]
-use {heartbeat_agent as _, heartbeat_api as _};
+use {heartbeat_agent as _, heartbeat_api as _, heartbeat_cluster as _, tokio as _};
 
 use std::{
     ffi::OsStr,

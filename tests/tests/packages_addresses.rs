@@ -2,6 +2,10 @@
 //! rtnetlink (idempotently), answered to a peer, and announced so that the
 //! peer's neighbour cache, which still points at a previous owner's MAC,
 //! learns this node's MAC (IPv4: ARP announcement; IPv6: unsolicited NA).
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,10 @@
 //! namespace). Also: IPaddr2 without its mandatory `ip` exits 6
 //! (`OCF_ERR_CONFIGURED`), a fatal failure; an agent that is not installed
 //! is a hard failure.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use std::{
     fs,
