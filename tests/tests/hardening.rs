@@ -70,8 +70,9 @@ fn closed_event_followers_are_noticed_at_once_at_the_fd_limit() {
     let base = c.agent_fds("alpha");
     for _ in 0..1000 {
         let mut s = UnixStream::connect(&sock).unwrap();
-        s.write_all(b"{\"command\":\"events\",\"follow\":true}\n")
-            .unwrap();
+        // (A client beyond the cap may be refused and closed before it
+        // writes: EPIPE is fine.)
+        let _ = s.write_all(b"{\"command\":\"events\",\"follow\":true}\n");
         // Closed without reading: the agent must notice without waiting
         // for the next journal event.
     }
