@@ -11,6 +11,7 @@ pub mod fastpath;
 pub mod journal;
 pub mod keyfile;
 pub mod metrics;
+pub mod pins;
 pub mod plan;
 pub mod qserver;
 pub mod reload;
