@@ -293,6 +293,11 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let (cluster_cmd_tx, cluster_cmd_rx) = mpsc::channel(16);
     let (dgram_tx, dgram_rx) = mpsc::channel(1024);
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
+    // After an adoption the links the kernel holds up are queued first, so
+    // that the cluster task starts from them.
+    for ev in fp.adopted_up_events() {
+        let _ = events_tx.try_send(ev);
+    }
     let rx_stats = Arc::new(RxStats::default());
     let agreement = Arc::new(metrics::Histogram::agreement());
     let refused = Arc::new(AtomicU64::new(0));
@@ -492,7 +497,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 drop(stop_sender);
                 drop(fp);
                 let _ = crate::pins::remove(&pin_dir, true);
-                return Err(e.context("announced restart: pinning the XDP program failed; XDP is detached"));
+                return Err(e.context(
+                    "announced restart: pinning the XDP program failed; XDP is detached",
+                ));
             }
             // The sender's exit no longer closes the gate: the window is open.
             drop(stop_sender);

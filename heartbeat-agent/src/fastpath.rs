@@ -174,6 +174,10 @@ pub struct FastPath {
     /// The pin directory being adopted (set by a load from pins until
     /// [`FastPath::finish_adoption`]).
     adopting: Option<PathBuf>,
+    /// Set by an adoption: the links the adopted program already holds up
+    /// are reported once as up when the task starts (the kernel reports
+    /// transitions only, and these happened before this agent ran).
+    replay_up: bool,
     params: FastPathParams,
     attached: Vec<(String, AttachMode)>,
     enabled: u32,
@@ -377,6 +381,7 @@ impl FastPath {
             map_fds,
             xdp_links: Vec::new(),
             adopting: adopt.map(Path::to_owned),
+            replay_up: adopt.is_some(),
             params,
             attached: Vec::new(),
             enabled: 0,
@@ -807,6 +812,34 @@ impl FastPath {
                 self.write_config(self.enabled)
             }
         }
+    }
+
+    /// After an adoption (once): an up event for every configured (peer,
+    /// link) the adopted program holds up, so that reachability starts
+    /// from what the kernel already knows (it reports transitions only,
+    /// and these happened before this agent ran). The supervisor queues
+    /// them before the cluster task starts.
+    pub fn adopted_up_events(&mut self) -> Vec<TransportEvent> {
+        if !std::mem::take(&mut self.replay_up) {
+            return Vec::new();
+        }
+        let now = clock::mono_ns();
+        self.snapshot(0)
+            .links
+            .into_iter()
+            .filter(|(_, st)| st.up != 0)
+            .map(|((peer, link), st)| TransportEvent::Link {
+                peer,
+                link,
+                change: LinkChange::Up,
+                at_ns: if st.last_up_ns != 0 {
+                    st.last_up_ns
+                } else {
+                    now
+                },
+                last_rx_ns: st.last_rx_ns,
+            })
+            .collect()
     }
 
     /// Replaces the configured peers and their links.

@@ -251,7 +251,9 @@ pub fn remove(dir: &Path, detach: bool) -> Result<Removed, PinError> {
             match open_pin(&path) {
                 Ok(fd) => match detach_link(std::os::fd::AsFd::as_fd(&fd)) {
                     Ok(()) => out.detached.push(iface.to_owned()),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot detach a pinned link"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot detach a pinned link")
+                    }
                 },
                 Err(e) => tracing::warn!(error = %e, "cannot open a pinned link"),
             }
@@ -276,7 +278,10 @@ mod tests {
         let d = node_dir(Path::new("/sys/fs/bpf"), 7, 2);
         assert_eq!(d, Path::new("/sys/fs/bpf/heartbeat/7-2"));
         assert_eq!(link_pin(&d, "native", "eth-0"), d.join("xdp-native-eth-0"));
-        assert_eq!(parse_link_pin("xdp-native-eth-0"), Some(("native", "eth-0")));
+        assert_eq!(
+            parse_link_pin("xdp-native-eth-0"),
+            Some(("native", "eth-0"))
+        );
         assert_eq!(parse_link_pin("xdp-generic-x"), Some(("generic", "x")));
         assert_eq!(parse_link_pin("xdp-other-x"), None);
         assert_eq!(parse_link_pin("xdp-native-"), None);

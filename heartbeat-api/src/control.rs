@@ -52,7 +52,8 @@ pub enum Request {
 
 impl Request {
     /// Every command's name, for error messages.
-    pub const KNOWN: &'static str = "status, events, reload, cluster_start, node_halt, node_start, restart";
+    pub const KNOWN: &'static str =
+        "status, events, reload, cluster_start, node_halt, node_start, restart";
 
     /// Decodes one request line (without its newline). Pure: the control
     /// socket and the fuzz target both use it.
