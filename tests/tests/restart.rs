@@ -386,6 +386,35 @@ fn a_start_after_the_window_cleans_the_stale_pins_and_starts_afresh() {
     assert!(iface_attached(&c, "beta"));
 }
 
+/// The guard unmounts its bpffs and removes what is pinned in it even when
+/// the test panics, and the leak check then finds nothing of it.
+#[test]
+fn the_bpffs_guard_cleans_up_on_panic() {
+    let path = std::sync::Mutex::new(PathBuf::new());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let fs = Bpffs::new();
+        *path.lock().unwrap() = fs.dir.clone();
+        fs::create_dir_all(fs.node_dir(9)).unwrap();
+        assert!(
+            heartbeat_tests::bpffs_leftovers()
+                .iter()
+                .any(|l| matches!(l, heartbeat_tests::BpffsLeftover::Mount { path, .. } if *path == fs.dir)),
+            "the leak check does not see the scratch bpffs"
+        );
+        panic!("on purpose");
+    }));
+    assert!(r.is_err());
+    let path = path.into_inner().unwrap();
+    assert!(!path.exists(), "{} left behind", path.display());
+    assert!(
+        !heartbeat_tests::bpffs_leftovers().iter().any(|l| match l {
+            heartbeat_tests::BpffsLeftover::Mount { path: p, .. } => *p == path,
+            heartbeat_tests::BpffsLeftover::Pins { dir, .. } => dir.starts_with(&path),
+        }),
+        "the leak check still sees it"
+    );
+}
+
 /// The pin directory is per (cluster, node): the path names both.
 #[test]
 fn pin_directories_are_per_node() {
