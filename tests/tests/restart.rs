@@ -372,7 +372,17 @@ fn a_start_after_the_window_cleans_the_stale_pins_and_starts_afresh() {
     let all = ["alpha", "beta", "gamma"];
     let e1 = agreed(&c, &all, &all);
 
-    announce_restart(&mut c, "beta");
+    // SIGUSR2 announces the restart too.
+    c.agent("beta").signal(Signal::SIGUSR2).unwrap();
+    let status = c
+        .agent("beta")
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("SIGUSR2 makes the agent exit for a restart");
+    assert_eq!(status.code(), Some(75), "{}", c.log("beta"));
+    let b = c.index("beta");
+    c.nodes[b].agent = None;
+    assert!(!bpffs.pins(2).is_empty());
     std::thread::sleep(Duration::from_millis(1200));
     start(&mut c, &bpffs, "beta");
     let e2 = agreed(&c, &all, &all);
