@@ -632,10 +632,13 @@ impl FastPath {
     /// process and the next agent attaches its own.
     pub fn pin_for_restart(&mut self, dir: &Path) -> Result<(), FastPathError> {
         crate::pins::remove(dir, false)?;
-        std::fs::create_dir_all(dir).map_err(|source| crate::pins::PinError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        // Root only: the pins give access to the cluster key (KEYS).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| crate::pins::PinError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
         for (name, fd) in &self.map_fds {
             crate::pins::pin_fd(fd.as_fd(), &dir.join(name))?;
         }
