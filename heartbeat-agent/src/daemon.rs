@@ -24,6 +24,17 @@
 //! attached, and every error path undoes what was done (guards).
 //! Shutdown: the node announces it is halting, the tasks stop, the sender
 //! thread stops, and XDP is detached last.
+//!
+//! Announced restart (`heartbeat-agent restart`, or SIGUSR2): the node
+//! state becomes `RESTARTING`, the cluster task is dropped without
+//! announcing a leave, the restart window (`cluster.restart_window`) opens
+//! in the program's `RESTART` map, the XDP links and maps are pinned in
+//! bpffs (`pins`), the sender stops, and the process exits with
+//! [`RESTART_EXIT_CODE`] without detaching: the kernel keeps answering for
+//! the node. The next agent finds the pins, adopts them if the window is
+//! still open and they match its configuration (else it detaches and
+//! removes them and starts fresh), and closes the window once its own
+//! sender runs.
 
 use std::{
     path::{Path, PathBuf},
@@ -62,6 +73,101 @@ pub use crate::plan::expand_node;
 
 /// How often the liveness task checks in for the sender.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Exit status of an agent that announced a restart and left its program
+/// pinned (EX_TEMPFAIL): the systemd unit restarts on it.
+pub const RESTART_EXIT_CODE: u8 = 75;
+
+/// How the agent ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped: left the cluster, detached, pins removed.
+    Stopped,
+    /// Exited for an announced restart: the program stays attached and
+    /// answering, pinned, until the window runs out or the next agent
+    /// adopts it.
+    Restarting,
+}
+
+/// Where the agent keeps its pins.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The bpffs mount point (`--bpffs`, default /sys/fs/bpf).
+    pub bpffs: PathBuf,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            bpffs: PathBuf::from(crate::pins::DEFAULT_BPFFS),
+        }
+    }
+}
+
+/// Why the supervisor's loop ended.
+enum Stop {
+    Signal(&'static str),
+    Restart(&'static str),
+}
+
+/// Loads the fast path: adopts the pins in `dir` when an announced restart
+/// left them and they fit, else removes them (detaching their links) and
+/// loads afresh. Returns whether the pins were adopted.
+fn load_fast_path(
+    plan: &Plan,
+    dir: &Path,
+) -> Result<(FastPath, fastpath::StatusWriter, fastpath::EventRing, bool)> {
+    let params = fastpath_params(plan);
+    if dir.exists() {
+        match fastpath::check_adoptable(dir, &params, &plan.interfaces, clock::mono_ns()) {
+            Ok(w) => {
+                tracing::info!(
+                    pins = %dir.display(),
+                    window_left_ms = w.until_ns.saturating_sub(clock::mono_ns()) / 1_000_000,
+                    "adopting the XDP program and maps an announced restart left pinned"
+                );
+                match adopt(plan, &params, dir) {
+                    Ok((fp, status, ring)) => return Ok((fp, status, ring, true)),
+                    Err(e) => tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "cannot adopt the pinned program; detaching it and starting afresh"
+                    ),
+                }
+            }
+            Err(why) => tracing::warn!(
+                pins = %dir.display(),
+                "found pins of an earlier agent that cannot be adopted ({why}); detaching them and starting afresh"
+            ),
+        }
+        let removed = crate::pins::remove(dir, true)
+            .with_context(|| format!("removing the stale pins in {}", dir.display()))?;
+        tracing::info!(
+            detached = ?removed.detached,
+            unpinned = removed.unpinned,
+            "stale pins removed"
+        );
+    }
+    let (mut fp, status, ring) = FastPath::load(EBPF_OBJECT, params, None)?;
+    for iface in &plan.interfaces {
+        let mode = fp.attach(iface)?;
+        tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
+    }
+    Ok((fp, status, ring, false))
+}
+
+/// Loads the object against the pinned maps and takes over the pinned links.
+fn adopt(
+    plan: &Plan,
+    params: &FastPathParams,
+    dir: &Path,
+) -> Result<(FastPath, fastpath::StatusWriter, fastpath::EventRing)> {
+    let (mut fp, status, ring) = FastPath::load(EBPF_OBJECT, params.clone(), Some(dir))?;
+    for iface in &plan.interfaces {
+        let mode = fp.attach(iface)?;
+        tracing::info!(interface = %iface, mode = mode.as_str(), "XDP adopted");
+    }
+    Ok((fp, status, ring))
+}
 
 /// The sender's links: each planned link with its socket.
 fn sender_links(links: &[LinkPlan], sockets: &[LinkSocket]) -> Vec<SenderLink> {
@@ -104,7 +210,7 @@ fn load_plan(config_path: &Path, node: Option<&str>) -> Result<Plan> {
 }
 
 /// Runs the agent for `config_path` as node `node` (or the hostname).
-pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
+pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> Result<Exit> {
     let plan = Arc::new(load_plan(config_path, node)?);
     let c = plan.config.cluster.clone();
     // Paths and ports, checked without side effects (a reload skips this:
@@ -125,10 +231,9 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     let mut state = StateFile::open(&plan.settings.state_file)?;
     let incarnation = state.next_incarnation()?;
 
-    let (mut fp, status_writer, ring) = FastPath::load(EBPF_OBJECT, fastpath_params(&plan))?;
+    let pin_dir = crate::pins::node_dir(&opts.bpffs, c.id, plan.local.id);
+    let (mut fp, status_writer, ring, adopted) = load_fast_path(&plan, &pin_dir)?;
     for iface in &plan.interfaces {
-        let mode = fp.attach(iface)?;
-        tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
         if let Err(e) = fp.attach_egress_stamp(iface) {
             tracing::warn!(interface = %iface, error = %e, "cannot stamp own requests on egress; the local-stall check is off");
         }
@@ -171,6 +276,12 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     shared
         .node_state
         .store(node_state::RUNNING, Ordering::Relaxed);
+    if adopted {
+        // The sender runs and the agent watch follows this process: the
+        // gate can follow our stamp again.
+        fp.finish_adoption()?;
+        tracing::info!("restart window closed: this agent answers for the node");
+    }
 
     // The tasks.
     let cancel = CancellationToken::new();
@@ -184,6 +295,11 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     let (cluster_cmd_tx, cluster_cmd_rx) = mpsc::channel(16);
     let (dgram_tx, dgram_rx) = mpsc::channel(1024);
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
+    // After an adoption the links the kernel holds up are queued first, so
+    // that the cluster task starts from them.
+    for ev in fp.adopted_up_events() {
+        let _ = events_tx.try_send(ev);
+    }
     let rx_stats = Arc::new(RxStats::default());
     let agreement = Arc::new(metrics::Histogram::agreement());
     let refused = Arc::new(AtomicU64::new(0));
@@ -202,7 +318,9 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         fast_cmd_rx,
         cancel.clone(),
     ));
-    tracker.spawn(cluster::run(
+    // The cluster task announces a leave when cancelled; an announced
+    // restart aborts it instead (see `Stop::Restart`).
+    let cluster_task = tracker.spawn(cluster::run(
         plan.clone(),
         journal.clone(),
         cluster::Channels {
@@ -276,7 +394,11 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         "start",
         clock::mono_ns(),
     );
-    start.detail = Some(format!("xdp {attached}"));
+    start.detail = Some(if adopted {
+        format!("xdp {attached} (adopted after an announced restart)")
+    } else {
+        format!("xdp {attached}")
+    });
     journal.record(start);
     tracing::info!(
         node = %plan.local.name,
@@ -301,10 +423,12 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let cause = loop {
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    let stop = loop {
         tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = sigusr2.recv() => break Stop::Restart("SIGUSR2"),
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration and reopening the journal");
                 let _ = sup.reload("SIGHUP");
@@ -313,6 +437,18 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
                 Request::Reload {} => {
                     let r = sup.reload("control");
                     let _ = call.reply.send(r);
+                }
+                Request::Restart {} => {
+                    let window = sup.plan.config.cluster.restart_window;
+                    let _ = call.reply.send(Ok(format!(
+                        "node {} restarting: the kernel keeps answering for up to {} while the next agent starts",
+                        sup.plan.local.name,
+                        humantime::format_duration(window)
+                    )));
+                    // Let the control task write the answer before it is
+                    // cancelled (bounded: one short pause).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    break Stop::Restart("control");
                 }
                 _ => {
                     if let Err(mpsc::error::SendError(cluster::Command::Control(call))) =
@@ -325,6 +461,67 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
         }
     };
 
+    let cause = match stop {
+        Stop::Signal(cause) => cause,
+        Stop::Restart(cause) => {
+            let plan = sup.plan.clone();
+            let window = plan.config.cluster.restart_window;
+            tracing::info!(
+                cause,
+                window = ?window,
+                pins = %pin_dir.display(),
+                "announced restart: leaving XDP attached and pinned"
+            );
+            let q = shared.node_state.load(Ordering::Relaxed) & node_state::QUORATE;
+            shared
+                .node_state
+                .store(node_state::RESTARTING | q, Ordering::Relaxed);
+            // No leave: peers keep this node as a member for the window.
+            cluster_task.abort();
+            let _ = cluster_task.await;
+            let mut entry = journal::entry(
+                EventKind::AgentStopping,
+                &plan.local.name,
+                "restart",
+                clock::mono_ns(),
+            );
+            entry.detail = Some(format!(
+                "announced restart ({cause}): window {}, XDP pinned in {}",
+                humantime::format_duration(window),
+                pin_dir.display()
+            ));
+            journal.record(entry);
+            cancel.cancel();
+            tracker.close();
+            let fp = fast_task.await.ok();
+            tracker.wait().await;
+            let Some(mut fp) = fp else {
+                drop(stop_sender);
+                anyhow::bail!("the fast path task failed; XDP is detached");
+            };
+            let until = clock::mono_ns().saturating_add(window.as_nanos() as u64);
+            let pinned = crate::pins::ensure_bpffs(&opts.bpffs)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| fp.announce_restart(until).map_err(anyhow::Error::from))
+                .and_then(|()| fp.pin_for_restart(&pin_dir).map_err(anyhow::Error::from));
+            if let Err(e) = pinned {
+                // Without pins the program cannot outlive us: stop as a
+                // failure would, and leave nothing behind.
+                let _ = fp.announce_restart(0);
+                drop(stop_sender);
+                drop(fp);
+                let _ = crate::pins::remove(&pin_dir, true);
+                return Err(e.context(
+                    "announced restart: pinning the XDP program failed; XDP is detached",
+                ));
+            }
+            // The sender's exit no longer closes the gate: the window is open.
+            drop(stop_sender);
+            drop(fp);
+            tracing::info!("exiting for the restart; XDP stays attached");
+            return Ok(Exit::Restarting);
+        }
+    };
     tracing::info!(cause, "stopping: detaching XDP");
     shared
         .node_state
@@ -342,7 +539,37 @@ pub async fn run(config_path: &Path, node: Option<&str>) -> Result<()> {
     drop(stop_sender);
     // XDP is detached last, when the fast path is dropped.
     drop(fp);
-    Ok(())
+    // A full stop leaves no pins (an adoption cut short could).
+    if pin_dir.exists()
+        && let Err(e) = crate::pins::remove(&pin_dir, true)
+    {
+        tracing::warn!(error = %e, "cannot remove the pins in {}", pin_dir.display());
+    }
+    Ok(Exit::Stopped)
+}
+
+/// `heartbeat-agent detach`: detaches and removes the pins an announced
+/// restart left for `node` (the program stops answering for it at once).
+pub fn detach(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> Result<String> {
+    let cfg = ClusterConfig::load(config_path)?;
+    let local = cfg.local_node(node)?;
+    let dir = crate::pins::node_dir(&opts.bpffs, cfg.cluster.id, local.id);
+    if !dir.exists() {
+        return Ok(format!(
+            "node {}: nothing pinned in {}",
+            local.name,
+            dir.display()
+        ));
+    }
+    let removed = crate::pins::remove(&dir, true)
+        .with_context(|| format!("removing the pins in {}", dir.display()))?;
+    Ok(format!(
+        "node {}: detached XDP from [{}], removed {} pins in {}",
+        local.name,
+        removed.detached.join(", "),
+        removed.unpinned,
+        dir.display()
+    ))
 }
 
 /// Stops and joins the sender thread when dropped (also on error paths).

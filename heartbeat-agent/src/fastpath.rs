@@ -5,19 +5,36 @@
 //! Dropping [`FastPath`] detaches the program from every interface; the
 //! kernel also detaches it when the process dies (the attachment is a
 //! bpf_link held by this process).
+//!
+//! An announced restart ([`FastPath::announce_restart`],
+//! [`FastPath::pin_for_restart`]) opens the restart window in `RESTART[0]`
+//! and pins the XDP links and every map in bpffs (`pins`), so that the
+//! program keeps answering after this process exits; the next agent loads
+//! its object against the pinned maps ([`FastPath::load`] with a pin
+//! directory), replaces the program in the pinned links (`bpf_link_update`:
+//! an upgrade takes effect at once) and, once its sender runs, closes the
+//! window and removes the pins ([`FastPath::finish_adoption`]).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
-    Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use heartbeat_common::{
-    AgentWatch, Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, counter, link_slot, names,
+    AgentWatch, Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, RestartWindow, counter,
+    link_slot, names,
 };
 use thiserror::Error;
 use tokio::{
@@ -70,6 +87,12 @@ pub enum FastPathError {
         #[source]
         source: ProgramError,
     },
+    #[error("bpffs pin: {0}")]
+    Pin(#[from] crate::pins::PinError),
+    #[error("pinning the XDP link of {interface}: {reason}")]
+    PinLink { interface: String, reason: String },
+    #[error("adopting the pinned XDP link of {interface}: {reason}")]
+    Adopt { interface: String, reason: String },
 }
 
 /// What the program needs to know, from the configuration.
@@ -142,6 +165,19 @@ pub struct FastPath {
     /// [`FastPath::load`] (the tracepoints, the egress stamp) refer to the
     /// maps by the fds the object was relocated with.
     peers: Array<MapData, PeerConf>,
+    restart: Array<MapData, RestartWindow>,
+    /// A second descriptor of every map (by name), for pinning them at an
+    /// announced restart.
+    map_fds: Vec<(&'static str, OwnedFd)>,
+    /// The XDP attachments' link ids, for pinning them.
+    xdp_links: Vec<(String, AttachMode, XdpLinkId)>,
+    /// The pin directory being adopted (set by a load from pins until
+    /// [`FastPath::finish_adoption`]).
+    adopting: Option<PathBuf>,
+    /// Set by an adoption: the links the adopted program already holds up
+    /// are reported once as up when the task starts (the kernel reports
+    /// transitions only, and these happened before this agent ran).
+    replay_up: bool,
     params: FastPathParams,
     attached: Vec<(String, AttachMode)>,
     enabled: u32,
@@ -190,14 +226,113 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> FastPathError {
     move |source| FastPathError::Map { name, source }
 }
 
+/// A second descriptor of a map the object holds.
+fn dup_map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, FastPathError> {
+    let map = ebpf.map(name).ok_or(FastPathError::Missing(name))?;
+    let data = match map {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        _ => return Err(FastPathError::Missing(name)),
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| FastPathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })
+}
+
+/// Why the pins in `dir` cannot be adopted by an agent with `params` on
+/// `interfaces` (`Ok` when they can): the window must still be open, the
+/// pins must belong to this cluster, node and port, and hold exactly one
+/// XDP link per interface.
+pub fn check_adoptable(
+    dir: &Path,
+    params: &FastPathParams,
+    interfaces: &[String],
+    now_ns: u64,
+) -> Result<RestartWindow, String> {
+    let open = |name: &str| {
+        MapData::from_pin(dir.join(name)).map_err(|e| format!("pinned map {name}: {e}"))
+    };
+    let restart: Array<MapData, RestartWindow> =
+        Array::try_from(Map::Array(open(names::RESTART)?)).map_err(|e| e.to_string())?;
+    let window = restart.get(&0, 0).map_err(|e| e.to_string())?;
+    if window.until_ns == 0 {
+        return Err("no restart was announced".into());
+    }
+    if window.until_ns <= now_ns {
+        return Err(format!(
+            "the restart window ran out {} ms ago",
+            (now_ns - window.until_ns) / 1_000_000
+        ));
+    }
+    let config: Array<MapData, Config> =
+        Array::try_from(Map::Array(open(names::CONFIG)?)).map_err(|e| e.to_string())?;
+    let cfg = config.get(&0, 0).map_err(|e| e.to_string())?;
+    if (cfg.cluster_id, cfg.local_node, cfg.port)
+        != (params.cluster_id, params.local_node, params.port)
+    {
+        return Err(format!(
+            "the pins belong to cluster {} node {} port {}, not cluster {} node {} port {}",
+            cfg.cluster_id,
+            cfg.local_node,
+            cfg.port,
+            params.cluster_id,
+            params.local_node,
+            params.port
+        ));
+    }
+    for name in names::ALL_MAPS {
+        if !dir.join(name).exists() {
+            return Err(format!("map {name} is not pinned"));
+        }
+    }
+    let mut pinned: Vec<String> = crate::pins::pinned_links(dir)
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    let mut wanted = interfaces.to_vec();
+    pinned.sort();
+    wanted.sort();
+    if pinned != wanted {
+        return Err(format!(
+            "pinned XDP links on [{}], the configuration has [{}]",
+            pinned.join(", "),
+            wanted.join(", ")
+        ));
+    }
+    Ok(window)
+}
+
 impl FastPath {
     /// Loads the program and fills every map; the program stays disabled
-    /// (passing everything) until [`FastPath::enable`].
+    /// (passing everything) until [`FastPath::enable`]. With `adopt` (a pin
+    /// directory that [`check_adoptable`] accepted) the object's maps are
+    /// the pinned ones, whose per-(peer, link) state and timers carry on,
+    /// and the program stays enabled: it is answering for this node.
     pub fn load(
         object: &[u8],
         params: FastPathParams,
+        adopt: Option<&Path>,
     ) -> Result<(Self, StatusWriter, EventRing), FastPathError> {
-        let mut ebpf = Ebpf::load(object)?;
+        let mut ebpf = match adopt {
+            None => Ebpf::load(object)?,
+            Some(dir) => {
+                let mut loader = EbpfLoader::new();
+                for name in names::ALL_MAPS {
+                    loader.map_pin_path(name, dir.join(name));
+                }
+                loader.load(object)?
+            }
+        };
+        let map_fds = names::ALL_MAPS
+            .iter()
+            .map(|&n| Ok((n, dup_map_fd(&ebpf, n)?)))
+            .collect::<Result<Vec<_>, FastPathError>>()?;
         {
             let prog: &mut Xdp = ebpf
                 .program_mut(names::PROGRAM)
@@ -215,11 +350,14 @@ impl FastPath {
         let counters: PerCpuArray<MapData, u64> = take(&mut ebpf, names::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
         let agent: Array<MapData, AgentWatch> = take(&mut ebpf, names::AGENT)?;
+        let restart: Array<MapData, RestartWindow> = take(&mut ebpf, names::RESTART)?;
 
-        for &(id, links) in &params.peers {
-            peers
-                .set(u32::from(id), PeerConf { known: 1, links }, 0)
-                .map_err(map_err(names::PEERS))?;
+        if adopt.is_none() {
+            for &(id, links) in &params.peers {
+                peers
+                    .set(u32::from(id), PeerConf { known: 1, links }, 0)
+                    .map_err(map_err(names::PEERS))?;
+            }
         }
         status
             .set(
@@ -239,12 +377,22 @@ impl FastPath {
             counters,
             agent,
             peers,
+            restart,
+            map_fds,
+            xdp_links: Vec::new(),
+            adopting: adopt.map(Path::to_owned),
+            replay_up: adopt.is_some(),
             params,
             attached: Vec::new(),
             enabled: 0,
         };
         fp.set_keys(&fp.params.keys.clone())?;
-        fp.write_config(0)?;
+        if adopt.is_some() {
+            // The pinned PEERS may hold peers this configuration dropped.
+            fp.set_peers(&fp.params.peers.clone())?;
+            fp.enabled = 1;
+        }
+        fp.write_config(fp.enabled)?;
         Ok((fp, StatusWriter { map: status }, EventRing { ring }))
     }
 
@@ -366,21 +514,58 @@ impl FastPath {
     }
 
     /// Attaches to `interface` in native mode, falling back to generic mode.
+    /// While adopting pins, takes over the pinned link of `interface`
+    /// instead, replacing its program with this one in place.
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, FastPathError> {
-        let mode = self.attach_xdp(interface)?;
+        let (mode, id) = match self.adopting.clone() {
+            Some(dir) => self.adopt_xdp(&dir, interface)?,
+            None => self.attach_xdp(interface)?,
+        };
         self.attached.push((interface.to_owned(), mode));
+        self.xdp_links.push((interface.to_owned(), mode, id));
         Ok(mode)
     }
 
-    fn attach_xdp(&mut self, interface: &str) -> Result<AttachMode, FastPathError> {
-        let prog: &mut Xdp = self
-            .ebpf
+    fn xdp_program(&mut self) -> Result<&mut Xdp, FastPathError> {
+        self.ebpf
             .program_mut(names::PROGRAM)
             .ok_or(FastPathError::Missing(names::PROGRAM))?
             .try_into()
-            .map_err(FastPathError::Program)?;
+            .map_err(FastPathError::Program)
+    }
+
+    fn adopt_xdp(
+        &mut self,
+        dir: &Path,
+        interface: &str,
+    ) -> Result<(AttachMode, XdpLinkId), FastPathError> {
+        let err = |reason: String| FastPathError::Adopt {
+            interface: interface.to_owned(),
+            reason,
+        };
+        let (mode, name) = crate::pins::pinned_links(dir)
+            .into_iter()
+            .find(|(_, i)| i == interface)
+            .ok_or_else(|| err("no pinned link".into()))?;
+        let path = crate::pins::link_pin(dir, &mode, &name);
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| err(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| err(e.to_string()))?;
+        let id = self
+            .xdp_program()?
+            .attach_to_link(link)
+            .map_err(|e| err(e.to_string()))?;
+        let mode = if mode == "generic" {
+            AttachMode::Generic
+        } else {
+            AttachMode::Driver
+        };
+        Ok((mode, id))
+    }
+
+    fn attach_xdp(&mut self, interface: &str) -> Result<(AttachMode, XdpLinkId), FastPathError> {
+        let prog = self.xdp_program()?;
         match prog.attach(interface, XdpMode::Driver) {
-            Ok(_) => Ok(AttachMode::Driver),
+            Ok(id) => Ok((AttachMode::Driver, id)),
             Err(ProgramError::UnknownInterface { name }) => Err(FastPathError::Attach {
                 interface: interface.to_owned(),
                 source: ProgramError::UnknownInterface { name },
@@ -399,7 +584,7 @@ impl FastPath {
                     "native XDP refused; falling back to generic mode (slower, but works on any driver)"
                 );
                 prog.attach(interface, XdpMode::Skb)
-                    .map(|_| AttachMode::Generic)
+                    .map(|id| (AttachMode::Generic, id))
                     .map_err(|source| FastPathError::Attach {
                         interface: interface.to_owned(),
                         source,
@@ -427,6 +612,77 @@ impl FastPath {
 
     pub fn params(&self) -> &FastPathParams {
         &self.params
+    }
+
+    /// Opens the restart window: until `until_ns` (CLOCK_MONOTONIC) the
+    /// program keeps answering although the agent's sender exits, with
+    /// `RESTARTING` in its replies. Written before the sender stops.
+    pub fn announce_restart(&mut self, until_ns: u64) -> Result<(), FastPathError> {
+        let w = RestartWindow {
+            until_ns,
+            announced_ns: crate::clock::mono_ns(),
+        };
+        self.restart.set(0, w, 0).map_err(map_err(names::RESTART))
+    }
+
+    /// Pins every map and XDP link under `dir` (created; stale pins of an
+    /// earlier run removed first), so that dropping this [`FastPath`]
+    /// leaves the program attached and answering. The other programs (the
+    /// egress stamp, the agent watch) are not pinned: they detach with this
+    /// process and the next agent attaches its own.
+    pub fn pin_for_restart(&mut self, dir: &Path) -> Result<(), FastPathError> {
+        crate::pins::remove(dir, false)?;
+        // Root only: the pins give access to the cluster key (KEYS).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| crate::pins::PinError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        for (name, fd) in &self.map_fds {
+            crate::pins::pin_fd(fd.as_fd(), &dir.join(name))?;
+        }
+        for (interface, mode, id) in std::mem::take(&mut self.xdp_links) {
+            let err = |reason: String| FastPathError::PinLink {
+                interface: interface.clone(),
+                reason,
+            };
+            let link = self
+                .xdp_program()?
+                .take_link(id)
+                .map_err(|e| err(e.to_string()))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| {
+                err(format!(
+                    "{e} (a netlink attachment, not a bpf_link: cannot be pinned)"
+                ))
+            })?;
+            let mode = if mode == AttachMode::Generic {
+                "generic"
+            } else {
+                "native"
+            };
+            // The pin keeps the link (and through it the program) alive
+            // once the descriptor closes.
+            fd_link
+                .pin(crate::pins::link_pin(dir, mode, &interface))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Ends an adoption: closes the restart window (the gate follows the
+    /// new agent's stamp from now on) and removes the pins; the maps and
+    /// links now live as long as this process holds them, as after a fresh
+    /// start. Nothing to do after a fresh start.
+    pub fn finish_adoption(&mut self) -> Result<(), FastPathError> {
+        let Some(dir) = self.adopting.take() else {
+            return Ok(());
+        };
+        self.restart
+            .set(0, RestartWindow::default(), 0)
+            .map_err(map_err(names::RESTART))?;
+        crate::pins::remove(&dir, false)?;
+        Ok(())
     }
 }
 
@@ -559,6 +815,34 @@ impl FastPath {
                 self.write_config(self.enabled)
             }
         }
+    }
+
+    /// After an adoption (once): an up event for every configured (peer,
+    /// link) the adopted program holds up, so that reachability starts
+    /// from what the kernel already knows (it reports transitions only,
+    /// and these happened before this agent ran). The supervisor queues
+    /// them before the cluster task starts.
+    pub fn adopted_up_events(&mut self) -> Vec<TransportEvent> {
+        if !std::mem::take(&mut self.replay_up) {
+            return Vec::new();
+        }
+        let now = clock::mono_ns();
+        self.snapshot(0)
+            .links
+            .into_iter()
+            .filter(|(_, st)| st.up != 0)
+            .map(|((peer, link), st)| TransportEvent::Link {
+                peer,
+                link,
+                change: LinkChange::Up,
+                at_ns: if st.last_up_ns != 0 {
+                    st.last_up_ns
+                } else {
+                    now
+                },
+                last_rx_ns: st.last_rx_ns,
+            })
+            .collect()
     }
 
     /// Replaces the configured peers and their links.

@@ -12,6 +12,7 @@ pub mod journal;
 pub mod keyfile;
 pub mod metrics;
 pub mod packages;
+pub mod pins;
 pub mod plan;
 pub mod qserver;
 pub mod reload;

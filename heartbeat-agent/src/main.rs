@@ -34,6 +34,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (needs root, or CAP_BPF + CAP_NET_ADMIN). Stops on SIGINT/SIGTERM, detaching XDP.
+    ///
+    /// SIGUSR2 (or `heartbeat-agent restart`) announces a restart instead:
+    /// the agent exits with status 75 leaving XDP attached and answering
+    /// (pinned in bpffs) for `cluster.restart_window`; the next `run`
+    /// adopts it if the window is still open.
     Run {
         /// The cluster configuration file (TOML, identical on every node).
         #[arg(long, short)]
@@ -41,6 +46,30 @@ enum Command {
         /// This node's name in the configuration (default: the hostname).
         #[arg(long, short)]
         node: Option<String>,
+        #[command(flatten)]
+        pins: Pins,
+    },
+    /// Announce a restart of the running agent (an upgrade without
+    /// failover): the agent exits, leaving its XDP program attached and
+    /// answering for `cluster.restart_window`; peers show the node as
+    /// `restarting`. Start the agent again within the window (systemd does,
+    /// on exit status 75) and it adopts the program; if nobody does, the
+    /// node fails when the window runs out. Waits until the agent has exited.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Detach the XDP program an announced restart left pinned for this
+    /// node, and remove its pins (when no agent took it over).
+    Detach {
+        /// The cluster configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node's name in the configuration (default: the hostname).
+        #[arg(long, short)]
+        node: Option<String>,
+        #[command(flatten)]
+        pins: Pins,
     },
     /// Validate a configuration file without changing anything on the system
     /// (with --node, also checks that node's interfaces, key file, ports and paths).
@@ -140,6 +169,29 @@ enum NodeCommand {
     },
 }
 
+/// Where the pins of an announced restart live.
+#[derive(Args)]
+struct Pins {
+    /// The bpffs mount point (mounted there if nothing is). Pins go under
+    /// DIR/heartbeat/<cluster id>-<node id>/. `ip netns exec` hides the
+    /// host's /sys/fs/bpf: agents run that way need a bpffs mounted
+    /// elsewhere, shared by the old and the new agent. Default:
+    /// $HEARTBEAT_BPFFS, else /sys/fs/bpf.
+    #[arg(long, value_name = "DIR")]
+    bpffs: Option<PathBuf>,
+}
+
+impl Pins {
+    fn options(&self) -> daemon::RunOptions {
+        let bpffs = self
+            .bpffs
+            .clone()
+            .or_else(|| std::env::var_os("HEARTBEAT_BPFFS").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(heartbeat_agent::pins::DEFAULT_BPFFS));
+        daemon::RunOptions { bpffs }
+    }
+}
+
 /// Which agent to ask.
 #[derive(Args)]
 struct Target {
@@ -178,7 +230,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match real_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(daemon::Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(daemon::Exit::Restarting) => ExitCode::from(daemon::RESTART_EXIT_CODE),
         Err(e) => {
             eprintln!("heartbeat-agent: error: {e:#}");
             ExitCode::FAILURE
@@ -193,9 +246,28 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn real_main(cli: Cli) -> Result<()> {
+fn real_main(cli: Cli) -> Result<daemon::Exit> {
     match cli.command {
-        Command::Run { config, node } => runtime()?.block_on(daemon::run(&config, node.as_deref())),
+        Command::Run { config, node, pins } => {
+            runtime()?.block_on(daemon::run(&config, node.as_deref(), &pins.options()))
+        }
+        Command::Restart { target } => restart(&target).map(|()| daemon::Exit::Stopped),
+        Command::Detach { config, node, pins } => {
+            println!(
+                "{}",
+                daemon::detach(&config, node.as_deref(), &pins.options())?
+            );
+            Ok(daemon::Exit::Stopped)
+        }
+        other => other_command(other).map(|()| daemon::Exit::Stopped),
+    }
+}
+
+fn other_command(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run { .. } | Command::Restart { .. } | Command::Detach { .. } => {
+            unreachable!("handled by real_main")
+        }
         Command::CheckConfig { file, node } => check_config(&file, node.as_deref()),
         Command::Keygen { out } => match out {
             Some(path) => {
@@ -260,6 +332,24 @@ fn real_main(cli: Cli) -> Result<()> {
             })
         }
     }
+}
+
+/// Asks the agent to restart, then waits (at most 30 s) until it has exited:
+/// its control socket stops answering.
+fn restart(target: &Target) -> Result<()> {
+    command(target, &Request::Restart {})?;
+    let socket = target.socket()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the agent announced the restart but still answers on {} after 30 s",
+                socket.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Sends a command that changes something and prints what was done.

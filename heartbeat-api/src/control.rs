@@ -10,6 +10,7 @@
 //! | `{"command":"cluster_start"}` | one [`Done`] line |
 //! | `{"command":"node_halt","node":NAME?}` | one [`Done`] line |
 //! | `{"command":"node_start","node":NAME?}` | one [`Done`] line |
+//! | `{"command":"restart"}` | one [`Done`] line, then the agent exits for an announced restart |
 
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +44,16 @@ pub enum Request {
         #[serde(default)]
         node: Option<String>,
     },
+    /// Exit for an announced restart: the XDP program stays attached,
+    /// pinned, and keeps answering for `cluster.restart_window` while the
+    /// next agent starts and adopts it.
+    Restart {},
 }
 
 impl Request {
     /// Every command's name, for error messages.
-    pub const KNOWN: &'static str = "status, events, reload, cluster_start, node_halt, node_start";
+    pub const KNOWN: &'static str =
+        "status, events, reload, cluster_start, node_halt, node_start, restart";
 
     /// Decodes one request line (without its newline). Pure: the control
     /// socket and the fuzz target both use it.

@@ -27,6 +27,15 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const AGENT: &str = "AGENT";
+    /// The dead-man gate's own state (program-internal).
+    pub const GATE: &str = "GATE";
+    /// The announced restart window (`RESTART[0]`).
+    pub const RESTART: &str = "RESTART";
+    /// Every map of the object: what an announced restart pins and the
+    /// next agent adopts.
+    pub const ALL_MAPS: [&str; 11] = [
+        CONFIG, KEYS, STATUS, PEERS, LINKS, TIMERS, EVENTS, COUNTERS, AGENT, GATE, RESTART,
+    ];
     pub const PROGRAM: &str = "heartbeat";
     /// Raw tracepoint program on `sched_process_exit`.
     pub const AGENT_EXIT: &str = "agent_exit";
@@ -124,6 +133,21 @@ pub struct AgentWatch {
     pub tgid: u32,
     /// The sender thread's id.
     pub sender_tid: u32,
+}
+
+/// An announced agent restart (`RESTART[0]`), written by the agent that
+/// is about to exit for a restart and cleared by the agent that adopts the
+/// pinned program. While `until_ns` lies ahead, the dead-man gate stays open
+/// although the agent's sender is gone (its exit does not close it), and
+/// replies carry `RESTARTING`; from `until_ns` on the gate is closed until
+/// an agent writes a fresh stamp and clears the window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestartWindow {
+    /// CLOCK_MONOTONIC ns at which the window runs out (0: no window).
+    pub until_ns: u64,
+    /// CLOCK_MONOTONIC ns of the announcement.
+    pub announced_ns: u64,
 }
 
 /// A configured peer (`PEERS[node_id]`).
@@ -444,6 +468,8 @@ mod pod {
     unsafe impl aya::Pod for LinkState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RestartWindow {}
 }
 
 #[cfg(test)]
@@ -459,6 +485,7 @@ mod tests {
         assert_eq!(size_of::<PeerConf>(), 8);
         assert_eq!(size_of::<AgentWatch>(), 24);
         assert_eq!(size_of::<Event>(), 24);
+        assert_eq!(size_of::<RestartWindow>(), 16);
         assert_eq!(
             size_of::<LinkState>(),
             17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8 + 15 * 8 + 8

@@ -41,14 +41,14 @@ use heartbeat_common::{
         ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_LEN,
         IPV6_LEN, UDP_LEN, VLAN_LEN,
     },
-    link_slot, rtt_bucket,
+    link_slot, node_state, rtt_bucket,
     siphash::SipKey,
     wire::{KIND_MEMBERSHIP, MAGIC, PREFIX_LEN, VERSION},
 };
 
 use crate::{
     deadline::mark_alive,
-    maps::{AGENT, CONFIG, GATE, KEYS, LINKS, PEERS, STATUS, count, emit},
+    maps::{AGENT, CONFIG, GATE, KEYS, LINKS, PEERS, RESTART, STATUS, count, emit},
     packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, SEGMENT_LEN, Segment, UdpHdr, VlanTag, at, be16},
 };
 
@@ -340,8 +340,9 @@ fn owd_sample(ls: *mut LinkState, raw: u64, since_last: u64) {
 }
 
 /// The dead-man gate and the reply header: fails with `DROP_AGENT_STALE`
-/// when the agent's stamp is older than `agent_timeout`, else turns the
-/// request header into the sealed reply.
+/// when the agent's stamp is older than `agent_timeout` (or an announced
+/// restart window ran out), else turns the request header into the sealed
+/// reply.
 #[inline(always)]
 fn answer(seg: &mut Segment, key: SipKey, now: u64) -> Result<(), Reject> {
     let stale = Reject::Drop(counter::DROP_AGENT_STALE);
@@ -352,10 +353,22 @@ fn answer(seg: &mut Segment, key: SipKey, now: u64) -> Result<(), Reject> {
     // check) counts as fresh. The agent is also stale from the moment the
     // kernel saw it exit or stop (watch.rs) until its sender writes a newer
     // stamp.
+    //
+    // An announced restart (RESTART[0], see `RestartWindow`) overrides both
+    // while its deadline lies ahead: the old agent's sender has exited on
+    // purpose and the next agent adopts this program. Once the deadline has
+    // passed the gate is closed, whatever the stamp says, until an agent
+    // clears the window.
     let halted_at = AGENT.get(0).map(|w| w.halted_at_ns).unwrap_or(0);
-    if now.saturating_sub(status.agent_stamp_ns) > cfg.agent_timeout_ns
-        || (halted_at != 0 && halted_at >= status.agent_stamp_ns)
-    {
+    let restart_until = RESTART.get(0).map(|r| r.until_ns).unwrap_or(0);
+    let restarting = restart_until != 0 && now < restart_until;
+    let closed = if restart_until != 0 {
+        !restarting
+    } else {
+        now.saturating_sub(status.agent_stamp_ns) > cfg.agent_timeout_ns
+            || (halted_at != 0 && halted_at >= status.agent_stamp_ns)
+    };
+    if closed {
         // SAFETY: `gate` is a live GATE value returned by the map lookup.
         // Two CPUs closing the gate at the same instant may both see it open
         // and write two events; the agent treats them as one.
@@ -383,7 +396,11 @@ fn answer(seg: &mut Segment, key: SipKey, now: u64) -> Result<(), Reject> {
     hdr.make_reply();
     hdr.set_rx_timestamp_ns(now);
     hdr.set_generation(status.generation);
-    hdr.node_state = status.node_state;
+    hdr.node_state = if restarting {
+        node_state::RESTARTING | (status.node_state & node_state::QUORATE)
+    } else {
+        status.node_state
+    };
     hdr.set_packages(status.packages);
     hdr.seal(key);
     Ok(())

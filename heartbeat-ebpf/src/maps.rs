@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use heartbeat_common::{
     AgentWatch, Config, EVENT_RING_BYTES, Event, KeySlot, LINK_SLOTS, LinkState, LocalStatus,
-    MAX_NODES, PeerConf, counter,
+    MAX_NODES, PeerConf, RestartWindow, counter,
 };
 
 /// A deadline timer of one (peer, link) slot (`TIMERS[link_slot]`).
@@ -55,6 +55,9 @@ pub static AGENT: Array<AgentWatch, 1> = Array::new();
 
 #[btf_map]
 pub static GATE: Array<GateState, 1> = Array::new();
+
+#[btf_map]
+pub static RESTART: Array<RestartWindow, 1> = Array::new();
 
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENT_RING_BYTES> = RingBuf::new();

@@ -814,6 +814,134 @@ pub fn nft_egress_rule(ns: &Netns, ifname: &str, rule: &str) -> Result<NftGuard>
     })
 }
 
+/// The default bpffs mount point; the agent pins an announced restart's
+/// program and maps under `<bpffs>/heartbeat/<cluster>-<node>/`.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Prefix of the scratch directories tests mount a bpffs of their own on
+/// (`hb-test-bpffs-<pid>-<counter>` in the temp directory): `ip netns exec`
+/// hides the host's /sys/fs/bpf, so restart tests share one that way.
+pub const TEST_BPFFS_PREFIX: &str = "hb-test-bpffs-";
+
+/// bpffs state a test run can leave behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BpffsLeftover {
+    /// A node's pin directory (`.../heartbeat/<cluster>-<node>`) and what is
+    /// pinned in it.
+    Pins {
+        dir: std::path::PathBuf,
+        names: Vec<String>,
+    },
+    /// A test's scratch bpffs mount, with the pid of the test process that
+    /// made it (from its name).
+    Mount {
+        path: std::path::PathBuf,
+        owner: Option<u32>,
+    },
+}
+
+impl std::fmt::Display for BpffsLeftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pins { dir, names } => write!(f, "pins {} [{}]", dir.display(), names.join(" ")),
+            Self::Mount { path, .. } => write!(f, "bpffs mount {}", path.display()),
+        }
+    }
+}
+
+/// Mount points of every mounted bpffs (`/proc/self/mounts`).
+fn bpffs_mounts() -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "bpf").then(|| std::path::PathBuf::from(at.replace("\\040", " ")))
+        })
+        .collect()
+}
+
+/// Node pin directories under `<root>/heartbeat/`.
+fn pin_dirs(root: &Path) -> Vec<BpffsLeftover> {
+    let Ok(rd) = std::fs::read_dir(root.join("heartbeat")) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            let dir = e.path();
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            BpffsLeftover::Pins { dir, names }
+        })
+        .collect()
+}
+
+/// Pins of announced restarts under /sys/fs/bpf/heartbeat (when a bpffs is
+/// mounted there) and under every test's scratch bpffs, and the scratch
+/// mounts themselves. After a test run this must be empty: restart tests
+/// clean their pins and unmount with a drop guard.
+pub fn bpffs_leftovers() -> Vec<BpffsLeftover> {
+    let mut out = Vec::new();
+    for at in bpffs_mounts() {
+        let scratch = at
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(TEST_BPFFS_PREFIX))
+            .map(|rest| rest.split('-').next().and_then(|p| p.parse::<u32>().ok()));
+        if at == Path::new(BPFFS) || scratch.is_some() {
+            out.extend(pin_dirs(&at));
+        }
+        if let Some(owner) = scratch {
+            out.push(BpffsLeftover::Mount { path: at, owner });
+        }
+    }
+    out
+}
+
+/// Removes a leftover: detaches pinned links (they go when the last
+/// reference, the pin, goes), removes the pins and the directory, or
+/// unmounts a scratch bpffs (which releases whatever is still pinned in it)
+/// and removes its directory.
+pub fn clean_bpffs(leftover: &BpffsLeftover) -> std::result::Result<(), String> {
+    match leftover {
+        BpffsLeftover::Pins { dir, names } => {
+            for n in names {
+                let path = dir.join(n);
+                if n.starts_with("xdp-")
+                    && let Ok(link) = aya::programs::links::PinnedLink::from_pin(&path)
+                {
+                    // Unpinning removes the file; dropping the descriptor
+                    // then releases (detaches) the link.
+                    let _ = link.unpin();
+                    continue;
+                }
+                std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            std::fs::remove_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+            Ok(())
+        }
+        BpffsLeftover::Mount { path, .. } => {
+            let st = Command::new("umount")
+                .arg("-l")
+                .arg(path)
+                .status()
+                .map_err(|e| format!("umount {}: {e}", path.display()))?;
+            if !st.success() {
+                return Err(format!("umount {} failed", path.display()));
+            }
+            let _ = std::fs::remove_dir(path);
+            Ok(())
+        }
+    }
+}
+
 /// An XDP program attached to an interface, as `ip -d -j link` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdpAttachment {

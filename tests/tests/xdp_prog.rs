@@ -688,6 +688,59 @@ fn kernel_seen_halt_closes_the_gate_until_a_newer_stamp() {
     answered(&h, V4, None, &request(3, 0, KEY0));
 }
 
+/// An announced restart (RESTART[0]) keeps the gate open while its
+/// deadline lies ahead, whatever the stamp and the kernel-seen exit say,
+/// with RESTARTING (and the quorum bit) in the replies; once the deadline
+/// has passed the gate is closed even with a fresh stamp, until the window
+/// is cleared.
+#[test]
+fn an_announced_restart_window_keeps_the_gate_open_until_its_deadline() {
+    let mut h = Harness::with_timeouts(60_000_000_000, 50_000_000);
+    let set_restart = |h: &mut Harness, until_ns: u64| {
+        let mut m: Array<_, heartbeat_common::RestartWindow> =
+            Array::try_from(h.ebpf.map_mut(names::RESTART).unwrap()).unwrap();
+        m.set(
+            0,
+            heartbeat_common::RestartWindow {
+                until_ns,
+                announced_ns: mono_ns(),
+            },
+            0,
+        )
+        .unwrap();
+    };
+    let stamp = mono_ns();
+    h.set_status(stamp);
+    // The sender exited (kernel-seen halt) and the stamp goes stale.
+    h.set_agent_halt(stamp + 1);
+    set_restart(&mut h, mono_ns() + 60_000_000_000);
+    std::thread::sleep(Duration::from_millis(60));
+    let f = frame(V4, None, &request(1, 0, KEY0));
+    let out = h.expect_counters(&f, XDP_TX, &[counter::RX_REQUEST, counter::TX_REPLY]);
+    let p = frame::parse(&out).expect("reply parses");
+    let r = Header::decode(&out[p.payload..p.payload + HEADER_LEN]).expect("header");
+    assert_eq!(r.kind(), Some(Kind::Reply));
+    assert_eq!(r.node_state & node_state::MASK, node_state::RESTARTING);
+    assert!(r.verify(KEY0));
+    // The window ran out: closed, even with a fresh stamp.
+    set_restart(&mut h, mono_ns().saturating_sub(1));
+    h.set_status(mono_ns());
+    h.expect_counters(
+        &frame(V4, None, &request(2, 0, KEY0)),
+        XDP_DROP,
+        &[counter::RX_REQUEST, counter::DROP_AGENT_STALE],
+    );
+    assert!(
+        h.drain_events()
+            .iter()
+            .any(|e| e.kind == event_kind::AGENT_STALE)
+    );
+    // The new agent cleared the window and stamps: answered as RUNNING.
+    set_restart(&mut h, 0);
+    h.set_status(mono_ns());
+    answered(&h, V4, None, &request(3, 0, KEY0));
+}
+
 #[test]
 fn agent_watch_tracepoints_load() {
     let mut ebpf = Ebpf::load(heartbeat_agent::EBPF_OBJECT).expect("load object");

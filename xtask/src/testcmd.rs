@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use heartbeat_tests::{
-    TcxAttachment, XdpAttachment, delete_netns, leftovers, netns_owner, tcx_attachments,
-    xdp_attachments,
+    BpffsLeftover, TcxAttachment, XdpAttachment, bpffs_leftovers, clean_bpffs, delete_netns,
+    leftovers, netns_owner, tcx_attachments, xdp_attachments,
 };
 use nix::{sys::signal, unistd::Pid};
 
@@ -116,7 +116,7 @@ pub fn run() -> anyhow::Result<()> {
     if leaks.is_empty() {
         step(
             "test",
-            "leak check: no namespace, process, XDP or TCX attachment left behind",
+            "leak check: no namespace, process, XDP or TCX attachment, or bpffs pin left behind",
         );
     } else {
         step(
@@ -259,6 +259,9 @@ struct Leaks {
     xdp: Vec<XdpAttachment>,
     /// tc programs named `egress_stamp` attached (TCX) in the root namespace.
     tcx: Vec<TcxAttachment>,
+    /// Pins of announced restarts (/sys/fs/bpf/heartbeat and the tests'
+    /// scratch bpffs mounts) and those mounts.
+    bpffs: Vec<BpffsLeftover>,
     /// Things that look like leftovers but belong to someone else (reported,
     /// left alone).
     foreign: Vec<String>,
@@ -311,11 +314,45 @@ impl Leaks {
                 .foreign
                 .push(format!("could not list TCX attachments: {e}")),
         }
+        // A scratch bpffs of a test process still running elsewhere (not
+        // this run) is not ours, nor are the pins in it.
+        let all = bpffs_leftovers();
+        let foreign_mounts: Vec<std::path::PathBuf> = all
+            .iter()
+            .filter_map(|l| match l {
+                BpffsLeftover::Mount {
+                    path,
+                    owner: Some(owner),
+                } if *owner != me && alive(*owner) && !has_marker(*owner, marker) => {
+                    Some(path.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for l in all {
+            let under_foreign = match &l {
+                BpffsLeftover::Mount { path, .. } => foreign_mounts.contains(path),
+                BpffsLeftover::Pins { dir, .. } => {
+                    foreign_mounts.iter().any(|m| dir.starts_with(m))
+                }
+            };
+            if under_foreign {
+                leaks
+                    .foreign
+                    .push(format!("{l} belongs to a running test process; left alone"));
+            } else {
+                leaks.bpffs.push(l);
+            }
+        }
         leaks
     }
 
     fn is_empty(&self) -> bool {
-        self.netns.is_empty() && self.procs.is_empty() && self.xdp.is_empty() && self.tcx.is_empty()
+        self.netns.is_empty()
+            && self.procs.is_empty()
+            && self.xdp.is_empty()
+            && self.tcx.is_empty()
+            && self.bpffs.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -352,6 +389,10 @@ impl Leaks {
                 .collect();
             parts.push(format!("TCX in the root namespace [{}]", tcx.join(", ")));
         }
+        if !self.bpffs.is_empty() {
+            let b: Vec<String> = self.bpffs.iter().map(ToString::to_string).collect();
+            parts.push(format!("bpffs [{}]", b.join(", ")));
+        }
         parts.join(", ")
     }
 
@@ -365,6 +406,16 @@ impl Leaks {
         for name in &self.netns {
             if let Err(e) = delete_netns(name) {
                 unclean.push(format!("namespace {name}: {e}"));
+            }
+        }
+        // Pins first (detaching their links), then the scratch mounts.
+        let (mounts, pins): (Vec<_>, Vec<_>) = self
+            .bpffs
+            .iter()
+            .partition(|l| matches!(l, BpffsLeftover::Mount { .. }));
+        for l in pins.into_iter().chain(mounts) {
+            if let Err(e) = clean_bpffs(l) {
+                unclean.push(format!("{l}: {e}"));
             }
         }
         if !self.xdp.is_empty() {

@@ -669,6 +669,12 @@ pub async fn run(
             }
         }
     }
+    // Link events queued before the task started (an adopted fast path
+    // replays the links it holds up) first: the first join must flood
+    // what the kernel already knows, or peers drop this node for a round.
+    while let Ok(ev) = ch.events.try_recv() {
+        r.on_transport(&ev);
+    }
     r.feed(Input::Tick { now_ns: now });
     r.publish();
     let mut qs_buf = vec![0u8; 2048];
