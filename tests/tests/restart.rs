@@ -11,6 +11,10 @@
 //! bpffs of its own in a scratch directory that the old and new agents
 //! share (`HEARTBEAT_BPFFS`); a drop guard detaches and removes every pin
 //! in it and unmounts it, even when the test panics.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod support;
 
@@ -282,12 +286,9 @@ fn an_announced_restart_keeps_the_node_through_the_window_and_is_adopted() {
     announced_restart(false);
 }
 
-/// The whole requirement: not a single reformation, the same epoch.
-/// Needs the cluster task to apply the link events queued before it starts
-/// (the adopted links the supervisor replays) before it sends its first
-/// join: today its first join floods a reach of itself alone under the new
-/// incarnation, which makes the peers' member computation drop the node
-/// for one round (one extra reformation with the same members).
+/// The whole requirement: not a single reformation, the same epoch. (The
+/// cluster task applies the link events queued before it starts, the
+/// adopted links the supervisor replays, before its first join.)
 #[test]
 fn an_announced_restart_gives_no_reformation_and_the_same_view() {
     announced_restart(true);
