@@ -475,6 +475,8 @@ struct Peer {
     agent: PeerAgentState,
     agent_since: u64,
     leaving: bool,
+    /// (incarnation, sequence) of its last leave message.
+    leave_seq: Option<(u32, u64)>,
     join: Option<PeerJoin>,
 }
 
@@ -508,6 +510,11 @@ pub struct Membership {
     excluded: BTreeMap<NodeId, Cause>,
     /// When the open round started.
     round_since: u64,
+    /// Members to send the installed view's commit again.
+    resend_commit: NodeSet,
+    /// When `node halt` ran and when the leave was last sent.
+    halted_at: u64,
+    last_leave_sent: u64,
 }
 
 impl Membership {
@@ -534,6 +541,7 @@ impl Membership {
                         agent: PeerAgentState::Running,
                         agent_since: now_ns,
                         leaving: false,
+                        leave_seq: None,
                         join: None,
                     },
                 )
@@ -573,6 +581,9 @@ impl Membership {
             qs_renew_at: None,
             excluded: BTreeMap::new(),
             round_since: now_ns,
+            resend_commit: NodeSet::EMPTY,
+            halted_at: 0,
+            last_leave_sent: 0,
             params,
         }
     }
@@ -666,7 +677,7 @@ impl Membership {
             d.push(j);
         }
         match self.phase {
-            Phase::Halted => {}
+            Phase::Halted => d.push(self.next_leave_ns()),
             Phase::Gather => {
                 d.push(self.last_join_sent.unwrap_or(self.now) + t.join_interval_ns);
                 if !self.may_form_self() {
@@ -786,6 +797,16 @@ impl Membership {
         } else {
             t.consensus_timeout_ns
         }
+    }
+
+    fn next_leave_ns(&self) -> u64 {
+        let t = &self.params.timing;
+        let gap = if self.now < self.halted_at.saturating_add(t.consensus_timeout_ns) {
+            t.join_interval_ns
+        } else {
+            t.sync_interval_ns
+        };
+        self.last_leave_sent.saturating_add(gap)
     }
 
     fn advance(&mut self, at_ns: u64) {
@@ -977,6 +998,8 @@ impl Membership {
                     }),
                 });
                 self.phase = Phase::Halted;
+                self.halted_at = self.now;
+                self.last_leave_sent = self.now;
                 self.refresh_reach();
                 let view = View {
                     epoch: self.promised,
@@ -1032,13 +1055,14 @@ impl Membership {
             return;
         }
         match a.msg {
-            Message::Join(j) => self.on_join(from, j),
+            Message::Join(j) => self.on_join(from, (a.header.incarnation, a.header.seq), j),
             Message::Propose(p) => self.on_propose(from, p, out),
             Message::Ack(k) => self.on_ack(from, k, out),
             Message::Commit(c) => self.on_commit(from, c, out),
             Message::Leave(_) => {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.leaving = true;
+                    p.leave_seq = Some((a.header.incarnation, a.header.seq));
                     p.join = None;
                 }
             }
@@ -1051,12 +1075,15 @@ impl Membership {
         }
     }
 
-    fn on_join(&mut self, from: NodeId, j: Join) {
+    fn on_join(&mut self, from: NodeId, seq: (u32, u64), j: Join) {
         self.max_epoch = self.max_epoch.max(j.max_epoch);
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
-        // A join means the node takes part again (after a halt).
+        // A join sent after its leave means the node takes part again.
+        if p.leave_seq.is_some_and(|l| seq < l) {
+            return;
+        }
         p.leaving = false;
         p.join = Some(PeerJoin {
             max_epoch: j.max_epoch,
@@ -1096,6 +1123,16 @@ impl Membership {
             self.schedule_join(self.now);
         } else if behind || differs {
             self.schedule_join_rate_limited();
+        }
+        // A member of our view missed the commit: send it again.
+        if self.phase == Phase::Operational
+            && let Some(v) = self.view
+            && v.coordinator == Some(me)
+            && v.members.contains(from)
+            && (j.view_epoch, j.view_members) != (v.epoch, v.members)
+            && j.max_epoch <= v.epoch
+        {
+            self.resend_commit.insert(from);
         }
         // The sender refusing our open proposal: give it up at once.
         if let Phase::Proposing { members, .. } = self.phase
@@ -1187,20 +1224,21 @@ impl Membership {
     }
 
     fn on_commit(&mut self, from: NodeId, c: Commit, out: &mut Vec<Output>) {
-        if let Phase::Acked {
-            epoch,
-            members,
-            coordinator,
-            ..
-        } = self.phase
-            && epoch == c.epoch
-            && members == c.members
-            && coordinator == from
+        let me = self.params.local;
+        let already = self.view.map(|v| (v.epoch, v.members)) == Some((c.epoch, c.members));
+        // A commit means every member acked (this node too, before any
+        // restart: it persisted the epoch first), so it is installed in any
+        // phase, as long as it is not older than what this node promised.
+        if !already
+            && self.phase != Phase::Halted
+            && c.epoch >= self.promised
+            && c.members.contains(me)
+            && self.coordinator_of(c.members) == Some(from)
         {
             self.install(
                 View {
-                    epoch,
-                    members,
+                    epoch: c.epoch,
+                    members: c.members,
                     coordinator: Some(from),
                     quorum: c.quorum,
                 },
@@ -1375,6 +1413,17 @@ impl Membership {
         self.refresh_reach();
         if self.phase == Phase::Halted {
             self.join_due = None;
+            // The leave is resent (it may be lost): every join interval for
+            // a consensus timeout, then every sync interval.
+            if self.now >= self.next_leave_ns() {
+                out.push(Output::Send {
+                    to: Dest::All,
+                    msg: Message::Leave(Leave {
+                        epoch: self.promised,
+                    }),
+                });
+                self.last_leave_sent = self.now;
+            }
             return;
         }
         // LMS.
@@ -1414,6 +1463,17 @@ impl Membership {
                 let lease_lost = self.qs_lease_until.is_some_and(|u| self.now >= u)
                     && v.quorum.tie_breaker == TieBreaker::QsGranted
                     && v.coordinator == Some(me);
+                if !self.resend_commit.is_empty() {
+                    out.push(Output::Send {
+                        to: Dest::Nodes(self.resend_commit),
+                        msg: Message::Commit(Commit {
+                            epoch: v.epoch,
+                            members: v.members,
+                            quorum: v.quorum,
+                        }),
+                    });
+                    self.resend_commit = NodeSet::EMPTY;
+                }
                 if m != v.members || newer_round || lease_lost {
                     self.start_round(Cause::Partition, out);
                     self.try_consensus(m, out);

@@ -640,12 +640,21 @@ pub fn decode(bytes: &[u8], keys: &Keys, cluster_id: u32) -> Result<Authenticate
     })
 }
 
-/// Per-sender replay protection: the last accepted (incarnation, sequence).
+/// Size of the anti-replay window: a message up to this many sequence
+/// numbers older than the newest one seen may still arrive once (UDP on
+/// several links reorders).
+pub const REPLAY_WINDOW: u64 = 64;
+
+/// Per-sender replay protection with a sliding window (the anti-replay
+/// window of IPsec ESP, RFC 4303 §3.4.3): per sender, the newest
+/// (incarnation, sequence) and a bitmap of the [`REPLAY_WINDOW`] sequence
+/// numbers below it. A message of an older incarnation, older than the
+/// window, or already seen is a replay.
 #[derive(Clone, Debug, Default)]
 pub struct ReplayGuard {
     known: NodeSet,
     allow_qserver: bool,
-    last: std::collections::BTreeMap<NodeId, (u32, u64)>,
+    last: std::collections::BTreeMap<NodeId, (u32, u64, u64)>,
 }
 
 impl ReplayGuard {
@@ -670,20 +679,40 @@ impl ReplayGuard {
         self.last.retain(|n, _| known.contains(*n));
     }
 
-    /// Accepts `h` if its sender is known and (incarnation, seq) is newer
-    /// than the last accepted from that sender; records it.
+    /// Accepts `h` if its sender is known and its (incarnation, seq) was
+    /// not seen before and is not older than the window; records it.
     pub fn check(&mut self, h: &Header) -> Result<(), DropReason> {
         let sender_known =
             self.known.contains(h.sender) || (self.allow_qserver && h.sender == QSERVER_SENDER);
         if !sender_known {
             return Err(DropReason::UnknownNode);
         }
-        if let Some(&(inc, seq)) = self.last.get(&h.sender)
-            && (h.incarnation, h.seq) <= (inc, seq)
-        {
-            return Err(DropReason::Replay);
-        }
-        self.last.insert(h.sender, (h.incarnation, h.seq));
+        let entry = match self.last.get(&h.sender) {
+            None => (h.incarnation, h.seq, 1),
+            Some(&(inc, top, bits)) => {
+                if h.incarnation < inc {
+                    return Err(DropReason::Replay);
+                }
+                if h.incarnation > inc {
+                    (h.incarnation, h.seq, 1)
+                } else if h.seq > top {
+                    let shift = h.seq - top;
+                    let bits = if shift >= REPLAY_WINDOW {
+                        0
+                    } else {
+                        bits << shift
+                    };
+                    (inc, h.seq, bits | 1)
+                } else {
+                    let back = top - h.seq;
+                    if back >= REPLAY_WINDOW || bits & (1u64 << back) != 0 {
+                        return Err(DropReason::Replay);
+                    }
+                    (inc, top, bits | (1u64 << back))
+                }
+            }
+        };
+        self.last.insert(h.sender, entry);
         Ok(())
     }
 }
@@ -896,9 +925,18 @@ mod tests {
         assert_eq!(g.check(&h(0, 1, 1)), Err(DropReason::UnknownNode));
         assert_eq!(g.check(&h(2, 5, 10)), Ok(()));
         assert_eq!(g.check(&h(2, 5, 10)), Err(DropReason::Replay));
+        // Reordered within the window: accepted once.
+        assert_eq!(g.check(&h(2, 5, 9)), Ok(()));
         assert_eq!(g.check(&h(2, 5, 9)), Err(DropReason::Replay));
         assert_eq!(g.check(&h(2, 4, 100)), Err(DropReason::Replay));
         assert_eq!(g.check(&h(2, 5, 11)), Ok(()));
+        assert_eq!(g.check(&h(2, 5, 200)), Ok(()));
+        assert_eq!(
+            g.check(&h(2, 5, 200 - REPLAY_WINDOW)),
+            Err(DropReason::Replay)
+        );
+        assert_eq!(g.check(&h(2, 5, 201 - REPLAY_WINDOW)), Ok(()));
+        assert_eq!(g.check(&h(2, 5, 11)), Err(DropReason::Replay));
         assert_eq!(g.check(&h(2, 6, 1)), Ok(()));
         assert_eq!(g.check(&h(1, 1, 1)), Ok(()));
         let mut q = ReplayGuard::new(known).allowing_qserver();

@@ -106,6 +106,7 @@ pub struct Sim {
     /// The quorum server, if any, and the nodes that cannot reach it.
     pub qserver: Option<Server<u16>>,
     pub qs_cut: NodeSet,
+    pub verbose: bool,
     clients: BTreeMap<u16, Client>,
 }
 
@@ -140,6 +141,7 @@ impl Sim {
             allow_disjoint_quorate: options.two_node,
             qserver: None,
             qs_cut: NodeSet::EMPTY,
+            verbose: false,
             clients: BTreeMap::new(),
         };
         for i in 1..=n {
@@ -360,6 +362,13 @@ impl Sim {
         for o in outs {
             match o {
                 Output::Send { to, msg } => {
+                    if self.verbose {
+                        let _ = writeln!(
+                            self.log,
+                            "{:>8}us   node {i} sends {to:?} {msg:?}",
+                            self.now / 1000
+                        );
+                    }
                     let bytes = self.nodes.get_mut(&i).unwrap().sealer.seal(&msg, KEY);
                     let dests: Vec<u16> = match to {
                         Dest::All => (1..=self.n).filter(|&j| j != i).collect(),
@@ -544,7 +553,10 @@ impl Sim {
                 (Some(a), Some((b, _))) => a.min(b),
                 (Some(a), None) => a,
                 (None, Some((b, _))) => b,
-                (None, None) => end,
+                (None, None) => {
+                    self.now = end;
+                    return;
+                }
             };
             if next > end {
                 self.now = end;
