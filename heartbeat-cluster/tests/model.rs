@@ -10,7 +10,9 @@
 //! and once the network is stable for the documented bound
 //! ([`Timing::convergence_bound_ns`]), every member of each view holds the
 //! same (epoch, members, coordinator) and members are mutually connected.
-//! A failure prints the shrunk event sequence and the simulation log.
+//! The quorum-server property runs a simulated server that some nodes
+//! cannot reach. A failure prints the shrunk event sequence and the
+//! simulation log. `HB_MODEL_CASES=N` sets the number of cases.
 
 mod common;
 
@@ -35,6 +37,7 @@ enum Step {
     Start(u16),
     Loss(u64),
     Delay(u64),
+    QsCut(u8),
 }
 
 fn node() -> impl Strategy<Value = u16> {
@@ -54,6 +57,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => node().prop_map(Step::Start),
         2 => (0u64..40).prop_map(Step::Loss),
         1 => (0u64..3).prop_map(Step::Delay),
+        1 => (0u8..32).prop_map(Step::QsCut),
     ]
 }
 
@@ -88,11 +92,20 @@ fn apply(s: &mut Sim, st: &Step) {
             s.loss_pct = p;
         }
         Step::Delay(ms) => s.max_delay_ns = ms * MS / 2 + MS / 4,
+        Step::QsCut(mask) => {
+            s.qs_cut = (1..=N)
+                .filter(|i| mask & (1 << (i - 1)) != 0)
+                .map(NodeId)
+                .collect();
+        }
     }
 }
 
 fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)]) {
     let mut s = Sim::new(N, options, seed);
+    if options.quorum_server {
+        s = s.with_qserver();
+    }
     s.start_all();
     s.run_for(30 * MS);
     s.check_agreement();
@@ -106,7 +119,12 @@ fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)]) {
     // Let link detection and pending timers (auto start, restart window)
     // run out, then allow the documented bound.
     s.run_for(s.detect_ns + s.timing.restart_window_ns + s.timing.auto_start_timeout_ns);
-    s.run_for(s.timing.convergence_bound_ns(N as usize));
+    let bound = if options.quorum_server {
+        s.timing.convergence_bound_with_qs_ns(N as usize)
+    } else {
+        s.timing.convergence_bound_ns(N as usize)
+    };
+    s.run_for(bound);
     s.check_agreement();
     // And it stays agreed (no endless rounds).
     let before: Vec<_> = (1..=N).map(|i| s.view(i)).collect();
@@ -123,8 +141,17 @@ fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {
     prop::collection::vec((step(), 0u64..80), 1..20)
 }
 
+/// Cases per property: `HB_MODEL_CASES` (default 40, about 5 s per
+/// property in a debug build).
+fn cases() -> u32 {
+    std::env::var("HB_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn membership_invariants_hold(seed in any::<u64>(), steps in steps()) {
@@ -134,5 +161,10 @@ proptest! {
     #[test]
     fn membership_invariants_hold_with_auto_tie_breaker(seed in any::<u64>(), steps in steps()) {
         run(QuorumOptions { auto_tie_breaker: true, ..Default::default() }, seed, &steps);
+    }
+
+    #[test]
+    fn membership_invariants_hold_with_quorum_server(seed in any::<u64>(), steps in steps()) {
+        run(QuorumOptions { quorum_server: true, ..Default::default() }, seed, &steps);
     }
 }
