@@ -101,7 +101,7 @@ fn apply(s: &mut Sim, st: &Step) {
     }
 }
 
-fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)]) {
+fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)], last: &Step) {
     let mut s = Sim::new(N, options, seed);
     if options.quorum_server {
         s = s.with_qserver();
@@ -117,14 +117,17 @@ fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)]) {
     s.loss_pct = 0;
     s.max_delay_ns = s.timing.join_interval_ns / 2;
     // Let link detection and pending timers (auto start, restart window)
-    // run out, then allow the documented bound.
+    // run out.
     s.run_for(s.detect_ns + s.timing.restart_window_ns + s.timing.auto_start_timeout_ns);
+    // One last fault, then exactly the documented bound after its link
+    // events: every partition must have agreed by then.
+    apply(&mut s, last);
     let bound = if options.quorum_server {
         s.timing.convergence_bound_with_qs_ns(N as usize)
     } else {
         s.timing.convergence_bound_ns(N as usize)
     };
-    s.run_for(bound);
+    s.run_for(s.detect_ns + bound);
     s.check_agreement();
     // And it stays agreed (no endless rounds).
     let before: Vec<_> = (1..=N).map(|i| s.view(i)).collect();
@@ -135,6 +138,16 @@ fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)]) {
         "views changed on a stable network\n{}",
         s.log
     );
+}
+
+/// The last fault before the network stays stable.
+fn last_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        Just(Step::HealAll),
+        (1u8..31).prop_map(Step::Partition),
+        node().prop_map(Step::Crash),
+        (node(), node()).prop_map(|(a, b)| Step::Cut(a, b)),
+    ]
 }
 
 fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {
@@ -154,17 +167,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn membership_invariants_hold(seed in any::<u64>(), steps in steps()) {
-        run(QuorumOptions::default(), seed, &steps);
+    fn membership_invariants_hold(seed in any::<u64>(), steps in steps(), last in last_step()) {
+        run(QuorumOptions::default(), seed, &steps, &last);
     }
 
     #[test]
-    fn membership_invariants_hold_with_auto_tie_breaker(seed in any::<u64>(), steps in steps()) {
-        run(QuorumOptions { auto_tie_breaker: true, ..Default::default() }, seed, &steps);
+    fn membership_invariants_hold_with_auto_tie_breaker(seed in any::<u64>(), steps in steps(), last in last_step()) {
+        run(QuorumOptions { auto_tie_breaker: true, ..Default::default() }, seed, &steps, &last);
     }
 
     #[test]
-    fn membership_invariants_hold_with_quorum_server(seed in any::<u64>(), steps in steps()) {
-        run(QuorumOptions { quorum_server: true, ..Default::default() }, seed, &steps);
+    fn membership_invariants_hold_with_quorum_server(seed in any::<u64>(), steps in steps(), last in last_step()) {
+        run(QuorumOptions { quorum_server: true, ..Default::default() }, seed, &steps, &last);
     }
 }

@@ -699,7 +699,7 @@ impl Sim {
     }
 
     pub fn with_qserver(mut self) -> Self {
-        let mut cfg = ServerConfig::new(CLUSTER, Self::keys());
+        let mut cfg = ServerConfig::new(Some(CLUSTER), Self::keys());
         cfg.lease_ns = 300 * MS;
         cfg.settle_ns = 5 * MS;
         self.qserver = Some(Server::new(cfg, 1));
