@@ -10,6 +10,7 @@ pub mod journal;
 pub mod keyfile;
 pub mod membership;
 pub mod metrics;
+pub mod qserver;
 pub mod sender;
 pub mod status;
 

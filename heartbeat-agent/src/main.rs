@@ -61,6 +61,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a quorum server: breaks the tie when a cluster splits into two
+    /// halves of exactly half the votes (grants one half at a time, as a
+    /// lease). Authenticated with the cluster key; SIGHUP re-reads the key
+    /// file. Stops on SIGINT/SIGTERM.
+    QuorumServer {
+        /// UDP address to listen on, e.g. 0.0.0.0:6406.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The cluster key file (the same as the nodes').
+        #[arg(long)]
+        key_file: PathBuf,
+    },
     /// Print the event journal (link/node up/down, agent events) as JSON lines.
     Events {
         #[command(flatten)]
@@ -128,6 +140,9 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, node } => runtime()?.block_on(daemon::run(&config, node.as_deref())),
         Command::CheckConfig { file, node } => check_config(&file, node.as_deref()),
+        Command::QuorumServer { listen, key_file } => {
+            runtime()?.block_on(quorum_server(listen, &key_file))
+        }
         Command::Keygen { out } => match out {
             Some(path) => {
                 keyfile::write_new(&path)?;
@@ -191,5 +206,22 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<()> {
         cfg.cluster.id,
         cfg.nodes.len()
     );
+    Ok(())
+}
+
+/// `quorum-server`: serves until SIGINT or SIGTERM.
+async fn quorum_server(listen: std::net::SocketAddr, key_file: &Path) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let srv = heartbeat_agent::qserver::QuorumServer::from_key_file(listen, key_file).await?;
+    tracing::info!(listen = %srv.local_addr()?, "quorum server listening");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    srv.serve(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+    .await?;
     Ok(())
 }
