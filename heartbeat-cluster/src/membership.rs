@@ -510,6 +510,9 @@ pub struct Membership {
     excluded: BTreeMap<NodeId, Cause>,
     /// When the open round started.
     round_since: u64,
+    /// When this node's knowledge (its own or a flooded reachable set)
+    /// last changed.
+    knowledge_changed_at: u64,
     /// Members to send the installed view's commit again.
     resend_commit: NodeSet,
     /// When `node halt` ran and when the leave was last sent.
@@ -581,6 +584,7 @@ impl Membership {
             qs_renew_at: None,
             excluded: BTreeMap::new(),
             round_since: now_ns,
+            knowledge_changed_at: now_ns,
             resend_commit: NodeSet::EMPTY,
             halted_at: 0,
             last_leave_sent: 0,
@@ -683,7 +687,7 @@ impl Membership {
                 if !self.may_form_self() {
                     d.push(self.started_at.saturating_add(t.auto_start_timeout_ns));
                 }
-                d.push(self.round_since.saturating_add(t.consensus_timeout_ns));
+                d.push(self.settle_until());
             }
             Phase::Proposing { since, qs, .. } => {
                 d.push(self.last_resend + t.join_interval_ns);
@@ -799,6 +803,15 @@ impl Membership {
         }
     }
 
+    /// Until when a coordinator that hears nodes outside its set waits:
+    /// consensus_timeout after the round started and after the last change
+    /// of its knowledge.
+    fn settle_until(&self) -> u64 {
+        self.round_since
+            .max(self.knowledge_changed_at)
+            .saturating_add(self.params.timing.consensus_timeout_ns)
+    }
+
     fn next_leave_ns(&self) -> u64 {
         let t = &self.params.timing;
         let gap = if self.now < self.halted_at.saturating_add(t.consensus_timeout_ns) {
@@ -883,7 +896,15 @@ impl Membership {
         if self.phase == Phase::Halted {
             return NodeSet::EMPTY;
         }
+        // A node that announced its leave, or whose agent is stale, speaks
+        // for nobody: its last flooded set is frozen.
         let reach = |id: NodeId| -> NodeSet {
+            let silent = self.peers.get(&id).is_some_and(|p| {
+                p.leaving || matches!(p.agent, PeerAgentState::Stale | PeerAgentState::Leaving)
+            });
+            if silent {
+                return NodeSet::single(id);
+            }
             self.knowledge.get(&id).map(|e| e.reach).unwrap_or_default()
         };
         let mutual = |a: NodeId, b: NodeId| reach(a).contains(b) && reach(b).contains(a);
@@ -1042,6 +1063,7 @@ impl Membership {
             e.incarnation = inc;
             e.version = e.version.wrapping_add(1);
             self.join_due = Some(self.now);
+            self.knowledge_changed_at = self.now;
         }
     }
 
@@ -1120,6 +1142,7 @@ impl Membership {
         let differs =
             j.proposal != self.compute_members() || my_view != Some((j.view_epoch, j.view_members));
         if changed {
+            self.knowledge_changed_at = self.now;
             self.schedule_join(self.now);
         } else if behind || differs {
             self.schedule_join_rate_limited();
@@ -1617,12 +1640,7 @@ impl Membership {
         // at most consensus_timeout since the round started (one-way loss
         // ends up here for good).
         let disagreement = !self.reachable().difference(m).is_empty();
-        if disagreement
-            && self.now
-                < self
-                    .round_since
-                    .saturating_add(self.params.timing.consensus_timeout_ns)
-        {
+        if disagreement && self.now < self.settle_until() {
             return;
         }
         let may_form = self.may_form_self()

@@ -107,6 +107,8 @@ pub struct Sim {
     pub qserver: Option<Server<u16>>,
     pub qs_cut: NodeSet,
     pub verbose: bool,
+    /// Halted nodes: their heartbeats announce `leaving`.
+    pub halted: NodeSet,
     clients: BTreeMap<u16, Client>,
 }
 
@@ -142,6 +144,7 @@ impl Sim {
             qserver: None,
             qs_cut: NodeSet::EMPTY,
             verbose: false,
+            halted: NodeSet::EMPTY,
             clients: BTreeMap::new(),
         };
         for i in 1..=n {
@@ -233,6 +236,7 @@ impl Sim {
         }
         node.m = Some(m);
         node.xdp_alive = true;
+        self.halted.remove(NodeId(i));
         let inc = node.incarnation;
         self.clients.insert(i, Client::new(CLUSTER, NodeId(i), inc));
         let _ = writeln!(self.log, "{:>8}us start node {i}", now / 1000);
@@ -248,6 +252,7 @@ impl Sim {
         n.m = None;
         n.xdp_alive = false;
         n.last_installed = None;
+        self.halted.remove(NodeId(i));
         self.links_changed();
     }
 
@@ -300,6 +305,33 @@ impl Sim {
             let _ = writeln!(self.log, "{:>8}us node {i} {cmd:?}", self.now / 1000);
             let at_ns = self.now;
             self.input(i, Input::Command { cmd, at_ns });
+            // The heartbeats announce the node's state to whoever hears it.
+            let state = match cmd {
+                Command::NodeHalt => {
+                    self.halted.insert(NodeId(i));
+                    Some(3)
+                }
+                Command::NodeStart => {
+                    self.halted.remove(NodeId(i));
+                    Some(0)
+                }
+                Command::ClusterStart => None,
+            };
+            if let Some(state) = state {
+                for j in 1..=self.n {
+                    if j != i && self.hears(j, i) {
+                        let at = self.now + self.max_delay_ns;
+                        self.push(
+                            at,
+                            Ev::Agent {
+                                at: j,
+                                peer: i,
+                                state,
+                            },
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -603,6 +635,16 @@ impl Sim {
                     return;
                 }
                 n.told_up.insert(peer, up);
+                if up && self.halted.contains(NodeId(peer)) {
+                    self.input(
+                        at,
+                        Input::PeerAgent {
+                            peer: NodeId(peer),
+                            state: PeerAgentState::Leaving,
+                            at_ns,
+                        },
+                    );
+                }
                 let input = if up {
                     Input::LinkUp {
                         peer: NodeId(peer),
