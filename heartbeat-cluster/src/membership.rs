@@ -183,6 +183,20 @@ pub struct Params {
     pub timing: Timing,
 }
 
+/// Why a reload was refused (the running parameters stay in force).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The local node id cannot change live.
+    #[error("the local node cannot change without a restart")]
+    LocalNode,
+    /// The local node is not in the new node list.
+    #[error("the local node is not in the new node list")]
+    LocalNotConfigured,
+    /// A node id outside 1..=63.
+    #[error("node id {0} is outside 1..=63")]
+    BadNodeId(NodeId),
+}
+
 /// A peer agent's state as its heartbeats announce it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -590,6 +604,52 @@ impl Membership {
             last_leave_sent: 0,
             params,
         }
+    }
+
+    /// Live reload (`heartbeat-agent reload`): timers, priorities, votes,
+    /// quorum options and the node list may change; the local node id and
+    /// the start mode may not. Added nodes start unreachable; removed nodes
+    /// are forgotten (a reformation follows if they were members).
+    pub fn reload(&mut self, params: Params, at_ns: u64) -> Result<Vec<Output>, ReloadError> {
+        if params.local != self.params.local {
+            return Err(ReloadError::LocalNode);
+        }
+        if !params.nodes.iter().any(|n| n.id == params.local) {
+            return Err(ReloadError::LocalNotConfigured);
+        }
+        if let Some(n) = params.nodes.iter().find(|n| !n.id.is_valid()) {
+            return Err(ReloadError::BadNodeId(n.id));
+        }
+        self.advance(at_ns);
+        let configured: NodeSet = params.nodes.iter().map(|n| n.id).collect();
+        self.prio = params.nodes.iter().map(|n| (n.id, n.priority)).collect();
+        self.peers.retain(|id, _| configured.contains(*id));
+        for n in &params.nodes {
+            if n.id != params.local {
+                self.peers.entry(n.id).or_insert_with(|| Peer {
+                    links: BTreeSet::new(),
+                    agent: PeerAgentState::Running,
+                    agent_since: at_ns,
+                    leaving: false,
+                    leave_seq: None,
+                    join: None,
+                });
+            }
+        }
+        self.knowledge.retain(|id, _| configured.contains(*id));
+        self.guard
+            .set_known(configured.difference(NodeSet::single(params.local)));
+        self.quorum.reconfigure(QuorumConfig {
+            votes: params.nodes.iter().map(|n| (n.id, n.votes)).collect(),
+            options: params.quorum,
+        });
+        self.configured = configured;
+        self.params = params;
+        let mut out = Vec::new();
+        if self.ticked {
+            self.step(&mut out);
+        }
+        Ok(out)
     }
 
     /// This node.

@@ -268,6 +268,16 @@ impl Quorum {
         }
     }
 
+    /// Live reload: new votes and options. Nodes that were already
+    /// configured keep their place in (or out of) the expected set; new
+    /// nodes are expected; removed ones are forgotten.
+    pub fn reconfigure(&mut self, cfg: QuorumConfig) {
+        let old = self.cfg.nodes();
+        let new = cfg.nodes();
+        self.expected = self.expected.intersection(new).union(new.difference(old));
+        self.cfg = cfg;
+    }
+
     /// The configuration.
     pub fn config(&self) -> &QuorumConfig {
         &self.cfg
@@ -548,6 +558,23 @@ mod tests {
         st.installed(set(&[1]), true, 20);
         assert!(st.tick(30));
         assert_eq!(st.expected(), set(&[1]));
+    }
+
+    #[test]
+    fn reconfigure_expects_new_nodes_and_forgets_removed_ones() {
+        let opts = QuorumOptions {
+            last_man_standing: true,
+            last_man_standing_window_ns: 1,
+            ..Default::default()
+        };
+        let mut st = Quorum::new(cfg(4, opts));
+        st.installed(set(&[1, 2, 3]), true, 0);
+        assert!(st.tick(1));
+        assert_eq!(st.expected(), set(&[1, 2, 3]));
+        let mut c = cfg(5, opts);
+        c.votes.remove(&NodeId(2));
+        st.reconfigure(c);
+        assert_eq!(st.expected(), set(&[1, 3, 5]));
     }
 
     #[test]

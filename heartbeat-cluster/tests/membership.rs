@@ -373,3 +373,36 @@ fn everyone_crashed_is_quiet() {
     }
     s.run_for(200 * MS);
 }
+
+#[test]
+fn reload_adds_a_node_and_refuses_to_change_the_local_id() {
+    use heartbeat_cluster::membership::{NodeParams, Params, ReloadError};
+    let mut s = formed(3, QuorumOptions::default());
+    let m = s.nodes.get_mut(&1).unwrap().m.as_mut().unwrap();
+    let mut nodes: Vec<NodeParams> = (1..=4)
+        .map(|i| NodeParams {
+            id: NodeId(i),
+            priority: 0,
+            votes: 1,
+        })
+        .collect();
+    let params = |local, nodes: Vec<NodeParams>| Params {
+        local: NodeId(local),
+        nodes,
+        quorum: QuorumOptions::default(),
+        start: StartMode::Auto,
+        timing: common::timing(),
+    };
+    assert_eq!(
+        m.reload(params(2, nodes.clone()), 0).unwrap_err(),
+        ReloadError::LocalNode
+    );
+    m.reload(params(1, nodes.clone()), 0).unwrap();
+    assert_eq!(m.node_states()[&NodeId(4)], NodeState::Down);
+    // 3 of 4 expected votes: still quorate.
+    nodes.retain(|n| n.id != NodeId(1));
+    assert_eq!(
+        m.reload(params(1, nodes), 0).unwrap_err(),
+        ReloadError::LocalNotConfigured
+    );
+}
