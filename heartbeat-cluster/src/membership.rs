@@ -491,6 +491,8 @@ struct Peer {
     leaving: bool,
     /// (incarnation, sequence) of its last leave message.
     leave_seq: Option<(u32, u64)>,
+    /// (incarnation, reach version) it announced in that leave.
+    left_at: Option<(u32, u32)>,
     join: Option<PeerJoin>,
 }
 
@@ -559,6 +561,7 @@ impl Membership {
                         agent_since: now_ns,
                         leaving: false,
                         leave_seq: None,
+                        left_at: None,
                         join: None,
                     },
                 )
@@ -632,6 +635,7 @@ impl Membership {
                     agent_since: at_ns,
                     leaving: false,
                     leave_seq: None,
+                    left_at: None,
                     join: None,
                 });
             }
@@ -708,7 +712,7 @@ impl Membership {
                 }
             } else {
                 let p = &self.peers[&id];
-                if p.leaving {
+                if self.has_left(id, p) {
                     NodeState::Leaving
                 } else if p.links.is_empty() {
                     NodeState::Down
@@ -812,9 +816,6 @@ impl Membership {
                 {
                     p.agent = state;
                     p.agent_since = at_ns;
-                    if state == PeerAgentState::Leaving {
-                        p.leaving = true;
-                    }
                     if state == PeerAgentState::Restarting {
                         out.push(Output::Event(Event {
                             cause: Cause::Restarting,
@@ -896,9 +897,23 @@ impl Membership {
                 .saturating_add(self.params.timing.restart_window_ns)
     }
 
-    fn peer_reachable(&self, p: &Peer) -> bool {
+    /// Whether a newer reachable set of `id` than `mark` was flooded.
+    fn newer_knowledge(&self, id: NodeId, mark: Option<(u32, u32)>) -> bool {
+        self.knowledge
+            .get(&id)
+            .is_some_and(|e| Some((e.incarnation, e.version)) > mark)
+    }
+
+    /// Whether `id` has left: its leave message is the newest we know of
+    /// it, or its heartbeats (while we hear them) say so.
+    fn has_left(&self, id: NodeId, p: &Peer) -> bool {
+        (p.leaving && !self.newer_knowledge(id, p.left_at))
+            || (!p.links.is_empty() && p.agent == PeerAgentState::Leaving)
+    }
+
+    fn peer_reachable(&self, id: NodeId, p: &Peer) -> bool {
         !p.links.is_empty()
-            && !p.leaving
+            && !self.has_left(id, p)
             && match p.agent {
                 PeerAgentState::Running => true,
                 PeerAgentState::Restarting => !self.restart_expired(p),
@@ -912,7 +927,7 @@ impl Membership {
             return r;
         }
         for (id, p) in &self.peers {
-            if self.peer_reachable(p) {
+            if self.peer_reachable(*id, p) {
                 r.insert(*id);
             }
         }
@@ -924,7 +939,7 @@ impl Membership {
         let Some(p) = self.peers.get(&id) else {
             return Cause::NodeFailed;
         };
-        if p.leaving || p.agent == PeerAgentState::Leaving {
+        if self.has_left(id, p) {
             Cause::NodeLeft
         } else if p.links.is_empty() {
             Cause::NodeFailed
@@ -960,7 +975,7 @@ impl Membership {
         // for nobody: its last flooded set is frozen.
         let reach = |id: NodeId| -> NodeSet {
             let silent = self.peers.get(&id).is_some_and(|p| {
-                p.leaving || matches!(p.agent, PeerAgentState::Stale | PeerAgentState::Leaving)
+                self.has_left(id, p) || (!p.links.is_empty() && p.agent == PeerAgentState::Stale)
             });
             if silent {
                 return NodeSet::single(id);
@@ -1072,16 +1087,17 @@ impl Membership {
                 if self.phase == Phase::Halted {
                     return;
                 }
-                out.push(Output::Send {
-                    to: Dest::All,
-                    msg: Message::Leave(Leave {
-                        epoch: self.promised,
-                    }),
-                });
                 self.phase = Phase::Halted;
                 self.halted_at = self.now;
                 self.last_leave_sent = self.now;
                 self.refresh_reach();
+                out.push(Output::Send {
+                    to: Dest::All,
+                    msg: Message::Leave(Leave {
+                        epoch: self.promised,
+                        version: self.own_version(),
+                    }),
+                });
                 let view = View {
                     epoch: self.promised,
                     members: NodeSet::EMPTY,
@@ -1108,6 +1124,12 @@ impl Membership {
                 }
             }
         }
+    }
+
+    fn own_version(&self) -> u32 {
+        self.knowledge
+            .get(&self.params.local)
+            .map_or(0, |e| e.version)
     }
 
     fn refresh_reach(&mut self) {
@@ -1141,10 +1163,11 @@ impl Membership {
             Message::Propose(p) => self.on_propose(from, p, out),
             Message::Ack(k) => self.on_ack(from, k, out),
             Message::Commit(c) => self.on_commit(from, c, out),
-            Message::Leave(_) => {
+            Message::Leave(l) => {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.leaving = true;
                     p.leave_seq = Some((a.header.incarnation, a.header.seq));
+                    p.left_at = Some((a.header.incarnation, l.version));
                     p.join = None;
                 }
             }
@@ -1503,6 +1526,7 @@ impl Membership {
                     to: Dest::All,
                     msg: Message::Leave(Leave {
                         epoch: self.promised,
+                        version: self.own_version(),
                     }),
                 });
                 self.last_leave_sent = self.now;

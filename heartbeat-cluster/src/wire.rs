@@ -247,6 +247,9 @@ pub struct Commit {
 pub struct Leave {
     /// The leaver's highest epoch.
     pub epoch: Epoch,
+    /// Version of the leaver's reachable set after it left: a flooded set
+    /// of a newer (incarnation, version) means it is back.
+    pub version: u32,
 }
 
 /// A partition asks the quorum server for the tie.
@@ -366,6 +369,7 @@ fn put_body(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::Leave(l) => {
             out.extend_from_slice(&l.epoch.0.to_be_bytes());
+            out.extend_from_slice(&l.version.to_be_bytes());
         }
         Message::QsRequest(r) => {
             out.extend_from_slice(&r.epoch.0.to_be_bytes());
@@ -559,7 +563,10 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
                 },
             })
         }
-        MsgType::Leave => Message::Leave(Leave { epoch: r.epoch()? }),
+        MsgType::Leave => Message::Leave(Leave {
+            epoch: r.epoch()?,
+            version: r.u32()?,
+        }),
         MsgType::QsRequest => Message::QsRequest(QsRequest {
             epoch: r.epoch()?,
             members: r.set()?,
@@ -775,7 +782,10 @@ mod tests {
                     tie_breaker: TieBreaker::NotNeeded,
                 },
             }),
-            Message::Leave(Leave { epoch: Epoch(8) }),
+            Message::Leave(Leave {
+                epoch: Epoch(8),
+                version: 3,
+            }),
             Message::QsRequest(QsRequest {
                 epoch: Epoch(9),
                 members: set,

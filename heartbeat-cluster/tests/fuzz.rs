@@ -73,7 +73,8 @@ fn message() -> impl Strategy<Value = Message> {
                 },
             })
         }),
-        epoch().prop_map(|epoch| Message::Leave(Leave { epoch })),
+        (epoch(), any::<u32>())
+            .prop_map(|(epoch, version)| Message::Leave(Leave { epoch, version })),
     ]
 }
 

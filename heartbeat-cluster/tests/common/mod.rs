@@ -66,6 +66,8 @@ enum Ev {
     Link { at: u16, peer: u16, up: bool },
     /// Peer agent state seen by `at`.
     Agent { at: u16, peer: u16, state: u8 },
+    /// What `at` sees in `peer`'s heartbeats now (if it hears it).
+    AgentTruth { at: u16, peer: u16 },
     /// A quorum server answer for node `to`.
     QsAnswer { to: u16, msg: usize },
 }
@@ -109,6 +111,8 @@ pub struct Sim {
     pub verbose: bool,
     /// Halted nodes: their heartbeats announce `leaving`.
     pub halted: NodeSet,
+    /// Nodes within an announced restart.
+    pub restarting: NodeSet,
     clients: BTreeMap<u16, Client>,
 }
 
@@ -145,6 +149,7 @@ impl Sim {
             qs_cut: NodeSet::EMPTY,
             verbose: false,
             halted: NodeSet::EMPTY,
+            restarting: NodeSet::EMPTY,
             clients: BTreeMap::new(),
         };
         for i in 1..=n {
@@ -243,6 +248,9 @@ impl Sim {
         self.process(i, outs);
         self.input(i, Input::Tick { now_ns: now });
         self.links_changed();
+        // Its heartbeats show a running agent again.
+        let d = self.max_delay_ns;
+        self.announce(i, d);
     }
 
     /// Kills node `i` (agent and XDP); peers see its links go down.
@@ -253,6 +261,7 @@ impl Sim {
         n.xdp_alive = false;
         n.last_installed = None;
         self.halted.remove(NodeId(i));
+        self.restarting.remove(NodeId(i));
         self.links_changed();
     }
 
@@ -267,35 +276,23 @@ impl Sim {
             "{:>8}us announced restart of node {i}",
             self.now / 1000
         );
-        for j in 1..=self.n {
-            if j != i && self.hears(j, i) {
-                let at = self.now;
-                self.push(
-                    at,
-                    Ev::Agent {
-                        at: j,
-                        peer: i,
-                        state: 2,
-                    },
-                );
-            }
-        }
+        self.restarting.insert(NodeId(i));
+        self.announce(i, 0);
         let n = self.nodes.get_mut(&i).unwrap();
         n.m = None;
         n.last_installed = None;
         self.run_for(gap_ns);
+        self.restarting.remove(NodeId(i));
         self.start_node(i);
+        self.announce(i, 0);
+    }
+
+    /// Peers see `i`'s state in its heartbeats after `delay`.
+    fn announce(&mut self, i: u16, delay: u64) {
         for j in 1..=self.n {
             if j != i {
-                let at = self.now;
-                self.push(
-                    at,
-                    Ev::Agent {
-                        at: j,
-                        peer: i,
-                        state: 0,
-                    },
-                );
+                let at = self.now + delay;
+                self.push(at, Ev::AgentTruth { at: j, peer: i });
             }
         }
     }
@@ -306,32 +303,15 @@ impl Sim {
             let at_ns = self.now;
             self.input(i, Input::Command { cmd, at_ns });
             // The heartbeats announce the node's state to whoever hears it.
-            let state = match cmd {
+            match cmd {
                 Command::NodeHalt => {
                     self.halted.insert(NodeId(i));
-                    Some(3)
                 }
-                Command::NodeStart => {
-                    self.halted.remove(NodeId(i));
-                    Some(0)
-                }
-                Command::ClusterStart => None,
-            };
-            if let Some(state) = state {
-                for j in 1..=self.n {
-                    if j != i && self.hears(j, i) {
-                        let at = self.now + self.max_delay_ns;
-                        self.push(
-                            at,
-                            Ev::Agent {
-                                at: j,
-                                peer: i,
-                                state,
-                            },
-                        );
-                    }
-                }
+                Command::NodeStart => self.halted.remove(NodeId(i)),
+                Command::ClusterStart => {}
             }
+            let d = self.max_delay_ns;
+            self.announce(i, d);
         }
     }
 
@@ -635,15 +615,8 @@ impl Sim {
                     return;
                 }
                 n.told_up.insert(peer, up);
-                if up && self.halted.contains(NodeId(peer)) {
-                    self.input(
-                        at,
-                        Input::PeerAgent {
-                            peer: NodeId(peer),
-                            state: PeerAgentState::Leaving,
-                            at_ns,
-                        },
-                    );
+                if up {
+                    self.agent_truth(at, peer);
                 }
                 let input = if up {
                     Input::LinkUp {
@@ -672,6 +645,7 @@ impl Sim {
                     self.input(to, input);
                 }
             }
+            Ev::AgentTruth { at, peer } => self.agent_truth(at, peer),
             Ev::Agent { at, peer, state } => {
                 let state = match state {
                     0 => PeerAgentState::Running,
@@ -689,6 +663,29 @@ impl Sim {
                 );
             }
         }
+    }
+
+    /// Feeds `at` the state `peer`'s heartbeats carry, if it hears them.
+    fn agent_truth(&mut self, at: u16, peer: u16) {
+        if !self.hears(at, peer) {
+            return;
+        }
+        let state = if self.halted.contains(NodeId(peer)) {
+            PeerAgentState::Leaving
+        } else if self.restarting.contains(NodeId(peer)) {
+            PeerAgentState::Restarting
+        } else {
+            PeerAgentState::Running
+        };
+        let at_ns = self.now;
+        self.input(
+            at,
+            Input::PeerAgent {
+                peer: NodeId(peer),
+                state,
+                at_ns,
+            },
+        );
     }
 
     pub fn view(&self, i: u16) -> Option<View> {
