@@ -406,3 +406,13 @@ fn reload_adds_a_node_and_refuses_to_change_the_local_id() {
         ReloadError::LocalNotConfigured
     );
 }
+
+#[test]
+fn the_documented_bound_in_heartbeat_intervals() {
+    use heartbeat_cluster::membership::Timing;
+    let t = Timing::from_heartbeat_interval(500_000, 0, 0);
+    assert_eq!(t.join_interval_ns, MS);
+    assert_eq!(t.convergence_bound_ns(5), 16 * MS);
+    let t = Timing::from_heartbeat_interval(10_000_000, 0, 0);
+    assert_eq!(t.convergence_bound_ns(3), 14 * 20 * MS);
+}

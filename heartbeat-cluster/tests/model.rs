@@ -154,13 +154,13 @@ fn steps() -> impl Strategy<Value = Vec<(Step, u64)>> {
     prop::collection::vec((step(), 0u64..80), 1..20)
 }
 
-/// Cases per property: `HB_MODEL_CASES` (default 40, about 5 s per
+/// Cases per property: `HB_MODEL_CASES` (default 32, about 4 s per
 /// property in a debug build).
 fn cases() -> u32 {
     std::env::var("HB_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(32)
 }
 
 proptest! {
