@@ -697,6 +697,13 @@ impl Membership {
             .is_some_and(|v| v.quorum.quorate && v.members.contains(self.params.local))
     }
 
+    /// When the current (or, after an `Install`, the last) round started:
+    /// on `Install`, `now - round_started_ns()` is the time from the first
+    /// event to agreement (metrics).
+    pub fn round_started_ns(&self) -> u64 {
+        self.round_since
+    }
+
     /// Whether a round is open (gathering, proposing or acked).
     pub fn in_round(&self) -> bool {
         matches!(
@@ -1296,6 +1303,9 @@ impl Membership {
             // Tell the proposer what we think instead.
             self.schedule_join_rate_limited();
             return;
+        }
+        if self.phase == Phase::Operational {
+            self.round_since = self.now;
         }
         self.promised = p.epoch;
         out.push(Output::PersistEpoch(p.epoch));

@@ -22,6 +22,13 @@
 //!   the quorum server granted this partition the tie for this epoch.
 //! - Exactly half and no tie-breaker (configured or reachable): not quorate.
 //!
+//! As with votequorum, last_man_standing trusts that nodes which left the
+//! expected set stay away: a node that was gone while the cluster shrank
+//! still expects the old set, and the coordinator takes the union, so it
+//! can only make a partition *less* likely to be quorate, except when a
+//! shrunk remnant and returning nodes that never saw the shrink meet in a
+//! new split (use `wait_for_all` with it, as votequorum advises).
+//!
 //! Departures from votequorum: no `expected_votes` override and no
 //! `auto_tie_breaker_node` (always the lowest id); expected votes travel as
 //! a node set in joins and the coordinator takes their union (votequorum
