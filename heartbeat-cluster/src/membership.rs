@@ -161,8 +161,8 @@ impl Timing {
             .clamp(1_000_000, 1_000_000_000);
         Self {
             join_interval_ns: join,
-            consensus_timeout_ns: join * 5,
-            sync_interval_ns: (join * 50).min(5_000_000_000),
+            consensus_timeout_ns: join.saturating_mul(5),
+            sync_interval_ns: join.saturating_mul(50).min(5_000_000_000),
             auto_start_timeout_ns,
             restart_window_ns,
             qs_timeout_ns: 500_000_000,
@@ -774,25 +774,33 @@ impl Membership {
         match self.phase {
             Phase::Halted => d.push(self.next_leave_ns()),
             Phase::Gather => {
-                d.push(self.last_join_sent.unwrap_or(self.now) + t.join_interval_ns);
+                d.push(
+                    self.last_join_sent
+                        .unwrap_or(self.now)
+                        .saturating_add(t.join_interval_ns),
+                );
                 if !self.may_form_self() {
                     d.push(self.started_at.saturating_add(t.auto_start_timeout_ns));
                 }
                 d.push(self.settle_until());
             }
             Phase::Proposing { since, qs, .. } => {
-                d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + self.round_timeout_ns());
+                d.push(self.last_resend.saturating_add(t.join_interval_ns));
+                d.push(since.saturating_add(self.round_timeout_ns()));
                 if let QsWait::Pending { deadline } = qs {
                     d.push(deadline);
                 }
             }
             Phase::Acked { since, .. } => {
-                d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + self.round_timeout_ns());
+                d.push(self.last_resend.saturating_add(t.join_interval_ns));
+                d.push(since.saturating_add(self.round_timeout_ns()));
             }
             Phase::Operational => {
-                d.push(self.last_join_sent.unwrap_or(self.now) + t.sync_interval_ns);
+                d.push(
+                    self.last_join_sent
+                        .unwrap_or(self.now)
+                        .saturating_add(t.sync_interval_ns),
+                );
                 if let Some(x) = self.quorum.lms_deadline_ns() {
                     d.push(x);
                 }
@@ -1100,7 +1108,7 @@ impl Membership {
         let gap = self.params.timing.join_interval_ns / 4;
         let at = self
             .last_join_sent
-            .map_or(self.now, |l| (l + gap).max(self.now));
+            .map_or(self.now, |l| l.saturating_add(gap).max(self.now));
         self.schedule_join(at);
     }
 
@@ -1525,7 +1533,7 @@ impl Membership {
             let lease_left = self
                 .qs_lease_until
                 .map_or(0, |u| u.saturating_sub(self.now));
-            self.qs_renew_at = Some(self.now + lease_left / 3);
+            self.qs_renew_at = Some(self.now.saturating_add(lease_left / 3));
         } else {
             self.qs_lease_until = None;
             self.qs_renew_at = None;
@@ -1618,7 +1626,7 @@ impl Membership {
                     && self.now >= r
                     && v.coordinator == Some(me)
                 {
-                    self.qs_renew_at = Some(self.now + t.qs_timeout_ns);
+                    self.qs_renew_at = Some(self.now.saturating_add(t.qs_timeout_ns));
                     self.ask_qs(v.epoch, v.members, out);
                 }
             }
@@ -1630,7 +1638,7 @@ impl Membership {
                 since,
                 qs,
             } => {
-                if m != members || self.now >= since + self.round_timeout_ns() {
+                if m != members || self.now >= since.saturating_add(self.round_timeout_ns()) {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
                 } else {
@@ -1652,7 +1660,7 @@ impl Membership {
                             QsWait::Answered(v) => self.commit(epoch, members, v, out),
                             QsWait::Pending { .. } => {}
                         }
-                    } else if self.now >= self.last_resend + t.join_interval_ns {
+                    } else if self.now >= self.last_resend.saturating_add(t.join_interval_ns) {
                         out.push(Output::Send {
                             to: Dest::Nodes(members.difference(acks)),
                             msg: Message::Propose(Propose { epoch, members }),
@@ -1667,10 +1675,10 @@ impl Membership {
                 coordinator,
                 since,
             } => {
-                if m != members || self.now >= since + self.round_timeout_ns() {
+                if m != members || self.now >= since.saturating_add(self.round_timeout_ns()) {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
-                } else if self.now >= self.last_resend + t.join_interval_ns {
+                } else if self.now >= self.last_resend.saturating_add(t.join_interval_ns) {
                     self.send_ack(coordinator, Propose { epoch, members }, out);
                 }
             }
@@ -1781,7 +1789,7 @@ impl Membership {
         {
             self.ask_qs(epoch, m, out);
             QsWait::Pending {
-                deadline: self.now + self.params.timing.qs_timeout_ns,
+                deadline: self.now.saturating_add(self.params.timing.qs_timeout_ns),
             }
         } else {
             QsWait::NotNeeded

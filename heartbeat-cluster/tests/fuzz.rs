@@ -139,4 +139,52 @@ proptest! {
             prop_assert!(m.epoch() >= Epoch(3), "epochs never go back");
         }
     }
+
+    #[test]
+    fn membership_survives_any_timers_and_times(
+        t in prop::array::uniform6(any::<u64>()),
+        events in prop::collection::vec((0u8..6, 1u16..=5, any::<u64>()), 1..40),
+    ) {
+        let params = Params {
+            local: NodeId(1),
+            nodes: (1..=4)
+                .map(|i| NodeParams { id: NodeId(i), priority: 0, votes: 1 })
+                .collect(),
+            quorum: QuorumOptions { quorum_server: true, last_man_standing: true, ..Default::default() },
+            start: StartMode::Auto,
+            timing: Timing {
+                join_interval_ns: t[0],
+                consensus_timeout_ns: t[1],
+                sync_interval_ns: t[2],
+                auto_start_timeout_ns: t[3],
+                restart_window_ns: t[4],
+                qs_timeout_ns: t[5],
+            },
+        };
+        let mut m = Membership::new(params, Epoch(0), 1, 0);
+        for (kind, peer, at_ns) in events {
+            let peer = NodeId(peer);
+            let input = match kind {
+                0 => Input::LinkUp { peer, link: LinkId(0), at_ns },
+                1 => Input::LinkDown { peer, link: LinkId(0), at_ns },
+                2 => Input::PeerAgent {
+                    peer,
+                    state: heartbeat_cluster::membership::PeerAgentState::Restarting,
+                    at_ns,
+                },
+                3 => Input::QuorumServer {
+                    epoch: Epoch(at_ns % 4),
+                    members: NodeSet::from_bits(at_ns),
+                    granted: at_ns % 2 == 0,
+                    lease_ns: at_ns,
+                    at_ns,
+                },
+                _ => Input::Tick { now_ns: at_ns },
+            };
+            let _ = m.handle(input);
+            if let Some(d) = m.next_deadline_ns() {
+                let _ = m.handle(Input::Tick { now_ns: d });
+            }
+        }
+    }
 }
