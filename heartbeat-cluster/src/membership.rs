@@ -496,6 +496,7 @@ enum QsWait {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PeerJoin {
     max_epoch: Epoch,
+    promised: Epoch,
     view_epoch: Epoch,
     view_members: NodeSet,
     flags: u8,
@@ -1081,6 +1082,7 @@ impl Membership {
             .unwrap_or((Epoch(0), NodeSet::EMPTY));
         Message::Join(Join {
             max_epoch: self.max_epoch.max(self.promised),
+            promised: self.promised,
             view_epoch: ve,
             view_members: vm,
             flags: self.join_flags(),
@@ -1227,6 +1229,7 @@ impl Membership {
         p.leaving = false;
         p.join = Some(PeerJoin {
             max_epoch: j.max_epoch,
+            promised: j.promised,
             view_epoch: j.view_epoch,
             view_members: j.view_members,
             flags: j.flags,
@@ -1271,7 +1274,7 @@ impl Membership {
             && v.coordinator == Some(me)
             && v.members.contains(from)
             && (j.view_epoch, j.view_members) != (v.epoch, v.members)
-            && j.max_epoch <= v.epoch
+            && j.promised <= v.epoch
         {
             self.resend_commit.insert(from);
         }
@@ -1601,7 +1604,7 @@ impl Membership {
                         .get(&id)
                         .and_then(|p| p.join.as_ref())
                         .is_some_and(|j| {
-                            j.max_epoch > v.epoch
+                            j.promised > v.epoch
                                 && (j.view_epoch, j.view_members) != (v.epoch, v.members)
                         })
                 });

@@ -198,6 +198,8 @@ pub mod join_flags {
 pub struct Join {
     /// Highest epoch the sender has seen or promised.
     pub max_epoch: Epoch,
+    /// Highest epoch the sender promised (persisted: proposed or acked).
+    pub promised: Epoch,
     /// Epoch of the sender's installed view (0: none).
     pub view_epoch: Epoch,
     /// Members of the sender's installed view.
@@ -335,6 +337,7 @@ fn put_body(msg: &Message, out: &mut Vec<u8>) {
     match msg {
         Message::Join(j) => {
             out.extend_from_slice(&j.max_epoch.0.to_be_bytes());
+            out.extend_from_slice(&j.promised.0.to_be_bytes());
             out.extend_from_slice(&j.view_epoch.0.to_be_bytes());
             out.extend_from_slice(&j.view_members.bits().to_be_bytes());
             out.push(j.flags);
@@ -499,6 +502,7 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
     let msg = match t {
         MsgType::Join => {
             let max_epoch = r.epoch()?;
+            let promised = r.epoch()?;
             let view_epoch = r.epoch()?;
             let view_members = r.set()?;
             let flags = r.u8()?;
@@ -527,6 +531,7 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
             }
             Message::Join(Join {
                 max_epoch,
+                promised,
                 view_epoch,
                 view_members,
                 flags,
@@ -743,6 +748,7 @@ mod tests {
         vec![
             Message::Join(Join {
                 max_epoch: Epoch(7),
+                promised: Epoch(6),
                 view_epoch: Epoch(6),
                 view_members: set,
                 flags: join_flags::MAY_FORM,
@@ -831,6 +837,7 @@ mod tests {
         let all: NodeSet = (1..=63).map(NodeId).collect();
         let j = Message::Join(Join {
             max_epoch: Epoch(u64::MAX),
+            promised: Epoch(u64::MAX),
             view_epoch: Epoch(1),
             view_members: all,
             flags: 3,

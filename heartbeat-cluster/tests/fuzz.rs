@@ -49,6 +49,7 @@ fn message() -> impl Strategy<Value = Message> {
                 |(max_epoch, view_epoch, view_members, flags, expected, proposal, reach)| {
                     Message::Join(Join {
                         max_epoch,
+                        promised: view_epoch,
                         view_epoch,
                         view_members,
                         flags,

@@ -1,4 +1,5 @@
 //! Randomized model test of the membership state machine: 5 simulated
+//! (`HB_MODEL_NODES`, up to 8)
 //! nodes, random sequences of one-way cuts, partitions, heals, message
 //! loss and delay, crashes, restarts (with persisted epochs), announced
 //! restarts, halts and starts. After every step the simulator checks:
@@ -22,7 +23,14 @@ use heartbeat_cluster::quorum::QuorumOptions;
 use heartbeat_cluster::{NodeId, NodeSet};
 use proptest::prelude::*;
 
-const N: u16 = 5;
+/// Nodes: `HB_MODEL_NODES` (3..=8, default 5).
+fn nodes() -> u16 {
+    std::env::var("HB_MODEL_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5u16)
+        .clamp(3, 8)
+}
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -41,14 +49,14 @@ enum Step {
 }
 
 fn node() -> impl Strategy<Value = u16> {
-    1..=N
+    1..=nodes()
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (node(), node()).prop_map(|(a, b)| Step::Cut(a, b)),
         2 => (node(), node()).prop_map(|(a, b)| Step::Heal(a, b)),
-        2 => (1u8..31).prop_map(Step::Partition),
+        2 => (1u8..=255).prop_map(Step::Partition),
         2 => Just(Step::HealAll),
         2 => node().prop_map(Step::Crash),
         2 => node().prop_map(Step::Restart),
@@ -57,7 +65,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => node().prop_map(Step::Start),
         2 => (0u64..40).prop_map(Step::Loss),
         1 => (0u64..3).prop_map(Step::Delay),
-        1 => (0u8..32).prop_map(Step::QsCut),
+        1 => any::<u8>().prop_map(Step::QsCut),
     ]
 }
 
@@ -66,7 +74,7 @@ fn apply(s: &mut Sim, st: &Step) {
         Step::Cut(a, b) => s.set_cut(a, b, true),
         Step::Heal(a, b) => s.set_cut(a, b, false),
         Step::Partition(mask) => {
-            let g: NodeSet = (1..=N)
+            let g: NodeSet = (1..=nodes())
                 .filter(|i| mask & (1 << (i - 1)) != 0)
                 .map(NodeId)
                 .collect();
@@ -93,7 +101,7 @@ fn apply(s: &mut Sim, st: &Step) {
         }
         Step::Delay(ms) => s.max_delay_ns = ms * MS / 2 + MS / 4,
         Step::QsCut(mask) => {
-            s.qs_cut = (1..=N)
+            s.qs_cut = (1..=nodes())
                 .filter(|i| mask & (1 << (i - 1)) != 0)
                 .map(NodeId)
                 .collect();
@@ -102,7 +110,7 @@ fn apply(s: &mut Sim, st: &Step) {
 }
 
 fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)], last: &Step) {
-    let mut s = Sim::new(N, options, seed);
+    let mut s = Sim::new(nodes(), options, seed);
     if options.quorum_server {
         s = s.with_qserver();
     }
@@ -123,16 +131,16 @@ fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)], last: &Step) {
     // events: every partition must have agreed by then.
     apply(&mut s, last);
     let bound = if options.quorum_server {
-        s.timing.convergence_bound_with_qs_ns(N as usize)
+        s.timing.convergence_bound_with_qs_ns(nodes() as usize)
     } else {
-        s.timing.convergence_bound_ns(N as usize)
+        s.timing.convergence_bound_ns(nodes() as usize)
     };
     s.run_for(s.detect_ns + bound);
     s.check_agreement();
     // And it stays agreed (no endless rounds).
-    let before: Vec<_> = (1..=N).map(|i| s.view(i)).collect();
+    let before: Vec<_> = (1..=nodes()).map(|i| s.view(i)).collect();
     s.run_for(100 * MS);
-    let after: Vec<_> = (1..=N).map(|i| s.view(i)).collect();
+    let after: Vec<_> = (1..=nodes()).map(|i| s.view(i)).collect();
     assert_eq!(
         before, after,
         "views changed on a stable network\n{}",
@@ -144,7 +152,7 @@ fn run(options: QuorumOptions, seed: u64, steps: &[(Step, u64)], last: &Step) {
 fn last_step() -> impl Strategy<Value = Step> {
     prop_oneof![
         Just(Step::HealAll),
-        (1u8..31).prop_map(Step::Partition),
+        (1u8..=255).prop_map(Step::Partition),
         node().prop_map(Step::Crash),
         (node(), node()).prop_map(|(a, b)| Step::Cut(a, b)),
     ]
