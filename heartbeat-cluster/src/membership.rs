@@ -834,8 +834,15 @@ impl Membership {
         match input {
             Input::LinkUp { peer, link, at_ns } => {
                 self.advance(at_ns);
+                let mut first = false;
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    first = p.links.is_empty();
                     p.links.insert(link);
+                }
+                // A peer we hear again may have missed our state (and we
+                // its): tell it now; its answer brings us up to date.
+                if first {
+                    self.schedule_join(at_ns);
                 }
             }
             Input::LinkDown { peer, link, at_ns } => {
