@@ -552,6 +552,8 @@ pub struct Membership {
     knowledge_changed_at: u64,
     /// Members to send the installed view's commit again.
     resend_commit: NodeSet,
+    /// When the quorum server was last asked (the lease counts from it).
+    qs_asked_at: u64,
     /// When `node halt` ran and when the leave was last sent.
     halted_at: u64,
     last_leave_sent: u64,
@@ -624,6 +626,7 @@ impl Membership {
             round_since: now_ns,
             knowledge_changed_at: now_ns,
             resend_commit: NodeSet::EMPTY,
+            qs_asked_at: 0,
             halted_at: 0,
             last_leave_sent: 0,
             params,
@@ -1433,7 +1436,7 @@ impl Membership {
                 QsVerdict::Denied
             });
             if granted {
-                self.qs_lease_until = Some(self.now.saturating_add(lease_ns));
+                self.qs_lease_until = Some(self.qs_asked_at.saturating_add(lease_ns));
             }
             return;
         }
@@ -1445,7 +1448,7 @@ impl Membership {
             && self.phase == Phase::Operational
         {
             if granted {
-                self.qs_lease_until = Some(self.now.saturating_add(lease_ns));
+                self.qs_lease_until = Some(self.qs_asked_at.saturating_add(lease_ns));
                 self.qs_renew_at = Some(self.now.saturating_add(lease_ns / 3));
             } else {
                 self.start_round(Cause::QuorumLost, out);
@@ -1825,6 +1828,9 @@ impl Membership {
     }
 
     fn ask_qs(&mut self, epoch: Epoch, members: NodeSet, out: &mut Vec<Output>) {
+        // The server's lease starts no earlier than our request: count it
+        // from here, so we never believe in it longer than the server does.
+        self.qs_asked_at = self.now;
         let (exp, _) = self.peer_quorum_info(members);
         let expected = self.quorum.expected().union(exp).union(members);
         let cfg = self.quorum.config();
