@@ -96,6 +96,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a quorum server: breaks the tie when a cluster splits into two
+    /// halves of exactly half the votes (grants one half at a time, as a
+    /// lease). Authenticated with the cluster key; SIGHUP re-reads the key
+    /// file. Stops on SIGINT/SIGTERM.
+    QuorumServer {
+        /// UDP address to listen on, e.g. 0.0.0.0:6406.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The cluster key file (the same as the nodes').
+        #[arg(long)]
+        key_file: PathBuf,
+    },
     /// Print the event journal (link/node up/down, membership, agent events) as JSON lines.
     Events {
         #[command(flatten)]
@@ -110,21 +122,6 @@ enum Command {
     Reload {
         #[command(flatten)]
         target: Target,
-    },
-    /// Run a quorum server: the tie-breaker that grants a cluster split
-    /// into two halves of exactly half the votes to at most one half (set
-    /// `[quorum] quorum_server = "ADDR"` on the nodes). Stops on SIGTERM;
-    /// SIGHUP re-reads the key file.
-    QuorumServer {
-        /// Address and UDP port to listen on, e.g. 192.0.2.10:6406.
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        /// The cluster's key file (the same as the nodes').
-        #[arg(long)]
-        key_file: PathBuf,
-        /// The cluster's id (`cluster.id`).
-        #[arg(long)]
-        cluster_id: u32,
     },
     /// Cluster-wide operations.
     Cluster {
@@ -269,6 +266,9 @@ fn other_command(cmd: Command) -> Result<()> {
             unreachable!("handled by real_main")
         }
         Command::CheckConfig { file, node } => check_config(&file, node.as_deref()),
+        Command::QuorumServer { listen, key_file } => {
+            runtime()?.block_on(quorum_server(listen, &key_file))
+        }
         Command::Keygen { out } => match out {
             Some(path) => {
                 keyfile::write_new(&path)?;
@@ -306,11 +306,6 @@ fn other_command(cmd: Command) -> Result<()> {
             })
         }
         Command::Reload { target } => command(&target, &Request::Reload {}),
-        Command::QuorumServer {
-            listen,
-            key_file,
-            cluster_id,
-        } => runtime()?.block_on(heartbeat_agent::qserver::run(listen, &key_file, cluster_id)),
         Command::Cluster {
             command: ClusterCommand::Start { target },
         } => command(&target, &Request::ClusterStart {}),
@@ -399,5 +394,22 @@ fn check_config(file: &Path, node: Option<&str>) -> Result<()> {
         if options.is_empty() { "" } else { "; quorum: " },
         options.join(", ")
     );
+    Ok(())
+}
+
+/// `quorum-server`: serves until SIGINT or SIGTERM.
+async fn quorum_server(listen: std::net::SocketAddr, key_file: &Path) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let srv = heartbeat_agent::qserver::QuorumServer::from_key_file(listen, key_file).await?;
+    tracing::info!(listen = %srv.local_addr()?, "quorum server listening");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    srv.serve(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+    .await?;
     Ok(())
 }

@@ -1,95 +1,229 @@
-//! `heartbeat-agent quorum-server`: the tie-breaker a cluster split into
-//! two halves of exactly half the votes asks (like corosync-qnetd with
-//! ffsplit). The decisions are `heartbeat_cluster::qserver::Server` (pure);
-//! this is its UDP runner: datagrams in, answers out, ticks at the
-//! server's deadlines, counters logged every minute and on exit.
-//!
-//! It serves one cluster: requests must carry `--cluster-id` and a valid
-//! MAC under the key file's current or next key; garbage, unauthenticated
-//! and replayed requests are dropped and counted, never answered.
+//! The quorum server daemon (`heartbeat-agent quorum-server`): a UDP loop
+//! around the pure [`heartbeat_cluster::qserver::Server`], which decides
+//! (ffsplit-like, see there) which half of an evenly split cluster gets
+//! the tie. It authenticates requests with the cluster key, rejects and
+//! counts garbage, bad MACs and replays, and re-reads the key file on
+//! SIGHUP (both key slots, for rotations).
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use anyhow::{Context as _, Result};
-use heartbeat_cluster::{
-    qserver::{Server, ServerConfig},
-    wire::Keys,
-};
-use heartbeat_common::siphash::SipKey;
-use tokio::{
-    net::UdpSocket,
-    signal::unix::{SignalKind, signal},
-};
+use heartbeat_cluster::SipKey;
+use heartbeat_cluster::qserver::{Counters, Server, ServerConfig};
+use heartbeat_cluster::wire::{Keys, MAX_LEN};
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{clock, keyfile};
+use crate::keyfile::{self, ClusterKeys, KeyError};
 
-/// Largest datagram read.
-const MAX_DATAGRAM: usize = 2048;
-
-/// The keys of a key file, as the membership wire format takes them.
-pub fn wire_keys(path: &Path) -> Result<Keys> {
-    let k = keyfile::read(path)?;
-    Ok(Keys {
-        current: SipKey::from_bytes(&k.current),
-        next: k.next.as_ref().map(SipKey::from_bytes),
-    })
+/// What can stop the quorum server.
+#[derive(Debug, thiserror::Error)]
+pub enum QserverError {
+    /// The key file.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Binding the listen address.
+    #[error("quorum server: binding {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Installing the SIGHUP handler.
+    #[error("quorum server: SIGHUP handler: {0}")]
+    Signal(std::io::Error),
 }
 
-/// Runs the quorum server until SIGINT/SIGTERM.
-pub async fn run(listen: SocketAddr, key_file: &Path, cluster_id: u32) -> Result<()> {
-    let keys = wire_keys(key_file)?;
-    let sock = UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("--listen {listen}"))?;
-    // The incarnation must grow at every server start: wall-clock seconds.
-    let incarnation = (clock::wall_ns() / 1_000_000_000) as u32;
-    let mut server: Server<SocketAddr> =
-        Server::new(ServerConfig::new(cluster_id, keys), incarnation);
-    tracing::info!(%listen, cluster_id, "quorum server running");
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut report = tokio::time::interval(Duration::from_secs(60));
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        let sleep = server
-            .next_deadline_ns()
-            .map_or(Duration::from_secs(1), |d| {
-                Duration::from_nanos(d.saturating_sub(clock::mono_ns())).min(Duration::from_secs(1))
-            });
-        let replies = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) => server.handle(&buf[..n], from, clock::mono_ns()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "receive failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    Vec::new()
-                }
-            },
-            () = tokio::time::sleep(sleep) => server.tick(clock::mono_ns()),
-            _ = report.tick() => {
-                tracing::info!(counters = ?server.counters(), holder = ?server.holder(clock::mono_ns()), "quorum server");
-                Vec::new()
-            }
-            _ = sighup.recv() => {
-                match wire_keys(key_file) {
-                    Ok(k) => {
-                        server.set_keys(k);
-                        tracing::info!("SIGHUP: key file re-read");
-                    }
-                    Err(e) => tracing::error!("SIGHUP: keeping the old keys: {e:#}"),
-                }
-                Vec::new()
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        };
+/// The cluster keys as the wire format wants them.
+pub fn wire_keys(k: &ClusterKeys) -> Keys {
+    Keys {
+        current: SipKey::from_bytes(&k.current),
+        next: k.next.as_ref().map(SipKey::from_bytes),
+    }
+}
+
+/// A bound quorum server.
+pub struct QuorumServer {
+    sock: UdpSocket,
+    server: Server<SocketAddr>,
+    key_file: Option<PathBuf>,
+    start: Instant,
+}
+
+impl QuorumServer {
+    /// Binds `listen` and serves clusters whose messages authenticate with
+    /// `keys`. With `key_file`, SIGHUP re-reads it.
+    pub async fn bind(
+        listen: SocketAddr,
+        keys: &ClusterKeys,
+        key_file: Option<&Path>,
+    ) -> Result<Self, QserverError> {
+        let sock = UdpSocket::bind(listen)
+            .await
+            .map_err(|source| QserverError::Bind {
+                addr: listen,
+                source,
+            })?;
+        // The incarnation must grow at every start: seconds of wall clock.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        Ok(Self {
+            sock,
+            server: Server::new(ServerConfig::new(None, wire_keys(keys)), incarnation),
+            key_file: key_file.map(Path::to_path_buf),
+            start: Instant::now(),
+        })
+    }
+
+    /// Reads the key file and binds.
+    pub async fn from_key_file(listen: SocketAddr, key_file: &Path) -> Result<Self, QserverError> {
+        let keys = keyfile::read(key_file)?;
+        Self::bind(listen, &keys, Some(key_file)).await
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// Requests, answers and drops so far.
+    pub fn counters(&self) -> &Counters {
+        self.server.counters()
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    async fn send_all(&self, replies: Vec<heartbeat_cluster::qserver::Reply<SocketAddr>>) {
         for r in replies {
-            if let Err(e) = sock.send_to(&r.bytes, r.to).await {
-                tracing::warn!(to = %r.to, error = %e, "cannot answer");
+            if let Err(e) = self.sock.send_to(&r.bytes, r.to).await {
+                tracing::debug!(to = %r.to, error = %e, "quorum server: sending an answer");
             }
         }
     }
-    tracing::info!(counters = ?server.counters(), "quorum server stopping");
-    Ok(())
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), QserverError> {
+        let mut hup = signal(SignalKind::hangup()).map_err(QserverError::Signal)?;
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; MAX_LEN + 1];
+        let mut errors: u32 = 0;
+        loop {
+            let deadline = self.server.next_deadline_ns().map(|d| {
+                let wait = d.saturating_sub(self.now_ns());
+                tokio::time::Instant::now() + std::time::Duration::from_nanos(wait)
+            });
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                _ = hup.recv() => {
+                    if let Some(path) = &self.key_file {
+                        match keyfile::read(path) {
+                            Ok(k) => {
+                                self.server.set_keys(wire_keys(&k));
+                                tracing::info!(path = %path.display(), "quorum server: keys reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %e, "quorum server: reload refused, keeping the running keys"),
+                        }
+                    }
+                }
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = self.now_ns();
+                    let replies = self.server.tick(now);
+                    self.send_all(replies).await;
+                }
+                r = self.sock.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        errors = 0;
+                        let now = self.now_ns();
+                        let replies = self.server.handle(&buf[..n], from, now);
+                        self.send_all(replies).await;
+                    }
+                    Err(e) => {
+                        // Do not spin on a persistent error.
+                        errors = errors.saturating_add(1);
+                        tracing::debug!(error = %e, "quorum server: receive");
+                        if errors > 3 {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heartbeat_cluster::membership::Input;
+    use heartbeat_cluster::qserver::Client;
+    use heartbeat_cluster::{Epoch, NodeId, NodeSet};
+
+    fn keys() -> ClusterKeys {
+        ClusterKeys {
+            current: [7u8; 16],
+            next: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn grants_over_udp_and_survives_garbage() {
+        let srv = QuorumServer::bind("127.0.0.1:0".parse().unwrap(), &keys(), None)
+            .await
+            .unwrap();
+        let addr = srv.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(srv.serve(async {
+            let _ = stop_rx.await;
+        }));
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Garbage and a wrongly keyed request first: no answer, no crash.
+        sock.send_to(b"garbage", addr).await.unwrap();
+        sock.send_to(&[0u8; 4000], addr).await.unwrap();
+        let wrong = Keys {
+            current: SipKey { k0: 1, k1: 2 },
+            next: None,
+        };
+        let mut bad = Client::new(5, NodeId(3), 1);
+        let req = bad.request(Epoch(1), NodeSet::single(NodeId(3)), 1, 2, &wrong);
+        sock.send_to(&req, addr).await.unwrap();
+        let mut c = Client::new(5, NodeId(1), 1);
+        let members: NodeSet = [NodeId(1), NodeId(2)].into_iter().collect();
+        let req = c.request(Epoch(4), members, 2, 4, &wire_keys(&keys()));
+        sock.send_to(&req, addr).await.unwrap();
+        // Replayed: counted, not answered twice.
+        sock.send_to(&req, addr).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), sock.recv_from(&mut buf))
+                .await
+                .expect("an answer within the settle window")
+                .unwrap();
+        match c.answer(&buf[..n], &wire_keys(&keys()), 0).unwrap() {
+            Input::QuorumServer {
+                epoch,
+                granted,
+                lease_ns,
+                ..
+            } => {
+                assert_eq!(epoch, Epoch(4));
+                assert!(granted);
+                assert!(lease_ns > 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let _ = stop_tx.send(());
+        task.await.unwrap().unwrap();
+    }
 }

@@ -10,6 +10,33 @@
 //! - [`qserver`]: the quorum server's logic and its client side.
 //! - [`placement`]: which node owns each package in an agreed view.
 //! - [`lease`]: package leases; when a new owner may start a package.
+//!
+//! # Runner contract (what the daemon's cluster task does)
+//!
+//! 1. At start: read the persisted epoch and the start counter from the
+//!    state file, raise and persist the counter (the *incarnation*), then
+//!    build [`membership::Membership::new`], a [`wire::Sealer`] and a
+//!    [`qserver::Client`] with that incarnation.
+//! 2. Feed the current state first: `LinkUp` for every link that is up,
+//!    `PeerAgent` for every peer whose heartbeats show a state other than
+//!    running; then `Tick`. The machine sends nothing before its first tick.
+//! 3. Link events from any transport → `LinkUp`/`LinkDown`. Peer agent
+//!    states seen in heartbeats → `PeerAgent`, on every change and again
+//!    whenever a link to the peer comes up.
+//! 4. A datagram of kind 3 → [`wire::decode`]`(bytes, &keys, cluster_id)`:
+//!    on `Err(r)` count `r.as_str()`; a `QsAnswer` goes to
+//!    [`qserver::Client::answer`] and the result to `handle`; anything
+//!    else → `Input::Message` (the machine applies the replay guard).
+//! 5. Carry out the outputs in order: `Send` → `sealer.seal(&msg,
+//!    keys.current)` to each destination (`Dest::All`: every configured
+//!    peer on every link); `PersistEpoch` → write durably (fsync) before
+//!    the next output; `Install` → publish the view (it is agreed);
+//!    `QuorumUpdated` → update the published quorum; `AskQuorumServer` →
+//!    `client.request(..)` over UDP to the quorum server; `Event` →
+//!    journal and metrics; `Dropped` → counter.
+//! 6. Sleep until [`membership::Membership::next_deadline_ns`]
+//!    (CLOCK_MONOTONIC) and send `Tick`.
+//! 7. Status: `view()`, `epoch()`, `node_states()`, `is_active()`.
 
 pub mod ids;
 pub mod lease;

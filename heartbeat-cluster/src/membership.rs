@@ -66,6 +66,19 @@
 //! always be formed: joining a running cluster needs nothing. `node halt`
 //! announces a graceful leave (peers reform at once); `node start` rejoins.
 //!
+//! Messages are authenticated ([`crate::wire`]) and go through a per-sender
+//! anti-replay window, so reordering across links is harmless. A leave
+//! carries the version of the leaver's reachable set: a newer flooded set
+//! (after `node start`, or a new incarnation) means it is back, even for
+//! peers that cannot hear it directly. A node that left or whose agent is
+//! stale speaks for nobody in the graph (its last flooded set is frozen).
+//! A coordinator that hears nodes outside its computed set waits until its
+//! knowledge has been unchanged for `consensus_timeout` before proposing,
+//! so that a link event seen by one side first does not split the cluster
+//! for a round. A commit is installed in any phase (every member acked it;
+//! a member persisted the epoch before acking) and the coordinator resends
+//! it to members whose joins show they missed it.
+//!
 //! # Convergence bound
 //!
 //! Once links and agent states stop changing and messages are delivered
@@ -75,8 +88,11 @@
 //! join_interval` for `N` configured nodes (flooding takes at most `N - 1`
 //! hops, each at most one join interval; consensus one more; propose, ack
 //! and commit three messages; a proposal overtaken by a change is
-//! abandoned within `consensus_timeout`). With a quorum server configured,
-//! one `qs_timeout` more ([`Timing::convergence_bound_with_qs_ns`]).
+//! abandoned within `consensus_timeout`). With the default timers
+//! ([`Timing::from_heartbeat_interval`]) this is `(N + 11)` join intervals
+//! of `max(2 × heartbeat_interval, 1 ms)`: 16 ms for 5 nodes. With a
+//! quorum server configured, one `qs_timeout` more
+//! ([`Timing::convergence_bound_with_qs_ns`]).
 //! Pending timers (auto start, restart window) come on top. The model
 //! test checks it.
 
@@ -145,8 +161,8 @@ impl Timing {
             .clamp(1_000_000, 1_000_000_000);
         Self {
             join_interval_ns: join,
-            consensus_timeout_ns: join * 5,
-            sync_interval_ns: (join * 50).min(5_000_000_000),
+            consensus_timeout_ns: join.saturating_mul(5),
+            sync_interval_ns: join.saturating_mul(50).min(5_000_000_000),
             auto_start_timeout_ns,
             restart_window_ns,
             qs_timeout_ns: 500_000_000,
@@ -154,7 +170,10 @@ impl Timing {
     }
 
     /// The documented convergence bound for `n` configured nodes (see the
-    /// module doc).
+    /// module doc): `consensus_timeout + (n + 6) × join_interval`. With
+    /// [`Timing::from_heartbeat_interval`] that is `(n + 11)` join
+    /// intervals, i.e. `(n + 11) × max(2 × heartbeat_interval, 1 ms)`:
+    /// 16 ms for 5 nodes at a heartbeat interval up to 500 µs.
     pub fn convergence_bound_ns(&self, n: usize) -> u64 {
         self.consensus_timeout_ns
             .saturating_add(self.join_interval_ns.saturating_mul(n as u64 + 6))
@@ -181,6 +200,20 @@ pub struct Params {
     pub start: StartMode,
     /// Timers.
     pub timing: Timing,
+}
+
+/// Why a reload was refused (the running parameters stay in force).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The local node id cannot change live.
+    #[error("the local node cannot change without a restart")]
+    LocalNode,
+    /// The local node is not in the new node list.
+    #[error("the local node is not in the new node list")]
+    LocalNotConfigured,
+    /// A node id outside 1..=63.
+    #[error("node id {0} is outside 1..=63")]
+    BadNodeId(NodeId),
 }
 
 /// A peer agent's state as its heartbeats announce it.
@@ -230,7 +263,8 @@ pub enum Input {
         /// When.
         at_ns: u64,
     },
-    /// A peer agent's state as seen in its heartbeats (send on changes).
+    /// A peer agent's state as seen in its heartbeats: send on every
+    /// change and again whenever a link to the peer comes up.
     PeerAgent {
         /// Peer.
         peer: NodeId,
@@ -462,6 +496,7 @@ enum QsWait {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PeerJoin {
     max_epoch: Epoch,
+    promised: Epoch,
     view_epoch: Epoch,
     view_members: NodeSet,
     flags: u8,
@@ -475,6 +510,10 @@ struct Peer {
     agent: PeerAgentState,
     agent_since: u64,
     leaving: bool,
+    /// (incarnation, sequence) of its last leave message.
+    leave_seq: Option<(u32, u64)>,
+    /// (incarnation, reach version) it announced in that leave.
+    left_at: Option<(u32, u32)>,
     join: Option<PeerJoin>,
 }
 
@@ -508,6 +547,16 @@ pub struct Membership {
     excluded: BTreeMap<NodeId, Cause>,
     /// When the open round started.
     round_since: u64,
+    /// When this node's knowledge (its own or a flooded reachable set)
+    /// last changed.
+    knowledge_changed_at: u64,
+    /// Members to send the installed view's commit again.
+    resend_commit: NodeSet,
+    /// When the quorum server was last asked (the lease counts from it).
+    qs_asked_at: u64,
+    /// When `node halt` ran and when the leave was last sent.
+    halted_at: u64,
+    last_leave_sent: u64,
 }
 
 impl Membership {
@@ -534,6 +583,8 @@ impl Membership {
                         agent: PeerAgentState::Running,
                         agent_since: now_ns,
                         leaving: false,
+                        leave_seq: None,
+                        left_at: None,
                         join: None,
                     },
                 )
@@ -573,8 +624,60 @@ impl Membership {
             qs_renew_at: None,
             excluded: BTreeMap::new(),
             round_since: now_ns,
+            knowledge_changed_at: now_ns,
+            resend_commit: NodeSet::EMPTY,
+            qs_asked_at: 0,
+            halted_at: 0,
+            last_leave_sent: 0,
             params,
         }
+    }
+
+    /// Live reload (`heartbeat-agent reload`): timers, priorities, votes,
+    /// quorum options and the node list may change; the local node id and
+    /// the start mode may not. Added nodes start unreachable; removed nodes
+    /// are forgotten (a reformation follows if they were members).
+    pub fn reload(&mut self, params: Params, at_ns: u64) -> Result<Vec<Output>, ReloadError> {
+        if params.local != self.params.local {
+            return Err(ReloadError::LocalNode);
+        }
+        if !params.nodes.iter().any(|n| n.id == params.local) {
+            return Err(ReloadError::LocalNotConfigured);
+        }
+        if let Some(n) = params.nodes.iter().find(|n| !n.id.is_valid()) {
+            return Err(ReloadError::BadNodeId(n.id));
+        }
+        self.advance(at_ns);
+        let configured: NodeSet = params.nodes.iter().map(|n| n.id).collect();
+        self.prio = params.nodes.iter().map(|n| (n.id, n.priority)).collect();
+        self.peers.retain(|id, _| configured.contains(*id));
+        for n in &params.nodes {
+            if n.id != params.local {
+                self.peers.entry(n.id).or_insert_with(|| Peer {
+                    links: BTreeSet::new(),
+                    agent: PeerAgentState::Running,
+                    agent_since: at_ns,
+                    leaving: false,
+                    leave_seq: None,
+                    left_at: None,
+                    join: None,
+                });
+            }
+        }
+        self.knowledge.retain(|id, _| configured.contains(*id));
+        self.guard
+            .set_known(configured.difference(NodeSet::single(params.local)));
+        self.quorum.reconfigure(QuorumConfig {
+            votes: params.nodes.iter().map(|n| (n.id, n.votes)).collect(),
+            options: params.quorum,
+        });
+        self.configured = configured;
+        self.params = params;
+        let mut out = Vec::new();
+        if self.ticked {
+            self.step(&mut out);
+        }
+        Ok(out)
     }
 
     /// This node.
@@ -596,6 +699,13 @@ impl Membership {
     pub fn is_active(&self) -> bool {
         self.view
             .is_some_and(|v| v.quorum.quorate && v.members.contains(self.params.local))
+    }
+
+    /// When the current (or, after an `Install`, the last) round started:
+    /// on `Install`, `now - round_started_ns()` is the time from the first
+    /// event to agreement (metrics).
+    pub fn round_started_ns(&self) -> u64 {
+        self.round_since
     }
 
     /// Whether a round is open (gathering, proposing or acked).
@@ -633,7 +743,7 @@ impl Membership {
                 }
             } else {
                 let p = &self.peers[&id];
-                if p.leaving {
+                if self.has_left(id, p) {
                     NodeState::Leaving
                 } else if p.links.is_empty() {
                     NodeState::Down
@@ -666,27 +776,35 @@ impl Membership {
             d.push(j);
         }
         match self.phase {
-            Phase::Halted => {}
+            Phase::Halted => d.push(self.next_leave_ns()),
             Phase::Gather => {
-                d.push(self.last_join_sent.unwrap_or(self.now) + t.join_interval_ns);
+                d.push(
+                    self.last_join_sent
+                        .unwrap_or(self.now)
+                        .saturating_add(t.join_interval_ns),
+                );
                 if !self.may_form_self() {
                     d.push(self.started_at.saturating_add(t.auto_start_timeout_ns));
                 }
-                d.push(self.round_since.saturating_add(t.consensus_timeout_ns));
+                d.push(self.settle_until());
             }
             Phase::Proposing { since, qs, .. } => {
-                d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + self.round_timeout_ns());
+                d.push(self.last_resend.saturating_add(t.join_interval_ns));
+                d.push(since.saturating_add(self.round_timeout_ns()));
                 if let QsWait::Pending { deadline } = qs {
                     d.push(deadline);
                 }
             }
             Phase::Acked { since, .. } => {
-                d.push(self.last_resend + t.join_interval_ns);
-                d.push(since + self.round_timeout_ns());
+                d.push(self.last_resend.saturating_add(t.join_interval_ns));
+                d.push(since.saturating_add(self.round_timeout_ns()));
             }
             Phase::Operational => {
-                d.push(self.last_join_sent.unwrap_or(self.now) + t.sync_interval_ns);
+                d.push(
+                    self.last_join_sent
+                        .unwrap_or(self.now)
+                        .saturating_add(t.sync_interval_ns),
+                );
                 if let Some(x) = self.quorum.lms_deadline_ns() {
                     d.push(x);
                 }
@@ -719,8 +837,15 @@ impl Membership {
         match input {
             Input::LinkUp { peer, link, at_ns } => {
                 self.advance(at_ns);
+                let mut first = false;
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    first = p.links.is_empty();
                     p.links.insert(link);
+                }
+                // A peer we hear again may have missed our state (and we
+                // its): tell it now; its answer brings us up to date.
+                if first {
+                    self.schedule_join(at_ns);
                 }
             }
             Input::LinkDown { peer, link, at_ns } => {
@@ -737,9 +862,6 @@ impl Membership {
                 {
                     p.agent = state;
                     p.agent_since = at_ns;
-                    if state == PeerAgentState::Leaving {
-                        p.leaving = true;
-                    }
                     if state == PeerAgentState::Restarting {
                         out.push(Output::Event(Event {
                             cause: Cause::Restarting,
@@ -788,6 +910,25 @@ impl Membership {
         }
     }
 
+    /// Until when a coordinator that hears nodes outside its set waits:
+    /// consensus_timeout after the round started and after the last change
+    /// of its knowledge.
+    fn settle_until(&self) -> u64 {
+        self.round_since
+            .max(self.knowledge_changed_at)
+            .saturating_add(self.params.timing.consensus_timeout_ns)
+    }
+
+    fn next_leave_ns(&self) -> u64 {
+        let t = &self.params.timing;
+        let gap = if self.now < self.halted_at.saturating_add(t.consensus_timeout_ns) {
+            t.join_interval_ns
+        } else {
+            t.sync_interval_ns
+        };
+        self.last_leave_sent.saturating_add(gap)
+    }
+
     fn advance(&mut self, at_ns: u64) {
         self.now = self.now.max(at_ns);
     }
@@ -802,9 +943,23 @@ impl Membership {
                 .saturating_add(self.params.timing.restart_window_ns)
     }
 
-    fn peer_reachable(&self, p: &Peer) -> bool {
+    /// Whether a newer reachable set of `id` than `mark` was flooded.
+    fn newer_knowledge(&self, id: NodeId, mark: Option<(u32, u32)>) -> bool {
+        self.knowledge
+            .get(&id)
+            .is_some_and(|e| Some((e.incarnation, e.version)) > mark)
+    }
+
+    /// Whether `id` has left: its leave message is the newest we know of
+    /// it, or its heartbeats (while we hear them) say so.
+    fn has_left(&self, id: NodeId, p: &Peer) -> bool {
+        (p.leaving && !self.newer_knowledge(id, p.left_at))
+            || (!p.links.is_empty() && p.agent == PeerAgentState::Leaving)
+    }
+
+    fn peer_reachable(&self, id: NodeId, p: &Peer) -> bool {
         !p.links.is_empty()
-            && !p.leaving
+            && !self.has_left(id, p)
             && match p.agent {
                 PeerAgentState::Running => true,
                 PeerAgentState::Restarting => !self.restart_expired(p),
@@ -818,7 +973,7 @@ impl Membership {
             return r;
         }
         for (id, p) in &self.peers {
-            if self.peer_reachable(p) {
+            if self.peer_reachable(*id, p) {
                 r.insert(*id);
             }
         }
@@ -830,7 +985,7 @@ impl Membership {
         let Some(p) = self.peers.get(&id) else {
             return Cause::NodeFailed;
         };
-        if p.leaving || p.agent == PeerAgentState::Leaving {
+        if self.has_left(id, p) {
             Cause::NodeLeft
         } else if p.links.is_empty() {
             Cause::NodeFailed
@@ -862,7 +1017,15 @@ impl Membership {
         if self.phase == Phase::Halted {
             return NodeSet::EMPTY;
         }
+        // A node that announced its leave, or whose agent is stale, speaks
+        // for nobody: its last flooded set is frozen.
         let reach = |id: NodeId| -> NodeSet {
+            let silent = self.peers.get(&id).is_some_and(|p| {
+                self.has_left(id, p) || (!p.links.is_empty() && p.agent == PeerAgentState::Stale)
+            });
+            if silent {
+                return NodeSet::single(id);
+            }
             self.knowledge.get(&id).map(|e| e.reach).unwrap_or_default()
         };
         let mutual = |a: NodeId, b: NodeId| reach(a).contains(b) && reach(b).contains(a);
@@ -929,6 +1092,7 @@ impl Membership {
             .unwrap_or((Epoch(0), NodeSet::EMPTY));
         Message::Join(Join {
             max_epoch: self.max_epoch.max(self.promised),
+            promised: self.promised,
             view_epoch: ve,
             view_members: vm,
             flags: self.join_flags(),
@@ -956,7 +1120,7 @@ impl Membership {
         let gap = self.params.timing.join_interval_ns / 4;
         let at = self
             .last_join_sent
-            .map_or(self.now, |l| (l + gap).max(self.now));
+            .map_or(self.now, |l| l.saturating_add(gap).max(self.now));
         self.schedule_join(at);
     }
 
@@ -970,14 +1134,17 @@ impl Membership {
                 if self.phase == Phase::Halted {
                     return;
                 }
+                self.phase = Phase::Halted;
+                self.halted_at = self.now;
+                self.last_leave_sent = self.now;
+                self.refresh_reach();
                 out.push(Output::Send {
                     to: Dest::All,
                     msg: Message::Leave(Leave {
                         epoch: self.promised,
+                        version: self.own_version(),
                     }),
                 });
-                self.phase = Phase::Halted;
-                self.refresh_reach();
                 let view = View {
                     epoch: self.promised,
                     members: NodeSet::EMPTY,
@@ -1006,6 +1173,12 @@ impl Membership {
         }
     }
 
+    fn own_version(&self) -> u32 {
+        self.knowledge
+            .get(&self.params.local)
+            .map_or(0, |e| e.version)
+    }
+
     fn refresh_reach(&mut self) {
         let r = self.compute_reach();
         let me = self.params.local;
@@ -1019,6 +1192,7 @@ impl Membership {
             e.incarnation = inc;
             e.version = e.version.wrapping_add(1);
             self.join_due = Some(self.now);
+            self.knowledge_changed_at = self.now;
         }
     }
 
@@ -1032,13 +1206,15 @@ impl Membership {
             return;
         }
         match a.msg {
-            Message::Join(j) => self.on_join(from, j),
+            Message::Join(j) => self.on_join(from, (a.header.incarnation, a.header.seq), j),
             Message::Propose(p) => self.on_propose(from, p, out),
             Message::Ack(k) => self.on_ack(from, k, out),
             Message::Commit(c) => self.on_commit(from, c, out),
-            Message::Leave(_) => {
+            Message::Leave(l) => {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.leaving = true;
+                    p.leave_seq = Some((a.header.incarnation, a.header.seq));
+                    p.left_at = Some((a.header.incarnation, l.version));
                     p.join = None;
                 }
             }
@@ -1051,15 +1227,19 @@ impl Membership {
         }
     }
 
-    fn on_join(&mut self, from: NodeId, j: Join) {
+    fn on_join(&mut self, from: NodeId, seq: (u32, u64), j: Join) {
         self.max_epoch = self.max_epoch.max(j.max_epoch);
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
-        // A join means the node takes part again (after a halt).
+        // A join sent after its leave means the node takes part again.
+        if p.leave_seq.is_some_and(|l| seq < l) {
+            return;
+        }
         p.leaving = false;
         p.join = Some(PeerJoin {
             max_epoch: j.max_epoch,
+            promised: j.promised,
             view_epoch: j.view_epoch,
             view_members: j.view_members,
             flags: j.flags,
@@ -1093,9 +1273,20 @@ impl Membership {
         let differs =
             j.proposal != self.compute_members() || my_view != Some((j.view_epoch, j.view_members));
         if changed {
+            self.knowledge_changed_at = self.now;
             self.schedule_join(self.now);
         } else if behind || differs {
             self.schedule_join_rate_limited();
+        }
+        // A member of our view missed the commit: send it again.
+        if self.phase == Phase::Operational
+            && let Some(v) = self.view
+            && v.coordinator == Some(me)
+            && v.members.contains(from)
+            && (j.view_epoch, j.view_members) != (v.epoch, v.members)
+            && j.promised <= v.epoch
+        {
+            self.resend_commit.insert(from);
         }
         // The sender refusing our open proposal: give it up at once.
         if let Phase::Proposing { members, .. } = self.phase
@@ -1133,6 +1324,9 @@ impl Membership {
             // Tell the proposer what we think instead.
             self.schedule_join_rate_limited();
             return;
+        }
+        if self.phase == Phase::Operational {
+            self.round_since = self.now;
         }
         self.promised = p.epoch;
         out.push(Output::PersistEpoch(p.epoch));
@@ -1187,20 +1381,21 @@ impl Membership {
     }
 
     fn on_commit(&mut self, from: NodeId, c: Commit, out: &mut Vec<Output>) {
-        if let Phase::Acked {
-            epoch,
-            members,
-            coordinator,
-            ..
-        } = self.phase
-            && epoch == c.epoch
-            && members == c.members
-            && coordinator == from
+        let me = self.params.local;
+        let already = self.view.map(|v| (v.epoch, v.members)) == Some((c.epoch, c.members));
+        // A commit means every member acked (this node too, before any
+        // restart: it persisted the epoch first), so it is installed in any
+        // phase, as long as it is not older than what this node promised.
+        if !already
+            && self.phase != Phase::Halted
+            && c.epoch >= self.promised
+            && c.members.contains(me)
+            && self.coordinator_of(c.members) == Some(from)
         {
             self.install(
                 View {
-                    epoch,
-                    members,
+                    epoch: c.epoch,
+                    members: c.members,
                     coordinator: Some(from),
                     quorum: c.quorum,
                 },
@@ -1241,7 +1436,7 @@ impl Membership {
                 QsVerdict::Denied
             });
             if granted {
-                self.qs_lease_until = Some(self.now.saturating_add(lease_ns));
+                self.qs_lease_until = Some(self.qs_asked_at.saturating_add(lease_ns));
             }
             return;
         }
@@ -1253,7 +1448,7 @@ impl Membership {
             && self.phase == Phase::Operational
         {
             if granted {
-                self.qs_lease_until = Some(self.now.saturating_add(lease_ns));
+                self.qs_lease_until = Some(self.qs_asked_at.saturating_add(lease_ns));
                 self.qs_renew_at = Some(self.now.saturating_add(lease_ns / 3));
             } else {
                 self.start_round(Cause::QuorumLost, out);
@@ -1351,7 +1546,7 @@ impl Membership {
             let lease_left = self
                 .qs_lease_until
                 .map_or(0, |u| u.saturating_sub(self.now));
-            self.qs_renew_at = Some(self.now + lease_left / 3);
+            self.qs_renew_at = Some(self.now.saturating_add(lease_left / 3));
         } else {
             self.qs_lease_until = None;
             self.qs_renew_at = None;
@@ -1375,6 +1570,18 @@ impl Membership {
         self.refresh_reach();
         if self.phase == Phase::Halted {
             self.join_due = None;
+            // The leave is resent (it may be lost): every join interval for
+            // a consensus timeout, then every sync interval.
+            if self.now >= self.next_leave_ns() {
+                out.push(Output::Send {
+                    to: Dest::All,
+                    msg: Message::Leave(Leave {
+                        epoch: self.promised,
+                        version: self.own_version(),
+                    }),
+                });
+                self.last_leave_sent = self.now;
+            }
             return;
         }
         // LMS.
@@ -1407,13 +1614,24 @@ impl Membership {
                         .get(&id)
                         .and_then(|p| p.join.as_ref())
                         .is_some_and(|j| {
-                            j.max_epoch > v.epoch
+                            j.promised > v.epoch
                                 && (j.view_epoch, j.view_members) != (v.epoch, v.members)
                         })
                 });
                 let lease_lost = self.qs_lease_until.is_some_and(|u| self.now >= u)
                     && v.quorum.tie_breaker == TieBreaker::QsGranted
                     && v.coordinator == Some(me);
+                if !self.resend_commit.is_empty() {
+                    out.push(Output::Send {
+                        to: Dest::Nodes(self.resend_commit),
+                        msg: Message::Commit(Commit {
+                            epoch: v.epoch,
+                            members: v.members,
+                            quorum: v.quorum,
+                        }),
+                    });
+                    self.resend_commit = NodeSet::EMPTY;
+                }
                 if m != v.members || newer_round || lease_lost {
                     self.start_round(Cause::Partition, out);
                     self.try_consensus(m, out);
@@ -1421,7 +1639,7 @@ impl Membership {
                     && self.now >= r
                     && v.coordinator == Some(me)
                 {
-                    self.qs_renew_at = Some(self.now + t.qs_timeout_ns);
+                    self.qs_renew_at = Some(self.now.saturating_add(t.qs_timeout_ns));
                     self.ask_qs(v.epoch, v.members, out);
                 }
             }
@@ -1433,7 +1651,7 @@ impl Membership {
                 since,
                 qs,
             } => {
-                if m != members || self.now >= since + self.round_timeout_ns() {
+                if m != members || self.now >= since.saturating_add(self.round_timeout_ns()) {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
                 } else {
@@ -1455,7 +1673,7 @@ impl Membership {
                             QsWait::Answered(v) => self.commit(epoch, members, v, out),
                             QsWait::Pending { .. } => {}
                         }
-                    } else if self.now >= self.last_resend + t.join_interval_ns {
+                    } else if self.now >= self.last_resend.saturating_add(t.join_interval_ns) {
                         out.push(Output::Send {
                             to: Dest::Nodes(members.difference(acks)),
                             msg: Message::Propose(Propose { epoch, members }),
@@ -1470,10 +1688,10 @@ impl Membership {
                 coordinator,
                 since,
             } => {
-                if m != members || self.now >= since + self.round_timeout_ns() {
+                if m != members || self.now >= since.saturating_add(self.round_timeout_ns()) {
                     self.phase = Phase::Gather;
                     self.try_consensus(m, out);
-                } else if self.now >= self.last_resend + t.join_interval_ns {
+                } else if self.now >= self.last_resend.saturating_add(t.join_interval_ns) {
                     self.send_ack(coordinator, Propose { epoch, members }, out);
                 }
             }
@@ -1557,12 +1775,7 @@ impl Membership {
         // at most consensus_timeout since the round started (one-way loss
         // ends up here for good).
         let disagreement = !self.reachable().difference(m).is_empty();
-        if disagreement
-            && self.now
-                < self
-                    .round_since
-                    .saturating_add(self.params.timing.consensus_timeout_ns)
-        {
+        if disagreement && self.now < self.settle_until() {
             return;
         }
         let may_form = self.may_form_self()
@@ -1589,7 +1802,7 @@ impl Membership {
         {
             self.ask_qs(epoch, m, out);
             QsWait::Pending {
-                deadline: self.now + self.params.timing.qs_timeout_ns,
+                deadline: self.now.saturating_add(self.params.timing.qs_timeout_ns),
             }
         } else {
             QsWait::NotNeeded
@@ -1615,6 +1828,9 @@ impl Membership {
     }
 
     fn ask_qs(&mut self, epoch: Epoch, members: NodeSet, out: &mut Vec<Output>) {
+        // The server's lease starts no earlier than our request: count it
+        // from here, so we never believe in it longer than the server does.
+        self.qs_asked_at = self.now;
         let (exp, _) = self.peer_quorum_info(members);
         let expected = self.quorum.expected().union(exp).union(members);
         let cfg = self.quorum.config();

@@ -29,9 +29,11 @@ use crate::wire::{
 /// Server settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// The cluster served.
-    pub cluster_id: u32,
-    /// Its keys.
+    /// The cluster served; `None`: any cluster whose messages authenticate
+    /// with the key (the id is read from the datagram, which the MAC
+    /// covers).
+    pub cluster_id: Option<u32>,
+    /// The key(s).
     pub keys: Keys,
     /// Lease length.
     pub lease_ns: u64,
@@ -39,9 +41,12 @@ pub struct ServerConfig {
     pub settle_ns: u64,
 }
 
+/// Most clusters one server keeps state for.
+pub const MAX_CLUSTERS: usize = 256;
+
 impl ServerConfig {
     /// Default timers: 3 s lease, 100 ms settle window.
-    pub fn new(cluster_id: u32, keys: Keys) -> Self {
+    pub fn new(cluster_id: Option<u32>, keys: Keys) -> Self {
         Self {
             cluster_id,
             keys,
@@ -88,16 +93,23 @@ struct Candidate<A> {
     req: QsRequest,
 }
 
-/// The quorum server's state for one cluster.
+/// One cluster's tie state.
 #[derive(Clone, Debug)]
-pub struct Server<A> {
-    cfg: ServerConfig,
+struct Tie<A> {
     guard: ReplayGuard,
     sealer: Sealer,
     holder: Option<Holder>,
     previous: Option<NodeSet>,
     window_until: Option<u64>,
     candidates: Vec<Candidate<A>>,
+}
+
+/// The quorum server's state.
+#[derive(Clone, Debug)]
+pub struct Server<A> {
+    cfg: ServerConfig,
+    incarnation: u32,
+    ties: BTreeMap<u32, Tie<A>>,
     counters: Counters,
 }
 
@@ -106,13 +118,9 @@ impl<A: Clone> Server<A> {
     /// uses the wall clock in seconds).
     pub fn new(cfg: ServerConfig, incarnation: u32) -> Self {
         Self {
-            guard: ReplayGuard::new(NodeSet::from_bits(u64::MAX)),
-            sealer: Sealer::new(cfg.cluster_id, QSERVER_SENDER, incarnation),
             cfg,
-            holder: None,
-            previous: None,
-            window_until: None,
-            candidates: Vec::new(),
+            incarnation,
+            ties: BTreeMap::new(),
             counters: Counters::default(),
         }
     }
@@ -127,23 +135,25 @@ impl<A: Clone> Server<A> {
         self.cfg.keys = keys;
     }
 
-    /// The partition holding the lease, if any.
-    pub fn holder(&self, now_ns: u64) -> Option<(NodeSet, Epoch)> {
-        self.holder
+    /// The partition of `cluster_id` holding the lease, if any.
+    pub fn holder(&self, cluster_id: u32, now_ns: u64) -> Option<(NodeSet, Epoch)> {
+        self.ties
+            .get(&cluster_id)?
+            .holder
             .filter(|h| now_ns < h.until)
             .map(|h| (h.members, h.epoch))
     }
 
     /// When [`Server::tick`] must run next.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.window_until
+        self.ties.values().filter_map(|t| t.window_until).min()
     }
 
     fn drop_reason(&mut self, r: DropReason) {
         *self.counters.dropped.entry(r.as_str()).or_default() += 1;
     }
 
-    fn answer(&mut self, c: &Candidate<A>, granted: bool) -> Reply<A> {
+    fn answer(&mut self, cluster_id: u32, c: &Candidate<A>, granted: bool) -> Option<Reply<A>> {
         if granted {
             self.counters.granted += 1;
         } else {
@@ -162,22 +172,54 @@ impl<A: Clone> Server<A> {
             granted,
             lease_ms,
         });
-        Reply {
+        let key = self.cfg.keys.current;
+        let tie = self.ties.get_mut(&cluster_id)?;
+        Some(Reply {
             to: c.from.clone(),
-            bytes: self.sealer.seal(&msg, self.cfg.keys.current),
-        }
+            bytes: tie.sealer.seal(&msg, key),
+        })
     }
 
     /// Handles one datagram from `from`; returns the answers to send now.
     pub fn handle(&mut self, bytes: &[u8], from: A, now_ns: u64) -> Vec<Reply<A>> {
-        let a = match wire::decode(bytes, &self.cfg.keys, self.cfg.cluster_id) {
+        let cluster_id = match self.cfg.cluster_id {
+            Some(id) => id,
+            None => match bytes.get(6..10) {
+                Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                None => {
+                    self.drop_reason(DropReason::Length);
+                    return Vec::new();
+                }
+            },
+        };
+        let a = match wire::decode(bytes, &self.cfg.keys, cluster_id) {
             Ok(a) => a,
             Err(r) => {
                 self.drop_reason(r);
                 return Vec::new();
             }
         };
-        if let Err(r) = self.guard.check(&a.header) {
+        if !self.ties.contains_key(&cluster_id) {
+            if self.ties.len() >= MAX_CLUSTERS {
+                self.drop_reason(DropReason::OtherCluster);
+                return Vec::new();
+            }
+            self.ties.insert(
+                cluster_id,
+                Tie {
+                    guard: ReplayGuard::new(NodeSet::from_bits(u64::MAX)),
+                    sealer: Sealer::new(cluster_id, QSERVER_SENDER, self.incarnation),
+                    holder: None,
+                    previous: None,
+                    window_until: None,
+                    candidates: Vec::new(),
+                },
+            );
+        }
+        let Some(tie) = self.ties.get_mut(&cluster_id) else {
+            return Vec::new();
+        };
+        if let Err(r) = tie.guard.check(&a.header) {
             self.drop_reason(r);
             return Vec::new();
         }
@@ -197,71 +239,80 @@ impl<A: Clone> Server<A> {
             req,
         };
         let mut out = self.tick(now_ns);
-        if let Some(h) = self.holder.filter(|h| now_ns < h.until) {
+        let Some(tie) = self.ties.get_mut(&cluster_id) else {
+            return out;
+        };
+        if let Some(h) = tie.holder.filter(|h| now_ns < h.until) {
             let same = h.members == req.members;
             if same {
-                self.holder = Some(Holder {
+                tie.holder = Some(Holder {
                     members: h.members,
                     epoch: h.epoch.max(req.epoch),
                     until: now_ns.saturating_add(self.cfg.lease_ns),
                 });
             }
-            out.push(self.answer(&c, same));
+            out.extend(self.answer(cluster_id, &c, same));
             return out;
         }
         // Nobody holds it: collect competitors for the settle window.
-        if self.window_until.is_none() {
-            self.window_until = Some(now_ns.saturating_add(self.cfg.settle_ns));
+        if tie.window_until.is_none() {
+            tie.window_until = Some(now_ns.saturating_add(self.cfg.settle_ns));
         }
-        self.candidates.retain(|x| x.node != c.node);
-        self.candidates.push(c);
+        tie.candidates.retain(|x| x.node != c.node);
+        tie.candidates.push(c);
         out
     }
 
-    /// Decides when the settle window ends; returns the answers.
+    /// Decides for every cluster whose settle window ended; returns the
+    /// answers.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Reply<A>> {
-        let Some(until) = self.window_until else {
-            return Vec::new();
-        };
-        if now_ns < until {
-            return Vec::new();
-        }
-        self.window_until = None;
-        let cands = std::mem::take(&mut self.candidates);
-        let prev = self.previous;
-        let best = cands
+        let due: Vec<u32> = self
+            .ties
             .iter()
-            .max_by_key(|c| {
-                let m = c.req.members;
-                (
-                    m.len(),
-                    prev == Some(m),
-                    prev.is_some_and(|p| !p.intersection(m).is_empty()),
-                    std::cmp::Reverse(m.first()),
-                )
-            })
-            .map(|c| c.req.members);
-        if let Some(members) = best {
-            let epoch = cands
+            .filter(|(_, t)| t.window_until.is_some_and(|u| now_ns >= u))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            let lease = self.cfg.lease_ns;
+            let Some(tie) = self.ties.get_mut(&id) else {
+                continue;
+            };
+            tie.window_until = None;
+            let cands = std::mem::take(&mut tie.candidates);
+            let prev = tie.previous;
+            let best = cands
                 .iter()
-                .filter(|c| c.req.members == members)
-                .map(|c| c.req.epoch)
-                .max()
-                .unwrap_or_default();
-            self.holder = Some(Holder {
-                members,
-                epoch,
-                until: now_ns.saturating_add(self.cfg.lease_ns),
-            });
-            self.previous = Some(members);
-        }
-        cands
-            .iter()
-            .map(|c| {
+                .max_by_key(|c| {
+                    let m = c.req.members;
+                    (
+                        m.len(),
+                        prev == Some(m),
+                        prev.is_some_and(|p| !p.intersection(m).is_empty()),
+                        std::cmp::Reverse(m.first()),
+                    )
+                })
+                .map(|c| c.req.members);
+            if let Some(members) = best {
+                let epoch = cands
+                    .iter()
+                    .filter(|c| c.req.members == members)
+                    .map(|c| c.req.epoch)
+                    .max()
+                    .unwrap_or_default();
+                tie.holder = Some(Holder {
+                    members,
+                    epoch,
+                    until: now_ns.saturating_add(lease),
+                });
+                tie.previous = Some(members);
+            }
+            for c in &cands {
                 let g = Some(c.req.members) == best;
-                self.answer(c, g)
-            })
-            .collect()
+                out.extend(self.answer(id, c, g));
+            }
+        }
+        out
     }
 }
 
@@ -375,7 +426,7 @@ mod tests {
 
     fn split() -> Split {
         Split {
-            s: Server::new(ServerConfig::new(9, keys()), 1),
+            s: Server::new(ServerConfig::new(None, keys()), 1),
             c1: Client::new(9, NodeId(1), 1),
             c3: Client::new(9, NodeId(3), 1),
         }
@@ -411,7 +462,10 @@ mod tests {
         assert!(t.s.handle(&r1, 1, later + MS).is_empty());
         let out = t.s.tick(later + 100 * MS);
         assert!(granted(&mut t.c1, out.iter().find(|r| r.to == 1).unwrap()));
-        assert_eq!(t.s.holder(later + 100 * MS), Some((set(&[1, 2]), Epoch(9))));
+        assert_eq!(
+            t.s.holder(9, later + 100 * MS),
+            Some((set(&[1, 2]), Epoch(9)))
+        );
     }
 
     #[test]

@@ -22,6 +22,13 @@
 //!   the quorum server granted this partition the tie for this epoch.
 //! - Exactly half and no tie-breaker (configured or reachable): not quorate.
 //!
+//! As with votequorum, last_man_standing trusts that nodes which left the
+//! expected set stay away: a node that was gone while the cluster shrank
+//! still expects the old set, and the coordinator takes the union, so it
+//! can only make a partition *less* likely to be quorate, except when a
+//! shrunk remnant and returning nodes that never saw the shrink meet in a
+//! new split (use `wait_for_all` with it, as votequorum advises).
+//!
 //! Departures from votequorum: no `expected_votes` override and no
 //! `auto_tie_breaker_node` (always the lowest id); expected votes travel as
 //! a node set in joins and the coordinator takes their union (votequorum
@@ -266,6 +273,16 @@ impl Quorum {
             wfa_ok: false,
             stable: None,
         }
+    }
+
+    /// Live reload: new votes and options. Nodes that were already
+    /// configured keep their place in (or out of) the expected set; new
+    /// nodes are expected; removed ones are forgotten.
+    pub fn reconfigure(&mut self, cfg: QuorumConfig) {
+        let old = self.cfg.nodes();
+        let new = cfg.nodes();
+        self.expected = self.expected.intersection(new).union(new.difference(old));
+        self.cfg = cfg;
     }
 
     /// The configuration.
@@ -548,6 +565,23 @@ mod tests {
         st.installed(set(&[1]), true, 20);
         assert!(st.tick(30));
         assert_eq!(st.expected(), set(&[1]));
+    }
+
+    #[test]
+    fn reconfigure_expects_new_nodes_and_forgets_removed_ones() {
+        let opts = QuorumOptions {
+            last_man_standing: true,
+            last_man_standing_window_ns: 1,
+            ..Default::default()
+        };
+        let mut st = Quorum::new(cfg(4, opts));
+        st.installed(set(&[1, 2, 3]), true, 0);
+        assert!(st.tick(1));
+        assert_eq!(st.expected(), set(&[1, 2, 3]));
+        let mut c = cfg(5, opts);
+        c.votes.remove(&NodeId(2));
+        st.reconfigure(c);
+        assert_eq!(st.expected(), set(&[1, 3, 5]));
     }
 
     #[test]

@@ -198,6 +198,8 @@ pub mod join_flags {
 pub struct Join {
     /// Highest epoch the sender has seen or promised.
     pub max_epoch: Epoch,
+    /// Highest epoch the sender promised (persisted: proposed or acked).
+    pub promised: Epoch,
     /// Epoch of the sender's installed view (0: none).
     pub view_epoch: Epoch,
     /// Members of the sender's installed view.
@@ -247,6 +249,9 @@ pub struct Commit {
 pub struct Leave {
     /// The leaver's highest epoch.
     pub epoch: Epoch,
+    /// Version of the leaver's reachable set after it left: a flooded set
+    /// of a newer (incarnation, version) means it is back.
+    pub version: u32,
 }
 
 /// A partition asks the quorum server for the tie.
@@ -332,6 +337,7 @@ fn put_body(msg: &Message, out: &mut Vec<u8>) {
     match msg {
         Message::Join(j) => {
             out.extend_from_slice(&j.max_epoch.0.to_be_bytes());
+            out.extend_from_slice(&j.promised.0.to_be_bytes());
             out.extend_from_slice(&j.view_epoch.0.to_be_bytes());
             out.extend_from_slice(&j.view_members.bits().to_be_bytes());
             out.push(j.flags);
@@ -366,6 +372,7 @@ fn put_body(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::Leave(l) => {
             out.extend_from_slice(&l.epoch.0.to_be_bytes());
+            out.extend_from_slice(&l.version.to_be_bytes());
         }
         Message::QsRequest(r) => {
             out.extend_from_slice(&r.epoch.0.to_be_bytes());
@@ -495,6 +502,7 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
     let msg = match t {
         MsgType::Join => {
             let max_epoch = r.epoch()?;
+            let promised = r.epoch()?;
             let view_epoch = r.epoch()?;
             let view_members = r.set()?;
             let flags = r.u8()?;
@@ -523,6 +531,7 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
             }
             Message::Join(Join {
                 max_epoch,
+                promised,
                 view_epoch,
                 view_members,
                 flags,
@@ -559,7 +568,10 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
                 },
             })
         }
-        MsgType::Leave => Message::Leave(Leave { epoch: r.epoch()? }),
+        MsgType::Leave => Message::Leave(Leave {
+            epoch: r.epoch()?,
+            version: r.u32()?,
+        }),
         MsgType::QsRequest => Message::QsRequest(QsRequest {
             epoch: r.epoch()?,
             members: r.set()?,
@@ -640,30 +652,21 @@ pub fn decode(bytes: &[u8], keys: &Keys, cluster_id: u32) -> Result<Authenticate
     })
 }
 
-/// Per-sender replay protection: the last accepted (incarnation, sequence).
+/// Size of the anti-replay window: a message up to this many sequence
+/// numbers older than the newest one seen may still arrive once (UDP on
+/// several links reorders).
+pub const REPLAY_WINDOW: u64 = 64;
+
+/// Per-sender replay protection with a sliding window (the anti-replay
+/// window of IPsec ESP, RFC 4303 §3.4.3): per sender, the newest
+/// (incarnation, sequence) and a bitmap of the [`REPLAY_WINDOW`] sequence
+/// numbers below it. A message of an older incarnation, older than the
+/// window, or already seen is a replay.
 #[derive(Clone, Debug, Default)]
 pub struct ReplayGuard {
     known: NodeSet,
     allow_qserver: bool,
-    last: std::collections::BTreeMap<NodeId, Window>,
-}
-
-/// Bits of the anti-replay window: messages up to this many sequence
-/// numbers behind the highest one seen are still accepted once each.
-pub const REPLAY_WINDOW: u64 = 64;
-
-/// The anti-replay window of one sender (RFC 4303 §3.4.3, IPsec ESP's
-/// sliding window): the highest (incarnation, sequence) accepted, and a
-/// bitmap of which of the [`REPLAY_WINDOW`] sequences below it were seen.
-/// UDP may reorder (and a message sent on several links arrives several
-/// times): a strictly-increasing check would drop a proposal overtaken by
-/// the join sent right after it; the window accepts it, once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
-    incarnation: u32,
-    highest: u64,
-    /// Bit `i` set: `highest - i` was accepted (bit 0 is `highest`).
-    seen: u64,
+    last: std::collections::BTreeMap<NodeId, (u32, u64, u64)>,
 }
 
 impl ReplayGuard {
@@ -688,51 +691,40 @@ impl ReplayGuard {
         self.last.retain(|n, _| known.contains(*n));
     }
 
-    /// Accepts `h` if its sender is known and (incarnation, seq) was not
-    /// accepted before: a newer incarnation, a higher sequence, or one of
-    /// the [`REPLAY_WINDOW`] sequences below the highest not seen yet.
+    /// Accepts `h` if its sender is known and its (incarnation, seq) was
+    /// not seen before and is not older than the window; records it.
     pub fn check(&mut self, h: &Header) -> Result<(), DropReason> {
         let sender_known =
             self.known.contains(h.sender) || (self.allow_qserver && h.sender == QSERVER_SENDER);
         if !sender_known {
             return Err(DropReason::UnknownNode);
         }
-        // The first message of a sender (or of a new incarnation) closes
-        // the window below it: nothing older is accepted.
-        let fresh = Window {
-            incarnation: h.incarnation,
-            highest: h.seq,
-            seen: u64::MAX,
+        let entry = match self.last.get(&h.sender) {
+            None => (h.incarnation, h.seq, 1),
+            Some(&(inc, top, bits)) => {
+                if h.incarnation < inc {
+                    return Err(DropReason::Replay);
+                }
+                if h.incarnation > inc {
+                    (h.incarnation, h.seq, 1)
+                } else if h.seq > top {
+                    let shift = h.seq - top;
+                    let bits = if shift >= REPLAY_WINDOW {
+                        0
+                    } else {
+                        bits << shift
+                    };
+                    (inc, h.seq, bits | 1)
+                } else {
+                    let back = top - h.seq;
+                    if back >= REPLAY_WINDOW || bits & (1u64 << back) != 0 {
+                        return Err(DropReason::Replay);
+                    }
+                    (inc, top, bits | (1u64 << back))
+                }
+            }
         };
-        let Some(w) = self.last.get_mut(&h.sender) else {
-            self.last.insert(h.sender, fresh);
-            return Ok(());
-        };
-        if h.incarnation < w.incarnation {
-            return Err(DropReason::Replay);
-        }
-        if h.incarnation > w.incarnation {
-            *w = fresh;
-            return Ok(());
-        }
-        if h.seq > w.highest {
-            let shift = h.seq - w.highest;
-            let seen = if shift >= REPLAY_WINDOW {
-                0
-            } else {
-                w.seen << shift
-            };
-            *w = Window {
-                seen: seen | 1,
-                ..fresh
-            };
-            return Ok(());
-        }
-        let behind = w.highest - h.seq;
-        if behind >= REPLAY_WINDOW || w.seen & (1u64 << behind) != 0 {
-            return Err(DropReason::Replay);
-        }
-        w.seen |= 1u64 << behind;
+        self.last.insert(h.sender, entry);
         Ok(())
     }
 }
@@ -756,6 +748,7 @@ mod tests {
         vec![
             Message::Join(Join {
                 max_epoch: Epoch(7),
+                promised: Epoch(6),
                 view_epoch: Epoch(6),
                 view_members: set,
                 flags: join_flags::MAY_FORM,
@@ -795,7 +788,10 @@ mod tests {
                     tie_breaker: TieBreaker::NotNeeded,
                 },
             }),
-            Message::Leave(Leave { epoch: Epoch(8) }),
+            Message::Leave(Leave {
+                epoch: Epoch(8),
+                version: 3,
+            }),
             Message::QsRequest(QsRequest {
                 epoch: Epoch(9),
                 members: set,
@@ -841,6 +837,7 @@ mod tests {
         let all: NodeSet = (1..=63).map(NodeId).collect();
         let j = Message::Join(Join {
             max_epoch: Epoch(u64::MAX),
+            promised: Epoch(u64::MAX),
             view_epoch: Epoch(1),
             view_members: all,
             flags: 3,
@@ -945,9 +942,18 @@ mod tests {
         assert_eq!(g.check(&h(0, 1, 1)), Err(DropReason::UnknownNode));
         assert_eq!(g.check(&h(2, 5, 10)), Ok(()));
         assert_eq!(g.check(&h(2, 5, 10)), Err(DropReason::Replay));
+        // Reordered within the window: accepted once.
+        assert_eq!(g.check(&h(2, 5, 9)), Ok(()));
         assert_eq!(g.check(&h(2, 5, 9)), Err(DropReason::Replay));
         assert_eq!(g.check(&h(2, 4, 100)), Err(DropReason::Replay));
         assert_eq!(g.check(&h(2, 5, 11)), Ok(()));
+        assert_eq!(g.check(&h(2, 5, 200)), Ok(()));
+        assert_eq!(
+            g.check(&h(2, 5, 200 - REPLAY_WINDOW)),
+            Err(DropReason::Replay)
+        );
+        assert_eq!(g.check(&h(2, 5, 201 - REPLAY_WINDOW)), Ok(()));
+        assert_eq!(g.check(&h(2, 5, 11)), Err(DropReason::Replay));
         assert_eq!(g.check(&h(2, 6, 1)), Ok(()));
         assert_eq!(g.check(&h(1, 1, 1)), Ok(()));
         let mut q = ReplayGuard::new(known).allowing_qserver();
@@ -966,35 +972,5 @@ mod tests {
         assert!(g.check(&a.header).is_ok());
         assert!(g.check(&b.header).is_ok());
         assert_eq!(g.check(&a.header), Err(DropReason::Replay));
-    }
-
-    #[test]
-    fn the_replay_window_accepts_reordered_messages_once() {
-        let mut g = ReplayGuard::new(NodeSet::from_bits(0b110));
-        let h = |inc: u32, seq: u64| Header {
-            cluster_id: 7,
-            sender: NodeId(1),
-            incarnation: inc,
-            seq,
-        };
-        assert_eq!(g.check(&h(1, 10)), Ok(()));
-        assert_eq!(g.check(&h(1, 12)), Ok(()));
-        // 11 overtaken by 12: accepted once.
-        assert_eq!(g.check(&h(1, 11)), Ok(()));
-        assert_eq!(g.check(&h(1, 11)), Err(DropReason::Replay));
-        assert_eq!(g.check(&h(1, 12)), Err(DropReason::Replay));
-        assert_eq!(g.check(&h(1, 10)), Err(DropReason::Replay));
-        // Beyond the window: replay.
-        assert_eq!(g.check(&h(1, 12 + REPLAY_WINDOW)), Ok(()));
-        assert_eq!(g.check(&h(1, 12)), Err(DropReason::Replay));
-        assert_eq!(g.check(&h(1, 13)), Ok(()));
-        // A new incarnation resets; an old one is a replay.
-        assert_eq!(g.check(&h(2, 1)), Ok(()));
-        assert_eq!(g.check(&h(1, 500)), Err(DropReason::Replay));
-        assert_eq!(g.check(&h(2, 1)), Err(DropReason::Replay));
-        // Unknown senders.
-        let mut other = h(2, 2);
-        other.sender = NodeId(5);
-        assert_eq!(g.check(&other), Err(DropReason::UnknownNode));
     }
 }

@@ -132,7 +132,7 @@ fn graceful_leave_reforms_before_node_timeout() {
     // Well before the 5 ms detection delay.
     s.run_for(3 * MS);
     let v = s.view(1).unwrap();
-    assert_eq!(v.members, set(&[1, 2]));
+    assert_eq!(v.members, set(&[1, 2]), "{}", s.log);
     assert!(v.epoch > e);
     assert!(s.log.contains("event node_left Some(3)"), "{}", s.log);
     let st = s.nodes[&1].m.as_ref().unwrap().node_states();
@@ -153,11 +153,16 @@ fn announced_restart_gives_no_reformation() {
     s.check_agreement();
     assert_eq!(s.view(1).unwrap(), v, "same view on the survivors");
     assert_eq!(
-        s.view(2).unwrap().epoch,
-        v.epoch,
-        "restarted node adopted it"
+        s.view(2).unwrap(),
+        v,
+        "restarted node took the same view\n{}",
+        s.log
     );
-    assert!(s.log.contains("event adopted"), "{}", s.log);
+    assert_eq!(
+        s.installs, 4,
+        "3 at formation, 1 on the restarted node\n{}",
+        s.log
+    );
 }
 
 #[test]
@@ -362,4 +367,56 @@ fn quorum_server_never_grants_a_side_it_cannot_hear() {
     s.check_agreement();
     assert!(!s.view(1).unwrap().quorum.quorate);
     assert!(s.view(3).unwrap().quorum.quorate);
+}
+
+#[test]
+fn everyone_crashed_is_quiet() {
+    let mut s = formed(5, QuorumOptions::default());
+    for i in [3, 4, 1, 2, 5] {
+        s.crash(i);
+    }
+    s.run_for(200 * MS);
+}
+
+#[test]
+fn reload_adds_a_node_and_refuses_to_change_the_local_id() {
+    use heartbeat_cluster::membership::{NodeParams, Params, ReloadError};
+    let mut s = formed(3, QuorumOptions::default());
+    let m = s.nodes.get_mut(&1).unwrap().m.as_mut().unwrap();
+    let mut nodes: Vec<NodeParams> = (1..=4)
+        .map(|i| NodeParams {
+            id: NodeId(i),
+            priority: 0,
+            votes: 1,
+        })
+        .collect();
+    let params = |local, nodes: Vec<NodeParams>| Params {
+        local: NodeId(local),
+        nodes,
+        quorum: QuorumOptions::default(),
+        start: StartMode::Auto,
+        timing: common::timing(),
+    };
+    assert_eq!(
+        m.reload(params(2, nodes.clone()), 0).unwrap_err(),
+        ReloadError::LocalNode
+    );
+    m.reload(params(1, nodes.clone()), 0).unwrap();
+    assert_eq!(m.node_states()[&NodeId(4)], NodeState::Down);
+    // 3 of 4 expected votes: still quorate.
+    nodes.retain(|n| n.id != NodeId(1));
+    assert_eq!(
+        m.reload(params(1, nodes), 0).unwrap_err(),
+        ReloadError::LocalNotConfigured
+    );
+}
+
+#[test]
+fn the_documented_bound_in_heartbeat_intervals() {
+    use heartbeat_cluster::membership::Timing;
+    let t = Timing::from_heartbeat_interval(500_000, 0, 0);
+    assert_eq!(t.join_interval_ns, MS);
+    assert_eq!(t.convergence_bound_ns(5), 16 * MS);
+    let t = Timing::from_heartbeat_interval(10_000_000, 0, 0);
+    assert_eq!(t.convergence_bound_ns(3), 14 * 20 * MS);
 }

@@ -314,8 +314,6 @@ fn split_two_two_with_a_quorum_server_gives_one_side_and_the_same_side_again() {
                 &format!("{qs_addr}:6406"),
                 "--key-file",
                 key.to_str().unwrap(),
-                "--cluster-id",
-                "7",
             ],
             &log,
         )

@@ -66,6 +66,8 @@ enum Ev {
     Link { at: u16, peer: u16, up: bool },
     /// Peer agent state seen by `at`.
     Agent { at: u16, peer: u16, state: u8 },
+    /// What `at` sees in `peer`'s heartbeats now (if it hears it).
+    AgentTruth { at: u16, peer: u16 },
     /// A quorum server answer for node `to`.
     QsAnswer { to: u16, msg: usize },
 }
@@ -106,6 +108,11 @@ pub struct Sim {
     /// The quorum server, if any, and the nodes that cannot reach it.
     pub qserver: Option<Server<u16>>,
     pub qs_cut: NodeSet,
+    pub verbose: bool,
+    /// Halted nodes: their heartbeats announce `leaving`.
+    pub halted: NodeSet,
+    /// Nodes within an announced restart.
+    pub restarting: NodeSet,
     clients: BTreeMap<u16, Client>,
 }
 
@@ -140,6 +147,9 @@ impl Sim {
             allow_disjoint_quorate: options.two_node,
             qserver: None,
             qs_cut: NodeSet::EMPTY,
+            verbose: false,
+            halted: NodeSet::EMPTY,
+            restarting: NodeSet::EMPTY,
             clients: BTreeMap::new(),
         };
         for i in 1..=n {
@@ -231,12 +241,16 @@ impl Sim {
         }
         node.m = Some(m);
         node.xdp_alive = true;
+        self.halted.remove(NodeId(i));
         let inc = node.incarnation;
         self.clients.insert(i, Client::new(CLUSTER, NodeId(i), inc));
         let _ = writeln!(self.log, "{:>8}us start node {i}", now / 1000);
         self.process(i, outs);
         self.input(i, Input::Tick { now_ns: now });
         self.links_changed();
+        // Its heartbeats show a running agent again.
+        let d = self.max_delay_ns;
+        self.announce(i, d);
     }
 
     /// Kills node `i` (agent and XDP); peers see its links go down.
@@ -246,6 +260,8 @@ impl Sim {
         n.m = None;
         n.xdp_alive = false;
         n.last_installed = None;
+        self.halted.remove(NodeId(i));
+        self.restarting.remove(NodeId(i));
         self.links_changed();
     }
 
@@ -260,35 +276,23 @@ impl Sim {
             "{:>8}us announced restart of node {i}",
             self.now / 1000
         );
-        for j in 1..=self.n {
-            if j != i && self.hears(j, i) {
-                let at = self.now;
-                self.push(
-                    at,
-                    Ev::Agent {
-                        at: j,
-                        peer: i,
-                        state: 2,
-                    },
-                );
-            }
-        }
+        self.restarting.insert(NodeId(i));
+        self.announce(i, 0);
         let n = self.nodes.get_mut(&i).unwrap();
         n.m = None;
         n.last_installed = None;
         self.run_for(gap_ns);
+        self.restarting.remove(NodeId(i));
         self.start_node(i);
+        self.announce(i, 0);
+    }
+
+    /// Peers see `i`'s state in its heartbeats after `delay`.
+    fn announce(&mut self, i: u16, delay: u64) {
         for j in 1..=self.n {
             if j != i {
-                let at = self.now;
-                self.push(
-                    at,
-                    Ev::Agent {
-                        at: j,
-                        peer: i,
-                        state: 0,
-                    },
-                );
+                let at = self.now + delay;
+                self.push(at, Ev::AgentTruth { at: j, peer: i });
             }
         }
     }
@@ -298,6 +302,16 @@ impl Sim {
             let _ = writeln!(self.log, "{:>8}us node {i} {cmd:?}", self.now / 1000);
             let at_ns = self.now;
             self.input(i, Input::Command { cmd, at_ns });
+            // The heartbeats announce the node's state to whoever hears it.
+            match cmd {
+                Command::NodeHalt => {
+                    self.halted.insert(NodeId(i));
+                }
+                Command::NodeStart => self.halted.remove(NodeId(i)),
+                Command::ClusterStart => {}
+            }
+            let d = self.max_delay_ns;
+            self.announce(i, d);
         }
     }
 
@@ -360,6 +374,13 @@ impl Sim {
         for o in outs {
             match o {
                 Output::Send { to, msg } => {
+                    if self.verbose {
+                        let _ = writeln!(
+                            self.log,
+                            "{:>8}us   node {i} sends {to:?} {msg:?}",
+                            self.now / 1000
+                        );
+                    }
                     let bytes = self.nodes.get_mut(&i).unwrap().sealer.seal(&msg, KEY);
                     let dests: Vec<u16> = match to {
                         Dest::All => (1..=self.n).filter(|&j| j != i).collect(),
@@ -544,7 +565,10 @@ impl Sim {
                 (Some(a), Some((b, _))) => a.min(b),
                 (Some(a), None) => a,
                 (None, Some((b, _))) => b,
-                (None, None) => end,
+                (None, None) => {
+                    self.now = end;
+                    return;
+                }
             };
             if next > end {
                 self.now = end;
@@ -591,6 +615,9 @@ impl Sim {
                     return;
                 }
                 n.told_up.insert(peer, up);
+                if up {
+                    self.agent_truth(at, peer);
+                }
                 let input = if up {
                     Input::LinkUp {
                         peer: NodeId(peer),
@@ -618,6 +645,7 @@ impl Sim {
                     self.input(to, input);
                 }
             }
+            Ev::AgentTruth { at, peer } => self.agent_truth(at, peer),
             Ev::Agent { at, peer, state } => {
                 let state = match state {
                     0 => PeerAgentState::Running,
@@ -635,6 +663,29 @@ impl Sim {
                 );
             }
         }
+    }
+
+    /// Feeds `at` the state `peer`'s heartbeats carry, if it hears them.
+    fn agent_truth(&mut self, at: u16, peer: u16) {
+        if !self.hears(at, peer) {
+            return;
+        }
+        let state = if self.halted.contains(NodeId(peer)) {
+            PeerAgentState::Leaving
+        } else if self.restarting.contains(NodeId(peer)) {
+            PeerAgentState::Restarting
+        } else {
+            PeerAgentState::Running
+        };
+        let at_ns = self.now;
+        self.input(
+            at,
+            Input::PeerAgent {
+                peer: NodeId(peer),
+                state,
+                at_ns,
+            },
+        );
     }
 
     pub fn view(&self, i: u16) -> Option<View> {
@@ -687,7 +738,7 @@ impl Sim {
     }
 
     pub fn with_qserver(mut self) -> Self {
-        let mut cfg = ServerConfig::new(CLUSTER, Self::keys());
+        let mut cfg = ServerConfig::new(Some(CLUSTER), Self::keys());
         cfg.lease_ns = 300 * MS;
         cfg.settle_ns = 5 * MS;
         self.qserver = Some(Server::new(cfg, 1));
