@@ -605,10 +605,21 @@ impl Runner {
     fn reconfigure(&mut self, plan: Arc<Plan>) {
         self.reach = self.reach.reconfigured(&link_view(&plan));
         self.keys = wire_keys(&plan);
-        // Node additions and removals reach the state machine only through
-        // a restart of the agent (its parameters are fixed at start); the
-        // fast path and the sender follow the new peers at once.
-        self.plan = plan;
+        // Nodes added or removed, priorities, votes, quorum options and
+        // timers: the state machine takes them live (a reformation follows
+        // when the member set changes).
+        match self.sm.reload(params(&plan), crate::clock::mono_ns()) {
+            Ok(out) => {
+                self.plan = plan;
+                for o in out {
+                    self.carry_out(o);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "membership keeps its parameters");
+                self.plan = plan;
+            }
+        }
     }
 }
 
