@@ -1,6 +1,10 @@
 //! Property tests: decoding never panics on any bytes, a changed datagram
 //! never authenticates, and the membership state machine survives any
 //! authenticated message (a member with the key may still be buggy).
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 use heartbeat_cluster::membership::{Input, Membership, NodeParams, Params, StartMode, Timing};
 use heartbeat_cluster::quorum::{QuorumOptions, QuorumState, TieBreaker};

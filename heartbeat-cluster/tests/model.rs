@@ -14,6 +14,10 @@
 //! The quorum-server property runs a simulated server that some nodes
 //! cannot reach. A failure prints the shrunk event sequence and the
 //! simulation log. `HB_MODEL_CASES=N` sets the number of cases.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
 
 mod common;
 

@@ -455,6 +455,7 @@ fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
         };
         let join = Join {
             max_epoch: Epoch(3),
+            promised: Epoch(3),
             view_epoch: Epoch(3),
             view_members: members,
             flags: wire::join_flags::MAY_FORM,
@@ -476,7 +477,13 @@ fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
                     members,
                 }),
             ),
-            ("leave", Message::Leave(Leave { epoch: Epoch(4) })),
+            (
+                "leave",
+                Message::Leave(Leave {
+                    epoch: Epoch(4),
+                    version: 5,
+                }),
+            ),
         ];
         for (name, msg) in msgs {
             let mut bytes = wire::encode(&header, &msg, key);
