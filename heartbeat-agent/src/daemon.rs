@@ -45,8 +45,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
 use heartbeat_common::node_state;
+use thiserror::Error;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -70,6 +70,44 @@ use crate::{
 };
 
 pub use crate::plan::expand_node;
+
+/// Why the agent could not start, or stopped on a failure. Every variant
+/// names what failed; the binary prints it as one line.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error(transparent)]
+    FastPath(#[from] fastpath::FastPathError),
+    #[error(transparent)]
+    Sender(#[from] sender::SenderError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    // (The underlying errors are part of the message, not `source`s: the
+    // binary prints the chain, which would repeat them.)
+    #[error("[metrics] listen = {listen}: {error}")]
+    Metrics {
+        listen: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("removing the pins in {dir}: {error}")]
+    Pins {
+        dir: PathBuf,
+        error: crate::pins::PinError,
+    },
+    #[error("announced restart: {0}")]
+    Restart(String),
+    #[error("the fast path task failed; XDP is detached")]
+    FastPathTask,
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+type Result<T, E = DaemonError> = std::result::Result<T, E>;
 
 /// How often the liveness task checks in for the sender.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
@@ -139,8 +177,10 @@ fn load_fast_path(
                 "found pins of an earlier agent that cannot be adopted ({why}); detaching them and starting afresh"
             ),
         }
-        let removed = crate::pins::remove(dir, true)
-            .with_context(|| format!("removing the stale pins in {}", dir.display()))?;
+        let removed = crate::pins::remove(dir, true).map_err(|error| DaemonError::Pins {
+            dir: dir.to_owned(),
+            error,
+        })?;
         tracing::info!(
             detached = ?removed.detached,
             unpinned = removed.unpinned,
@@ -223,7 +263,10 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         Some(m) => Some(
             tokio::net::TcpListener::bind(m.listen)
                 .await
-                .with_context(|| format!("[metrics] listen = {}", m.listen))?,
+                .map_err(|error| DaemonError::Metrics {
+                    listen: m.listen,
+                    error,
+                })?,
         ),
         None => None,
     };
@@ -420,10 +463,10 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         cluster: cluster_cmd_tx.clone(),
         sockets,
     };
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(DaemonError::Signal)?;
     let stop = loop {
         tokio::select! {
             _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
@@ -497,13 +540,13 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             tracker.wait().await;
             let Some(mut fp) = fp else {
                 drop(stop_sender);
-                anyhow::bail!("the fast path task failed; XDP is detached");
+                return Err(DaemonError::FastPathTask);
             };
             let until = clock::mono_ns().saturating_add(window.as_nanos() as u64);
             let pinned = crate::pins::ensure_bpffs(&opts.bpffs)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| fp.announce_restart(until).map_err(anyhow::Error::from))
-                .and_then(|()| fp.pin_for_restart(&pin_dir).map_err(anyhow::Error::from));
+                .map_err(|e| e.to_string())
+                .and_then(|()| fp.announce_restart(until).map_err(|e| e.to_string()))
+                .and_then(|()| fp.pin_for_restart(&pin_dir).map_err(|e| e.to_string()));
             if let Err(e) = pinned {
                 // Without pins the program cannot outlive us: stop as a
                 // failure would, and leave nothing behind.
@@ -511,9 +554,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 drop(stop_sender);
                 drop(fp);
                 let _ = crate::pins::remove(&pin_dir, true);
-                return Err(e.context(
-                    "announced restart: pinning the XDP program failed; XDP is detached",
-                ));
+                return Err(DaemonError::Restart(format!(
+                    "pinning the XDP program failed ({e}); XDP is detached"
+                )));
             }
             // The sender's exit no longer closes the gate: the window is open.
             drop(stop_sender);
@@ -561,8 +604,10 @@ pub fn detach(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> Resu
             dir.display()
         ));
     }
-    let removed = crate::pins::remove(&dir, true)
-        .with_context(|| format!("removing the pins in {}", dir.display()))?;
+    let removed = crate::pins::remove(&dir, true).map_err(|error| DaemonError::Pins {
+        dir: dir.clone(),
+        error,
+    })?;
     Ok(format!(
         "node {}: detached XDP from [{}], removed {} pins in {}",
         local.name,

@@ -23,6 +23,7 @@ pub mod status;
 pub mod transport;
 
 // Used by the binary (src/main.rs) only.
+use anyhow as _;
 use clap as _;
 use tracing_subscriber as _;
 

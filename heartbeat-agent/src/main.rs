@@ -246,7 +246,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn real_main(cli: Cli) -> Result<daemon::Exit> {
     match cli.command {
         Command::Run { config, node, pins } => {
-            runtime()?.block_on(daemon::run(&config, node.as_deref(), &pins.options()))
+            Ok(runtime()?.block_on(daemon::run(&config, node.as_deref(), &pins.options()))?)
         }
         Command::Restart { target } => restart(&target).map(|()| daemon::Exit::Stopped),
         Command::Detach { config, node, pins } => {
