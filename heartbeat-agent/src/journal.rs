@@ -363,6 +363,10 @@ mod tests {
         c.cancel();
         t.close();
         t.wait().await;
+        // The writer thread ends after the task (it may still retry the
+        // FIFO once): remove the directory after it is gone.
+        drop(j);
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
