@@ -97,6 +97,9 @@ impl StateFile {
             path: path.to_owned(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
         let current = match fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
             Err(e) => return Err(io(e)),
@@ -145,12 +148,13 @@ impl StateFile {
             path: self.path.clone(),
             source,
         };
+        // The directory was made at open; never recreate it later (a
+        // removed directory is an error, not something to bring back).
         let dir = self
             .path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io)?;
         let tmp = self
             .path
             .with_extension(format!("tmp{}", std::process::id()));

@@ -121,6 +121,17 @@ pub fn addr(i: usize, l: usize) -> String {
     format!("10.{}.{}.{}", 210 + l, 0, i + 1)
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Stop the agents before the scratch directory goes (fields drop in
+        // declaration order, `dir` first): a running agent could write its
+        // state file into a removed directory.
+        for n in &mut self.nodes {
+            n.agent = None;
+        }
+    }
+}
+
 impl Cluster {
     /// `n` nodes (2 to 5), `links` heartbeat links.
     ///
