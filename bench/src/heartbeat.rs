@@ -265,7 +265,7 @@ impl System for Heartbeat {
         Some(1e9 / self.interval.as_nanos() as f64)
     }
 
-    fn status(&self, node: Node) -> Option<serde_json::Value> {
+    fn status(&self, node: Node) -> Option<heartbeat_api::status::StatusReport> {
         let out = std::process::Command::new(&self.agent)
             .args(["status", "--json", "--socket"])
             .arg(file(&self.dir, node, "sock"))
@@ -283,17 +283,11 @@ impl System for Heartbeat {
 
     fn receiver_gaps(&self) -> Option<ReceiverGaps> {
         let v = self.status(Node::B)?;
-        let link = v["nodes"].as_array()?.iter().find(|n| n["name"] == "a")?["links"]
-            .get(0)?
-            .clone();
+        let link = v.node("a")?.links.first()?.clone();
         Some(ReceiverGaps {
-            max_ns: (link["max_gap_ms"].as_f64().unwrap_or(0.0) * 1e6) as i64,
-            max_at_mono_ns: link["max_gap_at_mono_ns"].as_u64().unwrap_or(0),
-            hist: link["gap_hist"]
-                .as_array()?
-                .iter()
-                .map(|x| x.as_u64().unwrap_or(0))
-                .collect(),
+            max_ns: (link.max_gap_ms.unwrap_or(0.0) * 1e6) as i64,
+            max_at_mono_ns: link.max_gap_at_mono_ns,
+            hist: link.gap_hist,
         })
     }
 

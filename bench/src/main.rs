@@ -43,6 +43,7 @@ mod topology;
 mod util;
 mod xdpcost;
 
+use heartbeat_api::status::{LinkStatus, StatusReport};
 use std::{
     io::BufRead as _,
     path::{Path, PathBuf},
@@ -737,18 +738,13 @@ fn cost(sys: &mut dyn System, secs: u64) -> anyhow::Result<CostRow> {
 }
 
 /// A link counter of `peer` in an agent's status report.
-fn link_counter(v: &serde_json::Value, peer: &str, key: &str) -> u64 {
-    v["nodes"]
-        .as_array()
-        .and_then(|ns| ns.iter().find(|n| n["name"] == peer))
-        .and_then(|n| n["links"].get(0))
-        .and_then(|l| l[key].as_u64())
-        .unwrap_or(0)
+fn link_counter(v: &StatusReport, peer: &str, get: fn(&LinkStatus) -> u64) -> u64 {
+    v.node(peer).and_then(|n| n.links.first()).map_or(0, get)
 }
 
 /// Both agents' status reports (heartbeat only) and the seconds between
 /// reading A's and B's.
-type Statuses = Option<(serde_json::Value, serde_json::Value, f64)>;
+type Statuses = Option<(StatusReport, StatusReport, f64)>;
 
 fn statuses(sys: &dyn System) -> Statuses {
     let a = sys.status(Node::A)?;
@@ -762,33 +758,32 @@ fn statuses(sys: &dyn System) -> Statuses {
 /// should have sent; `window_s` stands in if the report lacks it).
 fn delivery(before: &Statuses, after: &Statuses, per_s: f64, window_s: f64) -> Option<Delivery> {
     let ((a0, b0, skew0), (a1, b1, skew1)) = (before.as_ref()?, after.as_ref()?);
-    let d = |v1: &serde_json::Value, v0: &serde_json::Value, peer: &str, key: &str| {
-        link_counter(v1, peer, key).saturating_sub(link_counter(v0, peer, key))
+    let d = |v1: &StatusReport, v0: &StatusReport, peer: &str, get: fn(&LinkStatus) -> u64| {
+        link_counter(v1, peer, get).saturating_sub(link_counter(v0, peer, get))
     };
-    let missed = |v: &serde_json::Value| v["agent"]["sender_missed_deadlines"].as_u64();
-    let a_missed = missed(a1)
-        .zip(missed(a0))
-        .map_or(0, |(x, y)| x.saturating_sub(y));
-    let uptime = |v: &serde_json::Value| v["agent"]["uptime_s"].as_f64();
-    let secs = match (uptime(a0), uptime(a1)) {
-        (Some(u0), Some(u1)) => u1 - u0,
-        _ => window_s,
+    let a_missed = a1
+        .agent
+        .sender_missed_deadlines
+        .saturating_sub(a0.agent.sender_missed_deadlines);
+    // An agent whose report has no uptime (0) lets the window length stand in.
+    let secs = if a1.agent.uptime_s > a0.agent.uptime_s {
+        a1.agent.uptime_s - a0.agent.uptime_s
+    } else {
+        window_s
     };
     let expected = (secs * per_s).round().max(0.0) as u64;
-    let lateness = |v: &serde_json::Value| v["agent"]["sender_max_lateness_us"].as_f64();
-    let a_sender_max_lateness_us = match (lateness(a0), lateness(a1)) {
-        (Some(x0), Some(x1)) if x1 > x0 => Some(x1),
-        _ => None,
-    };
-    let b_requests_rx = d(b1, b0, "a", "requests_rx");
+    let (x0, x1) = (
+        a0.agent.sender_max_lateness_us,
+        a1.agent.sender_max_lateness_us,
+    );
+    let a_sender_max_lateness_us = (x1 > x0).then_some(x1);
+    let b_requests_rx = d(b1, b0, "a", |l| l.requests_rx);
     let mut xdp_counters = Vec::new();
     for (node, v1, v0) in [("A", a1, a0), ("B", b1, b0)] {
-        if let Some(map) = v1["xdp_counters"].as_object() {
-            for (k, x) in map {
-                let delta = x.as_i64().unwrap_or(0) - v0["xdp_counters"][k].as_i64().unwrap_or(0);
-                if delta != 0 {
-                    xdp_counters.push((node.to_owned(), k.clone(), delta));
-                }
+        for (k, &x) in &v1.xdp_counters {
+            let delta = x as i64 - v0.xdp_counters.get(k).copied().unwrap_or(0) as i64;
+            if delta != 0 {
+                xdp_counters.push((node.to_owned(), k.clone(), delta));
             }
         }
     }
@@ -796,12 +791,12 @@ fn delivery(before: &Statuses, after: &Statuses, per_s: f64, window_s: f64) -> O
         expected_from_a: expected,
         a_missed_ticks: a_missed,
         b_requests_rx,
-        b_replies_tx: d(b1, b0, "a", "replies_tx"),
-        a_replies_rx: d(a1, a0, "b", "replies_rx"),
+        b_replies_tx: d(b1, b0, "a", |l| l.replies_tx),
+        a_replies_rx: d(a1, a0, "b", |l| l.replies_rx),
         lost_from_a: expected as i64 - a_missed as i64 - b_requests_rx as i64,
         count_tolerance: ((skew0 + skew1) * per_s).ceil() as u64 + 2,
         a_sender_max_lateness_us,
-        b_link_down_events: d(b1, b0, "a", "down_events"),
+        b_link_down_events: d(b1, b0, "a", |l| l.down_events),
         xdp_counters,
     })
 }

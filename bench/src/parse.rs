@@ -7,6 +7,7 @@
 //! tests run them on output captured from the real daemons
 //! (`samples/`).
 
+use heartbeat_api::journal::{Entry, EventKind};
 use std::net::Ipv4Addr;
 
 /// What a line says about the peer.
@@ -364,22 +365,22 @@ pub fn corosync_obs(line: &str, peer_id: u32, now_ns: i64) -> Option<Obs> {
 /// The time is the kernel's (`kernel_wall_ns`), the handled time the
 /// agent's.
 pub fn heartbeat_obs(line: &str, peer: &str) -> Option<Obs> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let event = v.get("event")?.as_str()?;
-    if v.get("peer").and_then(|p| p.as_str()) != Some(peer) {
+    let e: Entry = serde_json::from_str(line).ok()?;
+    if e.peer.as_deref() != Some(peer) {
         return None;
     }
-    let transition = match event {
-        "node_down" => Transition::Down,
-        "node_up" => Transition::Up,
-        "link_down" => Transition::Suspect,
+    let transition = match e.event {
+        EventKind::NodeDown => Transition::Down,
+        EventKind::NodeUp => Transition::Up,
+        EventKind::LinkDown => Transition::Suspect,
         _ => return None,
     };
-    let kernel = v.get("kernel_wall_ns").and_then(serde_json::Value::as_i64);
-    let handled = v.get("handled_wall_ns").and_then(serde_json::Value::as_i64);
-    let mut detail = event.to_owned();
-    if let Some(cause) = v.get("cause").and_then(|c| c.as_str()) {
-        detail.push_str(&format!(" ({cause})"));
+    let wall = |ns: u64| (ns != 0).then_some(ns as i64);
+    let kernel = wall(e.kernel_wall_ns);
+    let handled = wall(e.handled_wall_ns);
+    let mut detail = e.event.as_str().to_owned();
+    if !e.cause.is_empty() {
+        detail.push_str(&format!(" ({})", e.cause));
     }
     Some(Obs {
         wall_ns: kernel.or(handled)?,
@@ -391,8 +392,8 @@ pub fn heartbeat_obs(line: &str, peer: &str) -> Option<Obs> {
 
 /// Events of the agent itself worth counting (`agent_stale`), by name.
 pub fn heartbeat_event_name(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    Some(v.get("event")?.as_str()?.to_owned())
+    let e: Entry = serde_json::from_str(line).ok()?;
+    Some(e.event.as_str().to_owned())
 }
 
 #[cfg(test)]

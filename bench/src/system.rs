@@ -96,8 +96,8 @@ pub trait System {
         None
     }
 
-    /// The node's own status report as JSON (heartbeat only).
-    fn status(&self, _node: Node) -> Option<serde_json::Value> {
+    /// The node's own status report (heartbeat only).
+    fn status(&self, _node: Node) -> Option<heartbeat_api::status::StatusReport> {
         None
     }
 
