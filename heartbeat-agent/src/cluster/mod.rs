@@ -713,7 +713,6 @@ pub async fn run(
                 Command::Control(call) => r.on_command(call),
             },
             () = tokio::time::sleep(sleep) => {
-                *r.messages.entry("ticks".into()).or_default() += 1;
                 r.feed(Input::Tick { now_ns: crate::clock::mono_ns() });
             }
             () = cancel.cancelled() => break,
