@@ -97,19 +97,7 @@ fn second_agent_on_a_node_fails_cleanly_and_the_first_keeps_running() {
     let mut c = Cluster::new(2, 1, STEADY, false);
     c.start_all();
     c.wait_all_up(Duration::from_secs(10));
-    let a = c.index("alpha");
-    let out = c.nodes[a]
-        .ns
-        .command(agent_binary())
-        .args([
-            "run",
-            "--config",
-            c.config.to_str().unwrap(),
-            "--node",
-            "alpha",
-        ])
-        .output()
-        .expect("second agent");
+    let out = c.run_once("alpha");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let last = err.lines().last().unwrap_or_default();

@@ -145,18 +145,7 @@ fn a_journal_fifo_without_reader_blocks_nothing() {
     let fifo = c.journal_path("alpha");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let a = c.index("alpha");
-    let out = c.nodes[a]
-        .ns
-        .command(agent_binary())
-        .args([
-            "run",
-            "--config",
-            c.config.to_str().unwrap(),
-            "--node",
-            "alpha",
-        ])
-        .output()
-        .unwrap();
+    let out = c.run_once("alpha");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("events_file") && err.contains("FIFO"), "{err}");
@@ -191,18 +180,7 @@ fn a_control_socket_path_that_is_not_a_socket_is_never_replaced() {
     c.edit_config(|t| t.replace("socket = \"{node}.sock\"", "socket = \"cluster.toml\""));
     let text = fs::read_to_string(&c.config).unwrap();
     let a = c.index("alpha");
-    let out = c.nodes[a]
-        .ns
-        .command(agent_binary())
-        .args([
-            "run",
-            "--config",
-            c.config.to_str().unwrap(),
-            "--node",
-            "alpha",
-        ])
-        .output()
-        .unwrap();
+    let out = c.run_once("alpha");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not a socket"), "{err}");

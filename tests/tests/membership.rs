@@ -12,7 +12,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use heartbeat_api::status::StatusReport;
 use heartbeat_tests::{NftGuard, Signal, nft_egress_rule};
 use support::{Cluster, EventKind, NodeState, Timing, addr};
 
@@ -25,44 +24,11 @@ const RELAXED: Timing = Timing {
 
 const AGREE: Duration = Duration::from_secs(20);
 
-/// (epoch, members, coordinator, quorate) as `name` reports it.
-fn view(c: &Cluster, name: &str) -> Option<(u64, Vec<String>, Option<String>, bool)> {
-    let out = c.cli(name, &["status", "--json"]);
-    if !out.status.success() {
-        return None;
-    }
-    let st: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
-    let m = st.membership;
-    let mut members = m.members;
-    members.sort();
-    Some((m.epoch, members, m.coordinator, m.quorate))
-}
-
 /// Waits until every node in `names` reports the same view with exactly
-/// `members` and a stable phase; returns (epoch, coordinator, quorate).
+/// `members`; returns (epoch, coordinator, quorate).
 fn agreed(c: &Cluster, names: &[&str], members: &[&str]) -> (u64, Option<String>, bool) {
-    let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    let deadline = Instant::now() + AGREE;
-    loop {
-        let views: Vec<_> = names.iter().map(|n| view(c, n)).collect();
-        if let Some(Some(first)) = views.first()
-            && first.0 > 0
-            && first.1 == want
-            && views.iter().all(|v| v.as_ref() == Some(first))
-        {
-            return (first.0, first.2.clone(), first.3);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreement on {want:?} among {names:?}: {views:?}\n{}",
-            names
-                .iter()
-                .map(|n| format!("--- {n}:\n{}", c.log(n)))
-                .collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (epoch, _, coordinator, quorate) = c.agreed(names, members, AGREE);
+    (epoch, coordinator, quorate)
 }
 
 /// Drops everything `from` sends to the nodes in `to` (replies included:
@@ -146,9 +112,9 @@ fn one_way_loss_gives_every_survivor_the_same_members_and_one_quorate_set() {
     // keeps alpha (highest priority, lowest id) with gamma.
     let deadline = Instant::now() + AGREE;
     loop {
-        let va = view(&c, "alpha");
-        let vb = view(&c, "beta");
-        let vg = view(&c, "gamma");
+        let va = c.view("alpha");
+        let vb = c.view("beta");
+        let vg = c.view("gamma");
         let quorate: Vec<_> = [&va, &vb, &vg]
             .iter()
             .filter_map(|v| v.as_ref().filter(|v| v.3).cloned())
@@ -336,8 +302,8 @@ fn split_two_two_with_a_quorum_server_gives_one_side_and_the_same_side_again() {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
-            q1 = view(&c, "alpha").is_some_and(|v| v.3);
-            q2 = view(&c, "gamma").is_some_and(|v| v.3);
+            q1 = c.view("alpha").is_some_and(|v| v.3);
+            q2 = c.view("gamma").is_some_and(|v| v.3);
         }
         winners.push(q1);
         drop(g);
@@ -352,8 +318,8 @@ fn split_two_two_with_a_quorum_server_gives_one_side_and_the_same_side_again() {
     let _g = split_two_two(&c);
     let deadline = Instant::now() + AGREE;
     loop {
-        let a = view(&c, "alpha");
-        let g = view(&c, "gamma");
+        let a = c.view("alpha");
+        let g = c.view("gamma");
         // (members are reported sorted by name)
         if a.as_ref().is_some_and(|v| v.1 == ["alpha", "beta"] && !v.3)
             && g.as_ref()
@@ -393,7 +359,7 @@ fn last_man_standing_shrinks_four_to_two_one_by_one() {
             c.status("alpha").membership
         );
         std::thread::sleep(Duration::from_millis(200));
-        q = view(&c, "alpha").is_some_and(|v| v.3);
+        q = c.view("alpha").is_some_and(|v| v.3);
     }
     assert_eq!(c.status("alpha").membership.quorum.votes_expected, 3);
 }
@@ -464,7 +430,7 @@ fn a_manual_start_forms_only_after_cluster_start() {
     c.start_all();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        view(&c, "alpha").map(|v| v.0),
+        c.view("alpha").map(|v| v.0),
         Some(0),
         "formed without `cluster start`"
     );
@@ -546,7 +512,7 @@ fn probe_fast_membership() {
         eprintln!("{n} threads:\n{}", String::from_utf8_lossy(&out.stdout));
     }
     for n in ["alpha", "beta", "gamma"] {
-        eprintln!("{n}: {:?}", view(&c, n));
+        eprintln!("{n}: {:?}", c.view(n));
         let j = c.journal(n);
         let downs = j.iter().filter(|e| e.event == EventKind::LinkDown).count();
         let views = j

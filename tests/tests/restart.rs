@@ -23,10 +23,9 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use heartbeat_api::status::StatusReport;
 use heartbeat_tests::{Signal, xdp_attached};
 use support::{Cluster, EventKind, NodeState, Timing, agent_binary, wall_ns};
 
@@ -102,44 +101,10 @@ fn start_all(c: &mut Cluster, fs: &Bpffs) {
     }
 }
 
-/// (epoch, members, coordinator, quorate) as `name` reports it.
-fn view(c: &Cluster, name: &str) -> Option<(u64, Vec<String>, Option<String>, bool)> {
-    let out = c.cli(name, &["status", "--json"]);
-    if !out.status.success() {
-        return None;
-    }
-    let st: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
-    let m = st.membership;
-    let mut members = m.members;
-    members.sort();
-    Some((m.epoch, members, m.coordinator, m.quorate))
-}
-
 /// Waits until every node in `names` reports the same view with exactly
 /// `members`; returns its epoch.
 fn agreed(c: &Cluster, names: &[&str], members: &[&str]) -> u64 {
-    let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    let deadline = Instant::now() + AGREE;
-    loop {
-        let views: Vec<_> = names.iter().map(|n| view(c, n)).collect();
-        if let Some(Some(first)) = views.first()
-            && first.0 > 0
-            && first.1 == want
-            && views.iter().all(|v| v.as_ref() == Some(first))
-        {
-            return first.0;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreement on {want:?} among {names:?}: {views:?}\n{}",
-            names
-                .iter()
-                .map(|n| format!("--- {n}:\n{}", c.log(n)))
-                .collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.agreed(names, members, AGREE).0
 }
 
 /// Epochs of the views `name` installed after `after`.

@@ -113,6 +113,9 @@ pub struct Cluster {
     _pass: Vec<aya::Ebpf>,
 }
 
+/// (epoch, members sorted by name, coordinator, quorate) of an agreed view.
+pub type View = (u64, Vec<String>, Option<String>, bool);
+
 /// Node names, in id order (id = position + 1).
 pub const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
 
@@ -465,12 +468,7 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             // The agent may not be listening yet.
-            let out = self.cli(name, &["status", "--json"]);
-            let st: Option<StatusReport> = out
-                .status
-                .success()
-                .then(|| serde_json::from_slice(&out.stdout).ok())
-                .flatten();
+            let st = self.try_status(name);
             if st
                 .as_ref()
                 .and_then(|s| s.node(peer))
@@ -485,6 +483,71 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `status --json` of `name`'s agent, or `None` while it does not
+    /// answer (not listening yet, or gone).
+    pub fn try_status(&self, name: &str) -> Option<StatusReport> {
+        let out = self.cli(name, &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The agreed view `name` reports, or `None` while it does not answer.
+    pub fn view(&self, name: &str) -> Option<View> {
+        let m = self.try_status(name)?.membership;
+        let mut members = m.members;
+        members.sort();
+        Some((m.epoch, members, m.coordinator, m.quorate))
+    }
+
+    /// Waits until every node in `names` reports the same view (epoch > 0)
+    /// with exactly `members`, and returns it; panics with the agents' logs
+    /// after `timeout`.
+    pub fn agreed(&self, names: &[&str], members: &[&str], timeout: Duration) -> View {
+        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<_> = names.iter().map(|n| self.view(n)).collect();
+            if let Some(Some(first)) = views.first()
+                && first.0 > 0
+                && first.1 == want
+                && views.iter().all(|v| v.as_ref() == Some(first))
+            {
+                return first.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreement on {want:?} among {names:?}: {views:?}\n{}",
+                names
+                    .iter()
+                    .map(|n| format!("--- {n}:\n{}", self.log(n)))
+                    .collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `heartbeat-agent run` for `name` in the foreground (in its
+    /// namespace) and returns its output: for agents expected to refuse
+    /// to start.
+    pub fn run_once(&self, name: &str) -> std::process::Output {
+        let i = self.index(name);
+        self.nodes[i]
+            .ns
+            .command(agent_binary())
+            .args([
+                "run",
+                "--config",
+                self.config.to_str().unwrap(),
+                "--node",
+                name,
+            ])
+            .output()
+            .expect("agent run")
     }
 
     /// Open file descriptors of `name`'s agent.
