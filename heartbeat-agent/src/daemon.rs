@@ -690,9 +690,9 @@ impl Supervisor {
         let _ = self
             .fast
             .try_send(fastpath::Command::SetKeys(new.keys.clone()));
-        let _ = self.fast.try_send(fastpath::Command::SetPeers(
-            new.peers.iter().map(|p| (p.id, p.link_bitmap())).collect(),
-        ));
+        let _ = self
+            .fast
+            .try_send(fastpath::Command::SetPeers(fastpath_params(&new).peers));
         let _ = self.fast.try_send(fastpath::Command::SetTimeouts {
             node_timeout_ns: c.node_timeout.as_nanos() as u64,
             agent_timeout_ns: c.agent_timeout.as_nanos() as u64,

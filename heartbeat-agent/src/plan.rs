@@ -114,12 +114,9 @@ fn shared_links<'a>(
 impl Plan {
     /// The plan of `local` in `config` (whose `{node}` paths are expanded).
     pub fn new(mut config: ClusterConfig, local: &NodeConfig, keys: ClusterKeys) -> Self {
-        config.control.socket = expand_node(&config.control.socket, &local.name);
-        config.cluster.events_file = config
-            .cluster
-            .events_file
-            .as_deref()
-            .map(|p| expand_node(p, &local.name));
+        let paths = config.local_paths(local);
+        config.control.socket = paths.control_socket;
+        config.cluster.events_file = paths.events_file;
         let port = config.cluster.port;
         let peers: Vec<PeerPlan> = config
             .nodes

@@ -24,7 +24,7 @@ use heartbeat_cluster::{
     },
     wire::{self, Keys, Message, Sealer},
 };
-use heartbeat_common::{node_state, siphash::SipKey};
+use heartbeat_common::node_state;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -164,15 +164,8 @@ pub fn params(plan: &Plan) -> Params {
     }
 }
 
-fn sip(k: &[u8; 16]) -> SipKey {
-    SipKey::from_bytes(k)
-}
-
 fn wire_keys(plan: &Plan) -> Keys {
-    Keys {
-        current: sip(&plan.keys.current),
-        next: plan.keys.next.as_ref().map(sip),
-    }
+    crate::qserver::wire_keys(&plan.keys)
 }
 
 fn api_state(s: MState) -> NodeState {
