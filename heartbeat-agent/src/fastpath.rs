@@ -697,6 +697,9 @@ pub struct FastSnapshot {
     pub attached: Vec<(String, AttachMode)>,
     /// Events the task could not read (short records).
     pub bad_events: u64,
+    /// Package id → CLOCK_MONOTONIC ns its kernel lease runs out (0:
+    /// fenced), for every package the fast path enforces.
+    pub leases: BTreeMap<u16, u64>,
 }
 
 /// Changes to the fast path while it runs (reload).
@@ -709,6 +712,34 @@ pub enum Command {
         node_timeout_ns: u64,
         agent_timeout_ns: u64,
     },
+    /// The complete set of package leases the kernel enforces (issue #9):
+    /// every configured package address is fenced (XDP drops traffic to
+    /// it, tc egress traffic from it) unless its package's lease is valid.
+    /// A package listed with `renew = false` keeps its current expiry and
+    /// runs out; one not listed any more is fenced at once.
+    SetLeases(Vec<LeaseSpec>),
+    /// Ends a package's lease now (it is being stopped or lost).
+    ReleaseLease(u16),
+}
+
+/// One package's lease as the fast path renews it (issue #9, see
+/// `heartbeat_cluster::lease` for the timing argument).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSpec {
+    /// The package's id (its index among `[[package]]`).
+    pub package: u16,
+    /// Its addresses: traffic to and from them passes only while the lease
+    /// is valid.
+    pub addrs: Vec<std::net::IpAddr>,
+    /// Whether the holder may renew now: a member of a quorate view whose
+    /// placement gives it the package, and its monitor passes.
+    pub renew: bool,
+    /// The other members eligible for the package: a renewal is anchored
+    /// at the send time of the newest heartbeat every one of them has
+    /// answered (none: at the time of renewal).
+    pub successors: Vec<u16>,
+    /// `L`, the lease length.
+    pub lease_ns: u64,
 }
 
 /// Turns a kernel event into a transport event; `None` for a record the
@@ -814,6 +845,8 @@ impl FastPath {
                 self.params.agent_timeout_ns = agent_timeout_ns;
                 self.write_config(self.enabled)
             }
+            // The kernel fence is not built yet (issue #9): nothing to do.
+            Command::SetLeases(_) | Command::ReleaseLease(_) => Ok(()),
         }
     }
 
@@ -876,6 +909,7 @@ impl FastPath {
             counters: self.counters().to_vec(),
             attached: self.attached.clone(),
             bad_events,
+            leases: BTreeMap::new(),
         }
     }
 }
