@@ -195,6 +195,37 @@ fn load_fast_path(
     Ok((fp, status, ring, false))
 }
 
+/// The kernel fence (issue #9) of a node that may run packages: every
+/// address of its packages is fenced from the start (the packages task's
+/// `SetLeases` opens them), and the links and maps are pinned so that the
+/// fence outlives this process. On failure the pins are removed (and their
+/// links detached) before the error goes up.
+fn fence_and_pin(fp: &mut FastPath, plan: &Plan, bpffs: &Path, dir: &Path) -> Result<()> {
+    let pinned = fp
+        .set_leases(crate::fence::initial_specs(plan))
+        .map_err(DaemonError::from)
+        .and_then(|()| {
+            crate::pins::ensure_bpffs(bpffs).map_err(|error| DaemonError::Pins {
+                dir: dir.to_owned(),
+                error,
+            })
+        })
+        .and_then(|()| fp.pin_fence(dir).map_err(DaemonError::from));
+    match pinned {
+        Ok(()) => {
+            tracing::info!(
+                pins = %dir.display(),
+                "package addresses fenced in the kernel; programs and maps pinned (they outlive the agent until a stop or `heartbeat-agent detach`)"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = crate::pins::remove(dir, true);
+            Err(e)
+        }
+    }
+}
+
 /// Loads the object against the pinned maps and takes over the pinned links.
 fn adopt(
     plan: &Plan,
@@ -324,6 +355,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         // gate can follow our stamp again.
         fp.finish_adoption()?;
         tracing::info!("restart window closed: this agent answers for the node");
+    }
+    if plan.fenced() {
+        fence_and_pin(&mut fp, &plan, &opts.bpffs, &pin_dir)?;
     }
 
     // The tasks.

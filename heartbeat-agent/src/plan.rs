@@ -90,7 +90,9 @@ pub struct Plan {
     pub keys: ClusterKeys,
     pub peers: Vec<PeerPlan>,
     pub links: Vec<LinkPlan>,
-    /// Interfaces carrying heartbeats (the XDP attachments), in order.
+    /// The XDP (and tc egress) attachments, in order: the interfaces
+    /// carrying heartbeats, then the devices of the local packages'
+    /// addresses that carry none (the kernel fence, issue #9).
     pub interfaces: Vec<String>,
 }
 
@@ -111,7 +113,38 @@ fn shared_links<'a>(
         })
 }
 
+/// The devices of the addresses of every package `local` may run, in
+/// configuration order, each once.
+pub fn fence_devices(config: &ClusterConfig, local: &NodeConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in local_packages(config, local) {
+        for a in &p.addresses {
+            if !out.iter().any(|d| d == a.dev()) {
+                out.push(a.dev().to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The packages `local` may run (it is among their `nodes`), with their ids.
+pub fn local_packages<'a>(
+    config: &'a ClusterConfig,
+    local: &'a NodeConfig,
+) -> impl Iterator<Item = &'a crate::config::PackageConfig> + 'a {
+    config
+        .packages
+        .iter()
+        .filter(move |p| p.nodes.iter().any(|n| n.0 == local.id))
+}
+
 impl Plan {
+    /// Whether the node may run any package: the kernel fence is then
+    /// pinned so that it outlives the agent (issue #9).
+    pub fn fenced(&self) -> bool {
+        local_packages(&self.config, &self.local).next().is_some()
+    }
+
     /// The plan of `local` in `config` (whose `{node}` paths are expanded).
     pub fn new(mut config: ClusterConfig, local: &NodeConfig, keys: ClusterKeys) -> Self {
         let paths = config.local_paths(local);
@@ -147,6 +180,13 @@ impl Plan {
             });
             if !interfaces.contains(&l.interface) {
                 interfaces.push(l.interface.clone());
+            }
+        }
+        // The kernel fence (issue #9) needs the programs on the devices of
+        // the addresses of every package this node may run, too.
+        for dev in fence_devices(&config, local) {
+            if !interfaces.contains(&dev) {
+                interfaces.push(dev);
             }
         }
         Self {
