@@ -1,0 +1,309 @@
+//! The kernel fence of package addresses (issue #9), on real veth pairs in
+//! namespaces:
+//! - the programs loaded through the fast path, with a lease on a package
+//!   address: a peer reaches the address (IPv4 and IPv6) while the lease is
+//!   valid; once it runs out the XDP program drops traffic to it and the tc
+//!   egress program traffic from it (counted), other addresses untouched;
+//!   a renewal or a release takes effect at once;
+//! - a real agent whose node may run a package: its package address is
+//!   fenced from the start, a SIGKILL leaves it dark (programs and maps
+//!   pinned, still counting drops), and `heartbeat-agent detach` removes
+//!   every pin and attachment.
+//!
+//! Every namespace, attachment and pin is removed by drop guards, also when
+//! a test panics.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test links every dependency of its package"
+)]
+
+mod support;
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use heartbeat_agent::{
+    clock::mono_ns,
+    fastpath::{FastPath, FastPathParams, LeaseSpec},
+    fence::lease_key,
+    keyfile::ClusterKeys,
+};
+use heartbeat_common::{counter, names};
+use heartbeat_tests::{Netns, Signal, VethPair, in_netns, xdp_attached};
+use support::{Cluster, Timing, agent_binary};
+
+const PKG_V4: &str = "10.77.0.100";
+const PKG_V6: &str = "fd77::100";
+
+/// Whether `ns` gets an answer from `addr` (two tries, 1 s each).
+fn answers(ns: &Netns, args: &[&str]) -> bool {
+    let mut cmd = vec!["ping", "-c", "2", "-i", "0.2", "-W", "1"];
+    cmd.extend_from_slice(args);
+    ns.exec_unchecked(&cmd)
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn load_fast_path(ns: &Netns, ifname: &str) -> FastPath {
+    let params = FastPathParams {
+        cluster_id: 99,
+        local_node: 1,
+        port: 6499,
+        node_timeout_ns: 1_000_000_000,
+        agent_timeout_ns: 1_000_000_000,
+        heartbeat_interval_ns: 10_000_000,
+        keys: ClusterKeys {
+            current: [7; 16],
+            next: None,
+        },
+        peers: Vec::new(),
+    };
+    in_netns(ns.name(), || {
+        let (mut fp, _status, _ring) =
+            FastPath::load(heartbeat_agent::EBPF_OBJECT, params, None).expect("load");
+        fp.attach(ifname).expect("attach XDP");
+        fp.attach_egress_stamp(ifname).expect("attach tc egress");
+        fp
+    })
+    .expect("enter the namespace")
+}
+
+fn spec(renew: bool, lease_ns: u64) -> LeaseSpec {
+    LeaseSpec {
+        package: 0,
+        addrs: vec![PKG_V4.parse().unwrap(), PKG_V6.parse().unwrap()],
+        renew,
+        successors: Vec::new(),
+        lease_ns,
+    }
+}
+
+fn fenced(fp: &FastPath) -> (u64, u64) {
+    let c = fp.counters();
+    (
+        c[counter::FENCED_IN as usize],
+        c[counter::FENCED_OUT as usize],
+    )
+}
+
+#[test]
+fn traffic_passes_while_the_lease_is_valid_and_is_dropped_both_ways_once_it_runs_out() {
+    let server = Netns::new("hbf").expect("netns");
+    let client = Netns::new("hbf").expect("netns");
+    let pair = VethPair::connect(
+        &server,
+        &client,
+        [
+            "10.77.0.1/24",
+            &format!("{PKG_V4}/24"),
+            &format!("{PKG_V6}/64"),
+        ],
+        ["10.77.0.2/24", "fd77::2/64"],
+    )
+    .expect("veth");
+    let mut fp = load_fast_path(&server, &pair.if_a);
+
+    // Not in the map yet: untouched.
+    assert!(answers(&client, &[PKG_V4]));
+
+    // A valid lease: both families pass, both ways.
+    let lease_ns = 1_500_000_000;
+    fp.set_leases(vec![spec(true, lease_ns)]).unwrap();
+    let key = lease_key(PKG_V4.parse::<IpAddr>().unwrap());
+    let until = fp.lease_entries()[&key].until_ns;
+    assert!(until > mono_ns() && until <= mono_ns() + lease_ns);
+    assert_eq!(fp.lease_entries().len(), 2);
+    assert!(answers(&client, &[PKG_V4]));
+    assert!(answers(&client, &[PKG_V6]));
+    assert!(answers(&server, &["-I", PKG_V4, "10.77.0.2"]));
+    assert_eq!(fenced(&fp), (0, 0));
+
+    // Renewals while allowed (no successors: anchored now), never shorter.
+    assert_eq!(fp.renew_leases().unwrap(), 1);
+    let renewed = fp.lease_entries()[&key].until_ns;
+    assert!(renewed > until);
+
+    // Not renewed any more: it keeps its expiry and runs out.
+    fp.set_leases(vec![spec(false, lease_ns)]).unwrap();
+    assert_eq!(fp.renew_leases().unwrap(), 0);
+    assert_eq!(fp.lease_entries()[&key].until_ns, renewed);
+    while mono_ns() < renewed {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!answers(&client, &[PKG_V4]), "a fenced address answered");
+    assert!(
+        !answers(&client, &[PKG_V6]),
+        "a fenced IPv6 address answered"
+    );
+    let (fin, fout) = fenced(&fp);
+    assert!(fin >= 4, "the XDP program counted {fin} fenced packets");
+    // Other addresses of the same interface are not fenced.
+    assert!(answers(&client, &["10.77.0.1"]));
+    assert_eq!(fenced(&fp).0, fin);
+    // The reply direction: traffic from the address is dropped on egress.
+    assert!(!answers(&server, &["-I", PKG_V4, "10.77.0.2"]));
+    let (_, fout2) = fenced(&fp);
+    assert!(
+        fout2 >= fout + 2,
+        "the egress program counted {} fenced packets",
+        fout2 - fout
+    );
+    assert_eq!(fp.snapshot(0).leases[&0], renewed);
+
+    // Renewed again: open at once; released: fenced at once.
+    fp.set_leases(vec![spec(true, 60_000_000_000)]).unwrap();
+    assert!(answers(&client, &[PKG_V4]));
+    fp.release_lease(0).unwrap();
+    assert_eq!(fp.lease_entries()[&key].until_ns, 0);
+    assert!(!answers(&client, &[PKG_V4]));
+    // A release is not undone by the renewal tick.
+    assert_eq!(fp.renew_leases().unwrap(), 0);
+    // A package no longer listed stays fenced.
+    fp.set_leases(Vec::new()).unwrap();
+    assert!(fp.lease_entries().values().all(|e| e.until_ns == 0));
+    assert!(!answers(&client, &[PKG_V4]));
+    drop(fp);
+    // Detached with the fast path: the address answers again.
+    assert!(answers(&client, &[PKG_V4]));
+}
+
+/// A bpffs mounted in a scratch directory (`ip netns exec` hides the
+/// host's); dropping it detaches and removes every pin under it and
+/// unmounts it.
+struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hb-test-fence-bpffs-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount -t bpf bpf {}", dir.display());
+        Self { dir }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let root = self.dir.join("heartbeat");
+        for d in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = heartbeat_agent::pins::remove(&d.path(), true);
+        }
+        let _ = fs::remove_dir(&root);
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// FENCED_IN summed over CPUs, read from the pinned counters.
+fn pinned_fenced_in(dir: &std::path::Path) -> u64 {
+    let data = MapData::from_pin(dir.join(names::COUNTERS)).expect("pinned COUNTERS");
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("per-CPU array");
+    counters
+        .get(&counter::FENCED_IN, 0)
+        .map(|v| v.iter().sum())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
+    let bpffs = Bpffs::new();
+    let mut c = Cluster::new(
+        2,
+        1,
+        Timing {
+            interval: "10ms",
+            node_timeout: "300ms",
+            agent_timeout: "1s",
+        },
+        false,
+    );
+    // The package's device carries no heartbeats: a client segment.
+    let client = Netns::new("hbf").expect("netns");
+    let alpha = c.index("alpha");
+    let pair = VethPair::connect(
+        &c.nodes[alpha].ns,
+        &client,
+        ["10.78.0.1/24", "10.78.0.100/24"],
+        ["10.78.0.2/24"],
+    )
+    .expect("client veth");
+    let dev = pair.if_a.clone();
+    c.edit_config(|t| {
+        format!(
+            "{t}\n[[package]]\nname = \"web\"\nnodes = [\"alpha\"]\n\
+             addresses = [\"10.78.0.100/24 dev {dev}\"]\n\
+             start = \"/bin/true\"\nstop = \"/bin/true\"\nmonitor = \"/bin/true\"\n"
+        )
+    });
+    let env = format!("HEARTBEAT_BPFFS={}", bpffs.dir.display());
+    assert!(answers(&client, &["10.78.0.100"]), "no agent yet");
+    c.start_prefixed("alpha", &["env", &env]);
+    let pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 1);
+    let pinned = || heartbeat_agent::pins::list(&pins);
+    wait_for("alpha's fence pins", Duration::from_secs(20), || {
+        let p = pinned();
+        p.iter().any(|n| n == names::LEASES)
+            && p.iter().any(|n| n == &format!("tcx-egress-{dev}"))
+            && p.iter().any(|n| n.starts_with("xdp-") && n.ends_with(&dev))
+    });
+    assert!(xdp_attached(&c.nodes[alpha].ns, &dev));
+    // Fenced from the start (nothing renews it yet); other addresses pass.
+    assert!(!answers(&client, &["10.78.0.100"]), "fenced from the start");
+    assert!(answers(&client, &["10.78.0.1"]));
+
+    c.agent("alpha").signal(Signal::SIGKILL).unwrap();
+    c.agent("alpha").wait().unwrap();
+    c.nodes[alpha].agent = None;
+    // The programs outlive the agent: still attached, still dropping.
+    assert!(xdp_attached(&c.nodes[alpha].ns, &dev));
+    let before = pinned_fenced_in(&pins);
+    assert!(!answers(&client, &["10.78.0.100"]), "open after a SIGKILL");
+    assert!(pinned_fenced_in(&pins) > before);
+    assert!(answers(&client, &["10.78.0.1"]));
+    assert!(!pinned().is_empty());
+
+    let out = Command::new(agent_binary())
+        .args(["detach", "--config"])
+        .arg(&c.config)
+        .args(["--node", "alpha"])
+        .env("HEARTBEAT_BPFFS", &bpffs.dir)
+        .output()
+        .expect("detach");
+    assert!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pinned().is_empty(), "pins left: {:?}", pinned());
+    assert!(!xdp_attached(&c.nodes[alpha].ns, &dev));
+    let tcx = heartbeat_tests::tcx_attachments(Some(c.nodes[alpha].ns.name())).unwrap();
+    assert!(tcx.is_empty(), "TCX left: {tcx:?}");
+    assert!(answers(&client, &["10.78.0.100"]), "detach opens it");
+}
