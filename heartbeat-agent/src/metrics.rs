@@ -143,6 +143,13 @@ pub struct Snapshot {
     pub messages: Vec<(String, u64)>,
     /// Reformation events by cause.
     pub reformations: Vec<(String, u64)>,
+    /// The kernel fence (issue #9): packets dropped to and from package
+    /// addresses whose lease ran out, lease renewals, and each enforced
+    /// package's (name, seconds of lease left).
+    pub fenced_in: u64,
+    pub fenced_out: u64,
+    pub lease_renewals: u64,
+    pub lease_left: Vec<(String, f64)>,
 }
 
 /// The snapshot now, from what the subsystems published.
@@ -191,6 +198,20 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         .enumerate()
         .map(|(i, k)| (k.as_str(), src.journal.recorded[i].load(Ordering::Relaxed)))
         .collect();
+    let fence_counter = |i: u32| fast.counters.get(i as usize).copied().unwrap_or(0);
+    let now = crate::clock::mono_ns();
+    let lease_left = fast
+        .leases
+        .iter()
+        .map(|(&id, &until)| {
+            let name = plan
+                .config
+                .packages
+                .get(usize::from(id))
+                .map_or_else(|| format!("package{id}"), |p| p.spec.name.to_string());
+            (name, until.saturating_sub(now) as f64 / 1e9)
+        })
+        .collect();
     let m = &view.membership;
     let coordinator = m
         .coordinator
@@ -218,6 +239,10 @@ pub fn snapshot(src: &Sources) -> Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
+        fenced_in: fence_counter(counter::FENCED_IN),
+        fenced_out: fence_counter(counter::FENCED_OUT),
+        lease_renewals: fast.lease_renewals,
+        lease_left,
     }
 }
 
@@ -465,6 +490,30 @@ impl Collector for HeartbeatCollector {
         )?;
         for (what, v) in &snap.messages {
             ConstCounter::new(*v).encode(m.encode_family(&[("what", what.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_fence_packets",
+            "Packets dropped by the kernel fence: to (in, XDP) or from (out, tc egress) a package address whose lease ran out",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, v) in [("in", snap.fenced_in), ("out", snap.fenced_out)] {
+            ConstCounter::new(v).encode(m.encode_family(&[("direction", direction)])?)?;
+        }
+        ConstCounter::new(snap.lease_renewals).encode(enc.encode_descriptor(
+            "heartbeat_lease_renewals",
+            "Package lease renewals written to the kernel fence",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut m = enc.encode_descriptor(
+            "heartbeat_package_lease_remaining_seconds",
+            "Seconds until the kernel fence closes the package's addresses on this node (0: fenced)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (package, left) in &snap.lease_left {
+            ConstGauge::new(*left).encode(m.encode_family(&[("package", package.as_str())])?)?;
         }
         let agent_counters: [(&str, &str, u64); 3] = [
             (

@@ -7,8 +7,9 @@
 //!   a renewal or a release takes effect at once;
 //! - a real agent whose node may run a package: its package address is
 //!   fenced from the start, a SIGKILL leaves it dark (programs and maps
-//!   pinned, still counting drops), and `heartbeat-agent detach` removes
-//!   every pin and attachment.
+//!   pinned, still counting drops), the next agent replaces the stale pins,
+//!   a graceful stop removes every pin and attachment, and after another
+//!   SIGKILL `heartbeat-agent detach` does. Its metrics show the drops and the lease.
 //!
 //! Every namespace, attachment and pin is removed by drop guards, also when
 //! a test panics.
@@ -242,7 +243,7 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
             node_timeout: "300ms",
             agent_timeout: "1s",
         },
-        false,
+        true,
     );
     // The package's device carries no heartbeats: a client segment.
     let client = Netns::new("hbf").expect("netns");
@@ -277,6 +278,18 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
     // Fenced from the start (nothing renews it yet); other addresses pass.
     assert!(!answers(&client, &["10.78.0.100"]), "fenced from the start");
     assert!(answers(&client, &["10.78.0.1"]));
+    // The metrics show the drops and the lease.
+    wait_for("the fence in the metrics", Duration::from_secs(5), || {
+        let text = support::http_get(&c.nodes[alpha].ns, "127.0.0.1:9465", "/metrics");
+        let value = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        value("heartbeat_fence_packets_total{direction=\"in\"}").is_some_and(|v| v > 0.0)
+            && value("heartbeat_package_lease_remaining_seconds{package=\"web\"}") == Some(0.0)
+            && value("heartbeat_lease_renewals_total").is_some()
+    });
 
     c.agent("alpha").signal(Signal::SIGKILL).unwrap();
     c.agent("alpha").wait().unwrap();
@@ -288,6 +301,35 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
     assert!(pinned_fenced_in(&pins) > before);
     assert!(answers(&client, &["10.78.0.1"]));
     assert!(!pinned().is_empty());
+
+    // The next agent cannot adopt them (no announced restart): it removes
+    // them and fences and pins afresh.
+    let seen = c.log("alpha").len();
+    c.start_prefixed("alpha", &["env", &env]);
+    let new_log = |c: &Cluster| c.log("alpha").get(seen..).unwrap_or_default().to_owned();
+    wait_for("the stale pins replaced", Duration::from_secs(20), || {
+        new_log(&c).contains("package addresses fenced in the kernel")
+    });
+    let log = new_log(&c);
+    assert!(log.contains("stale pins removed"), "{log}");
+    assert!(!answers(&client, &["10.78.0.100"]));
+    // A graceful stop removes every pin and attachment.
+    c.agent("alpha").terminate().unwrap();
+    c.agent("alpha").wait().unwrap();
+    c.nodes[alpha].agent = None;
+    assert!(pinned().is_empty(), "pins left by a stop: {:?}", pinned());
+    assert!(!xdp_attached(&c.nodes[alpha].ns, &dev));
+    assert!(answers(&client, &["10.78.0.100"]), "a stop opens it");
+
+    // Killed again: dark until `heartbeat-agent detach`.
+    c.start_prefixed("alpha", &["env", &env]);
+    wait_for("alpha's fence pins", Duration::from_secs(20), || {
+        pinned().iter().any(|n| n == names::LEASES)
+    });
+    c.agent("alpha").signal(Signal::SIGKILL).unwrap();
+    c.agent("alpha").wait().unwrap();
+    c.nodes[alpha].agent = None;
+    assert!(!answers(&client, &["10.78.0.100"]));
 
     let out = Command::new(agent_binary())
         .args(["detach", "--config"])
