@@ -9,7 +9,8 @@
 //!   fenced from the start, a SIGKILL leaves it dark (programs and maps
 //!   pinned, still counting drops), the next agent replaces the stale pins,
 //!   a graceful stop removes every pin and attachment, and after another
-//!   SIGKILL `heartbeat-agent detach` does. Its metrics show the drops and the lease.
+//!   SIGKILL `heartbeat-agent detach` does; an announced restart is
+//!   adopted and the fence pinned again. Its metrics show the drops and the lease.
 //!
 //! Every namespace, attachment and pin is removed by drop guards, also when
 //! a test panics.
@@ -232,10 +233,12 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
-    let bpffs = Bpffs::new();
-    let mut c = Cluster::new(
+/// A two-node cluster whose node alpha may run package `web`, with its
+/// address 10.78.0.100 on a device that carries no heartbeats (a client
+/// segment, the client in its own namespace); metrics on. Returns the
+/// cluster, the client namespace and alpha's package device.
+fn fenced_cluster() -> (Cluster, Netns, String) {
+    let c = Cluster::new(
         2,
         1,
         Timing {
@@ -245,7 +248,6 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
         },
         true,
     );
-    // The package's device carries no heartbeats: a client segment.
     let client = Netns::new("hbf").expect("netns");
     let alpha = c.index("alpha");
     let pair = VethPair::connect(
@@ -263,6 +265,14 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
              start = \"/bin/true\"\nstop = \"/bin/true\"\nmonitor = \"/bin/true\"\n"
         )
     });
+    (c, client, dev)
+}
+
+#[test]
+fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
+    let bpffs = Bpffs::new();
+    let (mut c, client, dev) = fenced_cluster();
+    let alpha = c.index("alpha");
     let env = format!("HEARTBEAT_BPFFS={}", bpffs.dir.display());
     assert!(answers(&client, &["10.78.0.100"]), "no agent yet");
     c.start_prefixed("alpha", &["env", &env]);
@@ -348,4 +358,59 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
     let tcx = heartbeat_tests::tcx_attachments(Some(c.nodes[alpha].ns.name())).unwrap();
     assert!(tcx.is_empty(), "TCX left: {tcx:?}");
     assert!(answers(&client, &["10.78.0.100"]), "detach opens it");
+}
+
+#[test]
+fn an_announced_restart_of_a_fenced_node_is_adopted_and_pinned_again() {
+    let bpffs = Bpffs::new();
+    let (mut c, client, dev) = fenced_cluster();
+    let alpha = c.index("alpha");
+    let env = format!("HEARTBEAT_BPFFS={}", bpffs.dir.display());
+    let pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 1);
+    let tcx_pin = format!("tcx-egress-{dev}");
+    let pinned = || heartbeat_agent::pins::list(&pins);
+    c.start_prefixed("alpha", &["env", &env]);
+    wait_for("alpha's fence pins", Duration::from_secs(20), || {
+        pinned().contains(&tcx_pin)
+    });
+    c.agent("alpha").signal(Signal::SIGUSR2).unwrap();
+    let status = c
+        .agent("alpha")
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("SIGUSR2 makes the agent exit for a restart");
+    assert_eq!(status.code(), Some(75), "{}", c.log("alpha"));
+    c.nodes[alpha].agent = None;
+    assert!(
+        !answers(&client, &["10.78.0.100"]),
+        "open during the restart"
+    );
+
+    let seen = c.log("alpha").len();
+    c.start_prefixed("alpha", &["env", &env]);
+    let new_log = |c: &Cluster| c.log("alpha").get(seen..).unwrap_or_default().to_owned();
+    wait_for(
+        "the adoption and the fence",
+        Duration::from_secs(20),
+        || new_log(&c).contains("package addresses fenced in the kernel"),
+    );
+    let log = new_log(&c);
+    assert!(log.contains("adopting the XDP program"), "{log}");
+    assert!(!log.contains("cannot be adopted"), "{log}");
+    let p = pinned();
+    assert!(
+        p.contains(&tcx_pin) && p.iter().any(|n| n == names::LEASES),
+        "{p:?}"
+    );
+    assert!(!answers(&client, &["10.78.0.100"]));
+    assert!(answers(&client, &["10.78.0.1"]));
+    // One TCX program per device: the old agent's went with its pins.
+    let tcx = heartbeat_tests::tcx_attachments(Some(c.nodes[alpha].ns.name())).unwrap();
+    assert_eq!(tcx.iter().filter(|t| t.ifname == dev).count(), 1, "{tcx:?}");
+
+    c.agent("alpha").terminate().unwrap();
+    c.agent("alpha").wait().unwrap();
+    c.nodes[alpha].agent = None;
+    assert!(pinned().is_empty(), "pins left by a stop: {:?}", pinned());
+    assert!(answers(&client, &["10.78.0.100"]));
 }
