@@ -118,7 +118,9 @@ fn shared_links<'a>(
 pub fn fence_devices(config: &ClusterConfig, local: &NodeConfig) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in local_packages(config, local) {
-        for a in &p.addresses {
+        // (An address without a device goes on a heartbeat link, which
+        // carries the programs already.)
+        for a in p.addresses.iter().filter(|a| !a.dev().is_empty()) {
             if !out.iter().any(|d| d == a.dev()) {
                 out.push(a.dev().to_owned());
             }

@@ -8,9 +8,10 @@
 //! goes dark at the lease's end by this node's clock, and stays dark while
 //! the programs stay attached (pinned in bpffs).
 //!
-//! - XDP ([`fenced_in`]): an IPv4/IPv6 packet to, or an ARP packet asking
-//!   for (target protocol address), an address whose lease has run out is
-//!   dropped and counted in `FENCED_IN`.
+//! - XDP ([`fenced_in`]): an IPv4/IPv6 packet to, or an ARP request asking
+//!   for (target protocol address; announcements, whose sender and target
+//!   are the same, pass), an address whose lease has run out is dropped
+//!   and counted in `FENCED_IN`.
 //! - tc egress ([`fenced_out`]): an IPv4/IPv6 packet from, or an ARP packet
 //!   sent for (sender protocol address), such an address is dropped
 //!   (`TC_ACT_SHOT`) and counted in `FENCED_OUT`. Fencing ARP keeps a
@@ -37,6 +38,8 @@ use crate::packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, VlanTag, at, be16};
 
 /// ARP's Ethernet type.
 const ETH_P_ARP: u16 = 0x0806;
+/// ARP operation: request.
+const ARP_REQUEST: u16 = 1;
 
 #[btf_map]
 pub static LEASES: HashMap<LeaseKey, LeaseEntry, { MAX_LEASED_ADDRS as usize }> = HashMap::new();
@@ -111,8 +114,19 @@ fn dst_key(ctx: &XdpContext) -> Option<LeaseKey> {
         ETH_P_ARP => {
             let arp: *const ArpV4 = at(ctx, l3)?;
             // SAFETY: `at` checked that the ARP packet lies inside the packet.
-            let (ptype, plen, tpa) = unsafe { ((*arp).ptype, (*arp).plen, (*arp).tpa) };
-            (be16(ptype) == ETH_P_IPV4 && plen == 4).then_some(LeaseKey::v4(tpa))
+            let (ptype, plen, oper, spa, tpa) = unsafe {
+                (
+                    (*arp).ptype,
+                    (*arp).plen,
+                    (*arp).oper,
+                    (*arp).spa,
+                    (*arp).tpa,
+                )
+            };
+            // Requests only, and not announcements (sender = target): a new
+            // owner's gratuitous ARP must still reach this node's cache.
+            (be16(ptype) == ETH_P_IPV4 && plen == 4 && be16(oper) == ARP_REQUEST && spa != tpa)
+                .then_some(LeaseKey::v4(tpa))
         }
         _ => None,
     }

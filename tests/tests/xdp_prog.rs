@@ -1339,6 +1339,12 @@ fn the_fence_drops_frames_to_and_from_addresses_whose_lease_ran_out() {
     ] {
         assert_eq!(egress(&h, &f), (TC_ACT_SHOT, 1));
     }
+    // A new owner's announcement (gratuitous ARP: sender = target) passes.
+    h.expect(
+        &arp_request(PEER_MAC, local4, local4),
+        XDP_PASS,
+        counter::PASS_NOT_HEARTBEAT,
+    );
     // Addresses not in the map pass: to the peer's address, from it, and
     // ARP asking for it.
     h.expect(
