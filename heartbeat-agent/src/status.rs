@@ -40,6 +40,8 @@ pub struct Sources {
     /// Time to agreed membership.
     pub agreement: Arc<crate::metrics::Histogram>,
     pub started: Instant,
+    /// The packages task's view.
+    pub packages: watch::Receiver<crate::packages::task::PackagesView>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -194,6 +196,8 @@ impl Sources {
             nodes,
             xdp_counters,
             messages: view.messages.clone(),
+            packages: self.packages.borrow().packages.clone(),
+            frozen: self.packages.borrow().frozen,
         }
     }
 }
@@ -261,6 +265,48 @@ pub fn render(this: &StatusReport) -> String {
             .map(|v| format!("; quorum server {v}"))
             .unwrap_or_default()
     );
+    if !this.packages.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "  PACKAGE          OWNER            HERE         HEALTH     LEASE      REASON{}",
+            if this.frozen {
+                "   [cluster FROZEN]"
+            } else {
+                ""
+            }
+        );
+        for p in &this.packages {
+            let health = if p.fatal {
+                "fatal"
+            } else if p.banned {
+                "banned"
+            } else if !p.healthy {
+                "failing"
+            } else {
+                "ok"
+            };
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<16} {:<12} {:<10} {:<10} {}",
+                p.name,
+                p.owner.as_deref().unwrap_or("-"),
+                p.local_state,
+                health,
+                format!("{:.1}ms", p.lease_remaining_ms),
+                p.reason
+            );
+            if let Some(w) = &p.waiting_for {
+                let _ = writeln!(s, "    waiting for {w}");
+            }
+            if !p.healthy_on.is_empty() {
+                let _ = writeln!(s, "    healthy on {}", p.healthy_on.join(", "));
+            }
+            if let Some(f) = &p.last_failover {
+                let _ = writeln!(s, "    last change: {f}");
+            }
+        }
+    }
     for n in &this.nodes {
         let _ = writeln!(s);
         let _ = writeln!(s, "  NODE             ID   STATUS");
