@@ -10,7 +10,11 @@
 //!   pinned, still counting drops), the next agent replaces the stale pins,
 //!   a graceful stop removes every pin and attachment, and after another
 //!   SIGKILL `heartbeat-agent detach` does; an announced restart is
-//!   adopted and the fence pinned again. Its metrics show the drops and the lease.
+//!   adopted and the fence pinned again;
+//! - with the packages task: the owner answers while it renews; when only
+//!   its agent is killed (address, link and service left), its kernel
+//!   stops answering for the address (ARP included) and the new owner
+//!   answers alone. Its metrics show the drops and the lease.
 //!
 //! Every namespace, attachment and pin is removed by drop guards, also when
 //! a test panics.
@@ -422,4 +426,102 @@ fn an_announced_restart_of_a_fenced_node_is_adopted_and_pinned_again() {
     c.nodes[alpha].agent = None;
     assert!(pinned().is_empty(), "pins left by a stop: {:?}", pinned());
     assert!(vip_answers(&c, &client, &dev));
+}
+
+/// The MAC of `ifname` in `ns`.
+fn mac_of(ns: &Netns, ifname: &str) -> String {
+    let out = ns.ip(&["-br", "link", "show", "dev", ifname]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_killed_owner_is_fenced_by_its_kernel_and_the_new_owner_answers() {
+    const VIP: &str = "10.210.0.100";
+    let bpffs = Bpffs::new();
+    let mut c = Cluster::new(
+        3,
+        1,
+        Timing {
+            interval: "10ms",
+            node_timeout: "300ms",
+            agent_timeout: "1s",
+        },
+        false,
+    );
+    // The client: the hub namespace, on the heartbeat segment.
+    c.hub(0)
+        .ip(&["addr", "add", "10.210.0.200/24", "dev", "br0"])
+        .unwrap();
+    c.edit_config(|t| {
+        format!(
+            "{t}\n[[package]]\nname = \"web\"\nnodes = [\"alpha\", \"beta\"]\n\
+             addresses = [\"{VIP}/24\"]\nstart = \"/bin/true\"\nstop = \"/bin/true\"\n\
+             monitor = \"/bin/true\"\n"
+        )
+    });
+    let env = format!("HEARTBEAT_BPFFS={}", bpffs.dir.display());
+    for n in ["alpha", "beta", "gamma"] {
+        c.start_prefixed(n, &["env", &env]);
+    }
+    let client = |c: &Cluster| {
+        c.hub(0)
+            .exec_unchecked(&["ping", "-c", "1", "-W", "1", VIP])
+    };
+    let answered = |c: &Cluster| client(c).is_ok_and(|o| o.status.success());
+    let holds = |c: &Cluster, n: &str| {
+        c.nodes[c.index(n)]
+            .ns
+            .exec(&["ip", "-o", "addr", "show"])
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/24")))
+    };
+    wait_for("alpha serving web", Duration::from_secs(30), || {
+        holds(&c, "alpha") && answered(&c)
+    });
+    // alpha answers: its fast path renewed the lease (fenced from the
+    // start), anchored at the send times of heartbeats its successor beta
+    // answered.
+    let alpha_pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 1);
+    assert!(
+        heartbeat_agent::pins::list(&alpha_pins)
+            .iter()
+            .any(|n| n == names::LEASES)
+    );
+
+    // Kill alpha's agent only: its address, link and "service" stay.
+    c.agent("alpha").signal(Signal::SIGKILL).unwrap();
+    c.agent("alpha").wait().unwrap();
+    let a = c.index("alpha");
+    c.nodes[a].agent = None;
+    let killed = Instant::now();
+    wait_for("beta serving web", Duration::from_secs(30), || {
+        holds(&c, "beta") && answered(&c)
+    });
+    eprintln!(
+        "web answered from beta {} ms after alpha's agent was killed",
+        killed.elapsed().as_millis()
+    );
+    assert!(holds(&c, "alpha"), "alpha keeps the address configured");
+    // Both hold the address; only beta answers for it: alpha's kernel
+    // drops the ARP requests for it (counted in alpha's pinned counters).
+    let beta = c.index("beta");
+    let beta_mac = mac_of(&c.nodes[beta].ns, &c.nodes[beta].ifaces[0]);
+    let before = pinned_fenced_in(&alpha_pins);
+    for _ in 0..3 {
+        c.hub(0).ip(&["neigh", "flush", "dev", "br0"]).unwrap();
+        assert!(answered(&c));
+        let out = c.hub(0).ip(&["neigh", "show", VIP]).unwrap();
+        let neigh = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            neigh.contains(&beta_mac),
+            "{VIP} resolved to {neigh}, not beta ({beta_mac})"
+        );
+    }
+    assert!(
+        pinned_fenced_in(&alpha_pins) > before,
+        "alpha's kernel dropped no ARP request for the fenced address"
+    );
 }
