@@ -35,6 +35,13 @@
 //! still open and they match its configuration (else it detaches and
 //! removes them and starts fresh), and closes the window once its own
 //! sender runs.
+//!
+//! Kernel fence (issue #9): on a node that may run packages, every package
+//! address is fenced (`LEASES`, 0) before the program is attached, and the
+//! XDP and TCX links and the maps are pinned right after (same directory
+//! and layout as an announced restart), so that a killed agent leaves the
+//! addresses dark: nothing renews the leases. A stop removes the pins as
+//! above, and so do `heartbeat-agent detach` and the next agent.
 
 use std::{
     path::{Path, PathBuf},
@@ -190,6 +197,7 @@ fn load_fast_path(
         );
     }
     let (mut fp, status, ring) = FastPath::load(EBPF_OBJECT, params, None)?;
+    fence_addresses(&mut fp, plan)?;
     for iface in &plan.interfaces {
         let mode = fp.attach(iface)?;
         tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
@@ -198,19 +206,25 @@ fn load_fast_path(
 }
 
 /// The kernel fence (issue #9) of a node that may run packages: every
-/// address of its packages is fenced from the start (the packages task's
-/// `SetLeases` opens them), and the links and maps are pinned so that the
-/// fence outlives this process. On failure the pins are removed (and their
-/// links detached) before the error goes up.
+/// address of its packages is fenced from the start, before the program is
+/// attached (the packages task's `SetLeases` opens them; an adopted lease
+/// keeps its expiry).
+fn fence_addresses(fp: &mut FastPath, plan: &Plan) -> Result<()> {
+    if plan.fenced() {
+        fp.set_leases(crate::fence::initial_specs(plan))?;
+    }
+    Ok(())
+}
+
+/// Pins the links and maps of a node that may run packages, so that the
+/// kernel fence outlives this process. On failure the pins are removed
+/// (and their links detached) before the error goes up.
 fn fence_and_pin(fp: &mut FastPath, plan: &Plan, bpffs: &Path, dir: &Path) -> Result<()> {
-    let pinned = fp
-        .set_leases(crate::fence::initial_specs(plan))
-        .map_err(DaemonError::from)
-        .and_then(|()| {
-            crate::pins::ensure_bpffs(bpffs).map_err(|error| DaemonError::Pins {
-                dir: dir.to_owned(),
-                error,
-            })
+    debug_assert!(plan.fenced());
+    let pinned = crate::pins::ensure_bpffs(bpffs)
+        .map_err(|error| DaemonError::Pins {
+            dir: dir.to_owned(),
+            error,
         })
         .and_then(|()| fp.pin_fence(dir).map_err(DaemonError::from));
     match pinned {
@@ -235,6 +249,7 @@ fn adopt(
     dir: &Path,
 ) -> Result<(FastPath, fastpath::StatusWriter, fastpath::EventRing)> {
     let (mut fp, status, ring) = FastPath::load(EBPF_OBJECT, params.clone(), Some(dir))?;
+    fence_addresses(&mut fp, plan)?;
     for iface in &plan.interfaces {
         let mode = fp.attach(iface)?;
         tracing::info!(interface = %iface, mode = mode.as_str(), "XDP adopted");

@@ -14,6 +14,11 @@
 //! directory), replaces the program in the pinned links (`bpf_link_update`:
 //! an upgrade takes effect at once) and, once its sender runs, closes the
 //! window and removes the pins ([`FastPath::finish_adoption`]).
+//!
+//! The kernel fence of package addresses (issue #9): [`Command::SetLeases`]
+//! and [`Command::ReleaseLease`] drive `LEASES` (rules in `crate::fence`),
+//! the task renews every heartbeat interval, and [`FastPath::pin_fence`]
+//! pins links and maps so that the fence outlives the process.
 
 use std::{
     collections::BTreeMap,

@@ -334,7 +334,9 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
     c.start_prefixed("alpha", &["env", &env]);
     let new_log = |c: &Cluster| c.log("alpha").get(seen..).unwrap_or_default().to_owned();
     wait_for("the stale pins replaced", Duration::from_secs(20), || {
-        new_log(&c).contains("package addresses fenced in the kernel")
+        let log = new_log(&c);
+        log.contains("package addresses fenced in the kernel")
+            && log.contains("heartbeat agent running")
     });
     let log = new_log(&c);
     assert!(log.contains("stale pins removed"), "{log}");
@@ -386,8 +388,9 @@ fn an_announced_restart_of_a_fenced_node_is_adopted_and_pinned_again() {
     let tcx_pin = format!("tcx-egress-{dev}");
     let pinned = || heartbeat_agent::pins::list(&pins);
     c.start_prefixed("alpha", &["env", &env]);
-    wait_for("alpha's fence pins", Duration::from_secs(20), || {
-        pinned().contains(&tcx_pin)
+    // Running (its signal handlers installed) and pinned.
+    wait_for("alpha running and pinned", Duration::from_secs(20), || {
+        c.log("alpha").contains("heartbeat agent running") && pinned().contains(&tcx_pin)
     });
     c.agent("alpha").signal(Signal::SIGUSR2).unwrap();
     let status = c
@@ -405,7 +408,11 @@ fn an_announced_restart_of_a_fenced_node_is_adopted_and_pinned_again() {
     wait_for(
         "the adoption and the fence",
         Duration::from_secs(20),
-        || new_log(&c).contains("package addresses fenced in the kernel"),
+        || {
+            let log = new_log(&c);
+            log.contains("package addresses fenced in the kernel")
+                && log.contains("heartbeat agent running")
+        },
     );
     let log = new_log(&c);
     assert!(log.contains("adopting the XDP program"), "{log}");
