@@ -190,6 +190,7 @@ pub struct FastPath {
     /// The kernel fence (issue #9): `LEASES`, what it should hold, and what
     /// was written to it.
     leases: HashMap<MapData, LeaseKey, LeaseEntry>,
+    fence_on: Array<MapData, u32>,
     fence: Fence,
     fence_written: BTreeMap<LeaseKey, LeaseEntry>,
     /// The TCX egress attachments' link ids, for pinning them.
@@ -368,6 +369,7 @@ impl FastPath {
         let agent: Array<MapData, AgentWatch> = take(&mut ebpf, names::AGENT)?;
         let restart: Array<MapData, RestartWindow> = take(&mut ebpf, names::RESTART)?;
         let leases: HashMap<MapData, LeaseKey, LeaseEntry> = take(&mut ebpf, names::LEASES)?;
+        let fence_on: Array<MapData, u32> = take(&mut ebpf, names::FENCE_ON)?;
         // Adopted (pinned) leases carry on: the running packages keep
         // their addresses through an announced restart.
         let fence_written: BTreeMap<LeaseKey, LeaseEntry> =
@@ -408,6 +410,7 @@ impl FastPath {
             attached: Vec::new(),
             enabled: 0,
             leases,
+            fence_on,
             fence,
             fence_written,
             tcx_links: Vec::new(),
@@ -1012,7 +1015,8 @@ impl FastPath {
         Ok(n)
     }
 
-    /// Writes the entries of `LEASES` that changed.
+    /// Writes the entries of `LEASES` that changed; turns the fence on
+    /// (`FENCE_ON`) once the map holds an address.
     fn write_leases(&mut self) -> Result<(), FastPathError> {
         for (k, e) in self.fence.entries() {
             if self.fence_written.get(&k) != Some(&e) {
@@ -1021,6 +1025,11 @@ impl FastPath {
                     .map_err(map_err(names::LEASES))?;
                 self.fence_written.insert(k, e);
             }
+        }
+        if !self.fence_written.is_empty() {
+            self.fence_on
+                .set(0, 1, 0)
+                .map_err(map_err(names::FENCE_ON))?;
         }
         Ok(())
     }

@@ -34,10 +34,14 @@ pub mod names {
     /// The kernel fence's package address leases (`LEASES`, see
     /// [`super::LeaseKey`]).
     pub const LEASES: &str = "LEASES";
+    /// Whether `LEASES` is in use (`FENCE_ON[0]`, a u32): the programs skip
+    /// the fence until the agent sets it.
+    pub const FENCE_ON: &str = "FENCE_ON";
     /// Every map of the object: what an announced restart pins and the
     /// next agent adopts.
-    pub const ALL_MAPS: [&str; 12] = [
+    pub const ALL_MAPS: [&str; 13] = [
         CONFIG, KEYS, STATUS, PEERS, LINKS, TIMERS, EVENTS, COUNTERS, AGENT, GATE, RESTART, LEASES,
+        FENCE_ON,
     ];
     pub const PROGRAM: &str = "heartbeat";
     /// Raw tracepoint program on `sched_process_exit`.

@@ -19,12 +19,13 @@
 //!   which would pull clients away from the new owner.
 //!
 //! Addresses not in the map are never touched; one VLAN tag (802.1Q or
-//! 802.1ad) is looked through, as the other parsers do. The lookup happens
-//! only for IP and ARP frames; `now` is read only when the address is in
-//! the map.
+//! 802.1ad) is looked through, as the other parsers do. Until the agent
+//! writes the first address (`FENCE_ON`), nothing is parsed; then the
+//! lookup happens only for IP and ARP frames, and `now` is read only when
+//! the address is in the map.
 
 use aya_ebpf::{
-    btf_maps::HashMap,
+    btf_maps::{Array, HashMap},
     helpers::generated::bpf_ktime_get_ns,
     macros::btf_map,
     programs::{TcContext, XdpContext},
@@ -43,6 +44,17 @@ const ARP_REQUEST: u16 = 1;
 
 #[btf_map]
 pub static LEASES: HashMap<LeaseKey, LeaseEntry, { MAX_LEASED_ADDRS as usize }> = HashMap::new();
+
+/// Non-zero once the agent has put an address in `LEASES`: until then no
+/// frame pays for the hash lookup (an array lookup is inlined).
+#[btf_map]
+pub static FENCE_ON: Array<u32, 1> = Array::new();
+
+/// Whether any address is fenced or leased.
+#[inline(always)]
+fn active() -> bool {
+    FENCE_ON.get(0).is_some_and(|on| *on != 0)
+}
 
 /// An ARP packet for IPv4 over Ethernet (RFC 826), after the Ethernet
 /// header (and tag). Only `ptype`, `plen` and `tpa` are read; the rest
@@ -84,7 +96,7 @@ fn expired(key: &LeaseKey) -> bool {
 /// XDP: whether the frame is addressed to a fenced address.
 #[inline(always)]
 pub fn fenced_in(ctx: &XdpContext) -> bool {
-    dst_key(ctx).is_some_and(|k| expired(&k))
+    active() && dst_key(ctx).is_some_and(|k| expired(&k))
 }
 
 /// The destination (IP) or target protocol address (ARP) of the frame.
@@ -135,7 +147,7 @@ fn dst_key(ctx: &XdpContext) -> Option<LeaseKey> {
 /// tc egress: whether the packet leaves from a fenced address.
 #[inline(always)]
 pub fn fenced_out(ctx: &TcContext) -> bool {
-    src_key(ctx).is_some_and(|k| expired(&k))
+    active() && src_key(ctx).is_some_and(|k| expired(&k))
 }
 
 /// The source (IP) or sender protocol address (ARP) of the packet.

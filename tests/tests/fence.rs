@@ -532,3 +532,104 @@ fn a_killed_owner_is_fenced_by_its_kernel_and_the_new_owner_answers() {
         "alpha's kernel dropped no ARP request for the fenced address"
     );
 }
+
+/// What the fence costs the XDP program per frame (BPF_PROG_TEST_RUN,
+/// 1,000,000 runs each, the best of 3; ignored: a measurement, not a
+/// check). A UDP frame that is not a heartbeat: with the fence off (no
+/// package on the node), on with `LEASES` empty, with 1,000 other
+/// addresses in it, and with its destination leased (valid). With
+/// `HB_BASELINE_OBJECT=<eBPF object without the fence>` it also runs that
+/// object, for the difference.
+///
+/// `cargo test -p heartbeat-tests --test fence -- --ignored --nocapture fence_cost`
+#[test]
+#[ignore = "a measurement"]
+fn fence_cost() {
+    use aya::{
+        Ebpf,
+        maps::HashMap,
+        programs::{TestRun, TestRunOptions, Xdp},
+    };
+    use heartbeat_common::{
+        LeaseEntry, LeaseKey,
+        frame::{self, Addrs, FrameSpec},
+    };
+    const RUNS: u32 = 1_000_000;
+    let mut buf = vec![0u8; 256];
+    let n = frame::build(
+        &FrameSpec {
+            src_mac: [2, 0, 0, 0, 0, 2],
+            dst_mac: [2, 0, 0, 0, 0, 1],
+            vlan: None,
+            addrs: Addrs::V4 {
+                src: [10, 1, 0, 2],
+                dst: [10, 1, 0, 1],
+            },
+            src_port: 40000,
+            dst_port: 80,
+            payload: &[0u8; 64],
+        },
+        &mut buf,
+    )
+    .unwrap();
+    buf.truncate(n);
+    let per_frame = |ebpf: &Ebpf| {
+        let prog: &Xdp = ebpf.program(names::PROGRAM).unwrap().try_into().unwrap();
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&buf),
+                    repeat: RUNS,
+                    ..Default::default()
+                })
+                .unwrap();
+            best = best.min(r.duration);
+        }
+        best
+    };
+    let load = |object: &[u8]| {
+        let mut ebpf = Ebpf::load(object).unwrap();
+        let prog: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        prog.load().unwrap();
+        ebpf
+    };
+    if let Some(path) = std::env::var_os("HB_BASELINE_OBJECT") {
+        let base = load(&fs::read(path).unwrap());
+        eprintln!("baseline (no fence):   {:?} per frame", per_frame(&base));
+    }
+    let mut ebpf = load(heartbeat_agent::EBPF_OBJECT);
+    eprintln!("fence off (no package): {:?} per frame", per_frame(&ebpf));
+    {
+        let mut on: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(ebpf.map_mut(names::FENCE_ON).unwrap()).unwrap();
+        on.set(0, 1, 0).unwrap();
+    }
+    eprintln!("on, LEASES empty:      {:?} per frame", per_frame(&ebpf));
+    let entry = |until_ns| LeaseEntry {
+        until_ns,
+        package: 0,
+        _pad: [0; 6],
+    };
+    {
+        let mut m: HashMap<_, LeaseKey, LeaseEntry> =
+            HashMap::try_from(ebpf.map_mut(names::LEASES).unwrap()).unwrap();
+        for i in 0..1000u32 {
+            let b = i.to_be_bytes();
+            m.insert(LeaseKey::v4([10, 9, b[2], b[3]]), entry(u64::MAX), 0)
+                .unwrap();
+        }
+    }
+    eprintln!("1,000 others, a miss:  {:?} per frame", per_frame(&ebpf));
+    {
+        let mut m: HashMap<_, LeaseKey, LeaseEntry> =
+            HashMap::try_from(ebpf.map_mut(names::LEASES).unwrap()).unwrap();
+        m.insert(LeaseKey::v4([10, 1, 0, 1]), entry(u64::MAX), 0)
+            .unwrap();
+    }
+    eprintln!("destination leased:    {:?} per frame", per_frame(&ebpf));
+}

@@ -1296,6 +1296,9 @@ fn the_fence_drops_frames_to_and_from_addresses_whose_lease_ran_out() {
             _pad: [0; 6],
         };
         m.insert(key, entry, 0).unwrap();
+        let mut on: Array<_, u32> =
+            Array::try_from(h.ebpf.map_mut(names::FENCE_ON).unwrap()).unwrap();
+        on.set(0, 1, 0).unwrap();
     };
     let egress = |h: &Harness, f: &[u8]| {
         let before = h.counters()[counter::FENCED_OUT as usize];
