@@ -506,6 +506,10 @@ impl Packages {
                 last_rx_ns,
             } => {
                 let p = self.peers.entry(node).or_default();
+                if p.reachable != reachable {
+                    // Members report whom they hear (the start rule).
+                    self.report_dirty = true;
+                }
                 p.reachable = reachable;
                 p.last_rx_ns = p.last_rx_ns.max(last_rx_ns);
             }
@@ -912,14 +916,12 @@ impl Packages {
             // The kernel lease follows.
             let p = &mut self.pkgs[i];
             let renew = ours && p.local.holds() && !p.unhealthy;
+            // Anchored at heartbeats every other member answered: any
+            // later quorate view shares a member with ours, and that member
+            // says when it last heard us (the start rule's rule 2).
             let successors = if renew {
-                let members = view.map_or(NodeSet::default(), |v| v.members);
-                let mut s = NodeSet::default();
-                for n in &p.params.policy.nodes {
-                    if *n != local && members.contains(*n) {
-                        s.insert(*n);
-                    }
-                }
+                let mut s = view.map_or(NodeSet::default(), |v| v.members);
+                s.remove(local);
                 s
             } else {
                 NodeSet::default()
@@ -979,20 +981,59 @@ impl Packages {
                 cleared.push((n, "report"));
                 continue;
             }
-            // Rule 2: silent, and its lease has run out by our clock.
+            // Rule 2: silent to every member of our view, and its lease
+            // has run out by our clock, counted from the last time any of
+            // them heard it.
             let reachable = peer.is_some_and(|pe| pe.reachable);
-            let t = peer.map_or(0, |pe| pe.last_rx_ns).max(self.started_ns);
-            let until = t.saturating_add(wait);
-            if !reachable && now >= until {
+            let until = self.last_heard_by_view(n).map(|t| {
+                t.max(peer.map_or(0, |pe| pe.last_rx_ns))
+                    .max(self.started_ns)
+                    .saturating_add(wait)
+            });
+            if !reachable
+                && let Some(u) = until
+                && now >= u
+            {
                 cleared.push((n, "lease_expired"));
                 continue;
             }
             return Err(Blocker::Holder {
                 node: n,
-                until_ns: (!reachable).then_some(until),
+                until_ns: if reachable { None } else { until },
             });
         }
         Ok(cleared)
+    }
+
+    /// The last time any other member of our view heard `o`, by our clock
+    /// (a report's arrival minus the silence it reports): `Some(0)` when
+    /// none ever did; `None` while a member has not reported in this view
+    /// yet or still hears `o`.
+    fn last_heard_by_view(&self, o: NodeId) -> Option<u64> {
+        let members = self.view.map_or(NodeSet::default(), |v| v.members);
+        let mut t = 0u64;
+        for m in members.iter() {
+            if m == self.params.local || m == o {
+                continue;
+            }
+            let (r, at) = self
+                .peers
+                .get(&m)
+                .and_then(|p| p.report.as_ref())
+                .filter(|(_, at)| *at >= self.view_since_ns)?;
+            let age = r
+                .silence
+                .iter()
+                .find(|(n, _)| *n == o)
+                .map_or(wire::SILENCE_NEVER, |(_, a)| *a);
+            if age == 0 {
+                return None;
+            }
+            if age != wire::SILENCE_NEVER {
+                t = t.max(at.saturating_sub(u64::from(age) * 1000));
+            }
+        }
+        Some(t)
     }
 
     /// The coordinator's part: place, send on change and periodically.
@@ -1154,12 +1195,30 @@ impl Packages {
             .filter(|a| a.epoch == epoch)
             .map_or(0, |a| a.seq);
         let entries = self.pkgs.iter().map(|p| self.entry(p)).collect();
+        let silence = self
+            .peers
+            .iter()
+            .map(|(n, p)| {
+                let age = if p.reachable {
+                    0
+                } else if p.last_rx_ns == 0 {
+                    wire::SILENCE_NEVER
+                } else {
+                    // Rounded down to the µs (the receiver's estimate of
+                    // when we last heard it only gets later), at least 1.
+                    (now.saturating_sub(p.last_rx_ns) / 1000).clamp(1, u64::from(u32::MAX - 1))
+                        as u32
+                };
+                (*n, age)
+            })
+            .collect();
         out.push(Output::Send {
             to: Dest::All,
             msg: wire::Message::PkgReport(PkgReport {
                 epoch,
                 placement_seq,
                 entries,
+                silence,
             }),
         });
     }

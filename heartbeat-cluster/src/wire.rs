@@ -367,7 +367,16 @@ pub struct PkgReport {
     pub placement_seq: u32,
     /// One entry per package, in id order.
     pub entries: Vec<PkgEntry>,
+    /// Per other node: how long the sender has not heard it, in µs (0:
+    /// it hears it now; [`SILENCE_NEVER`]: never since its start). A new
+    /// owner waits out an old owner's lease from the last time *any*
+    /// member of its view heard the old owner (see
+    /// `crate::packages`), so every member says when that was.
+    pub silence: Vec<(NodeId, u32)>,
 }
+
+/// `PkgReport::silence` of a node never heard.
+pub const SILENCE_NEVER: u32 = u32::MAX;
 
 /// An operator command, forwarded by the node that received it to the
 /// coordinator.
@@ -547,6 +556,12 @@ fn put_body(msg: &Message, out: &mut Vec<u8>) {
                 out.push(e.state);
                 out.push(e.flags);
                 out.push(e.restarts);
+            }
+            let n = r.silence.len().min(MAX_REACH_ENTRIES);
+            out.push(n as u8);
+            for (node, age) in &r.silence[..n] {
+                out.extend_from_slice(&node.0.to_be_bytes());
+                out.extend_from_slice(&age.to_be_bytes());
             }
         }
         Message::PkgCommand(c) => {
@@ -924,10 +939,18 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
                 }
                 entries.push(e);
             }
+            let n = usize::from(r.u8()?);
+            if n > MAX_REACH_ENTRIES {
+                return None;
+            }
+            let silence = (0..n)
+                .map(|_| Some((r.node()?, r.u32()?)))
+                .collect::<Option<_>>()?;
             Message::PkgReport(PkgReport {
                 epoch,
                 placement_seq,
                 entries,
+                silence,
             })
         }
         MsgType::PkgCommand => {
@@ -1158,7 +1181,112 @@ mod tests {
                 votes: 2,
                 expected_votes: 4,
             }),
+            Message::PkgPlacement(PkgPlacement {
+                epoch: Epoch(9),
+                seq: 3,
+                decisions: vec![
+                    (
+                        PackageId(0),
+                        Decision {
+                            owner: Some(NodeId(2)),
+                            reason: Reason::Failover {
+                                from: NodeId(1),
+                                cause: LossCause::Left,
+                            },
+                        },
+                    ),
+                    (
+                        PackageId(1),
+                        Decision {
+                            owner: None,
+                            reason: Reason::KeepBest { failures: 4 },
+                        },
+                    ),
+                    (
+                        PackageId(63),
+                        Decision {
+                            owner: Some(NodeId(63)),
+                            reason: Reason::Moved { from: None },
+                        },
+                    ),
+                ],
+                operator: Operator {
+                    frozen: true,
+                    moves: [(PackageId(1), NodeId(3))].into_iter().collect(),
+                    stopped: [PackageId(2)].into_iter().collect(),
+                    disabled: [(PackageId(0), NodeId(1))].into_iter().collect(),
+                },
+            }),
+            Message::PkgReport(PkgReport {
+                epoch: Epoch(9),
+                placement_seq: 3,
+                entries: vec![
+                    PkgEntry {
+                        pkg: PackageId(0),
+                        state: pkg_state::RUNNING,
+                        flags: pkg_flags::UNHEALTHY,
+                        restarts: 2,
+                    },
+                    PkgEntry {
+                        pkg: PackageId(5),
+                        state: pkg_state::STOP_FAILED,
+                        flags: pkg_flags::BANNED | pkg_flags::FATAL,
+                        restarts: 0,
+                    },
+                ],
+                silence: vec![
+                    (NodeId(1), 0),
+                    (NodeId(3), SILENCE_NEVER),
+                    (NodeId(4), 1500),
+                ],
+            }),
+            Message::PkgCommand(PkgCommand {
+                op: OperatorOp::Move(PackageId(1), NodeId(2)),
+            }),
+            Message::PkgCommand(PkgCommand {
+                op: OperatorOp::Disable(PackageId(1), None),
+            }),
+            Message::PkgCommand(PkgCommand {
+                op: OperatorOp::Freeze,
+            }),
         ]
+    }
+
+    #[test]
+    fn a_placement_of_every_package_fits() {
+        let decisions = (0..MAX_PACKAGES as u16)
+            .map(|p| {
+                (
+                    PackageId(p),
+                    Decision {
+                        owner: Some(NodeId(63)),
+                        reason: Reason::Failover {
+                            from: NodeId(62),
+                            cause: LossCause::NotConfigured,
+                        },
+                    },
+                )
+            })
+            .collect();
+        let pairs = |n: u16| (0..MAX_OPERATOR_PAIRS as u16).map(move |p| (PackageId(p), NodeId(n)));
+        let m = Message::PkgPlacement(PkgPlacement {
+            epoch: Epoch(u64::MAX),
+            seq: u32::MAX,
+            decisions,
+            operator: Operator {
+                frozen: true,
+                moves: pairs(1).collect(),
+                stopped: (0..MAX_OPERATOR_PAIRS as u16).map(PackageId).collect(),
+                disabled: pairs(2).collect(),
+            },
+        });
+        let b = encode(&header(2), &m, K1);
+        assert!(b.len() <= MAX_LEN, "{} bytes", b.len());
+        let keys = Keys {
+            current: K1,
+            next: None,
+        };
+        assert_eq!(decode(&b, &keys, 42).unwrap().msg, m);
     }
 
     fn header(sender: u16) -> Header {
