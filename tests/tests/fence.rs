@@ -231,13 +231,15 @@ fn vip_answers(c: &Cluster, client: &Netns, dev: &str) -> bool {
 
 /// FENCED_IN summed over CPUs, read from the pinned counters.
 fn pinned_fenced_in(dir: &std::path::Path) -> u64 {
+    pinned_counter(dir, counter::FENCED_IN)
+}
+
+/// A counter summed over CPUs, read from the pinned counters.
+fn pinned_counter(dir: &std::path::Path, index: u32) -> u64 {
     let data = MapData::from_pin(dir.join(names::COUNTERS)).expect("pinned COUNTERS");
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(data)).expect("per-CPU array");
-    counters
-        .get(&counter::FENCED_IN, 0)
-        .map(|v| v.iter().sum())
-        .unwrap_or(0)
+    counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -512,6 +514,10 @@ fn a_killed_owner_is_fenced_by_its_kernel_and_the_new_owner_answers() {
         killed.elapsed().as_millis()
     );
     assert!(holds(&c, "alpha"), "alpha keeps the address configured");
+    // beta's lease was valid before it announced the address: nothing
+    // from it (its gratuitous ARP included) was dropped there.
+    let beta_pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 2);
+    assert_eq!(pinned_counter(&beta_pins, counter::FENCED_OUT), 0);
     // Both hold the address; only beta answers for it: alpha's kernel
     // drops the ARP requests for it (counted in alpha's pinned counters).
     let beta = c.index("beta");
