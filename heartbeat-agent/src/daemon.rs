@@ -110,6 +110,10 @@ pub enum DaemonError {
     },
     #[error("announced restart: {0}")]
     Restart(String),
+    #[error(
+        "an agent is running for node {node} (its control socket {socket} answers): stop it first; `detach` is for the pins a killed or restarting agent left"
+    )]
+    AgentRunning { node: String, socket: PathBuf },
     #[error("the fast path task failed; XDP is detached")]
     FastPathTask,
     #[error("signal handling: {0}")]
@@ -697,11 +701,22 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
 }
 
 /// `heartbeat-agent detach`: detaches and removes the pins an announced
-/// restart left for `node` (the program stops answering for it at once).
+/// restart or a killed fenced node's agent left for `node` (the program
+/// stops answering for it at once, and its package addresses are no
+/// longer fenced). Refused while the node's agent runs.
 pub fn detach(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> Result<String> {
     let cfg = ClusterConfig::load(config_path)?;
     let local = cfg.local_node(node)?;
     let dir = crate::pins::node_dir(&opts.bpffs, cfg.cluster.id, local.id);
+    // A running agent of a node that may run packages keeps its links
+    // pinned (the kernel fence): detaching them would cut it off.
+    let socket = cfg.local_paths(local).control_socket;
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(DaemonError::AgentRunning {
+            node: local.name.clone(),
+            socket,
+        });
+    }
     if !dir.exists() {
         return Ok(format!(
             "node {}: nothing pinned in {}",

@@ -6,8 +6,9 @@
 //!   egress program traffic from it (counted), other addresses untouched;
 //!   a renewal or a release takes effect at once;
 //! - a real agent whose node may run a package: its package address is
-//!   fenced from the start, a SIGKILL leaves it dark (programs and maps
-//!   pinned, still counting drops), the next agent replaces the stale pins,
+//!   fenced from the start, `detach` refuses while the agent runs, a
+//!   SIGKILL leaves it dark (programs and maps pinned, still counting
+//!   drops), the next agent replaces the stale pins,
 //!   a graceful stop removes every pin and attachment, and after another
 //!   SIGKILL `heartbeat-agent detach` does; an announced restart is
 //!   adopted and the fence pinned again;
@@ -302,6 +303,23 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
             && p.iter().any(|n| n.starts_with("xdp-") && n.ends_with(&dev))
     });
     assert!(xdp_attached(&c.nodes[alpha].ns, &dev));
+    // `detach` refuses while the agent runs (its links are pinned).
+    let out = Command::new(agent_binary())
+        .args(["detach", "--config"])
+        .arg(&c.config)
+        .args(["--node", "alpha"])
+        .env("HEARTBEAT_BPFFS", &bpffs.dir)
+        .output()
+        .expect("detach");
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("an agent is running for node alpha"), "{err}");
+    assert!(xdp_attached(&c.nodes[alpha].ns, &dev));
+    assert!(!pinned().is_empty());
     // Fenced from the start (alpha alone is not quorate: the package never
     // starts and nothing renews its lease); other addresses pass.
     assert!(!vip_answers(&c, &client, &dev), "fenced from the start");
