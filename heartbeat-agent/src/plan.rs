@@ -210,3 +210,75 @@ impl Plan {
             .unwrap_or_else(|| format!("node{id}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[cluster]
+name = "t"
+id = 7
+key_file = "k"
+[[node]]
+id = 1
+name = "alpha"
+  [[node.link]]
+  id = 0
+  interface = "hb0"
+  address = "10.0.0.1"
+[[node]]
+id = 2
+name = "beta"
+  [[node.link]]
+  id = 0
+  interface = "hb0"
+  address = "10.0.0.2"
+[[package]]
+name = "web"
+nodes = ["alpha"]
+addresses = ["10.1.0.100/24 dev eth1", "10.0.0.100/24", "fd00::64/64 dev eth1", "10.2.0.1/24 dev hb0"]
+start = "/bin/true"
+stop = "/bin/true"
+monitor = "/bin/true"
+[[package]]
+name = "db"
+nodes = ["beta"]
+addresses = ["10.3.0.1/24 dev eth9"]
+start = "/bin/true"
+stop = "/bin/true"
+monitor = "/bin/true"
+"#;
+
+    fn plan(node: &str) -> Plan {
+        let cfg = ClusterConfig::from_str(CONFIG, Path::new("/etc/hb/cluster.toml")).unwrap();
+        let local = cfg.local_node(Some(node)).unwrap().clone();
+        Plan::new(
+            cfg,
+            &local,
+            ClusterKeys {
+                current: [0; 16],
+                next: None,
+            },
+        )
+    }
+
+    #[test]
+    fn the_fence_attaches_to_the_devices_of_the_local_packages() {
+        // eth1 once; no device (a heartbeat link) and hb0 add nothing;
+        // beta's package is not alpha's.
+        let a = plan("alpha");
+        assert!(a.fenced());
+        assert_eq!(fence_devices(&a.config, &a.local), ["eth1", "hb0"]);
+        assert_eq!(a.interfaces, ["hb0", "eth1"]);
+        let b = plan("beta");
+        assert!(b.fenced());
+        assert_eq!(b.interfaces, ["hb0", "eth9"]);
+        let p = crate::fence::initial_specs(&a);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].package, p[0].addrs.len(), p[0].renew), (0, 4, false));
+        assert_eq!(crate::fence::initial_specs(&b)[0].package, 1);
+    }
+}
