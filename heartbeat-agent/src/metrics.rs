@@ -571,6 +571,86 @@ impl Collector for HeartbeatCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        let pk = self.sources.packages.borrow().clone();
+        if !pk.packages.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_running",
+                "1 while the package runs (or is starting) on this node",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                let v = i64::from(p.local_state == "running" || p.local_state == "starting");
+                ConstGauge::new(v).encode(m.encode_family(&[("package", p.name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_owner",
+                "1 for the node that owns the package in the placement this node acts on",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                if let Some(o) = &p.owner {
+                    ConstGauge::new(1).encode(
+                        m.encode_family(&[("package", p.name.as_str()), ("owner", o.as_str())])?,
+                    )?;
+                }
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_healthy",
+                "1 while the package's monitor passes here",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                ConstGauge::new(i64::from(p.healthy && !p.banned && !p.fatal))
+                    .encode(m.encode_family(&[("package", p.name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_lease_remaining_seconds",
+                "Time left on the package's kernel lease here (0: its addresses are fenced)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                ConstGauge::new(p.lease_remaining_ms / 1e3)
+                    .encode(m.encode_family(&[("package", p.name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_failovers",
+                "Placements that moved a package, by reason (counted by the coordinator)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, v) in &pk.failovers {
+                ConstCounter::new(*v).encode(m.encode_family(&[("reason", reason.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_script_runs",
+                "Package actions run here, by action and result",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((action, result), v) in &pk.runs {
+                ConstCounter::new(*v).encode(m.encode_family(&[
+                    ("action", action.as_str()),
+                    ("result", result.as_str()),
+                ])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_script_seconds",
+                "Duration of package actions run here",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (h, action) in pk.run_seconds.iter().zip(crate::packages::task::ACTIONS) {
+                let (sum, count, buckets) = h.snapshot();
+                m.encode_family(&[("action", action)])?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum, count, &buckets, None,
+                    )?;
+            }
+        }
         let mut m = enc.encode_descriptor(
             "heartbeat_build_info",
             "Build information (always 1)",

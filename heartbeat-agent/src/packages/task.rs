@@ -48,7 +48,7 @@ use crate::{
 };
 
 /// What status and metrics read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PackagesView {
     pub packages: Vec<PackageStatus>,
     pub frozen: bool,
@@ -56,9 +56,30 @@ pub struct PackagesView {
     pub runs: BTreeMap<(String, String), u64>,
     /// Failovers (placements that moved a package) by reason.
     pub failovers: BTreeMap<String, u64>,
-    /// Seconds per action run, for the duration histograms.
-    pub run_seconds: BTreeMap<String, (u64, f64)>,
+    /// Action durations (start, stop, monitor), for the histograms.
+    pub run_seconds: Arc<[crate::metrics::Histogram; 3]>,
 }
+
+impl Default for PackagesView {
+    fn default() -> Self {
+        let h = || crate::metrics::Histogram::new(&SCRIPT_BOUNDS);
+        Self {
+            packages: Vec::new(),
+            frozen: false,
+            runs: BTreeMap::new(),
+            failovers: BTreeMap::new(),
+            run_seconds: Arc::new([h(), h(), h()]),
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the action duration histograms.
+const SCRIPT_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// The actions, in the order of `PackagesView::run_seconds`.
+pub const ACTIONS: [&str; 3] = ["start", "stop", "monitor"];
 
 /// The task's channels.
 pub struct Channels {
@@ -538,13 +559,12 @@ impl Task {
             .to_owned(),
         );
         *self.view.runs.entry(key).or_default() += 1;
-        let h = self
-            .view
-            .run_seconds
-            .entry(f.action.as_str().to_owned())
-            .or_default();
-        h.0 += 1;
-        h.1 += f.took.as_secs_f64();
+        let i = match f.action {
+            Action::Start => 0,
+            Action::Stop => 1,
+            Action::Monitor => 2,
+        };
+        self.view.run_seconds[i].observe(f.took.as_secs_f64());
         // Monitors that pass are not journaled (one per interval).
         if f.action != Action::Monitor || result != ActionResult::Ok {
             let mut e = journal::entry(
