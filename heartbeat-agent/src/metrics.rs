@@ -144,12 +144,10 @@ pub struct Snapshot {
     /// Reformation events by cause.
     pub reformations: Vec<(String, u64)>,
     /// The kernel fence (issue #9): packets dropped to and from package
-    /// addresses whose lease ran out, lease renewals, and each enforced
-    /// package's (name, seconds of lease left).
+    /// addresses whose lease ran out, and lease renewals.
     pub fenced_in: u64,
     pub fenced_out: u64,
     pub lease_renewals: u64,
-    pub lease_left: Vec<(String, f64)>,
 }
 
 /// The snapshot now, from what the subsystems published.
@@ -199,19 +197,6 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         .map(|(i, k)| (k.as_str(), src.journal.recorded[i].load(Ordering::Relaxed)))
         .collect();
     let fence_counter = |i: u32| fast.counters.get(i as usize).copied().unwrap_or(0);
-    let now = crate::clock::mono_ns();
-    let lease_left = fast
-        .leases
-        .iter()
-        .map(|(&id, &until)| {
-            let name = plan
-                .config
-                .packages
-                .get(usize::from(id))
-                .map_or_else(|| format!("package{id}"), |p| p.spec.name.to_string());
-            (name, until.saturating_sub(now) as f64 / 1e9)
-        })
-        .collect();
     let m = &view.membership;
     let coordinator = m
         .coordinator
@@ -242,7 +227,6 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         fenced_in: fence_counter(counter::FENCED_IN),
         fenced_out: fence_counter(counter::FENCED_OUT),
         lease_renewals: fast.lease_renewals,
-        lease_left,
     }
 }
 
@@ -506,15 +490,6 @@ impl Collector for HeartbeatCollector {
             None,
             MetricType::Counter,
         )?)?;
-        let mut m = enc.encode_descriptor(
-            "heartbeat_package_lease_remaining_seconds",
-            "Seconds until the kernel fence closes the package's addresses on this node (0: fenced)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (package, left) in &snap.lease_left {
-            ConstGauge::new(*left).encode(m.encode_family(&[("package", package.as_str())])?)?;
-        }
         let agent_counters: [(&str, &str, u64); 3] = [
             (
                 "heartbeat_journal_write_errors",
