@@ -327,6 +327,11 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let incarnation = state.next_incarnation()?;
 
     let pin_dir = crate::pins::node_dir(&opts.bpffs, c.id, plan.local.id);
+    if !plan.config.packages.is_empty() {
+        // An earlier agent's fence may be detached below: its package
+        // addresses go first (the stop before join runs the scripts).
+        crate::packages::task::remove_all_addresses(&plan).await;
+    }
     let (mut fp, status_writer, ring, adopted) = load_fast_path(&plan, &pin_dir)?;
     for iface in &plan.interfaces {
         if let Err(e) = fp.attach_egress_stamp(iface) {

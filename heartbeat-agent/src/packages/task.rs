@@ -257,6 +257,19 @@ async fn remove_addresses(x: &Addresses, list: &[PackageAddress], name: &str) {
     }
 }
 
+/// Removes every local package address (before a stale fence is
+/// detached at start: the address must not be reachable unfenced).
+pub async fn remove_all_addresses(plan: &Plan) {
+    let Ok(addrs) = Addresses::new() else {
+        tracing::error!("cannot open rtnetlink: package addresses are not removed");
+        return;
+    };
+    for p in &plan.config.packages {
+        let p = localized(plan, p);
+        remove_addresses(&addrs, &p.addresses, p.spec.name.as_str()).await;
+    }
+}
+
 /// Stop before join: runs every package's stop (in parallel) and removes
 /// its addresses. Returns the packages whose stop failed.
 pub async fn stop_all(plan: &Plan, journal: &JournalHandle) -> BTreeSet<PackageId> {
