@@ -353,6 +353,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         .map(|(i, m)| format!("{i}:{}", m.as_str()))
         .collect::<Vec<_>>()
         .join(",");
+    let nic_poll = fp.take_nic_poll();
     let fast_task = tracker.spawn(fastpath::run(
         fp,
         ring,
@@ -386,6 +387,20 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         shared.clone(),
         cancel.clone(),
     ));
+    // The network manager: standby cards and the interfaces' lifecycle.
+    let (nics_tx, nics_rx) = watch::channel(Vec::new());
+    tracker.spawn(crate::netif::run(
+        crate::netif::Context {
+            plan: plan.clone(),
+            sockets: sockets.clone(),
+            nic_poll,
+            journal: journal.clone(),
+            status: nics_tx,
+            cards: Arc::new(crate::netif::Cards::default()),
+            fast: fast_cmd_tx.clone(),
+        },
+        cancel.clone(),
+    ));
     let sources = Sources {
         plan: plan_rx,
         fast: fast_rx,
@@ -396,6 +411,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         refused: refused.clone(),
         agreement,
         started: Instant::now(),
+        nics: nics_rx,
     };
     tracker.spawn(control::serve(
         bound,

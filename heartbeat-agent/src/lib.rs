@@ -11,6 +11,7 @@ pub mod fastpath;
 pub mod journal;
 pub mod keyfile;
 pub mod metrics;
+pub mod netif;
 pub mod packages;
 pub mod pins;
 pub mod plan;

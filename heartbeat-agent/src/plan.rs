@@ -90,7 +90,8 @@ pub struct Plan {
     pub keys: ClusterKeys,
     pub peers: Vec<PeerPlan>,
     pub links: Vec<LinkPlan>,
-    /// Interfaces carrying heartbeats (the XDP attachments), in order.
+    /// Interfaces carrying heartbeats and their standby cards (the XDP
+    /// attachments), in order.
     pub interfaces: Vec<String>,
 }
 
@@ -147,6 +148,12 @@ impl Plan {
             });
             if !interfaces.contains(&l.interface) {
                 interfaces.push(l.interface.clone());
+            }
+            // A standby card is attached at start too (netif explains why).
+            if let Some(s) = &l.standby
+                && !interfaces.contains(s)
+            {
+                interfaces.push(s.clone());
             }
         }
         Self {

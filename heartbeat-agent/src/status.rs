@@ -40,6 +40,8 @@ pub struct Sources {
     /// Time to agreed membership.
     pub agreement: Arc<crate::metrics::Histogram>,
     pub started: Instant,
+    /// Links with a standby card (the netif task's view).
+    pub nics: watch::Receiver<Vec<heartbeat_api::status::NicStatus>>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -194,6 +196,7 @@ impl Sources {
             nodes,
             xdp_counters,
             messages: view.messages.clone(),
+            nics: self.nics.borrow().clone(),
         }
     }
 }
@@ -336,5 +339,12 @@ pub fn render(this: &StatusReport) -> String {
             .unwrap_or(0),
         drops
     );
+    for n in &this.nics {
+        let _ = writeln!(
+            s,
+            "  LINK {} CARDS: active {}; primary {} ({}), standby {} ({}); {} switches",
+            n.link, n.active, n.primary, n.primary_state, n.standby, n.standby_state, n.switches
+        );
+    }
     s
 }

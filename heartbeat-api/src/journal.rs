@@ -41,6 +41,14 @@ pub enum EventKind {
     AgentStopping,
     /// A journal problem (write errors), rate-limited.
     JournalError,
+    /// A card of a link with a standby failed (cause: carrier, poll_in,
+    /// poll_out; detail names the card).
+    NicFailed,
+    /// A link moved to its other card (cause: carrier, poll_in, poll_out,
+    /// failback, recovered).
+    NicSwitched,
+    /// A failed card is healthy again.
+    NicRecovered,
 }
 
 impl EventKind {
@@ -64,6 +72,9 @@ impl EventKind {
             Self::AgentStarted => "agent_started",
             Self::AgentStopping => "agent_stopping",
             Self::JournalError => "journal_error",
+            Self::NicFailed => "nic_failed",
+            Self::NicSwitched => "nic_switched",
+            Self::NicRecovered => "nic_recovered",
         }
     }
 }

@@ -30,6 +30,7 @@ mod deadline;
 mod egress;
 mod maps;
 mod packet;
+mod poll;
 mod watch;
 
 use aya_ebpf::{
@@ -73,6 +74,10 @@ enum L3 {
 
 #[xdp]
 pub fn heartbeat(ctx: XdpContext) -> u32 {
+    // Standby NIC takeover: per-card inbound count and poll frames.
+    if let Some(action) = poll::on_frame(&ctx) {
+        return action;
+    }
     count(counter::RX_FRAMES);
     match try_heartbeat(&ctx) {
         Ok(action) => action,

@@ -51,8 +51,12 @@ pub(super) struct Cluster {
     pub auto_start: Field<Flag>,
     pub auto_start_timeout: Field<Dur>,
     pub restart_window: Field<Dur>,
-    /// Waits for standby NIC takeover (issue #10).
-    pub network_polling_interval: Field<IgnoredAny>,
+    /// Standby NIC takeover (issue #10): the poller and the failback.
+    pub network_polling_interval: Field<Dur>,
+    pub network_failure_detection: Field<DetectionValue>,
+    pub network_announce_count: Field<AnnounceCount>,
+    pub auto_failback: Field<Flag>,
+    pub failback_hold: Field<Dur>,
 }
 
 /// `[quorum]`.
@@ -103,8 +107,8 @@ pub(super) struct Link {
     pub interface: Field<Interface>,
     pub address: Field<Ip>,
     pub role: Field<Role>,
-    /// Waits for standby NIC takeover (issue #10).
-    pub standby: Field<IgnoredAny>,
+    /// The standby card (issue #10).
+    pub standby: Field<Interface>,
 }
 
 /// One `[[package]]`.
@@ -363,6 +367,10 @@ integer_value!(
 integer_value!(
     /// `package.restart_limit`.
     RestartLimit: u32, 0, 1000, "a restart count"
+);
+integer_value!(
+    /// `cluster.network_announce_count`.
+    AnnounceCount: u32, 0, 100, "an announcement count"
 );
 integer_value!(
     /// `node.votes`.
@@ -638,6 +646,13 @@ choice_value!(
     FailbackValue: heartbeat_cluster::placement::FailbackPolicy {
         "manual" => heartbeat_cluster::placement::FailbackPolicy::Manual,
         "automatic" => heartbeat_cluster::placement::FailbackPolicy::Automatic,
+    }
+);
+choice_value!(
+    /// `cluster.network_failure_detection`.
+    DetectionValue: crate::netif::machine::FailureDetection {
+        "inout" => crate::netif::machine::FailureDetection::InOut,
+        "inonly_or_inout" => crate::netif::machine::FailureDetection::InOnlyOrInOut,
     }
 );
 choice_value!(
