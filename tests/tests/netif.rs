@@ -66,6 +66,17 @@ fn has_addr(ns: &Netns, ifname: &str, addr: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/"))
 }
 
+fn has_inet6(ns: &Netns, ifname: &str, addr: &str) -> bool {
+    let out = ns.ip(&["-o", "-6", "addr", "show", "dev", ifname]).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("inet6 {addr}/"))
+}
+
+/// `ip route show PREFIX`.
+fn route_dev(ns: &Netns, prefix: &str) -> String {
+    let out = ns.ip(&["route", "show", prefix]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -247,6 +258,15 @@ fn switch_us(e: &Entry) -> u64 {
 #[test]
 fn carrier_loss_moves_the_address_to_the_standby_and_fails_back() {
     let (mut c, w) = topology(&DEFAULT);
+    // A package address (IPv4, a secondary in the link's subnet), an IPv6
+    // address and a static route through the card move with the link.
+    let a = alpha(&c);
+    a.ip(&["addr", "add", "10.230.0.100/24", "dev", &w.a1])
+        .unwrap();
+    a.ip(&["addr", "add", "fd00:230::1/64", "dev", &w.a1, "nodad"])
+        .unwrap();
+    a.ip(&["route", "add", "10.231.0.0/24", "via", B_ADDR, "dev", &w.a1])
+        .unwrap();
     start(&mut c);
     assert_eq!(active_card(&c), w.a1);
     let mac2 = mac_of(alpha(&c), &w.a2);
@@ -265,6 +285,12 @@ fn carrier_loss_moves_the_address_to_the_standby_and_fails_back() {
     assert!(find(&c, "alpha", EventKind::NicFailed, Some("carrier"), t0).is_some());
     assert!(has_addr(alpha(&c), &w.a2, A_ADDR));
     assert!(!has_addr(alpha(&c), &w.a1, A_ADDR));
+    assert!(has_addr(alpha(&c), &w.a2, "10.230.0.100"));
+    assert!(has_inet6(alpha(&c), &w.a2, "fd00:230::1"));
+    assert!(route_dev(alpha(&c), "10.231.0.0/24").contains(&w.a2));
+    beta(&c)
+        .exec(&["ping", "-c", "1", "-W", "2", "10.230.0.100"])
+        .expect("beta reaches the package address after the switch");
     // beta reaches alpha's address at the standby's MAC.
     beta(&c)
         .exec(&["ping", "-c", "1", "-W", "2", A_ADDR])
@@ -315,6 +341,9 @@ fn carrier_loss_moves_the_address_to_the_standby_and_fails_back() {
     );
     assert!(has_addr(alpha(&c), &w.a1, A_ADDR));
     assert!(!has_addr(alpha(&c), &w.a2, A_ADDR));
+    assert!(has_addr(alpha(&c), &w.a1, "10.230.0.100"));
+    assert!(has_inet6(alpha(&c), &w.a1, "fd00:230::1"));
+    assert!(route_dev(alpha(&c), "10.231.0.0/24").contains(&w.a1));
     std::thread::sleep(Duration::from_millis(800));
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(1));
     no_reformation(&c, t0);

@@ -40,6 +40,7 @@
 
 pub mod l2;
 pub mod machine;
+pub mod metrics;
 pub mod nl;
 
 use std::{
@@ -53,6 +54,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use heartbeat_api::status::NicStatus;
 use heartbeat_common::nic_poll::NicPoll;
+use rtnetlink::packet_route::route::RouteMessage;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +73,8 @@ use nl::{CardInfo, LinkNote, Nl};
 pub const MIN_POLLING_INTERVAL: Duration = Duration::from_millis(1);
 /// Time between two announcements of a moved address.
 const ANNOUNCE_GAP: Duration = Duration::from_millis(20);
+/// How often the active card's addresses and routes are saved.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 /// Which card carries each configured interface: the hook for the
 /// packages side (a package address configured `dev eth1` goes on the card
@@ -124,6 +128,12 @@ struct Managed {
     lost: [u64; 2],
     switches: BTreeMap<&'static str, u64>,
     seq: u32,
+    /// The active card's addresses and routes as last seen: a card taken
+    /// down administratively loses its IPv6 addresses and its routes
+    /// before the switch can list them, so the switch also restores these.
+    saved: (Vec<nl::CardAddress>, Vec<RouteMessage>),
+    /// Ticks until `saved` is refreshed.
+    refresh_in: u32,
 }
 
 impl Managed {
@@ -322,6 +332,8 @@ impl Netif {
                 lost: [0; 2],
                 switches: BTreeMap::new(),
                 seq: 0,
+                saved: (Vec::new(), Vec::new()),
+                refresh_in: 0,
             };
             register(&mut self.ctx.nic_poll, &m.cards);
             self.ctx.cards.set(&m.names[0], m.name(active));
@@ -438,7 +450,15 @@ impl Netif {
     async fn on_tick(&mut self) {
         let now = clock::mono_ns();
         let plan = self.ctx.plan.clone();
+        let save_ticks = (SAVE_EVERY.as_nanos()
+            / plan.config.cluster.netif.polling_interval.as_nanos().max(1))
+        .max(1) as u32;
         for i in 0..self.links.len() {
+            if self.links[i].refresh_in == 0 {
+                self.save(i).await;
+                self.links[i].refresh_in = save_ticks;
+            }
+            self.links[i].refresh_in -= 1;
             // Read both cards' statistics.
             let mut cur = self.links[i].prev;
             if let Some(map) = self.ctx.nic_poll.as_ref() {
@@ -537,6 +557,7 @@ impl Netif {
                     let r = self.switch(i, from, to).await;
                     let took_us = clock::mono_ns().saturating_sub(t0) / 1000;
                     let m = &mut self.links[i];
+                    m.refresh_in = 0;
                     *m.switches.entry(cause.as_str()).or_default() += 1;
                     let (from_n, to_n) = (m.name(from).to_owned(), m.name(to).to_owned());
                     let detail = match r {
@@ -549,6 +570,23 @@ impl Netif {
                     self.record(EventKind::NicSwitched, link, cause.as_str(), detail);
                 }
             }
+        }
+    }
+
+    /// Saves the active card's addresses and routes (when it has carrier:
+    /// a dead card's listing may already be short).
+    async fn save(&mut self, i: usize) {
+        let m = &self.links[i];
+        let Some(card) = m.cards[ix(m.pair.active())].clone() else {
+            return;
+        };
+        if !card.carrier {
+            return;
+        }
+        let addrs = self.nl.addresses(card.index).await;
+        let routes = self.nl.routes(card.index).await;
+        if let (Ok(a), Ok(r)) = (addrs, routes) {
+            self.links[i].saved = (a.into_iter().map(|(a, _)| a).collect(), r);
         }
     }
 
@@ -573,13 +611,31 @@ impl Netif {
             errors.push(e.to_string());
             Vec::new()
         });
+        // What the kernel flushed already (an administrative down) comes
+        // from the saved listing.
+        let (saved_addrs, saved_routes) = self.links[i].saved.clone();
+        let mut addrs: Vec<(nl::CardAddress, Option<_>)> =
+            addrs.into_iter().map(|(a, m)| (a, Some(m))).collect();
+        for a in saved_addrs {
+            if !addrs.iter().any(|(b, _)| *b == a) {
+                addrs.push((a, None));
+            }
+        }
+        let mut routes = routes;
+        for r in saved_routes {
+            if !routes.contains(&r) {
+                routes.push(r);
+            }
+        }
         let mut moved = Vec::new();
         for (a, msg) in addrs {
             match self.nl.add_address(dst.index, &a).await {
                 Ok(()) => moved.push(a.addr),
                 Err(e) => errors.push(e.to_string()),
             }
-            if let Err(e) = self.nl.del_address(msg).await {
+            if let Some(msg) = msg
+                && let Err(e) = self.nl.del_address(msg).await
+            {
                 errors.push(e.to_string());
             }
         }
