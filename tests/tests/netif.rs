@@ -538,3 +538,143 @@ fn a_standby_with_an_address_is_refused() {
     );
     let _ = &w.b1;
 }
+
+/// A bpffs mounted in a scratch directory (`ip netns exec` hides the
+/// host's): the old and the new agent of an announced restart share it.
+/// Dropping it detaches and removes every pin under it and unmounts it.
+struct Bpffs {
+    dir: std::path::PathBuf,
+}
+
+impl Bpffs {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("hb-test-netif-bpffs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount -t bpf bpf {}", dir.display());
+        Self { dir }
+    }
+
+    fn env(&self) -> String {
+        format!("HEARTBEAT_BPFFS={}", self.dir.display())
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let root = self.dir.join("heartbeat");
+        for d in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = heartbeat_agent::pins::remove(&d.path(), true);
+        }
+        let _ = fs::remove_dir(&root);
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// An announced restart while the link is on the standby: the new agent
+/// finds the address there and carries on with the standby active.
+#[test]
+fn a_restart_on_the_standby_resumes_there() {
+    let bpffs = Bpffs::new();
+    let (mut c, w) = topology(&Options {
+        auto_failback: false,
+        ..DEFAULT
+    });
+    let env = bpffs.env();
+    c.start_prefixed("alpha", &["env", &env]);
+    c.start_prefixed("beta", &["env", &env]);
+    c.wait_all_up(Duration::from_secs(20));
+    let t0 = wall_ns();
+    alpha(&c).ip(&["link", "set", &w.a1, "down"]).unwrap();
+    wait_entry(
+        &c,
+        "alpha",
+        EventKind::NicSwitched,
+        Some("carrier"),
+        t0,
+        Duration::from_secs(5),
+    );
+    let out = c.cli("alpha", &["restart"]);
+    assert!(out.status.success(), "{}", c.log("alpha"));
+    let status = c
+        .agent("alpha")
+        .wait_timeout(Duration::from_secs(10))
+        .expect("wait")
+        .expect("the agent did not exit after announcing its restart");
+    assert_eq!(status.code(), Some(75), "{}", c.log("alpha"));
+    c.nodes[0].agent = None;
+    let t1 = wall_ns();
+    c.start_prefixed("alpha", &["env", &env]);
+    wait_for("alpha's new agent", Duration::from_secs(10), || {
+        c.try_status("alpha").is_some_and(|s| !s.nics.is_empty())
+    });
+    assert_eq!(active_card(&c), w.a2, "{}", c.log("alpha"));
+    assert!(has_addr(alpha(&c), &w.a2, A_ADDR));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(find(&c, "alpha", EventKind::NicSwitched, None, t1).is_none());
+    assert!(find(&c, "beta", EventKind::NodeDown, None, t0).is_none());
+    c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(5));
+}
+
+/// Issue #12 row 3: beta's heartbeat interface is deleted and recreated
+/// (same name and address): XDP is attached again, the socket re-bound,
+/// status truthful in between, and the peers see beta again.
+#[test]
+fn a_deleted_and_recreated_interface_recovers() {
+    let (mut c, w) = topology(&DEFAULT);
+    start(&mut c);
+    let b = beta(&c);
+    let port = format!("{}b", w.b1.trim_end_matches('a'));
+    b.ip(&["link", "del", "dev", &w.b1]).unwrap();
+    wait_for(
+        "status without the deleted interface",
+        Duration::from_secs(5),
+        || {
+            c.try_status("beta")
+                .is_some_and(|s| !s.agent.xdp.iter().any(|(i, _)| *i == w.b1))
+        },
+    );
+    let t0 = wall_ns();
+    b.ip(&[
+        "link",
+        "add",
+        &w.b1,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        seg(&c).name(),
+    ])
+    .unwrap();
+    seg(&c)
+        .ip(&["link", "set", &port, "master", "br0"])
+        .unwrap();
+    let _pass = attach_xdp_pass(seg(&c), &port, heartbeat_agent::EBPF_OBJECT).expect("pass XDP");
+    seg(&c).ip(&["link", "set", &port, "up"]).unwrap();
+    b.ip(&["addr", "add", &format!("{B_ADDR}/24"), "dev", &w.b1])
+        .unwrap();
+    b.ip(&["link", "set", &w.b1, "up"]).unwrap();
+    wait_for("XDP attached again", Duration::from_secs(5), || {
+        c.try_status("beta")
+            .is_some_and(|s| s.agent.xdp.iter().any(|(i, _)| *i == w.b1))
+    });
+    assert!(heartbeat_tests::xdp_attached(b, &w.b1));
+    // Heartbeats flow again both ways, for longer than node_timeout (a
+    // socket still bound to the dead index sends nothing).
+    c.wait_state("alpha", "beta", NodeState::Up, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    c.wait_state("alpha", "beta", NodeState::Up, Duration::from_secs(1));
+    c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(15));
+    let _ = t0;
+    assert!(c.log("beta").contains("re)created"), "{}", c.log("beta"));
+}
