@@ -107,7 +107,11 @@ fn set_flags(ifname: &str, up: bool) -> io::Result<()> {
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { ifr.ifr_ifru.ifru_flags };
     let up_flag = libc::IFF_UP as libc::c_short;
-    ifr.ifr_ifru.ifru_flags = if up { flags | up_flag } else { flags & !up_flag };
+    ifr.ifr_ifru.ifru_flags = if up {
+        flags | up_flag
+    } else {
+        flags & !up_flag
+    };
     // SAFETY: as above.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
         return Err(io::Error::last_os_error());
@@ -147,8 +151,13 @@ impl Tap {
         let fd = in_netns(ns.name(), move || -> io::Result<OwnedFd> {
             let proto = (libc::ETH_P_ALL as u16).to_be();
             // SAFETY: plain socket(2); checked and owned below.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto.into()) };
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    proto.into(),
+                )
+            };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -204,10 +213,14 @@ impl Tap {
                         continue;
                     }
                     let f = &buf[..n as usize];
-                    if f[0..6] == mac && f[12..14] == [0x08, 0x00] && f[23] == 17 && f[26..30] == from
+                    if f[0..6] == mac
+                        && f[12..14] == [0x08, 0x00]
+                        && f[23] == 17
+                        && f[26..30] == from
                         && now >= armed_at.load(Ordering::Relaxed)
                     {
-                        let _ = first.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                        let _ =
+                            first.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
                     }
                 }
             })
@@ -358,9 +371,11 @@ impl Setup {
         let end = Instant::now() + within;
         loop {
             crate::check_interrupt()?;
-            let a_ok = self
-                .status("a")
-                .is_some_and(|s| s.nics.first().is_some_and(|n| n.active == card && !n.link_down));
+            let a_ok = self.status("a").is_some_and(|s| {
+                s.nics
+                    .first()
+                    .is_some_and(|n| n.active == card && !n.link_down)
+            });
             let b_ok = self.status("b").is_some_and(|s| {
                 s.node("a")
                     .is_some_and(|n| n.state == heartbeat_api::status::NodeState::Up)
@@ -377,7 +392,12 @@ impl Setup {
 }
 
 /// Runs `trials` switches of each fault kind.
-pub fn measure(agent: &Path, object: &[u8], trials: usize, dir: &Path) -> anyhow::Result<NetifReport> {
+pub fn measure(
+    agent: &Path,
+    object: &[u8],
+    trials: usize,
+    dir: &Path,
+) -> anyhow::Result<NetifReport> {
     step(format!(
         "standby NIC takeover: {trials} switches per fault (interval {INTERVAL}, polling {POLLING})"
     ));
@@ -496,7 +516,8 @@ pub fn table(r: &NetifReport) -> String {
             ms(row.p50_ms),
             ms(row.p99_ms),
             ms(row.max_ms),
-            row.switch_op_p50_us.map_or("-".into(), |v| format!("{v:.0}"))
+            row.switch_op_p50_us
+                .map_or("-".into(), |v| format!("{v:.0}"))
         ));
     }
     s.push_str(&format!(

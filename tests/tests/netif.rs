@@ -34,11 +34,12 @@ const B_ADDR: &str = "10.230.0.2";
 
 /// alpha's and beta's cards and their bridge ports.
 struct Wires {
-    /// alpha's link interface and standby, beta's interface.
+    /// alpha's link interface and its standby.
     a1: String,
     a2: String,
+    /// beta's interface.
     b1: String,
-    /// Their ports on the bridge (in the segment namespace).
+    /// The bridge port of alpha's link interface (segment namespace).
     pa1: String,
 }
 
@@ -536,7 +537,6 @@ fn a_standby_with_an_address_is_refused() {
         err.contains("key `node[0].link[0].standby`") && err.contains("10.230.0.99"),
         "{err}"
     );
-    let _ = &w.b1;
 }
 
 /// A bpffs mounted in a scratch directory (`ip netns exec` hides the
@@ -642,7 +642,6 @@ fn a_deleted_and_recreated_interface_recovers() {
                 .is_some_and(|s| !s.agent.xdp.iter().any(|(i, _)| *i == w.b1))
         },
     );
-    let t0 = wall_ns();
     b.ip(&[
         "link",
         "add",
@@ -675,6 +674,5 @@ fn a_deleted_and_recreated_interface_recovers() {
     std::thread::sleep(Duration::from_millis(1500));
     c.wait_state("alpha", "beta", NodeState::Up, Duration::from_secs(1));
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(15));
-    let _ = t0;
     assert!(c.log("beta").contains("re)created"), "{}", c.log("beta"));
 }
