@@ -388,7 +388,10 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         cancel.clone(),
     ));
     // The network manager: standby cards and the interfaces' lifecycle.
+    // `cards` tells which card carries each configured interface now (for
+    // placing package addresses).
     let (nics_tx, nics_rx) = watch::channel(Vec::new());
+    let cards = Arc::new(crate::netif::Cards::default());
     tracker.spawn(crate::netif::run(
         crate::netif::Context {
             plan: plan.clone(),
@@ -396,7 +399,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             nic_poll,
             journal: journal.clone(),
             status: nics_tx,
-            cards: Arc::new(crate::netif::Cards::default()),
+            cards: cards.clone(),
             fast: fast_cmd_tx.clone(),
         },
         cancel.clone(),

@@ -676,3 +676,32 @@ fn a_deleted_and_recreated_interface_recovers() {
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(15));
     assert!(c.log("beta").contains("re)created"), "{}", c.log("beta"));
 }
+
+/// The standby card disappears at run time: reported, and the link keeps
+/// running on its own card.
+#[test]
+fn a_standby_that_disappears_is_reported() {
+    let (mut c, w) = topology(&DEFAULT);
+    start(&mut c);
+    let t0 = wall_ns();
+    alpha(&c).ip(&["link", "del", "dev", &w.a2]).unwrap();
+    let e = wait_entry(
+        &c,
+        "alpha",
+        EventKind::NicFailed,
+        Some("carrier"),
+        t0,
+        Duration::from_secs(5),
+    );
+    assert!(
+        e.detail.as_deref().unwrap_or_default().contains("standby"),
+        "{e:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(find(&c, "alpha", EventKind::NicSwitched, None, t0).is_none());
+    assert_eq!(active_card(&c), w.a1);
+    assert_eq!(c.status("alpha").nics[0].standby_state, "failed:carrier");
+    assert!(has_addr(alpha(&c), &w.a1, A_ADDR));
+    c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(1));
+    no_reformation(&c, t0);
+}

@@ -388,14 +388,22 @@ impl Netif {
             let Some(card) = self.links[i].card_of(&name) else {
                 continue;
             };
-            let reappeared = {
-                let m = &mut self.links[i];
-                let old = m.cards[ix(card)].as_ref().map(|c| c.index);
-                m.cards[ix(card)] = info.clone();
-                info.as_ref().is_some_and(|c| Some(c.index) != old)
-            };
-            if reappeared {
-                register(&mut self.ctx.nic_poll, &self.links[i].cards);
+            let old = self.links[i].cards[ix(card)].as_ref().map(|c| c.index);
+            let new = info.as_ref().map(|c| c.index);
+            self.links[i].cards[ix(card)] = info.clone();
+            if new != old {
+                // Deleted or recreated: the old index's entry goes, the new
+                // one is counted from zero.
+                if let Some(map) = self.ctx.nic_poll.as_mut() {
+                    if let Some(o) = old {
+                        let _ = map.remove(&o);
+                    }
+                    if let Some(n) = new
+                        && let Err(e) = map.insert(n, NicPoll::default(), 0)
+                    {
+                        tracing::warn!(card = %name, error = %e, "cannot register the card for polling");
+                    }
+                }
                 self.links[i].prev[ix(card)] = NicPoll::default();
             }
             let up = info.as_ref().is_some_and(|c| c.carrier);
