@@ -349,6 +349,21 @@ fn carrier_loss_moves_the_address_to_the_standby_and_fails_back() {
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(1));
     no_reformation(&c, t0);
     assert_eq!(active_card(&c), w.a1);
+
+    // A stopped agent leaves no attachment on either card.
+    let st = c
+        .agent("alpha")
+        .shutdown(Duration::from_secs(10))
+        .expect("stop alpha");
+    assert!(st.success(), "{}", c.log("alpha"));
+    for card in [&w.a1, &w.a2] {
+        assert!(
+            !heartbeat_tests::xdp_attached(alpha(&c), card),
+            "XDP left on {card}"
+        );
+    }
+    let tcx = heartbeat_tests::tcx_attachments(Some(alpha(&c).name())).expect("tcx");
+    assert!(tcx.is_empty(), "tc programs left: {tcx:?}");
 }
 
 #[test]
