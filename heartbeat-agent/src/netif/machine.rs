@@ -27,7 +27,9 @@
 //!
 //! A failed card recovers at the first tick where it has carrier and both
 //! its directions show evidence again (or at once when it regains carrier
-//! while the other card has none, as polls are impossible then). The link
+//! while the other card has none, as polls are impossible then; and a card
+//! failed by polls alone recovers when the other card loses carrier, as
+//! the polls' verdict was about the pair). The link
 //! fails back to its primary card once the primary has stayed recovered
 //! for `failback_hold`, when `auto_failback`.
 
@@ -280,6 +282,16 @@ impl Pair {
                     card,
                     cause: Cause::Carrier,
                 });
+            }
+            // Poll verdicts on the other card were relative to this one,
+            // which is dead now: its carrier is all the evidence left.
+            let o = &mut self.cards[card.other().ix()];
+            if o.carrier && matches!(o.failed, Some(Cause::PollIn | Cause::PollOut)) {
+                o.failed = None;
+                o.healthy_since_ns = Some(now_ns);
+                o.in_miss = 0;
+                o.out_miss = 0;
+                out.push(Output::Recovered { card: card.other() });
             }
         } else if !other_carrier && c.failed.is_some() {
             // No polls possible with the other card dead: carrier is all
@@ -586,6 +598,34 @@ mod tests {
         assert_eq!(
             switches(&out),
             vec![(Card::Primary, SwitchCause::Recovered)]
+        );
+        assert!(!p.both_failed());
+    }
+
+    /// The link moved away from a card the polls condemned; then the
+    /// standby loses carrier: the condemned card, which has carrier, is
+    /// the better bet than no link at all.
+    #[test]
+    fn a_poll_failed_card_is_used_again_when_the_other_dies() {
+        let mut p = Pair::new(
+            &settings(FailureDetection::InOut, false),
+            Card::Primary,
+            [true, true],
+            0,
+        );
+        let silent = Observation::default();
+        p.on_tick(silent, 10 * MS);
+        assert_eq!(
+            switches(&p.on_tick(silent, 20 * MS)),
+            vec![(Card::Standby, SwitchCause::Failed(Cause::PollOut))]
+        );
+        let out = p.on_carrier(Card::Standby, false, 30 * MS);
+        assert!(out.contains(&Output::Recovered {
+            card: Card::Primary
+        }));
+        assert_eq!(
+            switches(&out),
+            vec![(Card::Primary, SwitchCause::Failed(Cause::Carrier))]
         );
         assert!(!p.both_failed());
     }
