@@ -48,13 +48,29 @@ struct Options {
     auto_failback: bool,
     /// beta's node_timeout.
     node_timeout: &'static str,
+    /// The link is IPv6 (A6_ADDR, B6_ADDR).
+    v6: bool,
 }
 
 const DEFAULT: Options = Options {
     detection: "inout",
     auto_failback: true,
     node_timeout: "500ms",
+    v6: false,
 };
+
+const A6_ADDR: &str = "fd00:230::1";
+const B6_ADDR: &str = "fd00:230::2";
+
+impl Options {
+    fn addrs(&self) -> (&'static str, &'static str, u8) {
+        if self.v6 {
+            (A6_ADDR, B6_ADDR, 64)
+        } else {
+            (A_ADDR, B_ADDR, 24)
+        }
+    }
+}
 
 fn mac_of(ns: &Netns, ifname: &str) -> String {
     let out = ns.ip(&["-br", "link", "show", "dev", ifname]).unwrap();
@@ -103,11 +119,12 @@ fn topology(o: &Options) -> (Cluster, Wires) {
         ])
         .unwrap();
     }
-    let p1 = VethPair::connect(&a, &seg, format!("{A_ADDR}/24"), Vec::<String>::new())
+    let (a_addr, b_addr, plen) = o.addrs();
+    let p1 = VethPair::connect(&a, &seg, format!("{a_addr}/{plen}"), Vec::<String>::new())
         .expect("alpha card 1");
     let p2 = VethPair::connect(&a, &seg, Vec::<String>::new(), Vec::<String>::new())
         .expect("alpha card 2");
-    let pb = VethPair::connect(&b, &seg, format!("{B_ADDR}/24"), Vec::<String>::new())
+    let pb = VethPair::connect(&b, &seg, format!("{b_addr}/{plen}"), Vec::<String>::new())
         .expect("beta card");
     let mut pass = Vec::new();
     for port in [&p1.if_b, &p2.if_b, &pb.if_b] {
@@ -116,7 +133,7 @@ fn topology(o: &Options) -> (Cluster, Wires) {
         pass.push(attach_xdp_pass(&seg, port, heartbeat_agent::EBPF_OBJECT).expect("pass XDP"));
     }
     let ok = (0..25).any(|_| {
-        b.exec(&["ping", "-c", "1", "-W", "1", "-i", "0.2", A_ADDR])
+        b.exec(&["ping", "-c", "1", "-W", "1", "-i", "0.2", a_addr])
             .is_ok()
     });
     assert!(ok, "beta cannot reach alpha");
@@ -137,8 +154,8 @@ fn topology(o: &Options) -> (Cluster, Wires) {
          network_polling_interval = \"20ms\"\nnetwork_failure_detection = \"{det}\"\n\
          auto_failback = {afb}\n{hold}\n\
          [control]\nsocket = \"{{node}}.sock\"\n\n\
-         [[node]]\nid = 1\nname = \"alpha\"\n  [[node.link]]\n  interface = \"{a1}\"\n  address = \"{A_ADDR}\"\n  standby = \"{a2}\"\n\n\
-         [[node]]\nid = 2\nname = \"beta\"\n  [[node.link]]\n  interface = \"{b1}\"\n  address = \"{B_ADDR}\"\n",
+         [[node]]\nid = 1\nname = \"alpha\"\n  [[node.link]]\n  interface = \"{a1}\"\n  address = \"{a_addr}\"\n  standby = \"{a2}\"\n\n\
+         [[node]]\nid = 2\nname = \"beta\"\n  [[node.link]]\n  interface = \"{b1}\"\n  address = \"{b_addr}\"\n",
         nt = o.node_timeout,
         det = o.detection,
         afb = o.auto_failback,
@@ -718,5 +735,41 @@ fn a_standby_that_disappears_is_reported() {
     assert_eq!(c.status("alpha").nics[0].standby_state, "failed:carrier");
     assert!(has_addr(alpha(&c), &w.a1, A_ADDR));
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(1));
+    no_reformation(&c, t0);
+}
+
+/// The same on an IPv6 link: the address moves (no duplicate address
+/// detection: it is ours), an unsolicited neighbour advertisement updates
+/// beta's neighbour cache, heartbeats flow on the standby.
+#[test]
+fn an_ipv6_link_moves_too() {
+    let (mut c, w) = topology(&Options {
+        v6: true,
+        ..DEFAULT
+    });
+    start(&mut c);
+    let mac2 = mac_of(alpha(&c), &w.a2);
+    let t0 = wall_ns();
+    alpha(&c).ip(&["link", "set", &w.a1, "down"]).unwrap();
+    wait_entry(
+        &c,
+        "alpha",
+        EventKind::NicSwitched,
+        Some("carrier"),
+        t0,
+        Duration::from_secs(5),
+    );
+    assert!(has_inet6(alpha(&c), &w.a2, A6_ADDR));
+    wait_for(
+        "beta's neighbour entry at the new MAC",
+        Duration::from_secs(3),
+        || {
+            let out = beta(&c).ip(&["-6", "neigh", "show", A6_ADDR]).unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&mac2)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(1));
+    c.wait_state("alpha", "beta", NodeState::Up, Duration::from_secs(1));
     no_reformation(&c, t0);
 }
