@@ -433,21 +433,18 @@ impl Netif {
             }
             Some(i) if known != Some(i.index) => {
                 self.indexes.insert(name.to_owned(), Some(i.index));
-                {
-                    tracing::warn!(interface = %name, index = i.index, "interface (re)created: attaching XDP again and re-binding its socket");
-                    let _ = self
-                        .ctx
-                        .fast
-                        .send(fastpath::Command::Reattach(name.to_owned()))
-                        .await;
-                    // Sockets bound to this name (the link's active card).
-                    for s in &self.ctx.sockets {
-                        let carrier = self.ctx.cards.carrier_of(&s.interface);
-                        if carrier == name
-                            && let Err(e) = rebind(&s.socket, name)
-                        {
-                            tracing::error!(link = s.link_id, error = %e, "cannot re-bind the link's socket");
-                        }
+                tracing::warn!(interface = %name, index = i.index, "interface (re)created: attaching XDP again and re-binding its socket");
+                let _ = self
+                    .ctx
+                    .fast
+                    .send(fastpath::Command::Reattach(name.to_owned()))
+                    .await;
+                // The sockets of the links this card carries.
+                for s in &self.ctx.sockets {
+                    if self.ctx.cards.carrier_of(&s.interface) == name
+                        && let Err(e) = rebind(&s.socket, name)
+                    {
+                        tracing::error!(link = s.link_id, error = %e, "cannot re-bind the link's socket");
                     }
                 }
             }
