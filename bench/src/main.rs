@@ -34,6 +34,7 @@ mod heartbeat;
 mod keepalived;
 mod load;
 mod membership;
+mod netif;
 mod parse;
 mod probe;
 mod report;
@@ -112,6 +113,11 @@ pub struct BenchArgs {
     /// A full or quick run measures it too, after everything else.
     #[arg(long)]
     pub membership: bool,
+    /// Only standby NIC takeover (issue #10): switch time on carrier loss
+    /// and on a failure only polling sees (`--trials` per fault, default
+    /// 20); writes target/bench/netif.json.
+    #[arg(long)]
+    pub netif: bool,
 }
 
 fn main() -> ExitCode {
@@ -317,6 +323,9 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return smoke();
     }
     util::require_root("heartbeat-bench")?;
+    if args.netif {
+        return netif_run(args.trials.unwrap_or(20) as usize);
+    }
     if !args.membership {
         let plan = Plan::new(args)?;
         let results = execute(&plan)?;
@@ -327,6 +336,20 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map_or(if args.quick { 5 } else { 20 }, |t| t as usize);
     let rows = membership_run(trials, false, &[membership::HB5MS, membership::HB500US])?;
     println!("{}", membership::table(&rows));
+    Ok(())
+}
+
+/// Measures standby NIC takeover; writes netif.json.
+fn netif_run(trials: usize) -> anyhow::Result<()> {
+    install_signal_handlers();
+    let (agent, object) = build_agent(true)?;
+    let object = std::fs::read(&object).context("reading the XDP object")?;
+    let out = util::target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    let dir = out.join(format!("netif-{}", std::process::id()));
+    let r = netif::measure(&agent, &object, trials, &dir)?;
+    std::fs::write(out.join("netif.json"), serde_json::to_string_pretty(&r)?)?;
+    println!("{}", netif::table(&r));
     Ok(())
 }
 

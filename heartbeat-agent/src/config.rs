@@ -39,6 +39,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use crate::keyfile::KeyError;
+use crate::netif::machine::NetifSettings;
 use crate::packages::addresses::PackageAddress;
 use crate::packages::runner::{
     CommandLine, OcfAgent, OcfParams, PackageName, PackageSpec, Service, Timeouts,
@@ -112,10 +113,9 @@ pub const MAX_SHOWN_LEN: usize = 80;
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Roadmap issues that keys wait for.
-const WAITS_STANDBY: &str = "waits for standby NIC takeover (issue #10)";
 const WAITS_SERIAL: &str = "waits for the serial heartbeat link (issue #11)";
 /// Keys that exist only to be refused: left out of "the valid keys are".
-const WAITING_KEYS: &[&str] = &["serial", "network_polling_interval", "standby"];
+const WAITING_KEYS: &[&str] = &["serial"];
 
 /// The whole cluster's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +189,9 @@ pub struct ClusterSection {
     pub clock_drift_ppm: u32,
     /// Gratuitous ARP / unsolicited NA sent per package address on start.
     pub announce_count: u32,
+    /// Standby NIC takeover: the poller and the failback (`network_*`,
+    /// `auto_failback`, `failback_hold`).
+    pub netif: NetifSettings,
 }
 
 /// `[quorum]` (votequorum's options; every flag false when the section is
@@ -265,6 +268,8 @@ pub struct LinkConfig {
     pub interface: String,
     pub address: IpAddr,
     pub role: LinkRole,
+    /// The standby card that takes the link over when `interface` fails.
+    pub standby: Option<String>,
 }
 
 impl LinkConfig {
@@ -1091,11 +1096,7 @@ impl Src<'_> {
         let span = c.span();
         let c = c.into_inner();
         const WHAT: &str = "[cluster]";
-        self.refuse_waiting(
-            &c.network_polling_interval,
-            "cluster.network_polling_interval",
-            WAITS_STANDBY,
-        )?;
+        let netif = self.netif(&c)?;
         let name = self.required(
             c.name,
             &span,
@@ -1265,6 +1266,7 @@ impl Src<'_> {
                 announce_count: c
                     .announce_count
                     .map_or(DEFAULT_ANNOUNCE_COUNT, |v| v.into_inner().0),
+                netif,
             },
             node_timeout_at: nt_at,
         })
@@ -1326,6 +1328,7 @@ impl Src<'_> {
                     ),
                 ));
             }
+            self.check_standby(&path, &links, &built, &link, &b)?;
             links.push(link);
             built.push(b);
         }
@@ -1359,6 +1362,108 @@ impl Src<'_> {
         })
     }
 
+    /// A standby card belongs to one link only, and is no link's own
+    /// interface (in either order of writing).
+    fn check_standby(
+        &self,
+        node_path: &str,
+        links: &[LinkConfig],
+        built: &[BuiltLink],
+        link: &LinkConfig,
+        b: &BuiltLink,
+    ) -> Result<(), ConfigError> {
+        for (j, (other, ob)) in links.iter().zip(built).enumerate() {
+            if let (Some(sb), Some(at)) = (&link.standby, &b.standby_span) {
+                if *sb == other.interface {
+                    return Err(self.invalid(
+                        at,
+                        &format!("{}.standby", b.path),
+                        format!(
+                            "`{}` is the interface of {node_path}.link[{j}]; a standby card must be idle (no link of its own)",
+                            shorten(sb)
+                        ),
+                    ));
+                }
+                if other.standby.as_deref() == Some(sb.as_str()) {
+                    return Err(self.invalid(
+                        at,
+                        &format!("{}.standby", b.path),
+                        format!(
+                            "`{}` is already the standby of {node_path}.link[{j}]; each link needs its own standby card",
+                            shorten(sb)
+                        ),
+                    ));
+                }
+            }
+            if let (Some(sb), Some(at)) = (&other.standby, &ob.standby_span)
+                && *sb == link.interface
+            {
+                return Err(self.invalid(
+                    at,
+                    &format!("{}.standby", ob.path),
+                    format!(
+                        "`{}` is the interface of {}; a standby card must be idle (no link of its own)",
+                        shorten(sb),
+                        b.path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The network manager's keys of `[cluster]`.
+    fn netif(&self, c: &raw::Cluster) -> Result<NetifSettings, ConfigError> {
+        let d = NetifSettings::default();
+        let polling_interval = c
+            .network_polling_interval
+            .as_ref()
+            .map_or(d.polling_interval, |v| v.get_ref().0);
+        if let Some(v) = &c.network_polling_interval
+            && polling_interval < crate::netif::MIN_POLLING_INTERVAL
+        {
+            return Err(self.invalid(
+                &v.span(),
+                "cluster.network_polling_interval",
+                format!(
+                    "{} is too short; the smallest network_polling_interval is {}",
+                    fmt_duration(polling_interval),
+                    fmt_duration(crate::netif::MIN_POLLING_INTERVAL)
+                ),
+            ));
+        }
+        let failback_hold = c
+            .failback_hold
+            .as_ref()
+            .map_or(d.failback_hold, |v| v.get_ref().0);
+        let auto_failback = c.auto_failback.as_ref().is_none_or(|f| f.get_ref().0);
+        if let (Some(hold), Some(flag)) = (&c.failback_hold, &c.auto_failback)
+            && !auto_failback
+        {
+            return Err(self.invalid(
+                &hold.span(),
+                "cluster.failback_hold",
+                format!(
+                    "failback_hold has no effect with auto_failback = false (line {}); remove one of them",
+                    self.line_of(&flag.span())
+                ),
+            ));
+        }
+        Ok(NetifSettings {
+            polling_interval,
+            detection: c
+                .network_failure_detection
+                .as_ref()
+                .map_or(d.detection, |v| v.get_ref().0),
+            auto_failback,
+            failback_hold,
+            announce_count: c
+                .network_announce_count
+                .as_ref()
+                .map_or(d.announce_count, |v| v.get_ref().0),
+        })
+    }
+
     fn link(
         &self,
         node_path: &str,
@@ -1369,7 +1474,6 @@ impl Src<'_> {
         let l = l.into_inner();
         let path = format!("{node_path}.link[{position}]");
         const WHAT: &str = "[[node.link]]";
-        self.refuse_waiting(&l.standby, &format!("{path}.standby"), WAITS_STANDBY)?;
         let (id, id_span, id_written) = match l.id {
             Some(at) => (at.get_ref().0, at.span(), true),
             None => match u8::try_from(position) {
@@ -1405,14 +1509,43 @@ impl Src<'_> {
             Some(r) => (r.get_ref().0, r.span()),
         };
         let address_span = address.span();
+        let interface = interface.into_inner().0;
+        let standby = match l.standby {
+            None => None,
+            Some(s) => {
+                let at = s.span();
+                let name = s.into_inner().0;
+                if name == interface {
+                    return Err(self.invalid(
+                        &at,
+                        &format!("{path}.standby"),
+                        format!(
+                            "`{}` is the link's own interface; the standby must be another card on the same segment",
+                            shorten(&name)
+                        ),
+                    ));
+                }
+                if role != LinkRole::Heartbeat {
+                    return Err(self.invalid(
+                        &at,
+                        &format!("{path}.standby"),
+                        "a standby card takes over a heartbeat link; this link is stationary",
+                    ));
+                }
+                Some((name, at))
+            }
+        };
+        let standby_span = standby.as_ref().map(|(_, at)| at.clone());
         Ok((
             LinkConfig {
                 id,
-                interface: interface.into_inner().0,
+                interface,
                 address: address.into_inner().0,
                 role,
+                standby: standby.map(|(n, _)| n),
             },
             BuiltLink {
+                standby_span,
                 path,
                 id_span,
                 id_written,
@@ -1774,6 +1907,8 @@ struct BuiltNode {
 }
 
 struct BuiltLink {
+    /// Span of `standby`, when written.
+    standby_span: Option<Range<usize>>,
     path: String,
     /// Span of `id`, or of the link's table when the id is implied.
     id_span: Range<usize>,

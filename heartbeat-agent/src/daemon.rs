@@ -422,6 +422,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         .map(|(i, m)| format!("{i}:{}", m.as_str()))
         .collect::<Vec<_>>()
         .join(",");
+    let nic_poll = fp.take_nic_poll();
     let fast_task = tracker.spawn(fastpath::run(
         fp,
         ring,
@@ -437,6 +438,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     } else {
         Default::default()
     };
+    // Which card carries each configured interface now (the netif task
+    // keeps it; package addresses go on the carrying card).
+    let cards = Arc::new(crate::netif::Cards::default());
     if has_packages {
         tracker.spawn(crate::packages::task::run(
             plan.clone(),
@@ -452,6 +456,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 sockets: sockets.clone(),
                 shared: shared.clone(),
                 status: pkg_status_tx,
+                cards: cards.clone(),
             },
             failed_at_start,
             cancel.clone(),
@@ -484,6 +489,22 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         shared.clone(),
         cancel.clone(),
     ));
+    // The network manager: standby cards and the interfaces' lifecycle.
+    // `cards` tells which card carries each configured interface now (for
+    // placing package addresses).
+    let (nics_tx, nics_rx) = watch::channel(Vec::new());
+    tracker.spawn(crate::netif::run(
+        crate::netif::Context {
+            plan: plan.clone(),
+            sockets: sockets.clone(),
+            nic_poll,
+            journal: journal.clone(),
+            status: nics_tx,
+            cards: cards.clone(),
+            fast: fast_cmd_tx.clone(),
+        },
+        cancel.clone(),
+    ));
     let sources = Sources {
         plan: plan_rx,
         fast: fast_rx,
@@ -495,6 +516,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         agreement,
         started: Instant::now(),
         packages: pkg_status_rx,
+        nics: nics_rx,
     };
     tracker.spawn(control::serve(
         bound,

@@ -12,6 +12,7 @@ pub mod fence;
 pub mod journal;
 pub mod keyfile;
 pub mod metrics;
+pub mod netif;
 pub mod packages;
 pub mod pins;
 pub mod plan;

@@ -644,6 +644,9 @@ impl Collector for HeartbeatCollector {
 pub fn registry(sources: Sources, node: &str) -> Registry {
     let mut r = Registry::default();
     let sender = sources.sender.clone();
+    r.register_collector(Box::new(crate::netif::metrics::NicCollector::new(
+        sources.nics.clone(),
+    )));
     r.register_collector(Box::new(HeartbeatCollector {
         sources,
         sender,

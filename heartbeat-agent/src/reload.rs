@@ -36,6 +36,11 @@ pub fn check(old: &Plan, new: &Plan) -> Result<(), String> {
     if o.metrics != n.metrics {
         return refuse("metrics.listen");
     }
+    if o.cluster.netif != n.cluster.netif {
+        return refuse(
+            "cluster.network_* / auto_failback / failback_hold (the network manager's settings)",
+        );
+    }
     if old.local.id != new.local.id || old.local.name != new.local.name {
         return refuse("node.id");
     }

@@ -42,6 +42,8 @@ pub struct Sources {
     pub started: Instant,
     /// The packages task's view.
     pub packages: watch::Receiver<crate::packages::task::PackagesView>,
+    /// Links with a standby card (the netif task's view).
+    pub nics: watch::Receiver<Vec<heartbeat_api::status::NicStatus>>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -198,6 +200,7 @@ impl Sources {
             messages: view.messages.clone(),
             packages: self.packages.borrow().packages.clone(),
             frozen: self.packages.borrow().frozen,
+            nics: self.nics.borrow().clone(),
         }
     }
 }
@@ -382,5 +385,12 @@ pub fn render(this: &StatusReport) -> String {
             .unwrap_or(0),
         drops
     );
+    for n in &this.nics {
+        let _ = writeln!(
+            s,
+            "  LINK {} CARDS: active {}; primary {} ({}), standby {} ({}); {} switches",
+            n.link, n.active, n.primary, n.primary_state, n.standby, n.standby_state, n.switches
+        );
+    }
     s
 }

@@ -392,13 +392,24 @@ fn automatic_failback_and_min_package_node() {
     let out = c.cli("alpha", &["node", "start"]);
     assert!(out.status.success(), "{out:?}");
     wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
-    let st = c.status("alpha");
-    let p = package(&st, "web");
+    // The coordinator journaled the failback with its reason.
+    let placed: Vec<_> = ["alpha", "beta", "gamma"]
+        .iter()
+        .flat_map(|n| c.journal(n))
+        .filter(|e| {
+            e.event == support::EventKind::PackagePlaced && e.package.as_deref() == Some("web")
+        })
+        .map(|e| (e.cause, e.peer, e.detail))
+        .collect();
     assert!(
-        p.last_failover
-            .as_deref()
-            .is_some_and(|f| f.contains("failback from beta")),
-        "{p:?}"
+        placed
+            .iter()
+            .any(|(cause, peer, detail)| cause == "failback"
+                && peer.as_deref() == Some("alpha")
+                && detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("failback from beta"))),
+        "{placed:?}"
     );
 }
 

@@ -55,8 +55,12 @@ pub(super) struct Cluster {
     pub lease_margin: Field<Dur>,
     pub clock_drift_ppm: Field<DriftPpm>,
     pub announce_count: Field<AnnounceCount>,
-    /// Waits for standby NIC takeover (issue #10).
-    pub network_polling_interval: Field<IgnoredAny>,
+    /// Standby NIC takeover (issue #10): the poller and the failback.
+    pub network_polling_interval: Field<Dur>,
+    pub network_failure_detection: Field<DetectionValue>,
+    pub network_announce_count: Field<AnnounceCount>,
+    pub auto_failback: Field<Flag>,
+    pub failback_hold: Field<Dur>,
 }
 
 /// `[quorum]`.
@@ -108,8 +112,8 @@ pub(super) struct Link {
     pub interface: Field<Interface>,
     pub address: Field<Ip>,
     pub role: Field<Role>,
-    /// Waits for standby NIC takeover (issue #10).
-    pub standby: Field<IgnoredAny>,
+    /// The standby card (issue #10).
+    pub standby: Field<Interface>,
 }
 
 /// One `[[package]]`.
@@ -651,6 +655,13 @@ choice_value!(
     FailbackValue: heartbeat_cluster::placement::FailbackPolicy {
         "manual" => heartbeat_cluster::placement::FailbackPolicy::Manual,
         "automatic" => heartbeat_cluster::placement::FailbackPolicy::Automatic,
+    }
+);
+choice_value!(
+    /// `cluster.network_failure_detection`.
+    DetectionValue: crate::netif::machine::FailureDetection {
+        "inout" => crate::netif::machine::FailureDetection::InOut,
+        "inonly_or_inout" => crate::netif::machine::FailureDetection::InOnlyOrInOut,
     }
 );
 choice_value!(
