@@ -20,7 +20,13 @@
 
 mod locate;
 mod raw;
+mod serial;
 mod system;
+
+pub use serial::{
+    DEFAULT_SERIAL_BAUD, DEFAULT_SERIAL_INTERVAL, DEFAULT_SERIAL_TIMEOUT, MIN_SERIAL_INTERVAL,
+    NodeSerial, SerialSection, SerialSettings,
+};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -107,9 +113,8 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Roadmap issues that keys wait for.
 const WAITS_STANDBY: &str = "waits for standby NIC takeover (issue #10)";
-const WAITS_SERIAL: &str = "waits for the serial heartbeat link (issue #11)";
 /// Keys that exist only to be refused: left out of "the valid keys are".
-const WAITING_KEYS: &[&str] = &["serial", "network_polling_interval", "standby"];
+const WAITING_KEYS: &[&str] = &["network_polling_interval", "standby"];
 
 /// The whole cluster's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +129,9 @@ pub struct ClusterConfig {
     /// `[[package]]`, in the order written (a package's index is its
     /// `heartbeat_cluster::placement::PackageId`).
     pub packages: Vec<PackageConfig>,
+    /// `[serial]`: the serial heartbeat line (two-node clusters only; then
+    /// every node has its `NodeConfig::serial`).
+    pub serial: Option<SerialSection>,
     /// Where each key was written in the file, so that later checks
     /// ([`ClusterConfig::check_system`]) can point at the line. Empty for a
     /// configuration built in code.
@@ -230,6 +238,8 @@ pub struct NodeConfig {
     pub priority: u32,
     pub votes: u32,
     pub links: Vec<LinkConfig>,
+    /// `[node.serial]`: this node's end of the serial line.
+    pub serial: Option<NodeSerial>,
 }
 
 impl NodeConfig {
@@ -745,7 +755,6 @@ impl Src<'_> {
     }
 
     fn build(&self, top: raw::Top, top_span: Range<usize>) -> Result<ClusterConfig, ConfigError> {
-        self.refuse_waiting(&top.serial, "serial", WAITS_SERIAL)?;
         let Some(cluster) = top.cluster else {
             return Err(self.invalid(
                 &top_span,
@@ -796,6 +805,7 @@ impl Src<'_> {
             nodes.push(self.node(i, n)?);
         }
         self.check_nodes(&top_span, &nodes)?;
+        let serial = self.serial(top.serial, &nodes)?;
         let quorum = self.quorum(top.quorum, &cluster, &nodes)?;
         let packages = self.packages(top.package, &nodes)?;
         Ok(ClusterConfig {
@@ -806,6 +816,7 @@ impl Src<'_> {
             control,
             nodes: nodes.into_iter().map(|n| n.node).collect(),
             packages,
+            serial,
             locations: Locations::default(),
         })
     }
@@ -1246,7 +1257,7 @@ impl Src<'_> {
         let n = n.into_inner();
         let path = format!("node[{index}]");
         const WHAT: &str = "[[node]]";
-        self.refuse_waiting(&n.serial, &format!("{path}.serial"), WAITS_SERIAL)?;
+        let serial = self.node_serial(&path, n.serial)?;
         let id = self.required(
             n.id,
             &span,
@@ -1309,7 +1320,9 @@ impl Src<'_> {
                 priority,
                 votes,
                 links,
+                serial: serial.as_ref().map(|s| s.0.clone()),
             },
+            serial: serial.map(|s| s.1),
             path,
             span,
             id_span,
@@ -1731,6 +1744,7 @@ struct BuiltNode {
     name_span: Range<usize>,
     votes_at: Option<Range<usize>>,
     links: Vec<BuiltLink>,
+    serial: Option<serial::BuiltSerial>,
 }
 
 struct BuiltLink {

@@ -127,13 +127,23 @@ pub struct Channels {
     pub state: StateFile,
     /// Time from the first event of a round to the installed view.
     pub agreement: Arc<crate::metrics::Histogram>,
+    /// The serial line's task, when one is configured: sealed membership
+    /// datagrams for the peer go on the line too (`crate::serial`).
+    pub serial: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 fn link_view(plan: &Plan) -> links::Membership {
     let peers: Vec<(u16, String, Vec<u8>)> = plan
         .peers
         .iter()
-        .map(|p| (p.id, p.name.clone(), p.links.clone()))
+        .map(|p| {
+            let mut l = p.links.clone();
+            // The serial line is one more link to its peer.
+            if crate::serial::peer_of(plan) == Some(p.id) {
+                l.push(crate::serial::SERIAL_LINK);
+            }
+            (p.id, p.name.clone(), l)
+        })
         .collect();
     links::Membership::new(&plan.local.name, &peers)
 }
@@ -215,6 +225,8 @@ struct Runner {
     quorate: bool,
     /// The quorum server client, when one is configured.
     qs: Option<QsLink>,
+    /// Membership datagrams for the serial line (`crate::serial`).
+    serial: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 /// The quorum server client and its socket.
@@ -260,6 +272,18 @@ impl Runner {
                         Ok(_) => sent = true,
                         Err(_) => *self.messages.entry("send_errors".into()).or_default() += 1,
                     }
+                }
+            }
+        }
+        if let Some(tx) = &self.serial {
+            let wanted = self.plan.peers.iter().any(|p| match to {
+                Dest::All => true,
+                Dest::Nodes(set) => set.contains(NodeId(p.id)),
+            });
+            if wanted {
+                match tx.try_send(bytes) {
+                    Ok(()) => sent = true,
+                    Err(_) => self.count("serial_queue_full"),
                 }
             }
         }
@@ -650,6 +674,7 @@ pub async fn run(
         agreement: ch.agreement,
         quorate: false,
         qs: None,
+        serial: ch.serial,
     };
     if let Some(addr) = r.plan.config.quorum.quorum_server {
         let bind: std::net::SocketAddr = if addr.is_ipv4() {
