@@ -375,7 +375,8 @@ impl Line {
 
     fn publish(&mut self) {
         let v = self.verdict();
-        if v != self.view.verdict {
+        // (Nothing to say before the peer was ever heard on the line.)
+        if v != self.view.verdict && self.view.peer_frame.is_some() {
             match v {
                 Verdict::Split { survivor } => tracing::warn!(
                     peer = %self.plan.peer_name,
