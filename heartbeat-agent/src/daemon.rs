@@ -378,6 +378,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 shared: shared.clone(),
                 handle: serial_handle.clone(),
                 view: serial_view_tx,
+                plan: plan_rx.clone(),
             },
             cancel.clone(),
         ));

@@ -206,6 +206,9 @@ pub struct Channels {
     pub shared: Arc<Shared>,
     pub handle: Arc<SerialHandle>,
     pub view: watch::Sender<SerialView>,
+    /// The running plan: a reload's new keys (the line's own settings
+    /// cannot change live: `reload::check` refuses it).
+    pub plan: watch::Receiver<Arc<Plan>>,
 }
 
 /// Opens `s.device` raw: 8N1, no flow control, exclusive.
@@ -300,8 +303,18 @@ impl Line {
         }
     }
 
+    /// Takes a reload's keys.
+    fn refresh(&mut self) {
+        if self.ch.plan.has_changed().unwrap_or(false) {
+            let keys = crate::qserver::wire_keys(&self.ch.plan.borrow_and_update().keys);
+            self.plan.keys = keys;
+            self.decoder.set_keys(keys);
+        }
+    }
+
     /// Takes the line down after `timeout` of silence.
     fn check_timeout(&mut self) {
+        self.refresh();
         let now = Self::now();
         let timeout = self.plan.settings.timeout.as_nanos() as u64;
         let silent = now.saturating_sub(self.view.last_rx_ns) > timeout;
