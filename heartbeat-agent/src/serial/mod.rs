@@ -74,6 +74,7 @@ use crate::{
 /// The link id of the serial line: above every network link id
 /// (`config::MAX_LINK_ID`), so it never collides with one.
 pub const SERIAL_LINK: u8 = u8::MAX;
+const _: () = assert!(SERIAL_LINK > crate::config::MAX_LINK_ID);
 
 /// How a link is named in metrics and the journal: its id, or `serial`.
 pub fn link_label(link: u8) -> String {
@@ -91,6 +92,45 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const VIEW_EVERY_NS: u64 = 100_000_000;
 /// Largest read from the port at once.
 const READ_CHUNK: usize = 1024;
+/// Share of the line's bytes membership frames may take (the rest is for
+/// the heartbeat frames, about half the line at 10 ms and 115200 baud).
+const MEMBERSHIP_SHARE: f64 = 0.4;
+/// Membership bytes that may go out at once (a few joins in a burst).
+const MEMBERSHIP_BURST: f64 = 1024.0;
+
+/// A token bucket of line bytes for membership frames: a membership round
+/// at a fast heartbeat interval (joins every millisecond) must not starve
+/// the heartbeat frames of a 115200 baud line. Frames over the budget are
+/// dropped and counted; membership resends what matters.
+#[derive(Clone, Debug)]
+struct Budget {
+    bytes_per_ns: f64,
+    tokens: f64,
+    at_ns: u64,
+}
+
+impl Budget {
+    fn new(baud: u32) -> Self {
+        Self {
+            bytes_per_ns: f64::from(baud) / 10.0 * MEMBERSHIP_SHARE / 1e9,
+            tokens: MEMBERSHIP_BURST,
+            at_ns: 0,
+        }
+    }
+
+    /// Takes `n` bytes at `now_ns` if the budget has them.
+    fn take(&mut self, n: usize, now_ns: u64) -> bool {
+        let dt = now_ns.saturating_sub(self.at_ns) as f64;
+        self.tokens = (self.tokens + dt * self.bytes_per_ns).min(MEMBERSHIP_BURST);
+        self.at_ns = now_ns;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// The serial line of the local node, from the plan.
 #[derive(Clone, Debug)]
@@ -176,7 +216,8 @@ pub struct SerialView {
     /// Membership datagrams sent and received over the line.
     pub membership_sent: u64,
     pub membership_received: u64,
-    /// Membership datagrams not queued to or from the line (queue full).
+    /// Membership datagrams not carried (queue full, or over the line's
+    /// byte budget for membership).
     pub membership_dropped: u64,
     /// Times the device was opened, and lost (read error or end of file).
     pub opens: u64,
@@ -248,6 +289,7 @@ struct Line {
     view: SerialView,
     net_view: NetworkView,
     net_view_at: u64,
+    budget: Budget,
 }
 
 impl Line {
@@ -450,9 +492,12 @@ impl Line {
                 Some(d) = self.ch.membership_out.recv() => {
                     let st = self.status();
                     let key = self.plan.keys.current;
-                    if let Some(f) = self.encoder.encode(Kind::Membership, &st, &d, key)
-                        && self.write(&mut wr, &f).await
-                    {
+                    let Some(f) = self.encoder.encode(Kind::Membership, &st, &d, key) else {
+                        continue;
+                    };
+                    if !self.budget.take(f.len(), Self::now()) {
+                        self.view.membership_dropped += 1;
+                    } else if self.write(&mut wr, &f).await {
                         self.view.membership_sent += 1;
                     }
                 }
@@ -497,6 +542,7 @@ pub async fn run(
     ch: Channels,
     cancel: CancellationToken,
 ) {
+    let budget = Budget::new(plan.settings.baud);
     let mut line = Line {
         encoder: Encoder::new(plan.cluster_id, plan.local, incarnation),
         decoder: Decoder::new(plan.keys, plan.cluster_id, NodeSet::single(plan.peer)),
@@ -510,6 +556,7 @@ pub async fn run(
         ch,
         net_view: NetworkView::default(),
         net_view_at: 0,
+        budget,
     };
     line.network_view();
     line.publish();
@@ -651,4 +698,30 @@ pub fn encode_metrics(
         ConstGauge::new(value).encode(m)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_membership_budget_leaves_the_line_to_heartbeats() {
+        let mut b = Budget::new(115_200);
+        // A burst passes, then about 40 % of 11520 bytes/s.
+        assert!(b.take(1000, 0));
+        assert!(!b.take(100, 1_000_000));
+        let mut sent = 0usize;
+        for ms in 1..=1000u64 {
+            if b.take(100, ms * 1_000_000) {
+                sent += 100;
+            }
+        }
+        assert!((4000..=5000).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn the_serial_link_is_named_serial() {
+        assert_eq!(link_label(SERIAL_LINK), "serial");
+        assert_eq!(link_label(3), "3");
+    }
 }
