@@ -79,6 +79,12 @@ pub const DEFAULT_LAST_MAN_STANDING_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUORUM_SERVER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default `control.socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/heartbeat/control.sock";
+/// Default `cluster.lease_margin`.
+pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_micros(200);
+/// Default `cluster.clock_drift_ppm` (NTP's bound on a disciplined clock).
+pub const DEFAULT_CLOCK_DRIFT_PPM: u32 = 500;
+/// Default `cluster.announce_count`.
+pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
 /// Default `package.monitor_interval`.
 pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `package.start_timeout`.
@@ -182,6 +188,15 @@ pub struct ClusterSection {
     /// How long peers keep a node whose agent announced a restart as
     /// `restarting` before they count it failed.
     pub restart_window: Duration,
+    /// `L`: how long a package's kernel lease holds after the heartbeat it
+    /// is anchored at (default: node_timeout).
+    pub package_lease: Duration,
+    /// `m`: allowance added to the wait for an old owner's lease.
+    pub lease_margin: Duration,
+    /// `ρ`: the bound on any clock's rate error, ppm (default 500).
+    pub clock_drift_ppm: u32,
+    /// Gratuitous ARP / unsolicited NA sent per package address on start.
+    pub announce_count: u32,
 }
 
 /// `[quorum]` (votequorum's options; every flag false when the section is
@@ -1228,6 +1243,8 @@ impl Src<'_> {
             }
         }
 
+        let package_lease = dur(&c.package_lease).map_or(nt, |d| d.0);
+        let lease_margin = dur(&c.lease_margin).map_or(DEFAULT_LEASE_MARGIN, |d| d.0);
         let events_file = c.events_file.map(|p| self.path(&p.get_ref().0));
         let state_file = c.state_file.map_or_else(
             || PathBuf::from(DEFAULT_STATE_FILE),
@@ -1247,6 +1264,14 @@ impl Src<'_> {
                 auto_start,
                 auto_start_timeout: ast,
                 restart_window: rw,
+                package_lease,
+                lease_margin,
+                clock_drift_ppm: c
+                    .clock_drift_ppm
+                    .map_or(DEFAULT_CLOCK_DRIFT_PPM, |v| v.into_inner().0),
+                announce_count: c
+                    .announce_count
+                    .map_or(DEFAULT_ANNOUNCE_COUNT, |v| v.into_inner().0),
             },
             node_timeout_at: nt_at,
         })

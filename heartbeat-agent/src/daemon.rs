@@ -48,6 +48,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use heartbeat_cluster::{NodeId, wire::Sealer};
 use heartbeat_common::node_state;
 use thiserror::Error;
 use tokio::{
@@ -64,6 +65,7 @@ use crate::{
     fastpath::{self, FastPath, FastPathParams, FastSnapshot},
     journal::{self, EventKind, JournalHandle},
     keyfile, metrics,
+    packages::task::PackagesView,
     plan::{LinkPlan, Plan},
     sender::{self, SenderConfig, SenderLink, Shared},
     sequence, serial,
@@ -387,6 +389,15 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         None
     };
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
+    let (pkg_msg_tx, pkg_msg_rx) = mpsc::channel(1024);
+    let (pkg_calls_tx, pkg_calls_rx) = mpsc::channel::<Call>(16);
+    let (pkg_status_tx, pkg_status_rx) = watch::channel(PackagesView::default());
+    let has_packages = !plan.config.packages.is_empty();
+    let sealer: cluster::SharedSealer = Arc::new(std::sync::Mutex::new(Sealer::new(
+        c.id,
+        NodeId(plan.local.id),
+        incarnation,
+    )));
     // After an adoption the links the kernel holds up are queued first, so
     // that the cluster task starts from them.
     for ev in fp.adopted_up_events() {
@@ -410,6 +421,33 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         fast_cmd_rx,
         cancel.clone(),
     ));
+    // Stop before join: the packages' stop actions run (and their
+    // addresses go) before this node takes part in membership.
+    let failed_at_start = if has_packages {
+        crate::packages::task::stop_all(&plan, &journal).await
+    } else {
+        Default::default()
+    };
+    if has_packages {
+        tracker.spawn(crate::packages::task::run(
+            plan.clone(),
+            journal.clone(),
+            crate::packages::task::Channels {
+                view: view_rx.clone(),
+                messages: pkg_msg_rx,
+                calls: pkg_calls_rx,
+                fast: fast_cmd_tx.clone(),
+                fast_snapshot: fast_rx.clone(),
+                cluster: cluster_cmd_tx.clone(),
+                sealer: sealer.clone(),
+                sockets: sockets.clone(),
+                shared: shared.clone(),
+                status: pkg_status_tx,
+            },
+            failed_at_start,
+            cancel.clone(),
+        ));
+    }
     // The cluster task announces a leave when cancelled; an announced
     // restart aborts it instead (see `Stop::Restart`).
     let cluster_task = tracker.spawn(cluster::run(
@@ -426,6 +464,8 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             state,
             agreement: agreement.clone(),
             serial: serial_out,
+            sealer,
+            packages: has_packages.then_some(pkg_msg_tx),
         },
         cancel.clone(),
     ));
@@ -448,6 +488,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         started: Instant::now(),
         serial: serial_view_rx,
         serial_handle,
+        packages: pkg_status_rx,
     };
     tracker.spawn(control::serve(
         bound,
@@ -544,6 +585,21 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                     // cancelled (bounded: one short pause).
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     break Stop::Restart("control");
+                }
+                Request::PackageMove { .. }
+                | Request::PackageStart { .. }
+                | Request::PackageStop { .. }
+                | Request::PackageEnable { .. }
+                | Request::PackageDisable { .. }
+                | Request::ClusterFreeze {}
+                | Request::ClusterUnfreeze {} => {
+                    if !has_packages {
+                        let _ = call.reply.send(Err(
+                            "no [[package]] is configured on this cluster".into(),
+                        ));
+                    } else if let Err(mpsc::error::SendError(call)) = pkg_calls_tx.send(call).await {
+                        let _ = call.reply.send(Err("agent is shutting down".into()));
+                    }
                 }
                 _ => {
                     if let Err(mpsc::error::SendError(cluster::Command::Control(call))) =

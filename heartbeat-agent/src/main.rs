@@ -133,6 +133,64 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Packages: move, start, stop, enable, disable (carried out by the
+    /// cluster's coordinator; any node's agent takes them).
+    Package {
+        #[command(subcommand)]
+        command: PackageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackageCommand {
+    /// Move a package to a node; it stays there while that node may run
+    /// it, whatever its failback policy.
+    Move {
+        #[command(flatten)]
+        target: Target,
+        /// The package.
+        #[arg(value_name = "PACKAGE")]
+        name: String,
+        /// The node to run it.
+        #[arg(id = "to_node", value_name = "NODE")]
+        node: String,
+    },
+    /// Let a stopped package run again (also clears its bans and errors).
+    Start {
+        #[command(flatten)]
+        target: Target,
+        /// The package.
+        name: String,
+    },
+    /// Stop a package everywhere (until `package start`).
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// The package.
+        name: String,
+    },
+    /// Let a package run on a node again (no node: everywhere).
+    Enable {
+        #[command(flatten)]
+        target: Target,
+        /// The package.
+        #[arg(value_name = "PACKAGE")]
+        name: String,
+        /// The node.
+        #[arg(id = "on_node", value_name = "NODE")]
+        node: Option<String>,
+    },
+    /// Keep a package off a node (no node: stop it everywhere).
+    Disable {
+        #[command(flatten)]
+        target: Target,
+        /// The package.
+        #[arg(value_name = "PACKAGE")]
+        name: String,
+        /// The node.
+        #[arg(id = "on_node", value_name = "NODE")]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +198,17 @@ enum ClusterCommand {
     /// Form the cluster now: with `auto_start = false`, or to stop waiting
     /// `auto_start_timeout` for nodes that are not coming.
     Start {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Maintenance: no package moves (failover, failback, placement) until
+    /// `cluster unfreeze`; monitors keep running and reporting.
+    Freeze {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End maintenance.
+    Unfreeze {
         #[command(flatten)]
         target: Target,
     },
@@ -309,6 +378,29 @@ fn other_command(cmd: Command) -> Result<()> {
         Command::Cluster {
             command: ClusterCommand::Start { target },
         } => command(&target, &Request::ClusterStart {}),
+        Command::Cluster {
+            command: ClusterCommand::Freeze { target },
+        } => command(&target, &Request::ClusterFreeze {}),
+        Command::Cluster {
+            command: ClusterCommand::Unfreeze { target },
+        } => command(&target, &Request::ClusterUnfreeze {}),
+        Command::Package { command: pc } => match pc {
+            PackageCommand::Move { target, name, node } => {
+                command(&target, &Request::PackageMove { name, node })
+            }
+            PackageCommand::Start { target, name } => {
+                command(&target, &Request::PackageStart { name })
+            }
+            PackageCommand::Stop { target, name } => {
+                command(&target, &Request::PackageStop { name })
+            }
+            PackageCommand::Enable { target, name, node } => {
+                command(&target, &Request::PackageEnable { name, node })
+            }
+            PackageCommand::Disable { target, name, node } => {
+                command(&target, &Request::PackageDisable { name, node })
+            }
+        },
         Command::Node {
             command: NodeCommand::Halt { target, name },
         } => command(&target, &Request::NodeHalt { node: name }),

@@ -46,6 +46,8 @@ pub struct Sources {
     /// What the packages side tells the serial line (packages running,
     /// stop confirmed).
     pub serial_handle: Arc<crate::serial::SerialHandle>,
+    /// The packages task's view.
+    pub packages: watch::Receiver<crate::packages::task::PackagesView>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -207,6 +209,8 @@ impl Sources {
             nodes,
             xdp_counters,
             messages: view.messages.clone(),
+            packages: self.packages.borrow().packages.clone(),
+            frozen: self.packages.borrow().frozen,
         }
     }
 }
@@ -274,6 +278,48 @@ pub fn render(this: &StatusReport) -> String {
             .map(|v| format!("; quorum server {v}"))
             .unwrap_or_default()
     );
+    if !this.packages.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "  PACKAGE          OWNER            HERE         HEALTH     LEASE      REASON{}",
+            if this.frozen {
+                "   [cluster FROZEN]"
+            } else {
+                ""
+            }
+        );
+        for p in &this.packages {
+            let health = if p.fatal {
+                "fatal"
+            } else if p.banned {
+                "banned"
+            } else if !p.healthy {
+                "failing"
+            } else {
+                "ok"
+            };
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<16} {:<12} {:<10} {:<10} {}",
+                p.name,
+                p.owner.as_deref().unwrap_or("-"),
+                p.local_state,
+                health,
+                format!("{:.1}ms", p.lease_remaining_ms),
+                p.reason
+            );
+            if let Some(w) = &p.waiting_for {
+                let _ = writeln!(s, "    waiting for {w}");
+            }
+            if !p.healthy_on.is_empty() {
+                let _ = writeln!(s, "    healthy on {}", p.healthy_on.join(", "));
+            }
+            if let Some(f) = &p.last_failover {
+                let _ = writeln!(s, "    last change: {f}");
+            }
+        }
+    }
     for n in &this.nodes {
         let _ = writeln!(s);
         let _ = writeln!(s, "  NODE             ID   STATUS");

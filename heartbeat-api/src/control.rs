@@ -48,12 +48,43 @@ pub enum Request {
     /// pinned, and keeps answering for `cluster.restart_window` while the
     /// next agent starts and adopts it.
     Restart {},
+    /// Move a package to a node (it stays there while that node may run
+    /// it, whatever its failback policy).
+    PackageMove {
+        name: String,
+        node: String,
+    },
+    /// Let a stopped package run again (also clears its bans and errors).
+    PackageStart {
+        name: String,
+    },
+    /// Stop a package everywhere.
+    PackageStop {
+        name: String,
+    },
+    /// Let a package run on a node again (no node: everywhere).
+    PackageEnable {
+        name: String,
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// Keep a package off a node (no node: stop it everywhere).
+    PackageDisable {
+        name: String,
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// Maintenance: nothing moves; monitors keep reporting.
+    ClusterFreeze {},
+    /// End maintenance.
+    ClusterUnfreeze {},
 }
 
 impl Request {
     /// Every command's name, for error messages.
-    pub const KNOWN: &'static str =
-        "status, events, reload, cluster_start, node_halt, node_start, restart";
+    pub const KNOWN: &'static str = "status, events, reload, cluster_start, node_halt, node_start, restart, package_move, \
+         package_start, package_stop, package_enable, package_disable, cluster_freeze, \
+         cluster_unfreeze";
 
     /// Decodes one request line (without its newline). Pure: the control
     /// socket and the fuzz target both use it.

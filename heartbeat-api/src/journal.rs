@@ -41,6 +41,20 @@ pub enum EventKind {
     AgentStopping,
     /// A journal problem (write errors), rate-limited.
     JournalError,
+    /// The coordinator placed a package (cause: the placement reason;
+    /// `peer`: the new owner, none when it runs nowhere).
+    PackagePlaced,
+    /// A package action finished here (cause: `start`, `stop`, `monitor`;
+    /// detail: its result and duration).
+    PackageAction,
+    /// A line a package's script wrote (cause: the action; detail: the line).
+    PackageOutput,
+    /// This node gave a package up (cause: `restart_limit`, `start_failed`,
+    /// `hard_failure`, `fatal`) or escalated a failed stop (`stop_failed`).
+    PackageFailed,
+    /// A start waited for another node to stop or its lease to run out
+    /// (cause: `report` or `lease_expired`; peer: that node).
+    PackageCleared,
 }
 
 impl EventKind {
@@ -64,6 +78,11 @@ impl EventKind {
             Self::AgentStarted => "agent_started",
             Self::AgentStopping => "agent_stopping",
             Self::JournalError => "journal_error",
+            Self::PackagePlaced => "package_placed",
+            Self::PackageAction => "package_action",
+            Self::PackageOutput => "package_output",
+            Self::PackageFailed => "package_failed",
+            Self::PackageCleared => "package_cleared",
         }
     }
 }
@@ -112,6 +131,9 @@ pub struct Entry {
     /// Free text for people (a reload error, a script's output line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For package events: the package's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
 }
 
 impl Entry {
@@ -135,6 +157,7 @@ impl Entry {
             coordinator: None,
             quorate: None,
             detail: None,
+            package: None,
         }
     }
 }

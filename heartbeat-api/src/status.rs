@@ -85,6 +85,44 @@ pub struct StatusReport {
     /// Membership messages: `sent`, `received`, and `dropped_<reason>`.
     #[serde(default)]
     pub messages: BTreeMap<String, u64>,
+    /// The configured packages, as this node sees them.
+    #[serde(default)]
+    pub packages: Vec<PackageStatus>,
+    /// `cluster freeze` in force.
+    #[serde(default)]
+    pub frozen: bool,
+}
+
+/// One package as a node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PackageStatus {
+    pub name: String,
+    /// Its owner in the placement this node acts on.
+    pub owner: Option<String>,
+    /// Why it is (or is not) there.
+    pub reason: String,
+    /// Its life on this node: `unknown`, `stopped`, `starting`, `running`,
+    /// `stopping`, `stop_failed`.
+    pub local_state: String,
+    /// Its monitor passes here (only meaningful while it runs here).
+    pub healthy: bool,
+    /// Restarts in place here since it started.
+    pub restarts: u32,
+    /// Banned here.
+    pub banned: bool,
+    /// A configuration error: no node may run it.
+    pub fatal: bool,
+    /// Nodes that report it starting or running (more than one only while
+    /// an owner's lease has not run out).
+    pub running_on: Vec<String>,
+    /// Its kernel lease here: ms left (0: fenced).
+    pub lease_remaining_ms: f64,
+    /// What a start here waits for, if anything.
+    pub waiting_for: Option<String>,
+    /// Nodes whose heartbeats say the package runs healthy there.
+    pub healthy_on: Vec<String>,
+    /// The last failover: when (wall-clock ns) and why.
+    pub last_failover: Option<String>,
 }
 
 /// The agreed membership view and quorum.

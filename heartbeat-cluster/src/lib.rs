@@ -43,6 +43,7 @@
 pub mod ids;
 pub mod lease;
 pub mod membership;
+pub mod packages;
 pub mod placement;
 pub mod qserver;
 pub mod quorum;

@@ -1218,6 +1218,8 @@ impl Membership {
                     p.join = None;
                 }
             }
+            // The packages state machine's; the runner routes them there.
+            Message::PkgPlacement(_) | Message::PkgReport(_) | Message::PkgCommand(_) => {}
             Message::QsRequest(_) | Message::QsAnswer(_) => {
                 out.push(Output::Dropped {
                     from,

@@ -28,6 +28,7 @@ pub use heartbeat_common::{KIND_MEMBERSHIP, MAGIC, PREFIX_LEN, VERSION};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, NodeId, NodeSet};
+use crate::placement::{Decision, LossCause, Operator, PackageId, Reason};
 use crate::quorum::{QuorumState, TieBreaker};
 
 /// Bytes before the body.
@@ -150,6 +151,12 @@ pub enum MsgType {
     QsRequest = 16,
     /// [`QsAnswer`].
     QsAnswer = 17,
+    /// [`PkgPlacement`].
+    PkgPlacement = 32,
+    /// [`PkgReport`].
+    PkgReport = 33,
+    /// [`PkgCommand`].
+    PkgCommand = 34,
 }
 
 impl MsgType {
@@ -162,6 +169,9 @@ impl MsgType {
             5 => Self::Leave,
             16 => Self::QsRequest,
             17 => Self::QsAnswer,
+            32 => Self::PkgPlacement,
+            33 => Self::PkgReport,
+            34 => Self::PkgCommand,
             _ => return None,
         })
     }
@@ -284,6 +294,117 @@ pub struct QsAnswer {
     pub lease_ms: u32,
 }
 
+/// Most packages (package health travels as a 64-bit bitmap).
+pub const MAX_PACKAGES: usize = 64;
+/// Most (package, node) pairs in a placement's operator lists.
+pub const MAX_OPERATOR_PAIRS: usize = 64;
+
+/// The coordinator's placement of every package for one epoch
+/// (`crate::placement`), with the operator's overrides it was computed
+/// with (so that a later coordinator keeps them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PkgPlacement {
+    /// The epoch of the view it was computed for.
+    pub epoch: Epoch,
+    /// Raised at every new placement within the epoch.
+    pub seq: u32,
+    /// One decision per package, in id order.
+    pub decisions: Vec<(PackageId, Decision)>,
+    /// The operator's overrides.
+    pub operator: Operator,
+}
+
+/// A package's state on one node, as that node reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PkgEntry {
+    /// The package.
+    pub pkg: PackageId,
+    /// [`pkg_state`].
+    pub state: u8,
+    /// [`pkg_flags`].
+    pub flags: u8,
+    /// Restarts in place since it started here.
+    pub restarts: u8,
+}
+
+/// `PkgEntry::state` values.
+pub mod pkg_state {
+    /// Not running here; its lease here is released.
+    pub const STOPPED: u8 = 0;
+    /// Being started (its lease here may be valid).
+    pub const STARTING: u8 = 1;
+    /// Running (its lease here may be valid).
+    pub const RUNNING: u8 = 2;
+    /// Being stopped (its lease here is released).
+    pub const STOPPING: u8 = 3;
+    /// Its stop failed: it may still run (its lease here is released).
+    pub const STOP_FAILED: u8 = 4;
+    /// Not known yet (the node is still stopping everything at start).
+    pub const UNKNOWN: u8 = 5;
+    /// Largest valid value.
+    pub const MAX: u8 = UNKNOWN;
+}
+
+/// `PkgEntry::flags` bits.
+pub mod pkg_flags {
+    /// Its monitor fails here.
+    pub const UNHEALTHY: u8 = 1;
+    /// Banned from this node (hard failure, restart limit, failed start).
+    pub const BANNED: u8 = 2;
+    /// A configuration error (OCF 6): no node may run it.
+    pub const FATAL: u8 = 4;
+    /// Every flag.
+    pub const ALL: u8 = UNHEALTHY | BANNED | FATAL;
+}
+
+/// A node's report of its packages, sent on every change, on every new
+/// view and placement, and periodically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PkgReport {
+    /// The sender's installed epoch (0: none).
+    pub epoch: Epoch,
+    /// The sequence of the newest placement of that epoch it applied.
+    pub placement_seq: u32,
+    /// One entry per package, in id order.
+    pub entries: Vec<PkgEntry>,
+    /// Per other node: how long the sender has not heard it, in µs (0:
+    /// it hears it now; [`SILENCE_NEVER`]: never since its start). A new
+    /// owner waits out an old owner's lease from the last time *any*
+    /// member of its view heard the old owner (see
+    /// `crate::packages`), so every member says when that was.
+    pub silence: Vec<(NodeId, u32)>,
+}
+
+/// `PkgReport::silence` of a node never heard.
+pub const SILENCE_NEVER: u32 = u32::MAX;
+
+/// An operator command, forwarded by the node that received it to the
+/// coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PkgCommand {
+    /// What to do.
+    pub op: OperatorOp,
+}
+
+/// The operator's package commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorOp {
+    /// `package move NAME NODE`.
+    Move(PackageId, NodeId),
+    /// `package start NAME` (also clears bans and a fatal error).
+    Start(PackageId),
+    /// `package stop NAME`.
+    Stop(PackageId),
+    /// `package enable NAME [NODE]` (no node: every node).
+    Enable(PackageId, Option<NodeId>),
+    /// `package disable NAME NODE` (no node: like stop).
+    Disable(PackageId, Option<NodeId>),
+    /// `cluster freeze`.
+    Freeze,
+    /// `cluster unfreeze`.
+    Unfreeze,
+}
+
 /// A membership message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -301,6 +422,12 @@ pub enum Message {
     QsRequest(QsRequest),
     /// [`QsAnswer`].
     QsAnswer(QsAnswer),
+    /// [`PkgPlacement`].
+    PkgPlacement(PkgPlacement),
+    /// [`PkgReport`].
+    PkgReport(PkgReport),
+    /// [`PkgCommand`].
+    PkgCommand(PkgCommand),
 }
 
 impl Message {
@@ -314,7 +441,18 @@ impl Message {
             Self::Leave(_) => MsgType::Leave,
             Self::QsRequest(_) => MsgType::QsRequest,
             Self::QsAnswer(_) => MsgType::QsAnswer,
+            Self::PkgPlacement(_) => MsgType::PkgPlacement,
+            Self::PkgReport(_) => MsgType::PkgReport,
+            Self::PkgCommand(_) => MsgType::PkgCommand,
         }
+    }
+
+    /// Whether the packages subsystem (not membership) consumes it.
+    pub fn is_package(&self) -> bool {
+        matches!(
+            self,
+            Self::PkgPlacement(_) | Self::PkgReport(_) | Self::PkgCommand(_)
+        )
     }
 }
 
@@ -388,6 +526,104 @@ fn put_body(msg: &Message, out: &mut Vec<u8>) {
             out.push(u8::from(a.granted));
             out.extend_from_slice(&a.lease_ms.to_be_bytes());
         }
+        Message::PkgPlacement(p) => {
+            out.extend_from_slice(&p.epoch.0.to_be_bytes());
+            out.extend_from_slice(&p.seq.to_be_bytes());
+            let n = p.decisions.len().min(MAX_PACKAGES);
+            out.push(n as u8);
+            for (pkg, d) in &p.decisions[..n] {
+                out.extend_from_slice(&pkg.0.to_be_bytes());
+                out.extend_from_slice(&d.owner.map_or(0, |o| o.0).to_be_bytes());
+                put_reason(&d.reason, out);
+            }
+            let o = &p.operator;
+            out.push(u8::from(o.frozen));
+            put_pairs(o.moves.iter().map(|(p, n)| (*p, *n)), out);
+            let stopped: Vec<_> = o.stopped.iter().take(MAX_OPERATOR_PAIRS).collect();
+            out.push(stopped.len() as u8);
+            for p in stopped {
+                out.extend_from_slice(&p.0.to_be_bytes());
+            }
+            put_pairs(o.disabled.iter().copied(), out);
+        }
+        Message::PkgReport(r) => {
+            out.extend_from_slice(&r.epoch.0.to_be_bytes());
+            out.extend_from_slice(&r.placement_seq.to_be_bytes());
+            let n = r.entries.len().min(MAX_PACKAGES);
+            out.push(n as u8);
+            for e in &r.entries[..n] {
+                out.extend_from_slice(&e.pkg.0.to_be_bytes());
+                out.push(e.state);
+                out.push(e.flags);
+                out.push(e.restarts);
+            }
+            let n = r.silence.len().min(MAX_REACH_ENTRIES);
+            out.push(n as u8);
+            for (node, age) in &r.silence[..n] {
+                out.extend_from_slice(&node.0.to_be_bytes());
+                out.extend_from_slice(&age.to_be_bytes());
+            }
+        }
+        Message::PkgCommand(c) => {
+            let (op, pkg, node) = match c.op {
+                OperatorOp::Move(p, n) => (1u8, p.0, n.0),
+                OperatorOp::Start(p) => (2, p.0, 0),
+                OperatorOp::Stop(p) => (3, p.0, 0),
+                OperatorOp::Enable(p, n) => (4, p.0, n.map_or(0, |n| n.0)),
+                OperatorOp::Disable(p, n) => (5, p.0, n.map_or(0, |n| n.0)),
+                OperatorOp::Freeze => (6, 0, 0),
+                OperatorOp::Unfreeze => (7, 0, 0),
+            };
+            out.push(op);
+            out.extend_from_slice(&pkg.to_be_bytes());
+            out.extend_from_slice(&node.to_be_bytes());
+        }
+    }
+}
+
+fn put_pairs(pairs: impl Iterator<Item = (PackageId, NodeId)>, out: &mut Vec<u8>) {
+    let pairs: Vec<_> = pairs.take(MAX_OPERATOR_PAIRS).collect();
+    out.push(pairs.len() as u8);
+    for (p, n) in pairs {
+        out.extend_from_slice(&p.0.to_be_bytes());
+        out.extend_from_slice(&n.0.to_be_bytes());
+    }
+}
+
+/// A placement reason: a kind byte, then what that kind carries.
+fn put_reason(r: &Reason, out: &mut Vec<u8>) {
+    match *r {
+        Reason::NotQuorate => out.push(0),
+        Reason::Fatal => out.push(1),
+        Reason::Stopped => out.push(2),
+        Reason::Frozen => out.push(3),
+        Reason::NoEligibleNode => out.push(4),
+        Reason::AllUnhealthy => out.push(5),
+        Reason::KeepBest { failures } => {
+            out.push(6);
+            out.extend_from_slice(&failures.to_be_bytes());
+        }
+        Reason::Stay => out.push(7),
+        Reason::Initial => out.push(8),
+        Reason::Moved { from } => {
+            out.push(9);
+            out.extend_from_slice(&from.map_or(0, |n| n.0).to_be_bytes());
+        }
+        Reason::Failover { from, cause } => {
+            out.push(10);
+            out.extend_from_slice(&from.0.to_be_bytes());
+            out.push(match cause {
+                LossCause::Left => 0,
+                LossCause::Banned => 1,
+                LossCause::Disabled => 2,
+                LossCause::Unhealthy => 3,
+                LossCause::NotConfigured => 4,
+            });
+        }
+        Reason::Failback { from } => {
+            out.push(11);
+            out.extend_from_slice(&from.0.to_be_bytes());
+        }
     }
 }
 
@@ -408,7 +644,7 @@ pub fn encode(header: &Header, msg: &Message, key: SipKey) -> Vec<u8> {
     out[25..27].copy_from_slice(&body_len.to_be_bytes());
     let m = mac(key, &out);
     out.extend_from_slice(&m);
-    debug_assert!(out.len() <= MAX_LEN);
+    debug_assert!(out.len() <= MAX_LEN, "{} bytes", out.len());
     out
 }
 
@@ -494,6 +730,63 @@ impl<'a> Reader<'a> {
     }
     fn done(&self) -> bool {
         self.pos == self.b.len()
+    }
+    /// A valid node id (1..=63).
+    fn node(&mut self) -> Option<NodeId> {
+        let n = NodeId(self.u16()?);
+        n.is_valid().then_some(n)
+    }
+    /// A node id or 0 for none.
+    fn opt_node(&mut self) -> Option<Option<NodeId>> {
+        match self.u16()? {
+            0 => Some(None),
+            n => {
+                let n = NodeId(n);
+                n.is_valid().then_some(Some(n))
+            }
+        }
+    }
+    fn pkg(&mut self) -> Option<PackageId> {
+        let p = self.u16()?;
+        (usize::from(p) < MAX_PACKAGES).then_some(PackageId(p))
+    }
+    fn pairs(&mut self) -> Option<Vec<(PackageId, NodeId)>> {
+        let n = usize::from(self.u8()?);
+        if n > MAX_OPERATOR_PAIRS {
+            return None;
+        }
+        (0..n).map(|_| Some((self.pkg()?, self.node()?))).collect()
+    }
+    fn reason(&mut self) -> Option<Reason> {
+        Some(match self.u8()? {
+            0 => Reason::NotQuorate,
+            1 => Reason::Fatal,
+            2 => Reason::Stopped,
+            3 => Reason::Frozen,
+            4 => Reason::NoEligibleNode,
+            5 => Reason::AllUnhealthy,
+            6 => Reason::KeepBest {
+                failures: self.u32()?,
+            },
+            7 => Reason::Stay,
+            8 => Reason::Initial,
+            9 => Reason::Moved {
+                from: self.opt_node()?,
+            },
+            10 => Reason::Failover {
+                from: self.node()?,
+                cause: match self.u8()? {
+                    0 => LossCause::Left,
+                    1 => LossCause::Banned,
+                    2 => LossCause::Disabled,
+                    3 => LossCause::Unhealthy,
+                    4 => LossCause::NotConfigured,
+                    _ => return None,
+                },
+            },
+            11 => Reason::Failback { from: self.node()? },
+            _ => return None,
+        })
     }
 }
 
@@ -586,6 +879,96 @@ fn parse_body(t: MsgType, body: &[u8]) -> Option<Message> {
             granted: r.bool()?,
             lease_ms: r.u32()?,
         }),
+        MsgType::PkgPlacement => {
+            let epoch = r.epoch()?;
+            let seq = r.u32()?;
+            let n = usize::from(r.u8()?);
+            if n > MAX_PACKAGES {
+                return None;
+            }
+            let mut decisions = Vec::with_capacity(n);
+            for _ in 0..n {
+                let pkg = r.pkg()?;
+                let owner = r.opt_node()?;
+                let reason = r.reason()?;
+                if decisions.last().is_some_and(|(p, _)| *p >= pkg) {
+                    return None; // not in id order, or repeated
+                }
+                decisions.push((pkg, Decision { owner, reason }));
+            }
+            let frozen = r.bool()?;
+            let moves = r.pairs()?.into_iter().collect();
+            let n = usize::from(r.u8()?);
+            if n > MAX_OPERATOR_PAIRS {
+                return None;
+            }
+            let stopped = (0..n).map(|_| r.pkg()).collect::<Option<_>>()?;
+            let disabled = r.pairs()?.into_iter().collect();
+            Message::PkgPlacement(PkgPlacement {
+                epoch,
+                seq,
+                decisions,
+                operator: Operator {
+                    frozen,
+                    moves,
+                    stopped,
+                    disabled,
+                },
+            })
+        }
+        MsgType::PkgReport => {
+            let epoch = r.epoch()?;
+            let placement_seq = r.u32()?;
+            let n = usize::from(r.u8()?);
+            if n > MAX_PACKAGES {
+                return None;
+            }
+            let mut entries: Vec<PkgEntry> = Vec::with_capacity(n);
+            for _ in 0..n {
+                let e = PkgEntry {
+                    pkg: r.pkg()?,
+                    state: r.u8()?,
+                    flags: r.u8()?,
+                    restarts: r.u8()?,
+                };
+                if e.state > pkg_state::MAX
+                    || e.flags & !pkg_flags::ALL != 0
+                    || entries.last().is_some_and(|l| l.pkg >= e.pkg)
+                {
+                    return None;
+                }
+                entries.push(e);
+            }
+            let n = usize::from(r.u8()?);
+            if n > MAX_REACH_ENTRIES {
+                return None;
+            }
+            let silence = (0..n)
+                .map(|_| Some((r.node()?, r.u32()?)))
+                .collect::<Option<_>>()?;
+            Message::PkgReport(PkgReport {
+                epoch,
+                placement_seq,
+                entries,
+                silence,
+            })
+        }
+        MsgType::PkgCommand => {
+            let op = r.u8()?;
+            let pkg = r.pkg()?;
+            let node = r.opt_node()?;
+            let op = match (op, node) {
+                (1, Some(n)) => OperatorOp::Move(pkg, n),
+                (2, None) => OperatorOp::Start(pkg),
+                (3, None) => OperatorOp::Stop(pkg),
+                (4, n) => OperatorOp::Enable(pkg, n),
+                (5, n) => OperatorOp::Disable(pkg, n),
+                (6, None) if pkg.0 == 0 => OperatorOp::Freeze,
+                (7, None) if pkg.0 == 0 => OperatorOp::Unfreeze,
+                _ => return None,
+            };
+            Message::PkgCommand(PkgCommand { op })
+        }
     };
     r.done().then_some(msg)
 }
@@ -798,7 +1181,112 @@ mod tests {
                 votes: 2,
                 expected_votes: 4,
             }),
+            Message::PkgPlacement(PkgPlacement {
+                epoch: Epoch(9),
+                seq: 3,
+                decisions: vec![
+                    (
+                        PackageId(0),
+                        Decision {
+                            owner: Some(NodeId(2)),
+                            reason: Reason::Failover {
+                                from: NodeId(1),
+                                cause: LossCause::Left,
+                            },
+                        },
+                    ),
+                    (
+                        PackageId(1),
+                        Decision {
+                            owner: None,
+                            reason: Reason::KeepBest { failures: 4 },
+                        },
+                    ),
+                    (
+                        PackageId(63),
+                        Decision {
+                            owner: Some(NodeId(63)),
+                            reason: Reason::Moved { from: None },
+                        },
+                    ),
+                ],
+                operator: Operator {
+                    frozen: true,
+                    moves: [(PackageId(1), NodeId(3))].into_iter().collect(),
+                    stopped: [PackageId(2)].into_iter().collect(),
+                    disabled: [(PackageId(0), NodeId(1))].into_iter().collect(),
+                },
+            }),
+            Message::PkgReport(PkgReport {
+                epoch: Epoch(9),
+                placement_seq: 3,
+                entries: vec![
+                    PkgEntry {
+                        pkg: PackageId(0),
+                        state: pkg_state::RUNNING,
+                        flags: pkg_flags::UNHEALTHY,
+                        restarts: 2,
+                    },
+                    PkgEntry {
+                        pkg: PackageId(5),
+                        state: pkg_state::STOP_FAILED,
+                        flags: pkg_flags::BANNED | pkg_flags::FATAL,
+                        restarts: 0,
+                    },
+                ],
+                silence: vec![
+                    (NodeId(1), 0),
+                    (NodeId(3), SILENCE_NEVER),
+                    (NodeId(4), 1500),
+                ],
+            }),
+            Message::PkgCommand(PkgCommand {
+                op: OperatorOp::Move(PackageId(1), NodeId(2)),
+            }),
+            Message::PkgCommand(PkgCommand {
+                op: OperatorOp::Disable(PackageId(1), None),
+            }),
+            Message::PkgCommand(PkgCommand {
+                op: OperatorOp::Freeze,
+            }),
         ]
+    }
+
+    #[test]
+    fn a_placement_of_every_package_fits() {
+        let decisions = (0..MAX_PACKAGES as u16)
+            .map(|p| {
+                (
+                    PackageId(p),
+                    Decision {
+                        owner: Some(NodeId(63)),
+                        reason: Reason::Failover {
+                            from: NodeId(62),
+                            cause: LossCause::NotConfigured,
+                        },
+                    },
+                )
+            })
+            .collect();
+        let pairs = |n: u16| (0..MAX_OPERATOR_PAIRS as u16).map(move |p| (PackageId(p), NodeId(n)));
+        let m = Message::PkgPlacement(PkgPlacement {
+            epoch: Epoch(u64::MAX),
+            seq: u32::MAX,
+            decisions,
+            operator: Operator {
+                frozen: true,
+                moves: pairs(1).collect(),
+                stopped: (0..MAX_OPERATOR_PAIRS as u16).map(PackageId).collect(),
+                disabled: pairs(2).collect(),
+            },
+        });
+        let b = encode(&header(2), &m, K1);
+        assert!(b.len() <= MAX_LEN, "{} bytes", b.len());
+        let keys = Keys {
+            current: K1,
+            next: None,
+        };
+        assert_eq!(decode(&b, &keys, 42).unwrap().msg, m);
     }
 
     fn header(sender: u16) -> Header {

@@ -32,6 +32,10 @@ pub struct PeerView {
     pub state: State,
     pub since_mono_ns: u64,
     pub links: BTreeMap<u8, LinkView>,
+    /// The arrival of the last valid packet from the peer that a link
+    /// event reported (CLOCK_MONOTONIC ns; 0: none yet). Exact once every
+    /// link is down: a later packet would bring a link up.
+    pub last_rx_ns: u64,
 }
 
 /// Link and node state of every peer.
@@ -70,6 +74,7 @@ impl Membership {
                         state: State::Unknown,
                         since_mono_ns: 0,
                         links,
+                        last_rx_ns: 0,
                     },
                 )
             })
@@ -90,6 +95,7 @@ impl Membership {
             if let Some(old) = self.peers.get(id) {
                 p.state = old.state;
                 p.since_mono_ns = old.since_mono_ns;
+                p.last_rx_ns = old.last_rx_ns;
                 for (l, v) in p.links.iter_mut() {
                     if let Some(ov) = old.links.get(l) {
                         *v = ov.clone();
@@ -158,6 +164,10 @@ impl Membership {
             self.unknown_events += 1;
             return out;
         };
+        peer.last_rx_ns = peer
+            .last_rx_ns
+            .max(last_rx_ns)
+            .max(if change == LinkChange::Up { at_ns } else { 0 });
         if link.state == new_state {
             return out;
         }

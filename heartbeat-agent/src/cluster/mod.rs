@@ -85,6 +85,8 @@ pub struct PeerView {
     pub links: BTreeMap<u8, links::State>,
     /// Whether the peer is a member of the agreed view.
     pub member: bool,
+    /// Last valid packet a link event reported (CLOCK_MONOTONIC ns).
+    pub last_rx_ns: u64,
 }
 
 /// What the cluster task publishes.
@@ -100,6 +102,8 @@ pub struct ClusterView {
     pub messages: BTreeMap<String, u64>,
     /// Transport events naming an unknown peer or link.
     pub unknown_events: u64,
+    /// The installed view in typed form (for the packages task).
+    pub installed: Option<heartbeat_cluster::packages::ViewInfo>,
 }
 
 /// Commands for the cluster task.
@@ -108,6 +112,9 @@ pub enum Command {
     Reconfigure(Arc<Plan>),
     /// An operator command from the control socket.
     Control(Call),
+    /// A package's stop failed: leave the cluster (passive until `node
+    /// start`) so that its lease runs out everywhere.
+    Escalate(String),
 }
 
 /// The cluster task's channels.
@@ -130,6 +137,10 @@ pub struct Channels {
     /// The serial line's task, when one is configured: sealed membership
     /// datagrams for the peer go on the line too (`crate::serial`).
     pub serial: Option<mpsc::Sender<Vec<u8>>>,
+    /// The node's sealer (shared with the packages task).
+    pub sealer: SharedSealer,
+    /// Where package messages go (none: no packages configured).
+    pub packages: Option<mpsc::Sender<PackageMessage>>,
 }
 
 fn link_view(plan: &Plan) -> links::Membership {
@@ -199,13 +210,59 @@ fn peer_agent(byte: u8) -> PeerAgentState {
     }
 }
 
+/// The node's one sealer of messages (membership and packages share its
+/// sequence numbers, so that peers' replay windows stay correct).
+pub type SharedSealer = Arc<std::sync::Mutex<Sealer>>;
+
+/// Seals `msg` with the current key and the next sequence number.
+pub fn seal(sealer: &SharedSealer, msg: &Message, keys: &Keys) -> Vec<u8> {
+    // A poisoned lock means a panic while sealing; the counter is intact.
+    let mut s = sealer.lock().unwrap_or_else(|e| e.into_inner());
+    s.seal(msg, keys.current)
+}
+
+/// Sends one sealed datagram on every link to every peer in `to` (`None`:
+/// every configured peer). Returns whether any send succeeded, and the
+/// number of failed sends.
+pub fn send_sealed(
+    plan: &Plan,
+    sockets: &[LinkSocket],
+    to: Option<heartbeat_cluster::NodeSet>,
+    bytes: &[u8],
+) -> (bool, u64) {
+    let mut sent = false;
+    let mut errors = 0;
+    for l in &plan.links {
+        let Some(sock) = sockets.iter().find(|s| s.link_id == l.link_id) else {
+            continue;
+        };
+        for &(peer, addr) in &l.peers {
+            if to.is_none_or(|set| set.contains(NodeId(peer))) {
+                match sock.socket.send_to(bytes, addr) {
+                    Ok(_) => sent = true,
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+    }
+    (sent, errors)
+}
+
+/// A package message for the packages task, authenticated (not yet
+/// checked for replay: the packages task keeps its own window).
+#[derive(Clone, Debug)]
+pub struct PackageMessage {
+    pub msg: wire::Authenticated,
+    pub at_ns: u64,
+}
+
 /// The cluster task's state: reachability, the membership state machine,
 /// and what carrying out its outputs needs.
 struct Runner {
     plan: Arc<Plan>,
     reach: links::Membership,
     sm: Membership,
-    sealer: Sealer,
+    sealer: SharedSealer,
     keys: Keys,
     state: StateFile,
     journal: JournalHandle,
@@ -227,6 +284,8 @@ struct Runner {
     qs: Option<QsLink>,
     /// Membership datagrams for the serial line (`crate::serial`).
     serial: Option<mpsc::Sender<Vec<u8>>>,
+    /// Where package messages go (none: no packages configured).
+    packages: Option<mpsc::Sender<PackageMessage>>,
 }
 
 /// The quorum server client and its socket.
@@ -256,30 +315,21 @@ impl Runner {
     }
 
     fn send(&mut self, to: Dest, msg: &Message) {
-        let bytes = self.sealer.seal(msg, self.keys.current);
-        let mut sent = false;
-        for l in &self.plan.links {
-            let Some(sock) = self.sockets.iter().find(|s| s.link_id == l.link_id) else {
-                continue;
-            };
-            for &(peer, addr) in &l.peers {
-                let wanted = match to {
-                    Dest::All => true,
-                    Dest::Nodes(set) => set.contains(NodeId(peer)),
-                };
-                if wanted {
-                    match sock.socket.send_to(&bytes, addr) {
-                        Ok(_) => sent = true,
-                        Err(_) => *self.messages.entry("send_errors".into()).or_default() += 1,
-                    }
-                }
-            }
+        let bytes = seal(&self.sealer, msg, &self.keys);
+        let to = match to {
+            Dest::All => None,
+            Dest::Nodes(set) => Some(set),
+        };
+        let (mut sent, errors) = send_sealed(&self.plan, &self.sockets, to, &bytes);
+        if errors > 0 {
+            *self.messages.entry("send_errors".into()).or_default() += errors;
         }
         if let Some(tx) = &self.serial {
-            let wanted = self.plan.peers.iter().any(|p| match to {
-                Dest::All => true,
-                Dest::Nodes(set) => set.contains(NodeId(p.id)),
-            });
+            let wanted = self
+                .plan
+                .peers
+                .iter()
+                .any(|p| to.is_none_or(|set| set.contains(NodeId(p.id))));
             if wanted {
                 match tx.try_send(bytes) {
                     Ok(()) => sent = true,
@@ -412,7 +462,14 @@ impl Runner {
             }
             .to_owned()
         });
+        let installed = heartbeat_cluster::packages::ViewInfo {
+            epoch: v.epoch,
+            members: v.members,
+            quorate,
+            coordinator: v.coordinator,
+        };
         self.view.send_modify(|cv| {
+            cv.installed = Some(installed);
             cv.membership = MembershipStatus {
                 epoch: v.epoch.0,
                 coordinator,
@@ -460,6 +517,7 @@ impl Runner {
                 since_mono_ns: p.since_mono_ns,
                 links: p.links.iter().map(|(&l, v)| (l, v.state)).collect(),
                 member: members.contains(NodeId(p.id)),
+                last_rx_ns: p.last_rx_ns,
             })
             .collect();
         let phase = if self.sm.view().is_none() && self.sm.in_round() {
@@ -512,6 +570,20 @@ impl Runner {
 
     fn on_datagram(&mut self, d: &Datagram) {
         match wire::decode(&d.bytes, &self.keys, self.plan.config.cluster.id) {
+            Ok(msg) if msg.msg.is_package() => {
+                self.count("package_received");
+                let m = PackageMessage {
+                    msg,
+                    at_ns: d.at_ns,
+                };
+                if self
+                    .packages
+                    .as_ref()
+                    .is_some_and(|p| p.try_send(m).is_err())
+                {
+                    self.count("package_dropped_queue_full");
+                }
+            }
             Ok(msg) => {
                 self.count("received");
                 self.feed(Input::Message {
@@ -619,6 +691,25 @@ impl Runner {
         let _ = call.reply.send(Ok(done));
     }
 
+    fn escalate(&mut self, why: &str) {
+        let mut e = journal::entry(
+            EventKind::Command,
+            &self.plan.local.name,
+            "node_halt",
+            crate::clock::mono_ns(),
+        );
+        e.detail = Some(format!("{why}: leaving the cluster"));
+        self.journal.record(e);
+        let q = self.shared.node_state.load(Ordering::Relaxed) & node_state::QUORATE;
+        self.shared
+            .node_state
+            .store(node_state::HALTING | q, Ordering::Relaxed);
+        self.feed(Input::Command {
+            cmd: MCommand::NodeHalt,
+            at_ns: crate::clock::mono_ns(),
+        });
+    }
+
     fn reconfigure(&mut self, plan: Arc<Plan>) {
         self.reach = self.reach.reconfigured(&link_view(&plan));
         self.keys = wire_keys(&plan);
@@ -653,11 +744,7 @@ pub async fn run(
     let sm = Membership::new(params(&plan), persisted.epoch, persisted.incarnation, now);
     let mut r = Runner {
         reach: link_view(&plan),
-        sealer: Sealer::new(
-            plan.config.cluster.id,
-            NodeId(plan.local.id),
-            persisted.incarnation,
-        ),
+        sealer: ch.sealer,
         keys: wire_keys(&plan),
         sm,
         plan,
@@ -675,6 +762,7 @@ pub async fn run(
         quorate: false,
         qs: None,
         serial: ch.serial,
+        packages: ch.packages,
     };
     if let Some(addr) = r.plan.config.quorum.quorum_server {
         let bind: std::net::SocketAddr = if addr.is_ipv4() {
@@ -729,6 +817,7 @@ pub async fn run(
             Some(cmd) = ch.commands.recv() => match cmd {
                 Command::Reconfigure(p) => r.reconfigure(p),
                 Command::Control(call) => r.on_command(call),
+                Command::Escalate(why) => r.escalate(&why),
             },
             () = tokio::time::sleep(sleep) => {
                 r.feed(Input::Tick { now_ns: crate::clock::mono_ns() });

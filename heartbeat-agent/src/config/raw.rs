@@ -72,6 +72,10 @@ pub(super) struct Cluster {
     pub auto_start: Field<Flag>,
     pub auto_start_timeout: Field<Dur>,
     pub restart_window: Field<Dur>,
+    pub package_lease: Field<Dur>,
+    pub lease_margin: Field<Dur>,
+    pub clock_drift_ppm: Field<DriftPpm>,
+    pub announce_count: Field<AnnounceCount>,
     /// Waits for standby NIC takeover (issue #10).
     pub network_polling_interval: Field<IgnoredAny>,
 }
@@ -388,6 +392,14 @@ integer_value!(
 integer_value!(
     /// `package.restart_limit`.
     RestartLimit: u32, 0, 1000, "a restart count"
+);
+integer_value!(
+    /// `cluster.clock_drift_ppm`.
+    DriftPpm: u32, 0, 100_000, "a clock drift bound in ppm"
+);
+integer_value!(
+    /// `cluster.announce_count`.
+    AnnounceCount: u32, 0, 100, "a count of address announcements"
 );
 integer_value!(
     /// `node.votes`.

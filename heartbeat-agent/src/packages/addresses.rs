@@ -55,7 +55,9 @@ pub struct PackageAddress {
 #[derive(Debug, thiserror::Error)]
 pub enum AddressError {
     /// Not `ADDRESS/PREFIX dev DEVICE`.
-    #[error("`{0}`: expected `ADDRESS/PREFIX dev DEVICE`, e.g. `10.0.0.100/24 dev eth1`")]
+    #[error(
+        "`{0}`: expected `ADDRESS/PREFIX dev DEVICE` or `ADDRESS/PREFIX` (on the heartbeat link of that subnet), e.g. `10.0.0.100/24 dev eth1`"
+    )]
     Syntax(String),
     /// An address that cannot be a service address.
     #[error(
@@ -107,10 +109,46 @@ impl PackageAddress {
         self.prefix
     }
 
-    /// The interface it goes on.
+    /// The interface it goes on (empty: not resolved yet, see
+    /// [`PackageAddress::resolve`]).
     pub fn dev(&self) -> &str {
         &self.dev
     }
+
+    /// The address on this node: written without `dev`, it goes on the
+    /// interface of the node's link whose address is in the same subnet
+    /// (`links`: (address, interface)); `None` when no link is.
+    pub fn resolve<'a>(&self, links: impl IntoIterator<Item = (IpAddr, &'a str)>) -> Option<Self> {
+        if !self.dev.is_empty() {
+            return Some(self.clone());
+        }
+        links
+            .into_iter()
+            .find(|(a, _)| same_subnet(*a, self.addr, self.prefix))
+            .map(|(_, dev)| Self {
+                dev: dev.to_owned(),
+                ..self.clone()
+            })
+    }
+}
+
+/// Whether `a` and `b` share their first `prefix` bits.
+fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
+    let (a, b, bits) = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (
+            u128::from(u32::from(a)) << 96,
+            u128::from(u32::from(b)) << 96,
+            prefix.min(32),
+        ),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), prefix.min(128)),
+        _ => return false,
+    };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(bits))
+    };
+    a & mask == b & mask
 }
 
 impl FromStr for PackageAddress {
@@ -119,10 +157,11 @@ impl FromStr for PackageAddress {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let syntax = || AddressError::Syntax(s.to_owned());
         let mut words = s.split_ascii_whitespace();
-        let (Some(cidr), Some("dev"), Some(dev), None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
-            return Err(syntax());
+        let (cidr, dev) = match (words.next(), words.next(), words.next(), words.next()) {
+            (Some(cidr), Some("dev"), Some(dev), None) => (cidr, Some(dev)),
+            // No device: the node's heartbeat link on that subnet.
+            (Some(cidr), None, None, None) => (cidr, None),
+            _ => return Err(syntax()),
         };
         let (ip, prefix) = cidr.split_once('/').ok_or_else(syntax)?;
         let addr: IpAddr = ip.parse().map_err(|_| syntax())?;
@@ -141,6 +180,13 @@ impl FromStr for PackageAddress {
         if unusable {
             return Err(AddressError::Unusable(s.to_owned()));
         }
+        let Some(dev) = dev else {
+            return Ok(Self {
+                addr,
+                prefix,
+                dev: String::new(),
+            });
+        };
         let dev_ok = !dev.is_empty()
             && dev.len() <= IFNAME_MAX
             && dev != "."
@@ -161,7 +207,11 @@ impl FromStr for PackageAddress {
 
 impl fmt::Display for PackageAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} dev {}", self.addr, self.prefix, self.dev)
+        if self.dev.is_empty() {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        } else {
+            write!(f, "{}/{} dev {}", self.addr, self.prefix, self.dev)
+        }
     }
 }
 

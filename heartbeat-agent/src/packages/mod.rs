@@ -11,17 +11,17 @@
 //! - [`addresses`]: adds and removes a package's addresses through rtnetlink
 //!   and announces them (gratuitous ARP, unsolicited neighbour
 //!   advertisements).
-//! - [`recovery`]: what an action's result means for the package here
-//!   (restart in place up to `restart_limit`, ban this node, fatal, escalate
-//!   a failed stop).
+//! - [`task`]: the subsystem task that feeds the packages state machine
+//!   (`heartbeat_cluster::packages`: placement, restart in place up to
+//!   `restart_limit`, bans, the start rule) and carries out its decisions.
 //!
 //! The configuration (`[[package]]`) is read by [`crate::config`] into
 //! [`crate::config::PackageConfig`]; [`policies`] turns it into placement
 //! policies.
 
 pub mod addresses;
-pub mod recovery;
 pub mod runner;
+pub mod task;
 
 use heartbeat_cluster::placement::{PackageId, PackagePolicy};
 
