@@ -11,7 +11,8 @@
 //! at 115200 baud for a heartbeat frame each way) plus the codec, pty and
 //! scheduling overhead. It does not run the agent (whose frames are not
 //! answered but sent every interval; its detection time is
-//! `serial.timeout`).
+//! `serial.timeout`). The threads run SCHED_FIFO when allowed (root), as
+//! the agent's do.
 
 use std::{
     io::{Read as _, Write as _},
@@ -73,9 +74,19 @@ fn pty() -> anyhow::Result<(OwnedFd, std::fs::File)> {
     Ok((p.master, std::fs::File::from(p.slave)))
 }
 
+/// Runs the calling thread SCHED_FIFO when allowed, as the agent runs its
+/// own: the figure is the line's, not the machine's load (best effort).
+fn realtime() {
+    let p = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid
+    // sched_param; failure (not root) only leaves the policy as it was.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const p) };
+}
+
 /// One wire of the cable: bytes from `from`'s master to `to`'s master,
 /// each chunk delivered when its last bit would have arrived.
 fn wire(from: Arc<OwnedFd>, to: Arc<OwnedFd>, baud: u32, stop: Arc<AtomicBool>) {
+    realtime();
     let ns_per_byte = 10_000_000_000u64 / u64::from(baud);
     let mut buf = [0u8; 4096];
     let mut free_at = Instant::now();
@@ -131,6 +142,7 @@ pub fn measure(baud: u32, samples: usize, interval: Duration) -> anyhow::Result<
     {
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
+            realtime();
             let mut enc = Encoder::new(7, NodeId(2), 1);
             let mut dec = Decoder::new(KEYS, 7, NodeSet::single(NodeId(1)));
             while !stop.load(Ordering::Relaxed) {
@@ -143,6 +155,7 @@ pub fn measure(baud: u32, samples: usize, interval: Duration) -> anyhow::Result<
             }
         }));
     }
+    realtime();
     let mut enc = Encoder::new(7, NodeId(1), 1);
     let mut dec = Decoder::new(KEYS, 7, NodeSet::single(NodeId(2)));
     let mut rtts = Vec::with_capacity(samples);
@@ -162,6 +175,9 @@ pub fn measure(baud: u32, samples: usize, interval: Duration) -> anyhow::Result<
         }
         std::thread::sleep(interval);
     }
+    let normal = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `realtime`: back to the default policy for this thread.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const normal) };
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
