@@ -83,7 +83,7 @@ fn defaults_and_overrides() {
     assert_eq!(b.device, Path::new("/dev/ttyUSB0"));
 
     let text = format!(
-        "{TWO}\n[serial]\nbaud = 9600\ninterval = \"20ms\"\ntimeout = \"1s\"\nrequired = false\n"
+        "{TWO}\n[serial]\nbaud = 9600\ninterval = \"200ms\"\ntimeout = \"1s\"\nrequired = false\n"
     )
     .replace(
         "device = \"/dev/ttyUSB0\"",
@@ -95,7 +95,7 @@ fn defaults_and_overrides() {
         (a.baud, a.interval, a.timeout, a.required),
         (
             9600,
-            Duration::from_millis(20),
+            Duration::from_millis(200),
             Duration::from_secs(1),
             false
         )
@@ -105,7 +105,7 @@ fn defaults_and_overrides() {
         (b.baud, b.interval, b.timeout, b.required),
         (
             9600,
-            Duration::from_millis(20),
+            Duration::from_millis(200),
             Duration::from_millis(300),
             true
         )
@@ -156,13 +156,13 @@ fn refusals_name_file_line_and_key() {
     // Both ends at one speed.
     let bauds = TWO.replace(
         "device = \"/dev/ttyUSB0\"",
-        "device = \"/dev/ttyUSB0\"\nbaud = 9600",
+        "device = \"/dev/ttyUSB0\"\nbaud = 230400",
     );
     expect_err(
         &bauds,
         line(&bauds, "baud", 0),
         "node[1].serial.baud",
-        &["baud 9600 differs from node alpha's 115200"],
+        &["baud 230400 differs from node alpha's 115200"],
     );
     // Timeout above interval, interval not too short.
     let text = format!("{TWO}\n[serial]\ninterval = \"200ms\"\n");
@@ -171,6 +171,13 @@ fn refusals_name_file_line_and_key() {
         line(&text, "interval", 0),
         "serial.interval",
         &["timeout = 100ms (the default) must be larger than interval = 200ms"],
+    );
+    let text = format!("{TWO}\n[serial]\nbaud = 9600\n");
+    expect_err(
+        &text,
+        line(&text, "baud", 0),
+        "serial.interval",
+        &["10ms is shorter than one heartbeat frame takes at 9600 baud (64ms 583us)"],
     );
     let text = format!("{TWO}\n[serial]\ninterval = \"100us\"\n");
     expect_err(

@@ -62,6 +62,10 @@ pub const MAX_FRAME: usize = MIN_FRAME + MAX_PAYLOAD;
 /// delimiter are an oversized frame, dropped up to the next delimiter.
 pub const MAX_ENCODED: usize = MAX_FRAME + MAX_FRAME / 254 + 1;
 
+/// Bytes a heartbeat frame takes on the line: the frame, one byte of COBS
+/// overhead and two delimiters.
+pub const HEARTBEAT_LINE_LEN: usize = MIN_FRAME + 3;
+
 /// The frame delimiter.
 pub const DELIMITER: u8 = 0;
 

@@ -215,6 +215,16 @@ impl Src<'_> {
                     "serial.timeout".to_owned(),
                 ),
             };
+            let (baud, at, key) = match (ns.baud, &b.baud_at) {
+                (Some(v), Some(at)) => (v, at.clone(), format!("{}.serial.baud", n.path)),
+                _ => (
+                    section.baud,
+                    baud_at
+                        .as_ref()
+                        .map_or_else(|| b.span.clone(), |x| x.1.clone()),
+                    "serial.baud".to_owned(),
+                ),
+            };
             if iv < MIN_SERIAL_INTERVAL {
                 let at = iv_at.clone().unwrap_or_else(|| first_span.clone());
                 return Err(self.invalid(
@@ -224,6 +234,24 @@ impl Src<'_> {
                         "{} is too short; the smallest serial interval is {} (a frame takes about 5ms at 115200 baud)",
                         fmt_duration(iv),
                         fmt_duration(MIN_SERIAL_INTERVAL)
+                    ),
+                ));
+            }
+            // One heartbeat frame must fit in an interval at this speed.
+            let frame = Duration::from_micros(
+                heartbeat_cluster::serial::HEARTBEAT_LINE_LEN as u64 * 10 * 1_000_000
+                    / u64::from(baud),
+            );
+            if iv < frame {
+                // At the interval if written, else at the speed.
+                let at = iv_at.clone().unwrap_or_else(|| at.clone());
+                return Err(self.invalid(
+                    &at,
+                    &iv_key,
+                    format!(
+                        "{} is shorter than one heartbeat frame takes at {baud} baud ({}); the line could never keep up: use a longer interval or a higher baud",
+                        fmt_duration(iv),
+                        fmt_duration(frame)
                     ),
                 ));
             }
@@ -241,16 +269,6 @@ impl Src<'_> {
                     advice: "the line is down after `timeout` without a frame; about 10 × interval is recommended",
                 },
             )?;
-            let (baud, at, key) = match (ns.baud, &b.baud_at) {
-                (Some(v), Some(at)) => (v, at.clone(), format!("{}.serial.baud", n.path)),
-                _ => (
-                    section.baud,
-                    baud_at
-                        .as_ref()
-                        .map_or_else(|| b.span.clone(), |x| x.1.clone()),
-                    "serial.baud".to_owned(),
-                ),
-            };
             bauds.push((baud, at, key, n.node.name.clone()));
         }
         if let [(a, _, _, an), (b, at, key, _)] = bauds.as_slice()
