@@ -527,3 +527,38 @@ fn the_cable_keeps_one_view_when_every_network_link_is_cut() {
     }
     drop(cuts);
 }
+
+/// The better network view wins over priority: alpha (priority 200) loses
+/// its only network interface, so beta (priority 100, its interface up)
+/// is the survivor on both nodes; the view stays as it was.
+#[test]
+fn the_better_network_view_survives_before_priority() {
+    let (mut c, _relay, _devs) = serial_cluster("");
+    c.edit_config(|t| {
+        t.replacen(
+            "name = \"alpha\"\n",
+            "name = \"alpha\"\npriority = 200\n",
+            1,
+        )
+    });
+    c.start_all();
+    let (epoch, ..) = c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    for (n, p) in [("alpha", "beta"), ("beta", "alpha")] {
+        wait_for("the serial link up", AGREE, || {
+            serial_state(&c, n, p) == Some(LinkState::Up)
+        });
+    }
+    let i = c.index("alpha");
+    let iface = c.nodes[i].ifaces[0].clone();
+    c.nodes[i]
+        .ns
+        .ip(&["link", "set", &iface, "down"])
+        .expect("interface down");
+    for n in ["alpha", "beta"] {
+        wait_for("beta agreed as the survivor", AGREE, || {
+            metric(&serial_metrics(&c, n), "heartbeat_serial_survivor") == 2
+        });
+    }
+    let (e2, members, ..) = c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    assert_eq!((e2, members.len()), (epoch, 2), "the view was reformed");
+}
