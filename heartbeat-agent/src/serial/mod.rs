@@ -527,7 +527,7 @@ impl Line {
                     self.network_view();
                     self.publish();
                 }
-                Some(_) = self.ch.membership_out.recv() => self.view.send_errors += 1,
+                Some(_) = self.ch.membership_out.recv() => self.view.membership_dropped += 1,
             }
         }
     }
