@@ -143,6 +143,11 @@ pub struct Snapshot {
     pub messages: Vec<(String, u64)>,
     /// Reformation events by cause.
     pub reformations: Vec<(String, u64)>,
+    /// The kernel fence (issue #9): packets dropped to and from package
+    /// addresses whose lease ran out, and lease renewals.
+    pub fenced_in: u64,
+    pub fenced_out: u64,
+    pub lease_renewals: u64,
 }
 
 /// The snapshot now, from what the subsystems published.
@@ -199,6 +204,7 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         .enumerate()
         .map(|(i, k)| (k.as_str(), src.journal.recorded[i].load(Ordering::Relaxed)))
         .collect();
+    let fence_counter = |i: u32| fast.counters.get(i as usize).copied().unwrap_or(0);
     let m = &view.membership;
     let coordinator = m
         .coordinator
@@ -226,6 +232,9 @@ pub fn snapshot(src: &Sources) -> Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
+        fenced_in: fence_counter(counter::FENCED_IN),
+        fenced_out: fence_counter(counter::FENCED_OUT),
+        lease_renewals: fast.lease_renewals,
     }
 }
 
@@ -479,6 +488,21 @@ impl Collector for HeartbeatCollector {
         for (what, v) in &snap.messages {
             ConstCounter::new(*v).encode(m.encode_family(&[("what", what.as_str())])?)?;
         }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_fence_packets",
+            "Packets dropped by the kernel fence: to (in, XDP) or from (out, tc egress) a package address whose lease ran out",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, v) in [("in", snap.fenced_in), ("out", snap.fenced_out)] {
+            ConstCounter::new(v).encode(m.encode_family(&[("direction", direction)])?)?;
+        }
+        ConstCounter::new(snap.lease_renewals).encode(enc.encode_descriptor(
+            "heartbeat_lease_renewals",
+            "Package lease renewals written to the kernel fence",
+            None,
+            MetricType::Counter,
+        )?)?;
         let agent_counters: [(&str, &str, u64); 3] = [
             (
                 "heartbeat_journal_write_errors",
@@ -535,6 +559,86 @@ impl Collector for HeartbeatCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        let pk = self.sources.packages.borrow().clone();
+        if !pk.packages.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_running",
+                "1 while the package runs (or is starting) on this node",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                let v = i64::from(p.local_state == "running" || p.local_state == "starting");
+                ConstGauge::new(v).encode(m.encode_family(&[("package", p.name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_owner",
+                "1 for the node that owns the package in the placement this node acts on",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                if let Some(o) = &p.owner {
+                    ConstGauge::new(1).encode(
+                        m.encode_family(&[("package", p.name.as_str()), ("owner", o.as_str())])?,
+                    )?;
+                }
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_healthy",
+                "1 while the package's monitor passes here",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                ConstGauge::new(i64::from(p.healthy && !p.banned && !p.fatal))
+                    .encode(m.encode_family(&[("package", p.name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_lease_remaining_seconds",
+                "Time left on the package's kernel lease here (0: its addresses are fenced)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &pk.packages {
+                ConstGauge::new(p.lease_remaining_ms / 1e3)
+                    .encode(m.encode_family(&[("package", p.name.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_failovers",
+                "Placements that moved a package, by reason (counted by the coordinator)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, v) in &pk.failovers {
+                ConstCounter::new(*v).encode(m.encode_family(&[("reason", reason.as_str())])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_script_runs",
+                "Package actions run here, by action and result",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((action, result), v) in &pk.runs {
+                ConstCounter::new(*v).encode(m.encode_family(&[
+                    ("action", action.as_str()),
+                    ("result", result.as_str()),
+                ])?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "heartbeat_package_script_seconds",
+                "Duration of package actions run here",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (h, action) in pk.run_seconds.iter().zip(crate::packages::task::ACTIONS) {
+                let (sum, count, buckets) = h.snapshot();
+                m.encode_family(&[("action", action)])?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum, count, &buckets, None,
+                    )?;
+            }
+        }
         let mut m = enc.encode_descriptor(
             "heartbeat_build_info",
             "Build information (always 1)",

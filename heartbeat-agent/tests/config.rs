@@ -274,7 +274,7 @@ fn unknown_key_in_node() {
         &text,
         16,
         Some("node[1].weight"),
-        &["unknown key; the valid keys in [[node]] are: id, name, priority, votes, link"],
+        &["unknown key; the valid keys in [[node]] are: id, name, priority, votes, fence, link"],
     );
 }
 

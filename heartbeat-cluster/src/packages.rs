@@ -29,25 +29,43 @@
 //!   other node O that may run P, one of these holds:
 //!   1. O's newest report, received after N installed its current view
 //!      (and, from a member, reflecting the placement N acts on), says O
-//!      does not hold P (stopped, lease released);
-//!   2. O's lease has run out by N's reckoning (the rule of
-//!      [`crate::lease`]): every link to O is down and `now ≥ t + W`, `t`
-//!      the arrival of the last valid packet from O (or N's own start if N
-//!      never heard O).
+//!      does not hold P's lease (stopped; or its stop failed, it released
+//!      the lease first and escalated);
+//!   2. O's lease has run out by N's reckoning: no member of N's view
+//!      hears O any more, and `now ≥ t + W` (the rule of [`crate::lease`]),
+//!      where `t` is the last time *any* member of N's view heard O (each
+//!      member's report says how long it has not heard each node; N takes
+//!      the report's arrival minus that), or N's own start if none ever
+//!      did.
 //!
-//!   The kernel of O drops P's traffic once O's lease runs out (the fast
+//!   3. O's `fence` command, run by N, succeeded in N's current view.
+//!
+//!   The kernel of O drops P's traffic once O's lease runs out. The fast
 //!   path renews it only while O is a quorate owner whose monitor passes,
-//!   anchored at heartbeats every other eligible member answered). Rule 1
-//!   needs O reachable, rule 2 O silent; while O is alive but in a
-//!   minority, reachable to nobody, rule 2 applies since N hears nothing.
+//!   anchored at the send time of the newest heartbeat *every other member
+//!   of O's view* answered. Why that is enough: N's view and O's view are
+//!   both quorate, so they share a member M; O's anchor is at most the time
+//!   M last heard O, which is at most `t`; O's lease ends at O-time
+//!   `anchor + L`, i.e. by N's clock before `t + W` (drift bound as in
+//!   [`crate::lease`]). Rule 1 needs O reachable, rule 2 O silent to all of
+//!   N's view.
 //!
 //! # Departures
-//! - Rule 2 for a node never heard since N started uses N's start time: a
-//!   node that was partitioned from N for N's whole life could have renewed
-//!   a lease until it noticed it lost quorum (within `node_timeout` plus a
-//!   round of its last view) — the lease length must cover that, which the
-//!   default (`lease = node_timeout`) does only if N's start came after O's
-//!   view was already broken. Documented in the README as an assumption.
+//! - Gray and Cheriton's leases are granted by a server; here the "grant"
+//!   is the successors' heartbeat replies, answered by their XDP programs
+//!   whatever their membership view, and the "promise" not to let another
+//!   owner start within the lease is each member's report of when it last
+//!   heard O (in the spirit of Raft's leader leases, where voters promise
+//!   not to elect another leader for a while after acknowledging one).
+//! - Rule 2 for a node never heard by anyone since N started uses N's
+//!   start time.
+//! - O keeps renewing while its view is installed, also during a
+//!   reformation round (stopping would take the service down at every
+//!   join); the anchor rule above still bounds its lease.
+//! - `two_node` without a tie-breaker (quorum server, serial link): each
+//!   half of a split is quorate and no member is shared, so nothing above
+//!   keeps both halves from running a package (as in Pacemaker, where
+//!   `two_node` relies on fencing). Configure a tie-breaker.
 //! - Placement inputs are soft state (reports), not a replicated log: two
 //!   successive coordinators may decide differently for a package whose
 //!   health changed in between; safety never depends on placement, only on
@@ -84,6 +102,8 @@ pub struct Params {
     pub timing: LeaseTiming,
     /// How often reports and placements are re-sent without a change.
     pub resend_ns: u64,
+    /// Nodes with a `fence` command.
+    pub fenceable: NodeSet,
 }
 
 /// The installed view, as the packages need it.
@@ -245,6 +265,15 @@ pub enum Input {
         /// Now.
         at_ns: u64,
     },
+    /// A fence command this node ran for `node` ended.
+    Fenced {
+        /// The node fenced.
+        node: NodeId,
+        /// Whether the command succeeded.
+        ok: bool,
+        /// When it ended.
+        at_ns: u64,
+    },
     /// Time passes.
     Tick {
         /// Now.
@@ -284,6 +313,11 @@ pub enum Event {
     Fatal {
         /// The package.
         pkg: PackageId,
+    },
+    /// A fence command failed (it is tried again at the next view).
+    FenceFailed {
+        /// The node.
+        node: NodeId,
     },
     /// Start allowed after waiting for another node.
     Cleared {
@@ -332,8 +366,14 @@ pub enum Output {
         /// What.
         msg: wire::Message,
     },
-    /// A stop failed: fence this node (the `fence` command) or leave the
-    /// cluster.
+    /// Run the `fence` command for `node`: a start here waits for it, and
+    /// neither its report nor its lease can clear it soon.
+    Fence {
+        /// The node to fence.
+        node: NodeId,
+    },
+    /// A stop failed: leave the cluster (the lease was released before the
+    /// stop; the kernel fences the addresses).
     Escalate {
         /// The package.
         pkg: PackageId,
@@ -398,6 +438,10 @@ pub struct Packages {
     coord: Option<Coord>,
     report_sent_ns: u64,
     report_dirty: bool,
+    /// Fence commands asked for in the current view.
+    fencing: BTreeSet<NodeId>,
+    /// Successful fences, and when they ended.
+    fenced: BTreeMap<NodeId, u64>,
 }
 
 /// A package's state for status.
@@ -458,6 +502,8 @@ impl Packages {
             coord: None,
             report_sent_ns: 0,
             report_dirty: true,
+            fencing: BTreeSet::new(),
+            fenced: BTreeMap::new(),
         }
     }
 
@@ -496,6 +542,7 @@ impl Packages {
                     self.view = view;
                     if new_epoch {
                         self.view_since_ns = self.now_ns;
+                        self.fencing.clear();
                     }
                     self.report_dirty = true;
                 }
@@ -539,6 +586,15 @@ impl Packages {
                     to: Dest::All,
                     msg: wire::Message::PkgCommand(PkgCommand { op }),
                 });
+            }
+            Input::Fenced { node, ok, at_ns } => {
+                self.now_ns = self.now_ns.max(at_ns);
+                if ok {
+                    self.fenced.insert(node, at_ns);
+                } else {
+                    // Asked again at the next view.
+                    out.push(Output::Event(Event::FenceFailed { node }));
+                }
             }
             Input::Tick { now_ns } => self.now_ns = self.now_ns.max(now_ns),
         }
@@ -896,7 +952,13 @@ impl Packages {
                         });
                         self.report_dirty = true;
                     }
-                    Err(b) => self.pkgs[i].blocked = Some(b),
+                    Err(b) => {
+                        let Blocker::Holder { node, .. } = b;
+                        if self.params.fenceable.contains(node) && self.fencing.insert(node) {
+                            out.push(Output::Fence { node });
+                        }
+                        self.pkgs[i].blocked = Some(b);
+                    }
                 },
                 Local::Running => {
                     let p = &mut self.pkgs[i];
@@ -959,12 +1021,23 @@ impl Packages {
             if n == self.params.local {
                 continue;
             }
+            // Rule 3: its fence command succeeded in our current view.
+            if self
+                .fenced
+                .get(&n)
+                .is_some_and(|&f| f >= self.view_since_ns)
+            {
+                cleared.push((n, "fenced"));
+                continue;
+            }
             let peer = self.peers.get(&n);
             // Rule 1: its newest report, received in our current view,
-            // says it does not hold the package.
-            // A member's report must also reflect the placement we act
-            // on (it applied it, then stopped); a non-member cannot be
-            // given the package in our epoch.
+            // says it does not hold the package's lease: stopped, or its
+            // stop failed (the lease was released before the stop, and
+            // the node escalated: its kernel fences the addresses). A
+            // member's report must also reflect the placement we act on
+            // (it applied it, then stopped); a non-member cannot be given
+            // the package in our epoch.
             let fresh_report = peer
                 .and_then(|pe| pe.report.as_ref())
                 .is_some_and(|(r, at)| {
@@ -972,10 +1045,9 @@ impl Packages {
                         !members.contains(n) || (r.epoch == epoch && r.placement_seq >= seq);
                     *at >= self.view_since_ns
                         && reflects
-                        && r.entries
-                            .iter()
-                            .find(|e| e.pkg == id)
-                            .is_some_and(|e| e.state == pkg_state::STOPPED)
+                        && r.entries.iter().find(|e| e.pkg == id).is_some_and(|e| {
+                            e.state == pkg_state::STOPPED || e.state == pkg_state::STOP_FAILED
+                        })
                 });
             if fresh_report {
                 cleared.push((n, "report"));

@@ -247,3 +247,280 @@ fn operator_move_freeze_and_stop() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node named"));
 }
+
+/// Drops everything `from` sends to the nodes in `to` (replies included:
+/// they leave through the same wire port).
+fn cut(c: &Cluster, from: &str, to: &[&str]) -> heartbeat_tests::NftGuard {
+    let i = c.index(from);
+    let addrs: Vec<String> = to.iter().map(|n| support::addr(c.index(n), 0)).collect();
+    heartbeat_tests::nft_egress_rule(
+        &c.nodes[i].ns,
+        &c.nodes[i].wires[0],
+        &format!("ip daddr {{ {} }} drop", addrs.join(", ")),
+    )
+    .expect("nft rule")
+}
+
+/// Cuts every link between the two groups, both ways.
+fn split(c: &Cluster, a: &[&str], b: &[&str]) -> Vec<heartbeat_tests::NftGuard> {
+    a.iter()
+        .map(|n| cut(c, n, b))
+        .chain(b.iter().map(|n| cut(c, n, a)))
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn minority_stops_and_even_split_starts_nothing() {
+    // 2|1: the minority owner stops and its address goes; the majority
+    // takes the package.
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    add_package(&c, "");
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
+    let guards = split(&c, &["alpha"], &["beta", "gamma"]);
+    wait_owner(&c, &["beta", "gamma"], "beta");
+    wait_for("alpha to stop web", || {
+        c.try_status("alpha")
+            .is_some_and(|st| package(&st, "web").local_state == "stopped")
+    });
+    assert_eq!(holders(&c), vec!["beta".to_owned()]);
+    drop(guards);
+    drop(c);
+
+    // 2|2 without a tie-breaker: nobody is quorate, nothing runs.
+    let mut c = Cluster::new(4, 1, RELAXED, false);
+    let log = add_package(&c, "");
+    c.edit_config(|t| {
+        t.replace(
+            "nodes = [\"alpha\", \"beta\", \"gamma\"]",
+            "nodes = [\"alpha\", \"beta\", \"gamma\", \"delta\"]",
+        )
+    });
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma", "delta"], "alpha");
+    let before = log_lines(&log).len();
+    let _guards = split(&c, &["alpha", "beta"], &["gamma", "delta"]);
+    wait_for("alpha to stop web", || {
+        c.try_status("alpha")
+            .is_some_and(|st| package(&st, "web").local_state == "stopped")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<String> = log_lines(&log).split_off(before);
+    assert!(
+        !after.iter().any(|l| l.contains(" start ")),
+        "no start in a 2|2 split: {after:?}"
+    );
+    assert!(holders(&c).is_empty(), "{:?}", holders(&c));
+}
+
+#[test]
+fn ocf_agents_run_unchanged_and_a_configuration_error_bans_everywhere() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let state = c.dir.0.join("dummy.state");
+    c.edit_config(|t| {
+        format!(
+            "{t}\n[[package]]\nname = \"dummy\"\nnodes = [\"beta\", \"alpha\", \"gamma\"]\n\
+             agent = \"ocf:heartbeat:Dummy\"\nmonitor_interval = \"100ms\"\n\
+             [package.params]\nstate = \"{}\"\n\n\
+             [[package]]\nname = \"noip\"\nnodes = [\"alpha\", \"beta\", \"gamma\"]\n\
+             agent = \"ocf:heartbeat:IPaddr2\"\n[package.params]\ncidr_netmask = \"24\"\n",
+            state.display()
+        )
+    });
+    c.start_all();
+    wait_for("dummy to run on beta", || {
+        c.try_status("beta").is_some_and(|st| {
+            let p = package(&st, "dummy");
+            p.owner.as_deref() == Some("beta") && p.local_state == "running"
+        })
+    });
+    assert!(state.exists(), "Dummy's state file");
+    // IPaddr2 without `ip` exits 6 (OCF_ERR_CONFIGURED): no node may run it.
+    wait_for("noip to be fatal everywhere", || {
+        ["alpha", "beta", "gamma"].iter().all(|n| {
+            c.try_status(n).is_some_and(|st| {
+                let p = package(&st, "noip");
+                p.fatal && p.owner.is_none() && p.local_state == "stopped"
+            })
+        })
+    });
+    let st = c.status("alpha");
+    assert!(
+        package(&st, "noip").reason.contains("configuration error"),
+        "{st:?}"
+    );
+    // A stop through the operator stops Dummy (its state file goes).
+    let out = c.cli("gamma", &["package", "stop", "dummy"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("Dummy's state file to go", || !state.exists());
+}
+
+#[test]
+fn automatic_failback_and_min_package_node() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let script = write_script(&c.dir.0);
+    let s = script.display();
+    c.edit_config(|t| {
+        format!(
+            "{t}\n[[package]]\nname = \"web\"\nnodes = [\"alpha\", \"beta\", \"gamma\"]\n\
+             failback_policy = \"automatic\"\nstart = \"{s} start\"\nstop = \"{s} stop\"\n\n\
+             [[package]]\nname = \"db\"\nnodes = [\"alpha\", \"beta\", \"gamma\"]\n\
+             failover_policy = \"min_package_node\"\nstart = \"{s} start\"\nstop = \"{s} stop\"\n"
+        )
+    });
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
+    // db goes where fewer packages run: not alpha.
+    wait_for("db placed away from alpha", || {
+        c.try_status("beta").is_some_and(|st| {
+            let p = package(&st, "db");
+            p.owner.is_some() && p.owner.as_deref() != Some("alpha")
+        })
+    });
+    // alpha halts: web fails over; alpha starts again: web comes back.
+    let out = c.cli("alpha", &["node", "halt"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_owner(&c, &["beta", "gamma"], "beta");
+    let out = c.cli("alpha", &["node", "start"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
+    let st = c.status("alpha");
+    let p = package(&st, "web");
+    assert!(
+        p.last_failover
+            .as_deref()
+            .is_some_and(|f| f.contains("failback from beta")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn hanging_start_is_killed_and_failing_stop_escalates() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let script = write_script(&c.dir.0);
+    let s = script.display();
+    let marker = c.dir.0.join("hang.alpha");
+    // alpha's start hangs (killed at the timeout; alpha is then banned);
+    // beta's stop fails once web runs there (not the stop before join).
+    let start = c.dir.0.join("start.sh");
+    let stop = c.dir.0.join("stop.sh");
+    fs::write(
+        &start,
+        format!(
+            "#!/bin/sh
+if [ \"$HEARTBEAT_NODE\" = alpha ]; then touch {m}; exec sleep 100; fi
+exec {s} start
+",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        &stop,
+        format!(
+            "#!/bin/sh
+if [ \"$HEARTBEAT_NODE\" = beta ] && [ \"$HEARTBEAT_EPOCH\" != 0 ]; then exit 1; fi
+exec {s} stop
+"
+        ),
+    )
+    .unwrap();
+    for f in [&start, &stop] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (start, stop) = (start.display(), stop.display());
+    c.edit_config(|t| {
+        format!(
+            "{t}\n[[package]]\nname = \"web\"\nnodes = [\"alpha\", \"beta\", \"gamma\"]\n\
+             start = \"{start}\"\nstop = \"{stop}\"\nstart_timeout = \"500ms\"\n"
+        )
+    });
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma"], "beta");
+    assert!(marker.exists(), "alpha's start ran");
+    let st = c.status("alpha");
+    let p = package(&st, "web");
+    assert!(p.banned, "{p:?}");
+    let j = c.journal("alpha");
+    assert!(
+        j.iter()
+            .any(|e| e.event == support::EventKind::PackageAction
+                && e.cause == "start"
+                && e.detail.as_deref().is_some_and(|d| d.contains("timed out"))),
+        "{j:?}"
+    );
+    // Move it away from beta: beta's stop fails, beta leaves the cluster,
+    // gamma starts web once beta's lease is out.
+    let out = c.cli("gamma", &["package", "move", "web", "gamma"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("beta to escalate", || {
+        c.journal("beta")
+            .iter()
+            .any(|e| e.event == support::EventKind::PackageFailed && e.cause == "stop_failed")
+    });
+    c.agreed(&["alpha", "gamma"], &["alpha", "gamma"], WAIT);
+    wait_owner(&c, &["alpha", "gamma"], "gamma");
+}
+
+#[test]
+fn a_fence_command_clears_a_silent_owner_at_once() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let log = add_package(&c, "");
+    // A long lease: without the fence, beta would wait 10 s for alpha's.
+    let fence = c.dir.0.join("fence.sh");
+    let marker = c.dir.0.join("fenced");
+    fs::write(
+        &fence,
+        format!(
+            "#!/bin/sh\necho \"$HEARTBEAT_FENCE_NODE by $HEARTBEAT_NODE\" >> {}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&fence, fs::Permissions::from_mode(0o755)).unwrap();
+    let f = fence.display().to_string();
+    c.edit_config(|t| {
+        t.replace(
+            "heartbeat_interval",
+            "package_lease = \"10s\"\nheartbeat_interval",
+        )
+        .replace(
+            "name = \"alpha\"\n",
+            &format!("name = \"alpha\"\nfence = \"{f}\"\n"),
+        )
+    });
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
+    let before = log_lines(&log).len();
+    let cut_at = Instant::now();
+    let _guards = split(&c, &["alpha"], &["beta", "gamma"]);
+    wait_owner(&c, &["beta", "gamma"], "beta");
+    let took = cut_at.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "beta started after {took:?}: it waited for alpha's lease, not the fence"
+    );
+    let fenced = fs::read_to_string(&marker).unwrap_or_default();
+    assert!(fenced.starts_with("alpha by beta"), "{fenced:?}");
+    let after: Vec<String> = log_lines(&log).split_off(before);
+    assert!(
+        after.iter().any(|l| l.starts_with("beta start")),
+        "{after:?}"
+    );
+    let j = c.journal("beta");
+    assert!(
+        j.iter()
+            .any(|e| e.event == support::EventKind::PackageCleared
+                && e.cause == "fenced"
+                && e.peer.as_deref() == Some("alpha")),
+        "{j:?}"
+    );
+}

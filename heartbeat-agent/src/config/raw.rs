@@ -115,6 +115,7 @@ pub(super) struct Node {
     pub name: Field<Name>,
     pub priority: Field<Priority>,
     pub votes: Field<Votes>,
+    pub fence: Field<Text>,
     pub link: Field<Tables<Link>>,
     /// This node's end of the serial heartbeat line.
     pub serial: Field<NodeSerial>,

@@ -48,7 +48,7 @@ use crate::{
 };
 
 /// What status and metrics read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PackagesView {
     pub packages: Vec<PackageStatus>,
     pub frozen: bool,
@@ -56,9 +56,30 @@ pub struct PackagesView {
     pub runs: BTreeMap<(String, String), u64>,
     /// Failovers (placements that moved a package) by reason.
     pub failovers: BTreeMap<String, u64>,
-    /// Seconds per action run, for the duration histograms.
-    pub run_seconds: BTreeMap<String, (u64, f64)>,
+    /// Action durations (start, stop, monitor), for the histograms.
+    pub run_seconds: Arc<[crate::metrics::Histogram; 3]>,
 }
+
+impl Default for PackagesView {
+    fn default() -> Self {
+        let h = || crate::metrics::Histogram::new(&SCRIPT_BOUNDS);
+        Self {
+            packages: Vec::new(),
+            frozen: false,
+            runs: BTreeMap::new(),
+            failovers: BTreeMap::new(),
+            run_seconds: Arc::new([h(), h(), h()]),
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the action duration histograms.
+const SCRIPT_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// The actions, in the order of `PackagesView::run_seconds`.
+pub const ACTIONS: [&str; 3] = ["start", "stop", "monitor"];
 
 /// The task's channels.
 pub struct Channels {
@@ -73,6 +94,9 @@ pub struct Channels {
     pub shared: Arc<Shared>,
     pub status: watch::Sender<PackagesView>,
 }
+
+/// Longest a fence command may run.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the state machine is ticked at the least.
 const IDLE_TICK: Duration = Duration::from_millis(100);
@@ -107,6 +131,13 @@ pub fn params(plan: &Plan) -> Params {
         resend_ns: (c.heartbeat_interval.as_nanos() as u64)
             .saturating_mul(20)
             .max(10_000_000),
+        fenceable: plan.config.nodes.iter().filter(|n| n.fence.is_some()).fold(
+            NodeSet::default(),
+            |mut s, n| {
+                s.insert(NodeId(n.id));
+                s
+            },
+        ),
     }
 }
 
@@ -226,6 +257,19 @@ async fn remove_addresses(x: &Addresses, list: &[PackageAddress], name: &str) {
     }
 }
 
+/// Removes every local package address (before a stale fence is
+/// detached at start: the address must not be reachable unfenced).
+pub async fn remove_all_addresses(plan: &Plan) {
+    let Ok(addrs) = Addresses::new() else {
+        tracing::error!("cannot open rtnetlink: package addresses are not removed");
+        return;
+    };
+    for p in &plan.config.packages {
+        let p = localized(plan, p);
+        remove_addresses(&addrs, &p.addresses, p.spec.name.as_str()).await;
+    }
+}
+
 /// Stop before join: runs every package's stop (in parallel) and removes
 /// its addresses. Returns the packages whose stop failed.
 pub async fn stop_all(plan: &Plan, journal: &JournalHandle) -> BTreeSet<PackageId> {
@@ -293,6 +337,7 @@ struct Task {
     sockets: Vec<LinkSocket>,
     shared: Arc<Shared>,
     done_tx: mpsc::Sender<Finished>,
+    fence_tx: mpsc::Sender<(NodeId, bool)>,
     leases: BTreeMap<PackageId, (bool, NodeSet)>,
     view: PackagesView,
     last_failover: BTreeMap<PackageId, String>,
@@ -369,6 +414,7 @@ impl Task {
                         "stop of package {name} failed"
                     )));
                 }
+                Output::Fence { node } => self.fence(node),
                 Output::Event(ev) => self.event(ev),
             }
         }
@@ -401,6 +447,67 @@ impl Task {
             })
             .collect();
         let _ = self.fast.try_send(fastpath::Command::SetLeases(specs));
+    }
+
+    /// Runs `node`'s fence command (its program and arguments, with
+    /// HEARTBEAT_FENCE_NODE and HEARTBEAT_NODE set), at most
+    /// [`FENCE_TIMEOUT`], and feeds the result back.
+    fn fence(&mut self, node: NodeId) {
+        let Some(cfg) = self.plan.config.nodes.iter().find(|n| n.id == node.0) else {
+            return;
+        };
+        let Some(cmd) = cfg.fence.clone() else { return };
+        let target = cfg.name.clone();
+        let local = self.plan.local.name.clone();
+        let journal = self.journal.clone();
+        let tx = self.fence_tx.clone();
+        let mut e = journal::entry(
+            EventKind::PackageFailed,
+            &local,
+            "fencing",
+            clock::mono_ns(),
+        );
+        e.peer = Some(target.clone());
+        e.peer_id = Some(node.0);
+        e.detail = Some(format!("running the fence command of {target}"));
+        journal.record(e);
+        tokio::spawn(async move {
+            let mut c = tokio::process::Command::new(cmd.program());
+            c.args(cmd.args())
+                .env_clear()
+                .env("PATH", RunnerConfig::default().path)
+                .env("HEARTBEAT_FENCE_NODE", &target)
+                .env("HEARTBEAT_NODE", &local)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .process_group(0);
+            let result = match c.spawn() {
+                Ok(mut child) => match tokio::time::timeout(FENCE_TIMEOUT, child.wait()).await {
+                    Ok(Ok(st)) if st.success() => Ok(()),
+                    Ok(Ok(st)) => Err(format!("{st}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {FENCE_TIMEOUT:?}")),
+                },
+                Err(e) => Err(format!("cannot run {}: {e}", cmd.program().display())),
+            };
+            let ok = result.is_ok();
+            let mut e = journal::entry(
+                EventKind::PackageFailed,
+                &local,
+                if ok { "fenced" } else { "fence_failed" },
+                clock::mono_ns(),
+            );
+            e.peer = Some(target.clone());
+            e.peer_id = Some(node.0);
+            e.detail = Some(match result {
+                Ok(()) => format!("{target} fenced"),
+                Err(why) => format!("fencing {target} failed: {why}"),
+            });
+            journal.record(e);
+            let _ = tx.send((node, ok)).await;
+        });
     }
 
     fn event(&mut self, ev: Event) {
@@ -439,6 +546,10 @@ impl Task {
                 e.package = Some(self.name_of(pkg));
                 e.detail = Some("configuration error (OCF 6): no node may run it".to_owned());
                 e
+            }
+            Event::FenceFailed { node } => {
+                tracing::error!(node = %self.plan.name_of(node.0), "fencing failed; packages waiting for it keep waiting for its lease or report");
+                return;
             }
             Event::Cleared { pkg, node, how } => {
                 let mut e = journal::entry(EventKind::PackageCleared, &local, how, now);
@@ -538,13 +649,12 @@ impl Task {
             .to_owned(),
         );
         *self.view.runs.entry(key).or_default() += 1;
-        let h = self
-            .view
-            .run_seconds
-            .entry(f.action.as_str().to_owned())
-            .or_default();
-        h.0 += 1;
-        h.1 += f.took.as_secs_f64();
+        let i = match f.action {
+            Action::Start => 0,
+            Action::Stop => 1,
+            Action::Monitor => 2,
+        };
+        self.view.run_seconds[i].observe(f.took.as_secs_f64());
         // Monitors that pass are not journaled (one per interval).
         if f.action != Action::Monitor || result != ActionResult::Ok {
             let mut e = journal::entry(
@@ -872,6 +982,7 @@ pub async fn run(
 ) {
     let now = clock::mono_ns();
     let (done_tx, mut done_rx) = mpsc::channel(64);
+    let (fence_tx, mut fence_rx) = mpsc::channel(16);
     let addrs = match Addresses::new() {
         Ok(a) => Some(Arc::new(a)),
         Err(e) => {
@@ -902,6 +1013,7 @@ pub async fn run(
         sockets: ch.sockets,
         shared: ch.shared,
         done_tx,
+        fence_tx,
         leases: BTreeMap::new(),
         view: PackagesView::default(),
         last_failover: BTreeMap::new(),
@@ -922,6 +1034,11 @@ pub async fn run(
             }
             Some(m) = ch.messages.recv() => t.on_message(m),
             Some(f) = done_rx.recv() => t.finished(f),
+            Some((node, ok)) = fence_rx.recv() => t.feed(Input::Fenced {
+                node,
+                ok,
+                at_ns: clock::mono_ns(),
+            }),
             Some(call) = ch.calls.recv() => t.on_call(call),
             Ok(()) = ch.fast_snapshot.changed() => {}
             () = tokio::time::sleep(sleep) => {
