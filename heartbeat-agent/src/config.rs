@@ -20,7 +20,13 @@
 
 mod locate;
 mod raw;
+mod serial;
 mod system;
+
+pub use serial::{
+    DEFAULT_SERIAL_BAUD, DEFAULT_SERIAL_INTERVAL, DEFAULT_SERIAL_TIMEOUT, MIN_SERIAL_INTERVAL,
+    NodeSerial, SerialSection, SerialSettings,
+};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -34,7 +40,6 @@ use std::time::Duration;
 
 use heartbeat_cluster::{LinkId, NodeId};
 use heartbeat_common::maps::{MAX_LINKS, MAX_NODES};
-use serde::de::IgnoredAny;
 use toml::Spanned;
 use toml::de::DeTable;
 
@@ -112,11 +117,6 @@ pub const MAX_SHOWN_LEN: usize = 80;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Roadmap issues that keys wait for.
-const WAITS_SERIAL: &str = "waits for the serial heartbeat link (issue #11)";
-/// Keys that exist only to be refused: left out of "the valid keys are".
-const WAITING_KEYS: &[&str] = &["serial"];
-
 /// The whole cluster's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -130,6 +130,9 @@ pub struct ClusterConfig {
     /// `[[package]]`, in the order written (a package's index is its
     /// `heartbeat_cluster::placement::PackageId`).
     pub packages: Vec<PackageConfig>,
+    /// `[serial]`: the serial heartbeat line (two-node clusters only; then
+    /// every node has its `NodeConfig::serial`).
+    pub serial: Option<SerialSection>,
     /// Where each key was written in the file, so that later checks
     /// ([`ClusterConfig::check_system`]) can point at the line. Empty for a
     /// configuration built in code.
@@ -248,6 +251,8 @@ pub struct NodeConfig {
     pub priority: u32,
     pub votes: u32,
     pub links: Vec<LinkConfig>,
+    /// `[node.serial]`: this node's end of the serial line.
+    pub serial: Option<NodeSerial>,
     /// `fence`: the command that fences this node (power it off, cut its
     /// storage), run by the node that would take over its packages; its
     /// success lets that node start them at once.
@@ -677,11 +682,7 @@ impl Src<'_> {
                 _ => "",
             };
             let (what, fields) = table_kind(parent);
-            let valid: Vec<&str> = fields
-                .iter()
-                .copied()
-                .filter(|f| !WAITING_KEYS.contains(f))
-                .collect();
+            let valid: Vec<&str> = fields.to_vec();
             let hint = closest(name, &valid)
                 .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
@@ -695,23 +696,6 @@ impl Src<'_> {
             );
         }
         self.invalid(&span, &key, plain_serde_message(message))
-    }
-
-    /// Refuses a key that waits for a later roadmap issue.
-    fn refuse_waiting(
-        &self,
-        field: &Field<IgnoredAny>,
-        key: &str,
-        waits: &str,
-    ) -> Result<(), ConfigError> {
-        match field {
-            None => Ok(()),
-            Some(at) => Err(self.invalid(
-                &at.span(),
-                key,
-                format!("not supported yet: it {waits}; remove it"),
-            )),
-        }
     }
 
     fn required<T: raw::Value>(
@@ -769,7 +753,6 @@ impl Src<'_> {
     }
 
     fn build(&self, top: raw::Top, top_span: Range<usize>) -> Result<ClusterConfig, ConfigError> {
-        self.refuse_waiting(&top.serial, "serial", WAITS_SERIAL)?;
         let Some(cluster) = top.cluster else {
             return Err(self.invalid(
                 &top_span,
@@ -820,6 +803,7 @@ impl Src<'_> {
             nodes.push(self.node(i, n)?);
         }
         self.check_nodes(&top_span, &nodes)?;
+        let serial = self.serial(top.serial, &nodes)?;
         let quorum = self.quorum(top.quorum, &cluster, &nodes)?;
         let packages = self.packages(top.package, &nodes)?;
         Ok(ClusterConfig {
@@ -830,6 +814,7 @@ impl Src<'_> {
             control,
             nodes: nodes.into_iter().map(|n| n.node).collect(),
             packages,
+            serial,
             locations: Locations::default(),
         })
     }
@@ -1277,7 +1262,7 @@ impl Src<'_> {
         let n = n.into_inner();
         let path = format!("node[{index}]");
         const WHAT: &str = "[[node]]";
-        self.refuse_waiting(&n.serial, &format!("{path}.serial"), WAITS_SERIAL)?;
+        let serial = self.node_serial(&path, n.serial)?;
         let id = self.required(
             n.id,
             &span,
@@ -1351,8 +1336,10 @@ impl Src<'_> {
                 priority,
                 votes,
                 links,
+                serial: serial.as_ref().map(|s| s.0.clone()),
                 fence,
             },
+            serial: serial.map(|s| s.1),
             path,
             span,
             id_span,
@@ -1904,6 +1891,7 @@ struct BuiltNode {
     name_span: Range<usize>,
     votes_at: Option<Range<usize>>,
     links: Vec<BuiltLink>,
+    serial: Option<serial::BuiltSerial>,
 }
 
 struct BuiltLink {

@@ -20,6 +20,7 @@ pub mod qserver;
 pub mod reload;
 pub mod sender;
 pub mod sequence;
+pub mod serial;
 pub mod state;
 pub mod status;
 pub mod transport;

@@ -40,6 +40,12 @@ pub struct Sources {
     /// Time to agreed membership.
     pub agreement: Arc<crate::metrics::Histogram>,
     pub started: Instant,
+    /// The serial line (`crate::serial`): its state and the survivor
+    /// rule's verdict, for status, metrics and the packages side.
+    pub serial: watch::Receiver<crate::serial::SerialView>,
+    /// What the packages side tells the serial line (packages running,
+    /// stop confirmed).
+    pub serial_handle: Arc<crate::serial::SerialHandle>,
     /// The packages task's view.
     pub packages: watch::Receiver<crate::packages::task::PackagesView>,
     /// Links with a standby card (the netif task's view).
@@ -145,6 +151,13 @@ impl Sources {
                     gap_hist: st.gap_hist.to_vec(),
                     detector: Some(detector_status(&st, now)),
                 });
+            }
+            if let Some(&state) = p.links.get(&crate::serial::SERIAL_LINK) {
+                links.push(crate::serial::link_status(
+                    state,
+                    &self.serial.borrow(),
+                    now,
+                ));
             }
             nodes.push(NodeStatus {
                 id: n.id,
@@ -347,7 +360,11 @@ pub fn render(this: &StatusReport) -> String {
             let _ = writeln!(
                 s,
                 "    {:<4} {:<16} {:<25} {:<8} {:<27} {}",
-                l.id,
+                if l.role == "serial" {
+                    "serial".to_owned()
+                } else {
+                    l.id.to_string()
+                },
                 l.interface,
                 l.address,
                 l.state.as_str(),

@@ -893,20 +893,8 @@ fn keys_waiting_for_later_issues_are_refused_with_the_issue() {
         Some("package[0].nodes"),
         &["required key is missing in [[package]]"],
     );
-    let text = format!("{}\n[serial]\ndevice = \"/dev/ttyS0\"\n", base());
-    expect_err(
-        &text,
-        20,
-        Some("serial"),
-        &["serial heartbeat link (issue #11)"],
-    );
-    let text = format!("{}\n[node.serial]\ndevice = \"/dev/ttyS0\"\n", base());
-    expect_err(
-        &text,
-        20,
-        Some("node[1].serial"),
-        &["serial heartbeat link (issue #11)"],
-    );
+    // [serial] and [node.serial] (issue #11) are read now: see
+    // tests/config_serial.rs.
 }
 
 #[test]

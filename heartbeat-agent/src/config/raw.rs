@@ -31,8 +31,29 @@ pub(super) struct Top {
     pub control: Field<Control>,
     pub node: Field<Tables<Node>>,
     pub package: Field<Tables<Package>>,
-    /// Waits for the serial heartbeat link (issue #11).
-    pub serial: Field<IgnoredAny>,
+    /// The serial heartbeat line (two-node clusters).
+    pub serial: Field<Serial>,
+}
+
+/// `[serial]`: the serial line's settings for both nodes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([serial])")]
+pub(super) struct Serial {
+    pub baud: Field<Baud>,
+    pub interval: Field<Dur>,
+    pub timeout: Field<Dur>,
+    pub required: Field<Flag>,
+}
+
+/// `[node.serial]`: one node's end of the serial line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([node.serial])")]
+pub(super) struct NodeSerial {
+    pub device: Field<PathText>,
+    pub baud: Field<Baud>,
+    pub interval: Field<Dur>,
+    pub timeout: Field<Dur>,
+    pub required: Field<Flag>,
 }
 
 /// `[cluster]`.
@@ -100,8 +121,8 @@ pub(super) struct Node {
     pub votes: Field<Votes>,
     pub fence: Field<Text>,
     pub link: Field<Tables<Link>>,
-    /// Waits for the serial heartbeat link (issue #11).
-    pub serial: Field<IgnoredAny>,
+    /// This node's end of the serial heartbeat line.
+    pub serial: Field<NodeSerial>,
 }
 
 /// One `[[node.link]]`.
@@ -368,6 +389,10 @@ integer_value!(
 integer_value!(
     /// `node.priority`.
     Priority: u32, 0, u32::MAX, "an integer"
+);
+integer_value!(
+    /// `serial.baud`.
+    Baud: u32, 50, 4_000_000, "a baud rate"
 );
 integer_value!(
     /// `package.restart_limit`.
