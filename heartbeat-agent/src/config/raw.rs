@@ -3,9 +3,6 @@
 //! point at its line, and value types whose `Deserialize` says what was
 //! expected in the operator's terms ("expected a UDP port in 1..=65535,
 //! found a string ("6405")") instead of serde's ("invalid type: ...").
-//!
-//! Keys that are accepted only to be refused with the roadmap issue they
-//! wait for are typed [`IgnoredAny`]; [`super`] rejects them.
 
 use std::fmt;
 use std::marker::PhantomData;
