@@ -261,8 +261,13 @@ pub fn set_thread_fifo(priority: i32) -> io::Result<()> {
     let param = libc::sched_param {
         sched_priority: priority,
     };
+    // SCHED_RESET_ON_FORK: what this thread starts (package scripts, OCF
+    // agents, fence commands, later threads) runs SCHED_OTHER, so that a
+    // script stuck in a loop cannot starve the node.
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    let rc = unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+    };
     if rc == 0 {
         Ok(())
     } else {

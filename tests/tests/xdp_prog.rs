@@ -1039,7 +1039,9 @@ fn late_timer_defers_once_then_declares_down() {
 
 #[test]
 fn a_packet_in_the_grace_rescues_the_link_and_every_silence_gets_one_deferral() {
-    const TIMEOUT: u64 = 20_000_000;
+    // Long enough that a loaded machine reads the deferral before its
+    // grace runs out.
+    const TIMEOUT: u64 = 200_000_000;
     let mut h = Harness::with_timeouts(TIMEOUT, 60_000_000_000);
     h.configure(|c| {
         c.late_threshold_ns = 1;
