@@ -35,7 +35,7 @@ use std::{
 use heartbeat_api::{journal::Entry, status::StatusReport};
 use nix::{sys::signal, unistd::Pid};
 
-use crate::{ChildGuard, HarnessError, Netns, Result, Signal, VethPair, attach_xdp_pass};
+use crate::{ChildGuard, HarnessError, Netns, NftGuard, Result, Signal, VethPair, attach_xdp_pass};
 
 /// CLOCK_REALTIME in ns since the epoch (the journals' `kernel_wall_ns`
 /// clock).
@@ -47,6 +47,9 @@ pub fn wall_ns() -> u64 {
 
 /// Nodes and a client on one bridge.
 pub struct Segment {
+    /// Cut links: nftables drops on a killed node's wire, both ways
+    /// (first: removed before the namespaces go).
+    cuts: Vec<(usize, NftGuard)>,
     /// Pass-through XDP programs on the hub's ends of the nodes' veths
     /// (first: detached before the namespaces go).
     _pass: Vec<aya::Ebpf>,
@@ -97,6 +100,7 @@ impl Segment {
         )?;
         hub.ip(&["link", "set", &pair.if_b, "master", "br0"])?;
         let seg = Segment {
+            cuts: Vec::new(),
             _pass: pass,
             net,
             nodes,
@@ -138,22 +142,39 @@ impl Segment {
         format!("10.{}.0.100", self.net)
     }
 
-    /// Kills every process in node `i`'s namespace (SIGKILL) and sets its
-    /// interface down: the node is gone, as far as the segment can tell.
-    /// Returns the wall time just before the first signal.
-    pub fn kill_node(&self, i: usize) -> Result<u64> {
+    /// Cuts node `i`'s link and kills every process in its namespace
+    /// (SIGKILL), at one instant: nftables netdev egress rules
+    /// `meta time >= <the next whole second> drop` on the hub's port towards it and on
+    /// its own interface (nothing crosses either way: a pulled cable) are
+    /// installed first, and the processes are killed when that second
+    /// comes. Nothing changes in the kernel's configuration at the fault
+    /// itself: `ip link set down` or installing a rule then would take the
+    /// kernel's RTNL lock or patch its code while the survivors add the
+    /// package address (every namespace of this one machine shares that
+    /// kernel; separate machines do not). Returns the fault time (ns since
+    /// the epoch); up to about 1.2 s pass before it.
+    pub fn kill_node(&mut self, i: usize) -> Result<u64> {
+        let at_s = (wall_ns() + 200_000_000) / 1_000_000_000 + 1;
+        let rule = format!("meta time >= \"{}\" drop", utc_date(at_s));
+        let hub_side = crate::nft_egress_rule(&self.hub, &self.hub_ports[i], &rule)?;
+        self.cuts.push((i, hub_side));
+        let node_side = crate::nft_egress_rule(&self.nodes[i], &self.ifaces[i], &rule)?;
+        self.cuts.push((i, node_side));
         let pids = self.nodes[i].pids()?;
-        let t = wall_ns();
+        let at = at_s * 1_000_000_000;
+        let now = wall_ns();
+        if at > now {
+            thread::sleep(Duration::from_nanos(at - now));
+        }
         for pid in pids {
             // A process may have exited on its own meanwhile.
             let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        self.nodes[i].ip(&["link", "set", &self.ifaces[i], "down"])?;
-        Ok(t)
+        Ok(at)
     }
 
-    /// Node `i` after a reboot: no address but its own, link up.
-    pub fn revive_node(&self, i: usize) -> Result<()> {
+    /// Node `i` after a reboot: no address but its own, link restored.
+    pub fn revive_node(&mut self, i: usize) -> Result<()> {
         let _ = self.nodes[i].ip(&[
             "addr",
             "del",
@@ -161,9 +182,38 @@ impl Segment {
             "dev",
             &self.ifaces[i],
         ]);
-        self.nodes[i].ip(&["link", "set", &self.ifaces[i], "up"])?;
-        crate::wait_link_ready(&self.nodes[i], &self.ifaces[i], Duration::from_secs(5))
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cuts)
+            .into_iter()
+            .partition(|(n, _)| *n == i);
+        self.cuts = kept;
+        for (_, g) in gone {
+            g.remove()?;
+        }
+        Ok(())
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of `wall_s` seconds since the epoch, UTC (nft's
+/// `meta time` reads it in the local time zone: UTC on the machines this
+/// runs on, as for the benchmark's silent egress fault).
+pub fn utc_date(wall_s: u64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = (wall_s / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let s = wall_s % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// The HTTP service: `python3 -S -I SCRIPT NODE PORT READY_FILE` listens on
@@ -200,6 +250,12 @@ pub fn python() -> &'static str {
         "python3"
     }
 }
+
+/// SCHED_FIFO priority of a resident service (`chrt -f`): a service
+/// stand-in that waits behind other work for a CPU would add that wait to
+/// every figure; 20 is below the agent's threads (40, 50) and the
+/// client's (10 is below too: the client only waits on the network).
+pub const SERVICE_RT_PRIORITY: &str = "20";
 
 /// Writes [`SERVICE_PY`] to `dir/web.py`.
 pub fn write_service(dir: &Path) -> Result<PathBuf> {
@@ -319,6 +375,9 @@ impl HttpClient {
                             .map_err(|e| e.to_string())
                     });
                 let ok = entered.is_ok();
+                if ok {
+                    realtime();
+                }
                 let _ = ready.send(entered);
                 if !ok {
                     return;
@@ -351,6 +410,7 @@ impl HttpClient {
         }
         let stop2 = stop.clone();
         threads.push(thread::spawn(move || {
+            realtime();
             let start = Instant::now();
             for seq in 0..max {
                 if stop2.load(Ordering::Relaxed) {
@@ -400,6 +460,18 @@ impl HttpClient {
 impl Drop for HttpClient {
     fn drop(&mut self) {
         self.join();
+    }
+}
+
+/// Moves the calling thread to SCHED_FIFO priority 10, best effort: the
+/// client is the measuring instrument and must not wait for a CPU behind
+/// the systems it measures (or anything else running on the machine).
+fn realtime() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid
+    // sched_param; failure (no CAP_SYS_NICE) leaves the policy unchanged.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param);
     }
 }
 
@@ -588,7 +660,13 @@ impl Drop for PackageCluster {
 
 impl PackageCluster {
     /// Writes the key and configuration into `dir` (created; removed by the
-    /// caller) and starts every agent (and resident service).
+    /// caller) and starts every agent (and resident service). `nodes`: the
+    /// package's nodes (names of [`NODE_NAMES`], most preferred first);
+    /// `extra`: more keys of the package (`failback_policy = ...`).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call per scenario; a builder would only rename them"
+    )]
     pub fn new(
         agent: &Path,
         object: &[u8],
@@ -596,6 +674,8 @@ impl PackageCluster {
         net: u8,
         timing: Timing,
         service: Service,
+        nodes: &[&str],
+        extra: &str,
         dir: &Path,
     ) -> Result<Self> {
         let io = |context: String| move |source| HarnessError::Io { context, source };
@@ -642,8 +722,8 @@ impl PackageCluster {
         }
         toml.push_str(&format!(
             "[[package]]\nname = \"web\"\nnodes = [{}]\naddresses = [\"{}/24\"]\n\
-             start = \"{start}\"\nstop = \"{stop}\"\nmonitor = \"{monitor}\"\nmonitor_interval = \"{interval}\"\n",
-            NODE_NAMES
+             start = \"{start}\"\nstop = \"{stop}\"\nmonitor = \"{monitor}\"\nmonitor_interval = \"{interval}\"\n{extra}\n",
+            nodes
                 .iter()
                 .map(|n| format!("\"{n}\""))
                 .collect::<Vec<_>>()
@@ -677,6 +757,9 @@ impl PackageCluster {
             let _ = fs::remove_file(&ready);
             let g = self.seg.nodes[i].spawn_logged(
                 &[
+                    "chrt",
+                    "-f",
+                    SERVICE_RT_PRIORITY,
                     python(),
                     "-S",
                     "-I",
@@ -709,7 +792,7 @@ impl PackageCluster {
         Ok(())
     }
 
-    /// Kills node `i` (every process, link down); returns the fault time.
+    /// Kills node `i` (every process, link cut); returns the fault time.
     pub fn kill(&mut self, i: usize) -> Result<u64> {
         let t = self.seg.kill_node(i)?;
         // Reap them (the guards would signal reaped pids otherwise).
@@ -723,7 +806,7 @@ impl PackageCluster {
         Ok(t)
     }
 
-    /// Brings node `i` back: link up, no stale address, agent started.
+    /// Brings node `i` back: link restored, no stale address, agent started.
     pub fn revive(&mut self, i: usize) -> Result<()> {
         self.seg.revive_node(i)?;
         self.start(i)
@@ -834,6 +917,14 @@ mod tests {
                 Answer::Node(n.into())
             }),
         }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00");
+        // 2026-11-22 11:01:19 UTC, 2000-02-29 23:59:59 UTC
+        assert_eq!(utc_date(1_795_345_279), "2026-11-22 11:01:19");
+        assert_eq!(utc_date(951_868_799), "2000-02-29 23:59:59");
     }
 
     #[test]

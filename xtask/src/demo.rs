@@ -3,7 +3,7 @@
 //! hub namespace); a package `web` whose start script runs a tiny HTTP
 //! service that answers with its node's name, at the package's address; the
 //! client sends a request every millisecond. The demo kills the active node
-//! (SIGKILL of every process in it, agent and service, and its link down)
+//! (its link cut and SIGKILL of every process in it, agent and service)
 //! and prints, from one fault, every layer of the failover: the survivors'
 //! kernel detection (the old demo's figures), the new view, the placement,
 //! the wait for the old owner's lease, the start script, and what the client
@@ -211,7 +211,17 @@ fn demo(
             t.interval, t.node_timeout
         ),
     );
-    let mut c = PackageCluster::new(bin, object, "hbdemo", 231, t, Service::Scripts, dir)?;
+    let mut c = PackageCluster::new(
+        bin,
+        object,
+        "hbdemo",
+        231,
+        t,
+        Service::Scripts,
+        &NODE_NAMES,
+        "",
+        dir,
+    )?;
     println!(
         "Package `web` (from {}):\n{}",
         c.config.display(),
@@ -279,7 +289,7 @@ fn demo(
     step(
         "demo",
         format!(
-            "killing {}: SIGKILL of every process in its namespace (agent, web service), its link down",
+            "killing {} at the next whole second: its link cut (nftables drops on its wire, both ways) and SIGKILL of every process in its namespace (agent, web service)",
             NODE_NAMES[old]
         ),
     );
