@@ -93,6 +93,7 @@ fn stable_answer(seg: &Segment, n: usize, within: Duration) -> anyhow::Result<us
 
 struct Heartbeat {
     c: PackageCluster,
+    defer_agent: Option<Duration>,
 }
 
 impl Subject for Heartbeat {
@@ -115,7 +116,7 @@ impl Subject for Heartbeat {
         Ok(owner)
     }
     fn kill(&mut self, i: usize) -> anyhow::Result<u64> {
-        Ok(self.c.kill(i)?)
+        Ok(self.c.kill(i, self.defer_agent)?)
     }
     fn revive(&mut self, i: usize) -> anyhow::Result<()> {
         Ok(self.c.revive(i)?)
@@ -235,7 +236,7 @@ impl Subject for Keepalived {
         stable_answer(&self.seg, 25, Duration::from_secs(20))
     }
     fn kill(&mut self, i: usize) -> anyhow::Result<u64> {
-        let t = self.seg.kill_node(i)?;
+        let t = self.seg.kill_node(i, None)?;
         for g in [self.daemons[i].take(), self.services[i].take()]
             .into_iter()
             .flatten()
@@ -360,12 +361,24 @@ pub enum Victim {
     NotCoordinator,
 }
 
-/// heartbeat at timing `t`: `trials` failovers.
+/// How long after the fault the killed node's agent itself is killed in
+/// the "separate machines" rows (see `Segment::kill_node`).
+pub const DEFER_AGENT: Duration = Duration::from_millis(300);
+
+/// heartbeat at timing `t`: `trials` failovers; with `defer_agent`, the
+/// killed node's agent dies [`DEFER_AGENT`] after the fault (its link is
+/// cut at the fault): its teardown cannot delay the survivors, as on
+/// separate machines.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per row, every argument named at the call site"
+)]
 pub fn heartbeat(
     agent: &Path,
     object: &[u8],
     t: Timing,
     victim: Victim,
+    defer_agent: bool,
     n: usize,
     dir: &Path,
     rng: &mut Rng,
@@ -378,12 +391,23 @@ pub fn heartbeat(
         ),
         Victim::NotCoordinator => (&NODE_NAMES[1..], "", "owner != coordinator"),
     };
-    let label = format!("{} ({who})", t.label);
+    let label = if defer_agent {
+        format!("{} ({who}, agent teardown +300ms)", t.label)
+    } else {
+        format!("{} ({who})", t.label)
+    };
     let settings = format!(
         "package web, address only (scripts /bin/true, service resident on every node, SCHED_FIFO 20), nodes {nodes:?} {extra}; \
          heartbeat_interval {}, node_timeout {}, agent_timeout {}, package_lease = node_timeout, \
-         lease_margin 200us, clock_drift_ppm 500, announce_count 3",
-        t.interval, t.node_timeout, t.agent_timeout
+         lease_margin 200us, clock_drift_ppm 500, announce_count 3{}",
+        t.interval,
+        t.node_timeout,
+        t.agent_timeout,
+        if defer_agent {
+            "; the killed node's agent itself dies 300 ms after the fault (link cut and service killed at the fault): its teardown in the shared kernel cannot delay the survivors, as on separate machines"
+        } else {
+            ""
+        }
     );
     step(format!(
         "failover {label}: three nodes and a client on one segment"
@@ -405,7 +429,10 @@ pub fn heartbeat(
         extra,
         dir,
     )?;
-    let mut s = Heartbeat { c };
+    let mut s = Heartbeat {
+        c,
+        defer_agent: defer_agent.then_some(DEFER_AGENT),
+    };
     let r = trials(&mut s, &label, settings, n, rng);
     drop(s);
     if std::env::var_os("HB_KEEP").is_some() {

@@ -372,14 +372,21 @@ fn failover_run(
     let dir = out.join(format!("failover-{}", std::process::id()));
     let mut rng = Rng::new();
     let mut rows = Vec::new();
+    // The smoke run (debug agent): the plain rows only.
+    let smoke = debug_agent;
     for t in timings {
-        for v in [
-            failover::Victim::NotCoordinator,
-            failover::Victim::Coordinator,
-        ] {
-            rows.push(failover::heartbeat(
-                &agent, &object, *t, v, trials, &dir, &mut rng,
-            )?);
+        for defer in [false, true] {
+            for v in [
+                failover::Victim::NotCoordinator,
+                failover::Victim::Coordinator,
+            ] {
+                if smoke && defer {
+                    continue;
+                }
+                rows.push(failover::heartbeat(
+                    &agent, &object, *t, v, defer, trials, &dir, &mut rng,
+                )?);
+            }
         }
     }
     if peers {

@@ -153,7 +153,14 @@ impl Segment {
     /// package address (every namespace of this one machine shares that
     /// kernel; separate machines do not). Returns the fault time (ns since
     /// the epoch); up to about 1.2 s pass before it.
-    pub fn kill_node(&mut self, i: usize) -> Result<u64> {
+    ///
+    /// `defer_agent`: the node's heartbeat agent is killed that much later
+    /// than the rest (its link is cut at the fault all the same, so the
+    /// cluster cannot tell). A killed agent's teardown (its XDP and TCX
+    /// links, BPF objects) runs in the kernel the survivors share here and
+    /// delays them; deferring it past the failover measures the cluster
+    /// as on separate machines.
+    pub fn kill_node(&mut self, i: usize, defer_agent: Option<Duration>) -> Result<u64> {
         let at_s = (wall_ns() + 200_000_000) / 1_000_000_000 + 1;
         let rule = format!("meta time >= \"{}\" drop", utc_date(at_s));
         let hub_side = crate::nft_egress_rule(&self.hub, &self.hub_ports[i], &rule)?;
@@ -166,9 +173,26 @@ impl Segment {
         if at > now {
             thread::sleep(Duration::from_nanos(at - now));
         }
+        let mut later = Vec::new();
         for pid in pids {
+            if defer_agent.is_some()
+                && fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "heartbeat-agent")
+            {
+                later.push(pid);
+                continue;
+            }
             // A process may have exited on its own meanwhile.
             let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(d) = defer_agent {
+            // The caller reaps the agent (PackageCluster::kill waits for it).
+            thread::spawn(move || {
+                thread::sleep(d);
+                for pid in later {
+                    let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            });
         }
         Ok(at)
     }
@@ -792,9 +816,10 @@ impl PackageCluster {
         Ok(())
     }
 
-    /// Kills node `i` (every process, link cut); returns the fault time.
-    pub fn kill(&mut self, i: usize) -> Result<u64> {
-        let t = self.seg.kill_node(i)?;
+    /// Kills node `i` (every process, link cut; see
+    /// [`Segment::kill_node`] for `defer_agent`); returns the fault time.
+    pub fn kill(&mut self, i: usize, defer_agent: Option<Duration>) -> Result<u64> {
+        let t = self.seg.kill_node(i, defer_agent)?;
         // Reap them (the guards would signal reaped pids otherwise).
         for g in [self.agents[i].take(), self.services[i].take()]
             .into_iter()

@@ -293,7 +293,7 @@ fn demo(
             NODE_NAMES[old]
         ),
     );
-    let fault = c.kill(old)?;
+    let fault = c.kill(old, None)?;
     // Until a new node has answered for half a second (or 10 s pass).
     let end = Instant::now() + Duration::from_secs(10);
     loop {
