@@ -105,23 +105,7 @@ impl Keepalived {
                 &file(&self.dir, node, "fifo.log"),
             )?);
         }
-        let args: Vec<String> = [
-            "keepalived",
-            "--dont-fork",
-            "--log-console",
-            "--log-detail",
-            "--no-syslog",
-            "--vrrp",
-            "--dont-respawn",
-            "--use-file",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([conf.display().to_string()])
-        .chain(["--pid".into(), pid.display().to_string()])
-        .chain(["--vrrp_pid".into(), vrrp_pid.display().to_string()])
-        .chain(["--checkers_pid".into(), chk_pid.display().to_string()])
-        .collect();
+        let args = command(&conf, &pid, &vrrp_pid, &chk_pid);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut guard =
             spawn_logged(topo, node.side(), &args, &log).context("starting keepalived")?;
@@ -143,6 +127,51 @@ impl Keepalived {
         v
     }
 }
+
+/// The keepalived command line: VRRP only, in the foreground, logging to
+/// the console, with its three pid files.
+pub fn command(conf: &Path, pid: &Path, vrrp_pid: &Path, chk_pid: &Path) -> Vec<String> {
+    [
+        "keepalived",
+        "--dont-fork",
+        "--log-console",
+        "--log-detail",
+        "--no-syslog",
+        "--vrrp",
+        "--dont-respawn",
+        "--use-file",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([conf.display().to_string()])
+    .chain(["--pid".into(), pid.display().to_string()])
+    .chain(["--vrrp_pid".into(), vrrp_pid.display().to_string()])
+    .chain(["--checkers_pid".into(), chk_pid.display().to_string()])
+    .collect()
+}
+
+/// The configuration of one node of the service failover (`failover.rs`):
+/// VRRPv3 (multicast on the segment), `advert_int` as for detection, the
+/// package address as the virtual address, and a notify script run when
+/// the node becomes master (where a service would be started).
+pub fn failover_config(
+    node: &str,
+    ifname: &str,
+    priority: u8,
+    vip_cidr: &str,
+    notify_master: &Path,
+) -> String {
+    format!(
+        "global_defs {{\n  router_id failover_{node}\n  vrrp_version 3\n  script_user root\n  vrrp_rt_priority 40\n}}\n\
+         vrrp_instance WEB {{\n  state BACKUP\n  interface {ifname}\n  virtual_router_id 52\n  \
+         priority {priority}\n  advert_int {ADVERT_INT_S}\n  virtual_ipaddress {{\n    {vip_cidr}\n  }}\n  \
+         notify_master \"{notify}\"\n}}\n",
+        notify = notify_master.display()
+    )
+}
+
+/// `advert_int` in seconds (10 ms, keepalived's minimum).
+pub const ADVERT_INT: &str = ADVERT_INT_S;
 
 impl Instance {
     fn poll(&mut self) {

@@ -30,6 +30,7 @@ mod bfdd;
 mod corosync;
 mod cost;
 mod counters;
+mod failover;
 mod heartbeat;
 mod keepalived;
 mod load;
@@ -124,6 +125,12 @@ pub struct BenchArgs {
     /// or quick run measures it too, at the end.
     #[arg(long)]
     pub serial: bool,
+    /// Only the service failover time (3 nodes and a client; the active
+    /// node killed, link cut; heartbeat at 5 ms and 500 µs beside
+    /// keepalived; `--trials` each, default 20). A full or quick run
+    /// measures it too, last.
+    #[arg(long)]
+    pub failover: bool,
 }
 
 fn main() -> ExitCode {
@@ -335,18 +342,35 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.netif {
         return netif_run(args.trials.unwrap_or(20) as usize);
     }
+    let trials = args
+        .trials
+        .map_or(if args.quick { 5 } else { 20 }, |t| t as usize);
+    if args.failover {
+        let rows = failover_run(
+            trials,
+            false,
+            &[membership::HB5MS, membership::HB500US],
+            true,
+        )?;
+        println!("{}", failover::table(&rows));
+        return Ok(());
+    }
     if !args.membership {
         let plan = Plan::new(args)?;
         let results = execute(&plan)?;
         println!("{}", results.table());
     }
-    let trials = args
-        .trials
-        .map_or(if args.quick { 5 } else { 20 }, |t| t as usize);
     let rows = membership_run(trials, false, &[membership::HB5MS, membership::HB500US])?;
     println!("{}", membership::table(&rows));
     if !args.membership {
         serial_run(if args.quick { 200 } else { 1000 })?;
+        let rows = failover_run(
+            trials,
+            false,
+            &[membership::HB5MS, membership::HB500US],
+            true,
+        )?;
+        println!("{}", failover::table(&rows));
     }
     Ok(())
 }
@@ -379,6 +403,50 @@ fn netif_run(trials: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Measures the service failover time of heartbeat at each timing (and of
+/// keepalived, with `peers`); writes failover.json.
+fn failover_run(
+    trials: usize,
+    debug_agent: bool,
+    timings: &[membership::Timing],
+    peers: bool,
+) -> anyhow::Result<Vec<report::FailoverRow>> {
+    install_signal_handlers();
+    let (agent, object) = build_agent(!debug_agent)?;
+    let object = std::fs::read(&object).context("reading the XDP object")?;
+    let out = util::target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    let dir = out.join(format!("failover-{}", std::process::id()));
+    let mut rng = Rng::new();
+    let mut rows = Vec::new();
+    // The smoke run (debug agent): the plain rows only.
+    let smoke = debug_agent;
+    for t in timings {
+        for defer in [false, true] {
+            for v in [
+                failover::Victim::NotCoordinator,
+                failover::Victim::Coordinator,
+            ] {
+                if smoke && defer {
+                    continue;
+                }
+                rows.push(failover::heartbeat(
+                    &agent, &object, *t, v, defer, trials, &dir, &mut rng,
+                )?);
+            }
+        }
+    }
+    if peers {
+        rows.push(failover::keepalived(&object, trials, &dir, &mut rng)?);
+        rows.push(failover::pacemaker());
+    }
+    std::fs::write(
+        out.join("failover.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    Ok(rows)
+}
+
 /// Measures the time to agreed membership; writes membership.json.
 fn membership_run(
     trials: usize,
@@ -404,7 +472,8 @@ fn membership_run(
 
 /// The smoke run called by `cargo xtask test`: heartbeat alone, two
 /// detection trials per fault, two seconds of a few loads, a short cost
-/// measurement; checks that every part produced data.
+/// measurement, one membership trial, one service failover per victim
+/// (about 15 s); checks that every part produced data.
 fn smoke() -> anyhow::Result<()> {
     util::require_root("the bench smoke run")?;
     let plan = Plan::smoke();
@@ -414,6 +483,17 @@ fn smoke() -> anyhow::Result<()> {
     println!("{}", membership::table(&m));
     if m.iter().any(|r| r.p50_ms.is_none()) {
         bail!("a membership trial found no agreement");
+    }
+    let f = failover_run(1, true, &[membership::HB5MS], false)?;
+    println!("{}", failover::table(&f));
+    if let Some(r) = f
+        .iter()
+        .find(|r| r.failover.misses > 0 || r.failover.n == 0)
+    {
+        bail!("{}: the service did not fail over", r.system);
+    }
+    if let Some(r) = f.iter().find(|r| r.two_answering > 0) {
+        bail!("{}: two nodes answered in one interval", r.system);
     }
     let hb = r
         .systems

@@ -127,6 +127,55 @@ pub struct DetectionRow {
     pub trials: Vec<Trial>,
 }
 
+/// One service failover trial (`failover.rs`): the active node killed
+/// (every process, link cut), seen by a client sending a request every
+/// millisecond to the service's address.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FailoverTrial {
+    pub trial: u32,
+    /// Wall time just before the first SIGKILL (ns since the epoch).
+    pub fault_wall_ns: i64,
+    /// The node that answered before the fault, and the first other one
+    /// after it.
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// Fault -> arrival of the new node's first answer; `None` is a miss.
+    pub failover_ns: Option<i64>,
+    /// Arrival of the old node's last answer -> the new node's first.
+    pub gap_ns: Option<i64>,
+    /// Requests sent after the fault that got no answer.
+    pub unanswered: usize,
+    /// Millisecond windows in which two nodes answered, and answers of
+    /// the old node after the new node's first (both must be 0).
+    pub shared_intervals: usize,
+    pub old_after_new: usize,
+    /// heartbeat: fault -> the new owner's journal: the old owner declared
+    /// failed (kernel timer), the view without it installed, the package's
+    /// start finished (address added, script run; the announcement follows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ns: Option<i64>,
+}
+
+/// Every failover trial of one system.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FailoverRow {
+    pub system: String,
+    pub settings: String,
+    /// `ran` or `skipped`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub failover: Summary,
+    pub gap: Summary,
+    /// Trials in which two nodes answered within one interval.
+    pub two_answering: usize,
+    pub trials: Vec<FailoverTrial>,
+}
+
 /// A down declaration during a load window.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DownEvent {

@@ -20,7 +20,7 @@
 
 // Dev-dependencies of the integration tests (tests/), not of this library.
 #[cfg(test)]
-use {heartbeat_agent as _, heartbeat_api as _, heartbeat_cluster as _, tokio as _};
+use {heartbeat_agent as _, heartbeat_cluster as _, tokio as _};
 
 use std::{
     ffi::OsStr,
@@ -34,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod failover;
 pub mod topology;
 
 pub use nix::sys::signal::Signal;
@@ -117,6 +118,9 @@ pub enum HarnessError {
     /// Loading or attaching the pass-through XDP program failed.
     #[error("pass-through XDP program on {ifname}: {reason}")]
     Xdp { ifname: String, reason: String },
+    /// A namespace could not reach an address of the harness's network.
+    #[error("{from} cannot reach {to}")]
+    Unreachable { from: String, to: String },
     /// Asking the kernel for the TCX programs of an interface failed.
     #[error("TCX programs of {ifname}: {reason}")]
     Tcx { ifname: String, reason: String },

@@ -72,17 +72,22 @@ enum Cmd {
     /// then fails. `--all` runs every target for about 30 s in total, as
     /// `cargo xtask test` does; `--write-seeds` regenerates the seeds.
     Fuzz(fuzz::FuzzArgs),
-    /// A live 3-node cluster in network namespaces, a node killed (root)
+    /// A service failover, live: 3 nodes and a client in namespaces (root)
     ///
-    /// Starts three agents in network namespaces, kills one and shows the
-    /// failover as it happens. Needs root.
+    /// Three agents and a client on one segment; package `web` runs a tiny
+    /// HTTP service that answers with its node's name; the client sends a
+    /// request every millisecond; the active node is killed (every process,
+    /// link cut). Prints each survivor's timeline, the client's service gap,
+    /// the node answering afterwards and that no two nodes answered in one
+    /// interval, then removes everything. Needs root.
     Demo(demo::DemoArgs),
     /// Failure-detection benchmarks against keepalived, corosync, BFD (root)
     ///
     /// Builds and runs the benchmark crate (`bench/`, `heartbeat-bench`):
     /// failure-detection latency, false failovers under one-node and
     /// whole-machine loads, and cost of heartbeat and of keepalived,
-    /// corosync and BFD (frr). Arguments go to the benchmark: `cargo xtask
+    /// corosync and BFD (frr); time to agreed membership (`--membership`)
+    /// and service failover time beside keepalived (`--failover`). Arguments go to the benchmark: `cargo xtask
     /// bench --help` lists them (`--quick`, `--smoke`, `--systems`, ...).
     /// Needs root.
     #[command(disable_help_flag = true)]

@@ -197,7 +197,7 @@ fn runner_action(a: Action) -> runner::Action {
 }
 
 /// Runs one action of `pkg` with its addresses: a start adds them first
-/// and announces them after; a stop removes them after (also when the
+/// and announces them while its script runs; a stop removes them after (also when the
 /// stop failed: the service may run, but not at the package's address).
 async fn act(
     runner: &Runner,
@@ -236,27 +236,32 @@ async fn act(
             }
         }
     }
-    let report = runner
-        .run(&pkg.spec, runner_action(action), ctx, &mut on_line)
-        .await;
-    match action {
-        Action::Start if report.outcome.failure(runner::Action::Start).is_none() => {
-            if let Some(x) = addrs {
-                for a in &pkg.addresses {
-                    if let Err(e) =
-                        addresses::announce(x, a, announce, Duration::from_millis(1)).await
-                    {
-                        tracing::warn!(package = %name, address = %a, error = %e, "cannot announce the address");
-                    }
+    // A start announces its addresses while its script runs, not after:
+    // clients' neighbour caches move to this node as soon as the address
+    // is here (as IPaddr2 ordered before a service, or keepalived, do), so
+    // the script's own run time is not added to the failover. Until the
+    // service listens, clients are refused rather than left waiting.
+    let announcing = async {
+        if action != Action::Start {
+            return;
+        }
+        if let Some(x) = addrs {
+            for a in &pkg.addresses {
+                if let Err(e) = addresses::announce(x, a, announce, Duration::from_millis(1)).await
+                {
+                    tracing::warn!(package = %name, address = %a, error = %e, "cannot announce the address");
                 }
             }
         }
-        Action::Stop => {
-            if let Some(x) = addrs {
-                remove_addresses(x, &pkg.addresses, &name).await;
-            }
-        }
-        _ => {}
+    };
+    let (report, ()) = tokio::join!(
+        runner.run(&pkg.spec, runner_action(action), ctx, &mut on_line),
+        announcing
+    );
+    if action == Action::Stop
+        && let Some(x) = addrs
+    {
+        remove_addresses(x, &pkg.addresses, &name).await;
     }
     (report.outcome, started.elapsed())
 }
