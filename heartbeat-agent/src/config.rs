@@ -79,6 +79,11 @@ pub const DEFAULT_LAST_MAN_STANDING_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUORUM_SERVER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default `control.socket`.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/heartbeat/control.sock";
+/// The shortest default `cluster.package_lease` (the default is
+/// `node_timeout`, but at least this): the fast path renews leases from a
+/// timer of millisecond resolution, so a shorter lease would lapse between
+/// two renewals and fence a healthy owner.
+pub const MIN_DEFAULT_PACKAGE_LEASE: Duration = Duration::from_millis(5);
 /// Default `cluster.lease_margin`.
 pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_micros(200);
 /// Default `cluster.clock_drift_ppm` (NTP's bound on a disciplined clock).
@@ -184,7 +189,7 @@ pub struct ClusterSection {
     /// `restarting` before they count it failed.
     pub restart_window: Duration,
     /// `L`: how long a package's kernel lease holds after the heartbeat it
-    /// is anchored at (default: node_timeout).
+    /// is anchored at (default: node_timeout, at least 5 ms).
     pub package_lease: Duration,
     /// `m`: allowance added to the wait for an old owner's lease.
     pub lease_margin: Duration,
@@ -1222,7 +1227,8 @@ impl Src<'_> {
             }
         }
 
-        let package_lease = dur(&c.package_lease).map_or(nt, |d| d.0);
+        let package_lease =
+            dur(&c.package_lease).map_or(nt.max(MIN_DEFAULT_PACKAGE_LEASE), |d| d.0);
         let lease_margin = dur(&c.lease_margin).map_or(DEFAULT_LEASE_MARGIN, |d| d.0);
         let events_file = c.events_file.map(|p| self.path(&p.get_ref().0));
         let state_file = c.state_file.map_or_else(
