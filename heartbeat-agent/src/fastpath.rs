@@ -191,6 +191,9 @@ pub struct FastPath {
     /// was written to it.
     leases: HashMap<MapData, LeaseKey, LeaseEntry>,
     fence_on: Array<MapData, u32>,
+    /// `GRANTS[0]`: the members of the local view (replies to them carry
+    /// `node_state::GRANT`).
+    grants: Array<MapData, u64>,
     fence: Fence,
     fence_written: BTreeMap<LeaseKey, LeaseEntry>,
     /// The TCX egress attachments' link ids, for pinning them.
@@ -370,6 +373,7 @@ impl FastPath {
         let restart: Array<MapData, RestartWindow> = take(&mut ebpf, names::RESTART)?;
         let leases: HashMap<MapData, LeaseKey, LeaseEntry> = take(&mut ebpf, names::LEASES)?;
         let fence_on: Array<MapData, u32> = take(&mut ebpf, names::FENCE_ON)?;
+        let grants: Array<MapData, u64> = take(&mut ebpf, names::GRANTS)?;
         // Adopted (pinned) leases carry on: the running packages keep
         // their addresses through an announced restart.
         let fence_written: BTreeMap<LeaseKey, LeaseEntry> =
@@ -411,6 +415,7 @@ impl FastPath {
             enabled: 0,
             leases,
             fence_on,
+            grants,
             fence,
             fence_written,
             tcx_links: Vec::new(),
@@ -797,6 +802,13 @@ pub enum Command {
     SetLeases(Vec<LeaseSpec>),
     /// Ends a package's lease now (it is being stopped or lost).
     ReleaseLease(u16),
+    /// The members of the local view (bit = node id), written to `GRANTS`:
+    /// replies to them carry `node_state::GRANT` and may anchor their
+    /// package leases. `done` is answered once the kernel has them.
+    SetGrants {
+        members: u64,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    },
     /// The interface was deleted: its attachments are gone (issue #12 row
     /// 3; status stops showing them).
     Detached(String),
@@ -940,6 +952,16 @@ impl FastPath {
             }
             Command::SetLeases(specs) => self.set_leases(specs),
             Command::ReleaseLease(package) => self.release_lease(package),
+            Command::SetGrants { members, done } => {
+                let r = self
+                    .grants
+                    .set(0, members, 0)
+                    .map_err(map_err(names::GRANTS));
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+                r
+            }
             Command::Detached(interface) => {
                 self.forget(&interface);
                 Ok(())

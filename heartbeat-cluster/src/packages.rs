@@ -31,32 +31,38 @@
 //!      (and, from a member, reflecting the placement N acts on), says O
 //!      does not hold P's lease (stopped; or its stop failed, it released
 //!      the lease first and escalated);
-//!   2. O's lease has run out by N's reckoning: no member of N's view
-//!      hears O any more, and `now ≥ t + W` (the rule of [`crate::lease`]),
-//!      where `t` is the last time *any* member of N's view heard O (each
-//!      member's report says how long it has not heard each node; N takes
-//!      the report's arrival minus that), or N's own start if none ever
-//!      did.
-//!
+//!   2. O's lease has run out by N's reckoning: O is not a member of N's
+//!      view, and `now ≥ t + W` (the rule of [`crate::lease`]), where `t`
+//!      is the last time *any* member of N's view (N included) may have
+//!      granted O a lease anchor, or N's own start. Each member's report
+//!      (of N's epoch) says, per node, how long ago that was; N takes the
+//!      report's arrival minus that.
 //!   3. O's `fence` command, run by N, succeeded in N's current view.
 //!
 //!   The kernel of O drops P's traffic once O's lease runs out. The fast
 //!   path renews it only while O is a quorate owner whose monitor passes,
 //!   anchored at the send time of the newest heartbeat *every other member
-//!   of O's view* answered. Why that is enough: N's view and O's view are
-//!   both quorate, so they share a member M; O's anchor is at most the time
-//!   M last heard O, which is at most `t`; O's lease ends at O-time
+//!   of O's view* answered with a **grant**: a reply's `GRANT` bit, set by
+//!   the answering node's XDP program only while that node's view counts
+//!   O a member (the `GRANTS` map, which the packages task updates, and the
+//!   fast path confirms, before the state machine hears of a new view, so
+//!   before its next report). Why that is enough: N's view and O's view
+//!   are both quorate, so they share a member M; M stopped granting O when
+//!   O left M's view, at or before the time M's report gives; O's anchor
+//!   is at most that time, which is at most `t`; O's lease ends at O-time
 //!   `anchor + L`, i.e. by N's clock before `t + W` (drift bound as in
-//!   [`crate::lease`]). Rule 1 needs O reachable, rule 2 O silent to all of
-//!   N's view.
-//!
+//!   [`crate::lease`]). Rule 1 needs O's report, rule 2 only that O is out
+//!   of N's view: a node that keeps an old view (its detector deferred its
+//!   verdict) and still hears the others gets no grant from them, so its
+//!   lease runs out (found by the soak test; the simulation models it).
+
 //! # Departures
-//! - Gray and Cheriton's leases are granted by a server; here the "grant"
-//!   is the successors' heartbeat replies, answered by their XDP programs
-//!   whatever their membership view, and the "promise" not to let another
-//!   owner start within the lease is each member's report of when it last
-//!   heard O (in the spirit of Raft's leader leases, where voters promise
-//!   not to elect another leader for a while after acknowledging one).
+//! - Gray and Cheriton's leases are granted by a server; here the grant is
+//!   a successor's heartbeat reply with its `GRANT` bit, and the promise
+//!   not to let another owner start within the lease is each member's
+//!   report of when it last granted O (in the spirit of Raft's leader
+//!   leases, where voters promise not to elect another leader for a while
+//!   after acknowledging one).
 //! - Rule 2 for a node never heard by anyone since N started uses N's
 //!   start time.
 //! - O keeps renewing while its view is installed, also during a
@@ -409,6 +415,10 @@ struct Peer {
     last_rx_ns: u64,
     /// Newest report and its arrival.
     report: Option<(PkgReport, u64)>,
+    /// Since when our view has not counted it a member (our kernel stopped
+    /// granting it lease anchors then), and whether we still heard it at
+    /// that moment. `None`: a member of our view, or never one.
+    excluded: Option<(u64, bool)>,
 }
 
 /// The coordinator's state for its epoch.
@@ -537,6 +547,22 @@ impl Packages {
         match input {
             Input::View { view, at_ns } => {
                 self.now_ns = self.now_ns.max(at_ns);
+                // The kernel's grants follow the view (the task updates
+                // them before it tells us): track when each node left it.
+                let old = self.view.map_or(NodeSet::default(), |v| v.members);
+                let new = view.map_or(NodeSet::default(), |v| v.members);
+                for n in old.union(new).iter() {
+                    if n == self.params.local {
+                        continue;
+                    }
+                    let now = self.now_ns;
+                    let p = self.peers.entry(n).or_default();
+                    if new.contains(n) {
+                        p.excluded = None;
+                    } else if old.contains(n) {
+                        p.excluded = Some((now, p.reachable));
+                    }
+                }
                 if view != self.view {
                     let new_epoch = view.map(|v| v.epoch) != self.view.map(|v| v.epoch);
                     self.view = view;
@@ -1053,17 +1079,17 @@ impl Packages {
                 cleared.push((n, "report"));
                 continue;
             }
-            // Rule 2: silent to every member of our view, and its lease
-            // has run out by our clock, counted from the last time any of
-            // them heard it.
-            let reachable = peer.is_some_and(|pe| pe.reachable);
-            let until = self.last_heard_by_view(n).map(|t| {
-                t.max(peer.map_or(0, |pe| pe.last_rx_ns))
-                    .max(self.started_ns)
-                    .saturating_add(wait)
-            });
-            if !reachable
-                && let Some(u) = until
+            // Rule 2: not a member of our view, and its lease has run out
+            // by our clock, counted from the last time any member of our
+            // view granted it a lease anchor (counted it a member and
+            // answered it).
+            let until = if members.contains(n) {
+                None
+            } else {
+                self.last_granted_by_view(n)
+                    .map(|t| t.max(self.started_ns).saturating_add(wait))
+            };
+            if let Some(u) = until
                 && now >= u
             {
                 cleared.push((n, "lease_expired"));
@@ -1071,20 +1097,37 @@ impl Packages {
             }
             return Err(Blocker::Holder {
                 node: n,
-                until_ns: if reachable { None } else { until },
+                until_ns: until,
             });
         }
         Ok(cleared)
     }
 
-    /// The last time any other member of our view heard `o`, by our clock
-    /// (a report's arrival minus the silence it reports): `Some(0)` when
-    /// none ever did; `None` while a member has not reported in this view
-    /// yet or still hears `o`.
-    fn last_heard_by_view(&self, o: NodeId) -> Option<u64> {
-        let members = self.view.map_or(NodeSet::default(), |v| v.members);
-        let mut t = 0u64;
-        for m in members.iter() {
+    /// The latest time our kernel may have granted `o` a lease anchor
+    /// (our clock): never after `o` left our view; before that, not after we
+    /// last heard it if it was already silent then. Our start (when the
+    /// task reset the kernel's grants) bounds it from below.
+    fn own_last_grant(&self, o: NodeId) -> u64 {
+        let since = self.started_ns;
+        match self.peers.get(&o) {
+            None => since,
+            Some(p) => match p.excluded {
+                None if self.view.is_some_and(|v| v.members.contains(o)) => self.now_ns,
+                None => since,
+                Some((at, true)) => at,
+                Some((at, false)) => at.min(p.last_rx_ns.max(since)),
+            },
+        }
+    }
+
+    /// The latest time any member of our view (us included) granted `o` a
+    /// lease anchor, by our clock (a report's arrival minus the age it
+    /// reports). `None` while a member has not reported in this epoch yet,
+    /// or still counts `o` a member.
+    fn last_granted_by_view(&self, o: NodeId) -> Option<u64> {
+        let v = self.view?;
+        let mut t = self.own_last_grant(o);
+        for m in v.members.iter() {
             if m == self.params.local || m == o {
                 continue;
             }
@@ -1092,12 +1135,12 @@ impl Packages {
                 .peers
                 .get(&m)
                 .and_then(|p| p.report.as_ref())
-                .filter(|(_, at)| *at >= self.view_since_ns)?;
+                .filter(|(r, at)| *at >= self.view_since_ns && r.epoch == v.epoch)?;
             let age = r
                 .silence
                 .iter()
                 .find(|(n, _)| *n == o)
-                .map_or(wire::SILENCE_NEVER, |(_, a)| *a);
+                .map_or(0, |(_, a)| *a);
             if age == 0 {
                 return None;
             }
@@ -1267,21 +1310,25 @@ impl Packages {
             .filter(|a| a.epoch == epoch)
             .map_or(0, |a| a.seq);
         let entries = self.pkgs.iter().map(|p| self.entry(p)).collect();
-        let silence = self
-            .peers
-            .iter()
-            .map(|(n, p)| {
-                let age = if p.reachable {
+        // Per node that may hold a package: how long ago our kernel may
+        // last have granted it a lease anchor (0: it is a member now).
+        let mut nodes: BTreeSet<NodeId> = self.peers.keys().copied().collect();
+        for p in &self.pkgs {
+            nodes.extend(p.params.policy.nodes.iter().copied());
+        }
+        nodes.remove(&self.params.local);
+        let silence = nodes
+            .into_iter()
+            .map(|n| {
+                let last = self.own_last_grant(n);
+                let age = if last >= now {
                     0
-                } else if p.last_rx_ns == 0 {
-                    wire::SILENCE_NEVER
                 } else {
-                    // Rounded down to the µs (the receiver's estimate of
-                    // when we last heard it only gets later), at least 1.
-                    (now.saturating_sub(p.last_rx_ns) / 1000).clamp(1, u64::from(u32::MAX - 1))
-                        as u32
+                    // Rounded down to the µs (the receiver's estimate only
+                    // gets later), at least 1.
+                    ((now - last) / 1000).clamp(1, u64::from(u32::MAX - 1)) as u32
                 };
-                (*n, age)
+                (n, age)
             })
             .collect();
         out.push(Output::Send {

@@ -8,9 +8,10 @@
 //! once its links have been silent for the detection time; members are
 //! mutually connected; a view is quorate only with a majority; epochs
 //! increase. The kernel lease is modelled as the fast path keeps it: renewed
-//! every tick to (the send time of the newest heartbeat every successor
-//! answered) + L, never shortened, zeroed on release, and left as it was
-//! when the node crashes.
+//! every tick to L after the send time of the newest heartbeat every
+//! successor answered with a grant (while its view counted the owner a
+//! member), never shortened, zeroed on release, and left as it was when
+//! the node crashes.
 //!
 //! Checked after every tick: **no package is served by two nodes at once**,
 //! where a node serves a package while its service may run there (from
@@ -54,6 +55,10 @@ enum Fault {
     MonitorFails(u16, u16),
     Move(u16, u16),
     Loss(u8),
+    /// The node's links flap for a little over the detection time while
+    /// its own detector defers its verdict (a local stall): it keeps its
+    /// view while the others move on.
+    FlapStall(u16),
 }
 
 fn fault(n: u16, pkgs: u16) -> impl Strategy<Value = Fault> {
@@ -68,6 +73,7 @@ fn fault(n: u16, pkgs: u16) -> impl Strategy<Value = Fault> {
         (node.clone(), 0..pkgs).prop_map(|(a, p)| Fault::MonitorFails(a, p)),
         (0..pkgs, node).prop_map(|(p, a)| Fault::Move(p, a)),
         (0u8..30).prop_map(Fault::Loss),
+        (1..=n).prop_map(Fault::FlapStall),
     ]
 }
 
@@ -115,6 +121,10 @@ struct Sim {
     log: Vec<String>,
     params: Vec<PackageParams>,
     timing: LeaseTiming,
+    /// Nodes whose view stays as it is until the tick (deferred verdicts).
+    sticky: BTreeMap<u16, u64>,
+    /// Cuts to heal at a tick.
+    heal_at: Vec<(u64, u16)>,
 }
 
 impl Sim {
@@ -159,6 +169,8 @@ impl Sim {
             log: Vec::new(),
             params,
             timing: LeaseTiming::new(LEASE * TICK, 500, TICK / 5).unwrap(),
+            sticky: BTreeMap::new(),
+            heal_at: Vec::new(),
         };
         for i in 1..=n {
             s.nodes.insert(
@@ -315,10 +327,15 @@ impl Sim {
                 s.insert(NodeId(x));
                 s
             });
-            let alive: Vec<u16> = g.iter().copied().filter(|&x| self.alive(x)).collect();
-            let same = alive
+            let alive: Vec<u16> = g
                 .iter()
-                .all(|x| self.nodes[x].view.is_some_and(|v| v.members == members));
+                .copied()
+                .filter(|&x| self.alive(x) && self.sticky.get(&x).is_none_or(|&t| self.now >= t))
+                .collect();
+            // One view (same epoch) with exactly these members on all.
+            let first = alive.first().and_then(|x| self.nodes[x].view);
+            let same = first.is_some_and(|f| f.members == members)
+                && alive.iter().all(|x| self.nodes[x].view == first);
             if same || alive.is_empty() {
                 continue;
             }
@@ -349,6 +366,17 @@ impl Sim {
 
     fn tick(&mut self) {
         self.now += 1;
+        let now = self.now;
+        let due: Vec<u16> = self
+            .heal_at
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, i)| *i)
+            .collect();
+        self.heal_at.retain(|(t, _)| *t > now);
+        for i in due {
+            self.cut.retain(|&(a, b)| a != i && b != i);
+        }
         let now_ns = self.now_ns();
         // Heartbeats: every live node asks every peer each tick.
         for a in 1..=self.n {
@@ -358,9 +386,13 @@ impl Sim {
                 }
                 if self.reaches(a, b) {
                     self.heard.insert((a, b), self.now);
-                    // b's kernel answers while b's agent lives; the reply
-                    // must come back.
-                    if self.reaches(b, a) && self.alive(b) {
+                    // b's kernel answers while b's agent lives, and the
+                    // answer grants a lease anchor only while b's view
+                    // counts a as a member; the reply must come back.
+                    let grants = self.nodes[&b]
+                        .view
+                        .is_some_and(|v| v.members.contains(NodeId(a)));
+                    if self.reaches(b, a) && self.alive(b) && grants {
                         self.answered.insert((a, b), self.now - 1);
                     }
                 }
@@ -516,6 +548,14 @@ impl Sim {
                 );
             }
             Fault::Loss(l) => self.loss = l,
+            Fault::FlapStall(i) => {
+                for j in (1..=self.n).filter(|&j| j != i) {
+                    self.cut.insert((i, j));
+                    self.cut.insert((j, i));
+                }
+                self.heal_at.push((self.now + DETECT + 2, i));
+                self.sticky.insert(i, self.now + 6 * DETECT);
+            }
             Fault::Cut(..) => {}
         }
     }
@@ -555,6 +595,7 @@ proptest! {
                 Fault::MonitorFails(i, p) => *i <= n && *p < pkgs,
                 Fault::Move(p, i) => *i <= n && *p < pkgs,
                 Fault::HealAll | Fault::Loss(_) => true,
+                Fault::FlapStall(i) => *i <= n,
             };
             if fits {
                 s.apply(f);

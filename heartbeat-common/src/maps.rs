@@ -37,11 +37,14 @@ pub mod names {
     /// Whether `LEASES` is in use (`FENCE_ON[0]`, a u32): the programs skip
     /// the fence until the agent sets it.
     pub const FENCE_ON: &str = "FENCE_ON";
+    /// The nodes this node's view counts as members (`GRANTS[0]`, a u64
+    /// bitmap by node id): replies to them carry `node_state::GRANT`.
+    pub const GRANTS: &str = "GRANTS";
     /// Every map of the object: what an announced restart pins and the
     /// next agent adopts.
-    pub const ALL_MAPS: [&str; 13] = [
+    pub const ALL_MAPS: [&str; 14] = [
         CONFIG, KEYS, STATUS, PEERS, LINKS, TIMERS, EVENTS, COUNTERS, AGENT, GATE, RESTART, LEASES,
-        FENCE_ON,
+        FENCE_ON, GRANTS,
     ];
     pub const PROGRAM: &str = "heartbeat";
     /// Raw tracepoint program on `sched_process_exit`.
@@ -249,9 +252,10 @@ pub struct LinkState {
     pub owd_rising: u8,
     pub _pad2: [u8; 5],
     /// Our own transmit time (CLOCK_MONOTONIC ns, the sender's stamp
-    /// echoed back) of the newest request the peer answered on this link:
-    /// the peer has received a heartbeat sent at this time. A package
-    /// lease renewal is anchored here (heartbeat_cluster::lease, A2).
+    /// echoed back) of the newest request the peer answered on this link
+    /// with `node_state::GRANT` (it counted us a member of its view): the
+    /// peer has received a heartbeat sent at this time. A package lease
+    /// renewal is anchored here (heartbeat_cluster::packages).
     pub last_reply_tx_ns: u64,
 }
 

@@ -62,8 +62,12 @@ pub mod node_state {
     pub const STALE: u8 = 5;
     /// Set while the node is a member of a quorate view.
     pub const QUORATE: u8 = 0x80;
-    /// The state without the quorum bit.
-    pub const MASK: u8 = 0x7f;
+    /// In a reply: the replier counts the requester as a member of its
+    /// view (`GRANTS`), so the reply may anchor the requester's package
+    /// leases. Set only by the XDP program.
+    pub const GRANT: u8 = 0x40;
+    /// The state without the quorum and grant bits.
+    pub const MASK: u8 = 0x3f;
 }
 
 /// The 64-byte heartbeat header.

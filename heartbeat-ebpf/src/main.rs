@@ -51,7 +51,7 @@ use heartbeat_common::{
 
 use crate::{
     deadline::mark_alive,
-    maps::{AGENT, CONFIG, GATE, KEYS, LINKS, PEERS, RESTART, STATUS, count, emit},
+    maps::{AGENT, CONFIG, GATE, GRANTS, KEYS, LINKS, PEERS, RESTART, STATUS, count, emit},
     packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, SEGMENT_LEN, Segment, UdpHdr, VlanTag, at, be16},
 };
 
@@ -403,15 +403,24 @@ fn answer(seg: &mut Segment, key: SipKey, now: u64) -> Result<(), Reject> {
             (*gate).closed = 0;
         }
     }
+    // The requester is a member of our view: the reply may anchor its
+    // package leases (`node_state::GRANT`).
+    let members = GRANTS.get(0).copied().unwrap_or(0);
+    let grant = if members & (1u64 << (seg.hdr.sender_id() & 63)) != 0 {
+        node_state::GRANT
+    } else {
+        0
+    };
     let hdr = &mut seg.hdr;
     hdr.make_reply();
     hdr.set_rx_timestamp_ns(now);
     hdr.set_generation(status.generation);
-    hdr.node_state = if restarting {
+    let state = if restarting {
         node_state::RESTARTING | (status.node_state & node_state::QUORATE)
     } else {
-        status.node_state
+        status.node_state & !node_state::GRANT
     };
+    hdr.node_state = state | grant;
     hdr.set_packages(status.packages);
     hdr.seal(key);
     Ok(())
@@ -488,7 +497,9 @@ fn on_reply(
             (*ls).rtt_ewma_ns = ewma - ewma / 8 + rtt / 8;
         }
         (*ls).rtt_count += 1;
-        if tx > (*ls).last_reply_tx_ns {
+        // Only a granting reply (we are a member of the peer's view) may
+        // anchor our package leases.
+        if hdr.node_state & node_state::GRANT != 0 && tx > (*ls).last_reply_tx_ns {
             (*ls).last_reply_tx_ns = tx;
         }
         (*ls).rtt_sum_ns = (*ls).rtt_sum_ns.wrapping_add(rtt);

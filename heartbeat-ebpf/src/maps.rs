@@ -59,6 +59,11 @@ pub static GATE: Array<GateState, 1> = Array::new();
 #[btf_map]
 pub static RESTART: Array<RestartWindow, 1> = Array::new();
 
+/// The nodes the local view counts as members (bit = node id): a reply to
+/// one of them carries `node_state::GRANT`.
+#[btf_map]
+pub static GRANTS: Array<u64, 1> = Array::new();
+
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENT_RING_BYTES> = RingBuf::new();
 

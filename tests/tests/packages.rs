@@ -79,10 +79,13 @@ fn log_lines(log: &Path) -> Vec<String> {
 }
 
 fn package<'a>(st: &'a StatusReport, name: &str) -> &'a heartbeat_api::status::PackageStatus {
-    st.packages
-        .iter()
-        .find(|p| p.name == name)
-        .expect("package in status")
+    find(st, name).expect("package in status")
+}
+
+/// The package in a status, if the agent lists it yet (not before its
+/// packages task has started).
+fn find<'a>(st: &'a StatusReport, name: &str) -> Option<&'a heartbeat_api::status::PackageStatus> {
+    st.packages.iter().find(|p| p.name == name)
 }
 
 /// Waits until every node in `names` agrees that `web` is owned by
@@ -92,8 +95,7 @@ fn wait_owner(c: &Cluster, names: &[&str], owner: &str) {
     loop {
         let sts: Vec<_> = names.iter().map(|n| c.try_status(n)).collect();
         let ok = sts.iter().zip(names).all(|(st, n)| {
-            st.as_ref().is_some_and(|st| {
-                let p = package(st, "web");
+            st.as_ref().and_then(|st| find(st, "web")).is_some_and(|p| {
                 p.owner.as_deref() == Some(owner) && (*n != owner || p.local_state == "running")
             })
         });
@@ -289,7 +291,7 @@ fn minority_stops_and_even_split_starts_nothing() {
     wait_owner(&c, &["beta", "gamma"], "beta");
     wait_for("alpha to stop web", || {
         c.try_status("alpha")
-            .is_some_and(|st| package(&st, "web").local_state == "stopped")
+            .is_some_and(|st| find(&st, "web").is_some_and(|p| p.local_state == "stopped"))
     });
     assert_eq!(holders(&c), vec!["beta".to_owned()]);
     drop(guards);
@@ -310,7 +312,7 @@ fn minority_stops_and_even_split_starts_nothing() {
     let _guards = split(&c, &["alpha", "beta"], &["gamma", "delta"]);
     wait_for("alpha to stop web", || {
         c.try_status("alpha")
-            .is_some_and(|st| package(&st, "web").local_state == "stopped")
+            .is_some_and(|st| find(&st, "web").is_some_and(|p| p.local_state == "stopped"))
     });
     std::thread::sleep(Duration::from_secs(1));
     let after: Vec<String> = log_lines(&log).split_off(before);
@@ -338,8 +340,8 @@ fn ocf_agents_run_unchanged_and_a_configuration_error_bans_everywhere() {
     c.start_all();
     wait_for("dummy to run on beta", || {
         c.try_status("beta").is_some_and(|st| {
-            let p = package(&st, "dummy");
-            p.owner.as_deref() == Some("beta") && p.local_state == "running"
+            find(&st, "dummy")
+                .is_some_and(|p| p.owner.as_deref() == Some("beta") && p.local_state == "running")
         })
     });
     assert!(state.exists(), "Dummy's state file");
@@ -347,8 +349,8 @@ fn ocf_agents_run_unchanged_and_a_configuration_error_bans_everywhere() {
     wait_for("noip to be fatal everywhere", || {
         ["alpha", "beta", "gamma"].iter().all(|n| {
             c.try_status(n).is_some_and(|st| {
-                let p = package(&st, "noip");
-                p.fatal && p.owner.is_none() && p.local_state == "stopped"
+                find(&st, "noip")
+                    .is_some_and(|p| p.fatal && p.owner.is_none() && p.local_state == "stopped")
             })
         })
     });
@@ -381,8 +383,8 @@ fn automatic_failback_and_min_package_node() {
     // db goes where fewer packages run: not alpha.
     wait_for("db placed away from alpha", || {
         c.try_status("beta").is_some_and(|st| {
-            let p = package(&st, "db");
-            p.owner.is_some() && p.owner.as_deref() != Some("alpha")
+            find(&st, "db")
+                .is_some_and(|p| p.owner.is_some() && p.owner.as_deref() != Some("alpha"))
         })
     });
     // alpha halts: web fails over; alpha starts again: web comes back.

@@ -97,6 +97,9 @@ pub struct Channels {
     pub cards: Arc<crate::netif::Cards>,
 }
 
+/// Longest the fast path may take to confirm the view's members.
+const GRANTS_ACK: Duration = Duration::from_secs(1);
+
 /// Longest a fence command may run.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -697,8 +700,7 @@ impl Task {
         });
     }
 
-    fn on_view(&mut self, cv: &ClusterView) {
-        let now = clock::mono_ns();
+    async fn on_view(&mut self, cv: &ClusterView) {
         for p in &cv.peers {
             let reachable = p
                 .links
@@ -712,8 +714,31 @@ impl Task {
         }
         let view = cv.installed;
         if view != self.last_view {
+            // The kernel stops granting lease anchors to nodes our view
+            // dropped *before* the state machine hears of the view (and
+            // reports, from then on, when it last granted them).
+            let mut members = view.map_or(NodeSet::default(), |v| v.members);
+            members.remove(NodeId(self.plan.local.id));
+            let (done, ack) = tokio::sync::oneshot::channel();
+            let sent = self
+                .fast
+                .send(fastpath::Command::SetGrants {
+                    members: members.bits(),
+                    done: Some(done),
+                })
+                .await;
+            if sent.is_err() || tokio::time::timeout(GRANTS_ACK, ack).await.is_err() {
+                tracing::error!(
+                    "the fast path did not take the view's members: package starts elsewhere wait for this node's next report"
+                );
+                // Tried again at the next change of the cluster view.
+                return;
+            }
             self.last_view = view;
-            self.feed(Input::View { view, at_ns: now });
+            self.feed(Input::View {
+                view,
+                at_ns: clock::mono_ns(),
+            });
         }
     }
 
@@ -1002,6 +1027,18 @@ pub async fn run(
     failed_at_start: BTreeSet<PackageId>,
     cancel: CancellationToken,
 ) {
+    // No view yet: the kernel grants no lease anchor (an adopted program
+    // may still hold the previous agent's members). The state machine's
+    // start time is after this.
+    let (done, ack) = tokio::sync::oneshot::channel();
+    let _ = ch
+        .fast
+        .send(fastpath::Command::SetGrants {
+            members: 0,
+            done: Some(done),
+        })
+        .await;
+    let _ = tokio::time::timeout(GRANTS_ACK, ack).await;
     let now = clock::mono_ns();
     let (done_tx, mut done_rx) = mpsc::channel(64);
     let (fence_tx, mut fence_rx) = mpsc::channel(16);
@@ -1053,7 +1090,7 @@ pub async fn run(
         tokio::select! {
             Ok(()) = ch.view.changed() => {
                 let cv = ch.view.borrow_and_update().clone();
-                t.on_view(&cv);
+                t.on_view(&cv).await;
             }
             Some(m) = ch.messages.recv() => t.on_message(m),
             Some(f) = done_rx.recv() => t.finished(f),
