@@ -245,6 +245,10 @@ pub struct NodeConfig {
     pub priority: u32,
     pub votes: u32,
     pub links: Vec<LinkConfig>,
+    /// `fence`: the command that fences this node (power it off, cut its
+    /// storage), run by the node that would take over its packages; its
+    /// success lets that node start them at once.
+    pub fence: Option<CommandLine>,
 }
 
 impl NodeConfig {
@@ -1289,6 +1293,16 @@ impl Src<'_> {
         let votes_at = n.votes.as_ref().map(|v| v.span());
         let votes = n.votes.map_or(DEFAULT_VOTES, |v| v.into_inner().0);
         let priority = n.priority.map_or(DEFAULT_PRIORITY, |p| p.into_inner().0);
+        let fence = match n.fence {
+            Some(f) => {
+                let at = f.span();
+                Some(
+                    CommandLine::parse(&f.into_inner().0)
+                        .map_err(|e| self.invalid(&at, &format!("{path}.fence"), format!("{e}")))?,
+                )
+            }
+            None => None,
+        };
 
         let raw_links = n.link.map(|l| l.into_inner().0).unwrap_or_default();
         let mut links: Vec<LinkConfig> = Vec::with_capacity(raw_links.len());
@@ -1334,6 +1348,7 @@ impl Src<'_> {
                 priority,
                 votes,
                 links,
+                fence,
             },
             path,
             span,

@@ -35,6 +35,13 @@
 //! still open and they match its configuration (else it detaches and
 //! removes them and starts fresh), and closes the window once its own
 //! sender runs.
+//!
+//! Kernel fence (issue #9): on a node that may run packages, every package
+//! address is fenced (`LEASES`, 0) before the program is attached, and the
+//! XDP and TCX links and the maps are pinned right after (same directory
+//! and layout as an announced restart), so that a killed agent leaves the
+//! addresses dark: nothing renews the leases. A stop removes the pins as
+//! above, and so do `heartbeat-agent detach` and the next agent.
 
 use std::{
     path::{Path, PathBuf},
@@ -103,6 +110,10 @@ pub enum DaemonError {
     },
     #[error("announced restart: {0}")]
     Restart(String),
+    #[error(
+        "an agent is running for node {node} (its control socket {socket} answers): stop it first; `detach` is for the pins a killed or restarting agent left"
+    )]
+    AgentRunning { node: String, socket: PathBuf },
     #[error("the fast path task failed; XDP is detached")]
     FastPathTask,
     #[error("signal handling: {0}")]
@@ -190,11 +201,49 @@ fn load_fast_path(
         );
     }
     let (mut fp, status, ring) = FastPath::load(EBPF_OBJECT, params, None)?;
+    fence_addresses(&mut fp, plan)?;
     for iface in &plan.interfaces {
         let mode = fp.attach(iface)?;
         tracing::info!(interface = %iface, mode = mode.as_str(), "XDP attached");
     }
     Ok((fp, status, ring, false))
+}
+
+/// The kernel fence (issue #9) of a node that may run packages: every
+/// address of its packages is fenced from the start, before the program is
+/// attached (the packages task's `SetLeases` opens them; an adopted lease
+/// keeps its expiry).
+fn fence_addresses(fp: &mut FastPath, plan: &Plan) -> Result<()> {
+    if plan.fenced() {
+        fp.set_leases(crate::fence::initial_specs(plan))?;
+    }
+    Ok(())
+}
+
+/// Pins the links and maps of a node that may run packages, so that the
+/// kernel fence outlives this process. On failure the pins are removed
+/// (and their links detached) before the error goes up.
+fn fence_and_pin(fp: &mut FastPath, plan: &Plan, bpffs: &Path, dir: &Path) -> Result<()> {
+    debug_assert!(plan.fenced());
+    let pinned = crate::pins::ensure_bpffs(bpffs)
+        .map_err(|error| DaemonError::Pins {
+            dir: dir.to_owned(),
+            error,
+        })
+        .and_then(|()| fp.pin_fence(dir).map_err(DaemonError::from));
+    match pinned {
+        Ok(()) => {
+            tracing::info!(
+                pins = %dir.display(),
+                "package addresses fenced in the kernel; programs and maps pinned (they outlive the agent until a stop or `heartbeat-agent detach`)"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = crate::pins::remove(dir, true);
+            Err(e)
+        }
+    }
 }
 
 /// Loads the object against the pinned maps and takes over the pinned links.
@@ -204,6 +253,7 @@ fn adopt(
     dir: &Path,
 ) -> Result<(FastPath, fastpath::StatusWriter, fastpath::EventRing)> {
     let (mut fp, status, ring) = FastPath::load(EBPF_OBJECT, params.clone(), Some(dir))?;
+    fence_addresses(&mut fp, plan)?;
     for iface in &plan.interfaces {
         let mode = fp.attach(iface)?;
         tracing::info!(interface = %iface, mode = mode.as_str(), "XDP adopted");
@@ -326,6 +376,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         // gate can follow our stamp again.
         fp.finish_adoption()?;
         tracing::info!("restart window closed: this agent answers for the node");
+    }
+    if plan.fenced() {
+        fence_and_pin(&mut fp, &plan, &opts.bpffs, &pin_dir)?;
     }
 
     // The tasks.
@@ -648,11 +701,22 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
 }
 
 /// `heartbeat-agent detach`: detaches and removes the pins an announced
-/// restart left for `node` (the program stops answering for it at once).
+/// restart or a killed fenced node's agent left for `node` (the program
+/// stops answering for it at once, and its package addresses are no
+/// longer fenced). Refused while the node's agent runs.
 pub fn detach(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> Result<String> {
     let cfg = ClusterConfig::load(config_path)?;
     let local = cfg.local_node(node)?;
     let dir = crate::pins::node_dir(&opts.bpffs, cfg.cluster.id, local.id);
+    // A running agent of a node that may run packages keeps its links
+    // pinned (the kernel fence): detaching them would cut it off.
+    let socket = cfg.local_paths(local).control_socket;
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(DaemonError::AgentRunning {
+            node: local.name.clone(),
+            socket,
+        });
+    }
     if !dir.exists() {
         return Ok(format!(
             "node {}: nothing pinned in {}",

@@ -14,6 +14,11 @@
 //! directory), replaces the program in the pinned links (`bpf_link_update`:
 //! an upgrade takes effect at once) and, once its sender runs, closes the
 //! window and removes the pins ([`FastPath::finish_adoption`]).
+//!
+//! The kernel fence of package addresses (issue #9): [`Command::SetLeases`]
+//! and [`Command::ReleaseLease`] drive `LEASES` (rules in `crate::fence`),
+//! the task renews every heartbeat interval, and [`FastPath::pin_fence`]
+//! pins links and maps so that the fence outlives the process.
 
 use std::{
     collections::BTreeMap,
@@ -24,17 +29,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, ProgramError, RawTracePoint, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
+        tc::{SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
     },
 };
 use heartbeat_common::{
-    AgentWatch, Config, Event, KeySlot, LinkState, LocalStatus, PeerConf, RestartWindow, counter,
-    link_slot, names,
+    AgentWatch, Config, Event, KeySlot, LeaseEntry, LeaseKey, LinkState, LocalStatus, PeerConf,
+    RestartWindow, counter, link_slot, names,
 };
 use thiserror::Error;
 use tokio::{
@@ -46,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock,
     cluster::{LinkChange, TransportEvent},
+    fence::Fence,
     keyfile::ClusterKeys,
 };
 
@@ -181,6 +187,17 @@ pub struct FastPath {
     params: FastPathParams,
     attached: Vec<(String, AttachMode)>,
     enabled: u32,
+    /// The kernel fence (issue #9): `LEASES`, what it should hold, and what
+    /// was written to it.
+    leases: HashMap<MapData, LeaseKey, LeaseEntry>,
+    fence_on: Array<MapData, u32>,
+    fence: Fence,
+    fence_written: BTreeMap<LeaseKey, LeaseEntry>,
+    /// The TCX egress attachments' link ids, for pinning them.
+    tcx_links: Vec<(String, SchedClassifierLinkId)>,
+    /// Set once the links and maps are pinned for the fence
+    /// ([`FastPath::pin_fence`]): the pinned links, held until dropped.
+    fence_pins: Option<(PathBuf, Vec<PinnedLink>)>,
 }
 
 /// Writer of the local status and dead-man stamp (`STATUS[0]`); owned by
@@ -230,7 +247,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> FastPathError {
 fn dup_map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, FastPathError> {
     let map = ebpf.map(name).ok_or(FastPathError::Missing(name))?;
     let data = match map {
-        Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) | Map::HashMap(d) => d,
         _ => return Err(FastPathError::Missing(name)),
     };
     data.fd()
@@ -351,6 +368,13 @@ impl FastPath {
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
         let agent: Array<MapData, AgentWatch> = take(&mut ebpf, names::AGENT)?;
         let restart: Array<MapData, RestartWindow> = take(&mut ebpf, names::RESTART)?;
+        let leases: HashMap<MapData, LeaseKey, LeaseEntry> = take(&mut ebpf, names::LEASES)?;
+        let fence_on: Array<MapData, u32> = take(&mut ebpf, names::FENCE_ON)?;
+        // Adopted (pinned) leases carry on: the running packages keep
+        // their addresses through an announced restart.
+        let fence_written: BTreeMap<LeaseKey, LeaseEntry> =
+            leases.iter().filter_map(Result::ok).collect();
+        let fence = Fence::adopt(&fence_written);
 
         if adopt.is_none() {
             for &(id, links) in &params.peers {
@@ -385,6 +409,12 @@ impl FastPath {
             params,
             attached: Vec::new(),
             enabled: 0,
+            leases,
+            fence_on,
+            fence,
+            fence_written,
+            tcx_links: Vec::new(),
+            fence_pins: None,
         };
         fp.set_keys(&fp.params.keys.clone())?;
         if adopt.is_some() {
@@ -437,13 +467,15 @@ impl FastPath {
         }
         // TCX only: the netlink fallback (clsact qdisc + cls_bpf filter)
         // outlives the process when it is killed.
-        prog.attach_with_options(
-            interface,
-            TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
-        .map(|_| ())
-        .map_err(err)
+        let id = prog
+            .attach_with_options(
+                interface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(err)?;
+        self.tcx_links.push((interface.to_owned(), id));
+        Ok(())
     }
 
     /// Installs the current and next keys (key rotation without downtime:
@@ -631,6 +663,11 @@ impl FastPath {
     /// egress stamp, the agent watch) are not pinned: they detach with this
     /// process and the next agent attaches its own.
     pub fn pin_for_restart(&mut self, dir: &Path) -> Result<(), FastPathError> {
+        if self.fence_pins.as_ref().is_some_and(|(d, _)| d == dir) {
+            // The fence pinned every map and XDP link there already (and
+            // the TCX links, which the next agent replaces).
+            return Ok(());
+        }
         crate::pins::remove(dir, false)?;
         // Root only: the pins give access to the cluster key (KEYS).
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -700,6 +737,8 @@ pub struct FastSnapshot {
     /// Package id → CLOCK_MONOTONIC ns its kernel lease runs out (0:
     /// fenced), for every package the fast path enforces.
     pub leases: BTreeMap<u16, u64>,
+    /// Lease renewals (a package's expiry extended) so far.
+    pub lease_renewals: u64,
 }
 
 /// Changes to the fast path while it runs (reload).
@@ -805,6 +844,11 @@ pub async fn run(
     let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bad_events = 0u64;
+    // The fence's renewals, every heartbeat interval (at least 100 us).
+    let mut renew_tick = tokio::time::interval(Duration::from_nanos(
+        fp.params.heartbeat_interval_ns.max(100_000),
+    ));
+    renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = async { ring.as_mut().expect("checked").readable_mut().await }, if ring.is_some() => {
@@ -826,6 +870,11 @@ pub async fn run(
                 let snap = fp.snapshot(bad_events);
                 snapshot.send_replace(snap);
             }
+            _ = renew_tick.tick(), if fp.fence.renewing() => {
+                if let Err(e) = fp.renew_leases() {
+                    tracing::error!(error = %e, "fast path: cannot renew the package leases");
+                }
+            }
             () = cancel.cancelled() => break,
         }
     }
@@ -845,8 +894,8 @@ impl FastPath {
                 self.params.agent_timeout_ns = agent_timeout_ns;
                 self.write_config(self.enabled)
             }
-            // The kernel fence is not built yet (issue #9): nothing to do.
-            Command::SetLeases(_) | Command::ReleaseLease(_) => Ok(()),
+            Command::SetLeases(specs) => self.set_leases(specs),
+            Command::ReleaseLease(package) => self.release_lease(package),
         }
     }
 
@@ -909,8 +958,151 @@ impl FastPath {
             counters: self.counters().to_vec(),
             attached: self.attached.clone(),
             bad_events,
-            leases: BTreeMap::new(),
+            leases: self.fence.leases(),
+            lease_renewals: self.fence.renewals(),
         }
+    }
+}
+
+/// The newest own send time `peer` answered on any of its configured links
+/// (`LinkState::last_reply_tx_ns`; 0: none).
+fn newest_reply_tx(links: &Array<MapData, LinkState>, peers: &[(u16, u32)], peer: u16) -> u64 {
+    let Some(&(_, bitmap)) = peers.iter().find(|(p, _)| *p == peer) else {
+        return 0;
+    };
+    (0..heartbeat_common::MAX_LINKS as u8)
+        .filter(|l| bitmap & (1 << l) != 0)
+        .filter_map(|l| link_slot(peer, l))
+        .filter_map(|slot| links.get(&slot, 0).ok())
+        .map(|st| st.last_reply_tx_ns)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The kernel fence (issue #9; crate::fence has the rules, heartbeat-ebpf
+/// fence.rs the programs' side).
+impl FastPath {
+    /// `Command::SetLeases`: replaces the listed packages, renews those
+    /// that may be renewed, and writes `LEASES`.
+    pub fn set_leases(&mut self, specs: Vec<LeaseSpec>) -> Result<(), FastPathError> {
+        let now = clock::mono_ns();
+        let (links, peers) = (&self.links, &self.params.peers);
+        self.fence
+            .set(specs, now, |p| newest_reply_tx(links, peers, p));
+        self.write_leases()
+    }
+
+    /// `Command::ReleaseLease`: fences the package's addresses at once.
+    pub fn release_lease(&mut self, package: u16) -> Result<(), FastPathError> {
+        if !self.fence.release(package) {
+            tracing::warn!(
+                package,
+                "release of a package lease the fast path does not hold"
+            );
+        }
+        self.write_leases()
+    }
+
+    /// One renewal round (the task runs it every heartbeat interval);
+    /// returns how many leases were extended.
+    pub fn renew_leases(&mut self) -> Result<u64, FastPathError> {
+        let now = clock::mono_ns();
+        let (links, peers) = (&self.links, &self.params.peers);
+        let n = self.fence.renew(now, |p| newest_reply_tx(links, peers, p));
+        if n > 0 {
+            self.write_leases()?;
+        }
+        Ok(n)
+    }
+
+    /// Writes the entries of `LEASES` that changed; turns the fence on
+    /// (`FENCE_ON`) once the map holds an address.
+    fn write_leases(&mut self) -> Result<(), FastPathError> {
+        for (k, e) in self.fence.entries() {
+            if self.fence_written.get(&k) != Some(&e) {
+                self.leases
+                    .insert(k, e, 0)
+                    .map_err(map_err(names::LEASES))?;
+                self.fence_written.insert(k, e);
+            }
+        }
+        if !self.fence_written.is_empty() {
+            self.fence_on
+                .set(0, 1, 0)
+                .map_err(map_err(names::FENCE_ON))?;
+        }
+        Ok(())
+    }
+
+    /// What `LEASES` holds now, read back from the kernel.
+    pub fn lease_entries(&self) -> BTreeMap<LeaseKey, LeaseEntry> {
+        self.leases.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Pins every map, XDP link and TCX egress link under `dir` (stale
+    /// pins removed first), so that the fence holds after this process is
+    /// gone, however it goes: the programs stay attached with the leases
+    /// running out. A graceful stop, `heartbeat-agent detach`, or the next
+    /// agent (adopting or not) removes them. The layout is an announced
+    /// restart's ([`FastPath::pin_for_restart`], which then has nothing
+    /// left to do), plus the TCX links as `tcx-egress-<interface>`.
+    pub fn pin_fence(&mut self, dir: &Path) -> Result<(), FastPathError> {
+        crate::pins::remove(dir, false)?;
+        // Root only: the pins give access to the cluster key (KEYS).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| crate::pins::PinError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        for (name, fd) in &self.map_fds {
+            crate::pins::pin_fd(fd.as_fd(), &dir.join(name))?;
+        }
+        let mut held = Vec::new();
+        for (interface, mode, id) in std::mem::take(&mut self.xdp_links) {
+            let err = |reason: String| FastPathError::PinLink {
+                interface: interface.clone(),
+                reason,
+            };
+            let link = self
+                .xdp_program()?
+                .take_link(id)
+                .map_err(|e| err(e.to_string()))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| {
+                err(format!(
+                    "{e} (a netlink attachment, not a bpf_link: cannot be pinned)"
+                ))
+            })?;
+            let mode = if mode == AttachMode::Generic {
+                "generic"
+            } else {
+                "native"
+            };
+            let pinned = fd_link
+                .pin(crate::pins::link_pin(dir, mode, &interface))
+                .map_err(|e| err(e.to_string()))?;
+            held.push(pinned);
+        }
+        for (interface, id) in std::mem::take(&mut self.tcx_links) {
+            let err = |reason: String| FastPathError::PinLink {
+                interface: interface.clone(),
+                reason,
+            };
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(names::EGRESS_STAMP)
+                .ok_or(FastPathError::Missing(names::EGRESS_STAMP))?
+                .try_into()
+                .map_err(FastPathError::Program)?;
+            let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| err(e.to_string()))?;
+            let pinned = fd_link
+                .pin(crate::pins::tcx_pin(dir, &interface))
+                .map_err(|e| err(e.to_string()))?;
+            held.push(pinned);
+        }
+        self.fence_pins = Some((dir.to_owned(), held));
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fastpath;
+pub mod fence;
 pub mod journal;
 pub mod keyfile;
 pub mod metrics;

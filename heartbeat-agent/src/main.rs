@@ -59,8 +59,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Detach the XDP program an announced restart left pinned for this
-    /// node, and remove its pins (when no agent took it over).
+    /// Detach the XDP program an announced restart (or a killed agent of a
+    /// node that may run packages: the kernel fence) left pinned for this
+    /// node, and remove its pins; refused while the node's agent runs.
     Detach {
         /// The cluster configuration file.
         #[arg(long, short)]

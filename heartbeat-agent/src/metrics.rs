@@ -143,6 +143,11 @@ pub struct Snapshot {
     pub messages: Vec<(String, u64)>,
     /// Reformation events by cause.
     pub reformations: Vec<(String, u64)>,
+    /// The kernel fence (issue #9): packets dropped to and from package
+    /// addresses whose lease ran out, and lease renewals.
+    pub fenced_in: u64,
+    pub fenced_out: u64,
+    pub lease_renewals: u64,
 }
 
 /// The snapshot now, from what the subsystems published.
@@ -191,6 +196,7 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         .enumerate()
         .map(|(i, k)| (k.as_str(), src.journal.recorded[i].load(Ordering::Relaxed)))
         .collect();
+    let fence_counter = |i: u32| fast.counters.get(i as usize).copied().unwrap_or(0);
     let m = &view.membership;
     let coordinator = m
         .coordinator
@@ -218,6 +224,9 @@ pub fn snapshot(src: &Sources) -> Snapshot {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
+        fenced_in: fence_counter(counter::FENCED_IN),
+        fenced_out: fence_counter(counter::FENCED_OUT),
+        lease_renewals: fast.lease_renewals,
     }
 }
 
@@ -466,6 +475,21 @@ impl Collector for HeartbeatCollector {
         for (what, v) in &snap.messages {
             ConstCounter::new(*v).encode(m.encode_family(&[("what", what.as_str())])?)?;
         }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_fence_packets",
+            "Packets dropped by the kernel fence: to (in, XDP) or from (out, tc egress) a package address whose lease ran out",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, v) in [("in", snap.fenced_in), ("out", snap.fenced_out)] {
+            ConstCounter::new(v).encode(m.encode_family(&[("direction", direction)])?)?;
+        }
+        ConstCounter::new(snap.lease_renewals).encode(enc.encode_descriptor(
+            "heartbeat_lease_renewals",
+            "Package lease renewals written to the kernel fence",
+            None,
+            MetricType::Counter,
+        )?)?;
         let agent_counters: [(&str, &str, u64); 3] = [
             (
                 "heartbeat_journal_write_errors",

@@ -10,6 +10,13 @@
 //! SIGTERM or a start that finds them useless (window run out, another
 //! configuration) removes them and detaches the links.
 //!
+//! The kernel fence of package addresses (issue #9) uses the same
+//! directory and layout: when the node may run a package, the agent pins
+//! its links (XDP, and TCX egress as `tcx-egress-<interface>`) and maps
+//! right after attaching, so that a killed agent leaves the package
+//! addresses dark rather than open; a graceful stop, `detach` or the next
+//! agent removes them as above.
+//!
 //! The bpffs root is `/sys/fs/bpf` unless told otherwise; it is mounted if
 //! nothing is mounted there. Note that `ip netns exec` gives the command a
 //! fresh `/sys` without bpffs: agents run that way must share a bpffs
@@ -36,6 +43,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `xdp-generic-<interface>` (the attach mode, which the kernel does not
 /// tell back).
 pub const LINK_PREFIX: &str = "xdp-";
+/// Prefix of a pinned TCX egress link's file name (`tcx-egress-<interface>`),
+/// pinned for the kernel fence of package addresses (issue #9).
+pub const TCX_PREFIX: &str = "tcx-egress-";
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -73,6 +83,11 @@ pub fn node_dir(bpffs: &Path, cluster_id: u32, node: u16) -> PathBuf {
 /// ("native" or "generic").
 pub fn link_pin(dir: &Path, mode: &str, interface: &str) -> PathBuf {
     dir.join(format!("{LINK_PREFIX}{mode}-{interface}"))
+}
+
+/// The pin path of the TCX egress link on `interface`.
+pub fn tcx_pin(dir: &Path, interface: &str) -> PathBuf {
+    dir.join(format!("{TCX_PREFIX}{interface}"))
 }
 
 /// (mode, interface) of a pinned link's file name.
@@ -247,6 +262,14 @@ pub fn remove(dir: &Path, detach: bool) -> Result<Removed, PinError> {
     }
     for name in list(dir) {
         let path = dir.join(&name);
+        if detach && name.starts_with(TCX_PREFIX) {
+            // The fence's egress links: detached as well, not reported.
+            if let Ok(fd) = open_pin(&path)
+                && let Err(e) = detach_link(std::os::fd::AsFd::as_fd(&fd))
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot detach a pinned link");
+            }
+        }
         if let Some((_, iface)) = parse_link_pin(&name).filter(|_| detach) {
             match open_pin(&path) {
                 Ok(fd) => match detach_link(std::os::fd::AsFd::as_fd(&fd)) {
@@ -286,6 +309,8 @@ mod tests {
         assert_eq!(parse_link_pin("xdp-other-x"), None);
         assert_eq!(parse_link_pin("xdp-native-"), None);
         assert_eq!(parse_link_pin("LINKS"), None);
+        assert_eq!(tcx_pin(&d, "eth1"), d.join("tcx-egress-eth1"));
+        assert_eq!(parse_link_pin("tcx-egress-eth1"), None);
         assert_eq!(std::mem::size_of::<ObjAttr>(), 24);
     }
 }

@@ -90,7 +90,9 @@ pub struct Plan {
     pub keys: ClusterKeys,
     pub peers: Vec<PeerPlan>,
     pub links: Vec<LinkPlan>,
-    /// Interfaces carrying heartbeats (the XDP attachments), in order.
+    /// The XDP (and tc egress) attachments, in order: the interfaces
+    /// carrying heartbeats, then the devices of the local packages'
+    /// addresses that carry none (the kernel fence, issue #9).
     pub interfaces: Vec<String>,
 }
 
@@ -111,7 +113,40 @@ fn shared_links<'a>(
         })
 }
 
+/// The devices of the addresses of every package `local` may run, in
+/// configuration order, each once.
+pub fn fence_devices(config: &ClusterConfig, local: &NodeConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in local_packages(config, local) {
+        // (An address without a device goes on a heartbeat link, which
+        // carries the programs already.)
+        for a in p.addresses.iter().filter(|a| !a.dev().is_empty()) {
+            if !out.iter().any(|d| d == a.dev()) {
+                out.push(a.dev().to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The packages `local` may run (it is among their `nodes`), with their ids.
+pub fn local_packages<'a>(
+    config: &'a ClusterConfig,
+    local: &'a NodeConfig,
+) -> impl Iterator<Item = &'a crate::config::PackageConfig> + 'a {
+    config
+        .packages
+        .iter()
+        .filter(move |p| p.nodes.iter().any(|n| n.0 == local.id))
+}
+
 impl Plan {
+    /// Whether the node may run any package: the kernel fence is then
+    /// pinned so that it outlives the agent (issue #9).
+    pub fn fenced(&self) -> bool {
+        local_packages(&self.config, &self.local).next().is_some()
+    }
+
     /// The plan of `local` in `config` (whose `{node}` paths are expanded).
     pub fn new(mut config: ClusterConfig, local: &NodeConfig, keys: ClusterKeys) -> Self {
         let paths = config.local_paths(local);
@@ -149,6 +184,13 @@ impl Plan {
                 interfaces.push(l.interface.clone());
             }
         }
+        // The kernel fence (issue #9) needs the programs on the devices of
+        // the addresses of every package this node may run, too.
+        for dev in fence_devices(&config, local) {
+            if !interfaces.contains(&dev) {
+                interfaces.push(dev);
+            }
+        }
         Self {
             local: local.clone(),
             settings: Settings::from_config(&config, local),
@@ -166,5 +208,77 @@ impl Plan {
             .node(id)
             .map(|n| n.name.clone())
             .unwrap_or_else(|| format!("node{id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[cluster]
+name = "t"
+id = 7
+key_file = "k"
+[[node]]
+id = 1
+name = "alpha"
+  [[node.link]]
+  id = 0
+  interface = "hb0"
+  address = "10.0.0.1"
+[[node]]
+id = 2
+name = "beta"
+  [[node.link]]
+  id = 0
+  interface = "hb0"
+  address = "10.0.0.2"
+[[package]]
+name = "web"
+nodes = ["alpha"]
+addresses = ["10.1.0.100/24 dev eth1", "10.0.0.100/24", "fd00::64/64 dev eth1", "10.2.0.1/24 dev hb0"]
+start = "/bin/true"
+stop = "/bin/true"
+monitor = "/bin/true"
+[[package]]
+name = "db"
+nodes = ["beta"]
+addresses = ["10.3.0.1/24 dev eth9"]
+start = "/bin/true"
+stop = "/bin/true"
+monitor = "/bin/true"
+"#;
+
+    fn plan(node: &str) -> Plan {
+        let cfg = ClusterConfig::from_str(CONFIG, Path::new("/etc/hb/cluster.toml")).unwrap();
+        let local = cfg.local_node(Some(node)).unwrap().clone();
+        Plan::new(
+            cfg,
+            &local,
+            ClusterKeys {
+                current: [0; 16],
+                next: None,
+            },
+        )
+    }
+
+    #[test]
+    fn the_fence_attaches_to_the_devices_of_the_local_packages() {
+        // eth1 once; no device (a heartbeat link) and hb0 add nothing;
+        // beta's package is not alpha's.
+        let a = plan("alpha");
+        assert!(a.fenced());
+        assert_eq!(fence_devices(&a.config, &a.local), ["eth1", "hb0"]);
+        assert_eq!(a.interfaces, ["hb0", "eth1"]);
+        let b = plan("beta");
+        assert!(b.fenced());
+        assert_eq!(b.interfaces, ["hb0", "eth9"]);
+        let p = crate::fence::initial_specs(&a);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].package, p[0].addrs.len(), p[0].renew), (0, 4, false));
+        assert_eq!(crate::fence::initial_specs(&b)[0].package, 1);
     }
 }

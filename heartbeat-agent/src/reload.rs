@@ -45,6 +45,10 @@ pub fn check(old: &Plan, new: &Plan) -> Result<(), String> {
             old.local.name
         ));
     }
+    if old.interfaces != new.interfaces || old.fenced() != new.fenced() {
+        // The programs would have to be attached (and pinned) elsewhere.
+        return refuse("the devices of the local packages' addresses (package.addresses)");
+    }
     Ok(())
 }
 

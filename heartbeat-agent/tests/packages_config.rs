@@ -269,7 +269,7 @@ fn errors_name_the_line_the_key_and_what_was_expected() {
     );
     expect_err(
         &format!(
-            "{head}nodes = [\"alpha\"]\nstart = \"/x\"\nstop = \"/x\"\naddresses = [\"10.0.0.100/24\"]\n"
+            "{head}nodes = [\"alpha\"]\nstart = \"/x\"\nstop = \"/x\"\naddresses = [\"10.0.0.100/24 on eth1\"]\n"
         ),
         27,
         "package[0].addresses[0]",

@@ -38,6 +38,8 @@
 //!      the report's arrival minus that), or N's own start if none ever
 //!      did.
 //!
+//!   3. O's `fence` command, run by N, succeeded in N's current view.
+//!
 //!   The kernel of O drops P's traffic once O's lease runs out. The fast
 //!   path renews it only while O is a quorate owner whose monitor passes,
 //!   anchored at the send time of the newest heartbeat *every other member
@@ -100,6 +102,8 @@ pub struct Params {
     pub timing: LeaseTiming,
     /// How often reports and placements are re-sent without a change.
     pub resend_ns: u64,
+    /// Nodes with a `fence` command.
+    pub fenceable: NodeSet,
 }
 
 /// The installed view, as the packages need it.
@@ -261,6 +265,15 @@ pub enum Input {
         /// Now.
         at_ns: u64,
     },
+    /// A fence command this node ran for `node` ended.
+    Fenced {
+        /// The node fenced.
+        node: NodeId,
+        /// Whether the command succeeded.
+        ok: bool,
+        /// When it ended.
+        at_ns: u64,
+    },
     /// Time passes.
     Tick {
         /// Now.
@@ -300,6 +313,11 @@ pub enum Event {
     Fatal {
         /// The package.
         pkg: PackageId,
+    },
+    /// A fence command failed (it is tried again at the next view).
+    FenceFailed {
+        /// The node.
+        node: NodeId,
     },
     /// Start allowed after waiting for another node.
     Cleared {
@@ -348,8 +366,14 @@ pub enum Output {
         /// What.
         msg: wire::Message,
     },
-    /// A stop failed: fence this node (the `fence` command) or leave the
-    /// cluster.
+    /// Run the `fence` command for `node`: a start here waits for it, and
+    /// neither its report nor its lease can clear it soon.
+    Fence {
+        /// The node to fence.
+        node: NodeId,
+    },
+    /// A stop failed: leave the cluster (the lease was released before the
+    /// stop; the kernel fences the addresses).
     Escalate {
         /// The package.
         pkg: PackageId,
@@ -414,6 +438,10 @@ pub struct Packages {
     coord: Option<Coord>,
     report_sent_ns: u64,
     report_dirty: bool,
+    /// Fence commands asked for in the current view.
+    fencing: BTreeSet<NodeId>,
+    /// Successful fences, and when they ended.
+    fenced: BTreeMap<NodeId, u64>,
 }
 
 /// A package's state for status.
@@ -474,6 +502,8 @@ impl Packages {
             coord: None,
             report_sent_ns: 0,
             report_dirty: true,
+            fencing: BTreeSet::new(),
+            fenced: BTreeMap::new(),
         }
     }
 
@@ -512,6 +542,7 @@ impl Packages {
                     self.view = view;
                     if new_epoch {
                         self.view_since_ns = self.now_ns;
+                        self.fencing.clear();
                     }
                     self.report_dirty = true;
                 }
@@ -555,6 +586,15 @@ impl Packages {
                     to: Dest::All,
                     msg: wire::Message::PkgCommand(PkgCommand { op }),
                 });
+            }
+            Input::Fenced { node, ok, at_ns } => {
+                self.now_ns = self.now_ns.max(at_ns);
+                if ok {
+                    self.fenced.insert(node, at_ns);
+                } else {
+                    // Asked again at the next view.
+                    out.push(Output::Event(Event::FenceFailed { node }));
+                }
             }
             Input::Tick { now_ns } => self.now_ns = self.now_ns.max(now_ns),
         }
@@ -912,7 +952,13 @@ impl Packages {
                         });
                         self.report_dirty = true;
                     }
-                    Err(b) => self.pkgs[i].blocked = Some(b),
+                    Err(b) => {
+                        let Blocker::Holder { node, .. } = b;
+                        if self.params.fenceable.contains(node) && self.fencing.insert(node) {
+                            out.push(Output::Fence { node });
+                        }
+                        self.pkgs[i].blocked = Some(b);
+                    }
                 },
                 Local::Running => {
                     let p = &mut self.pkgs[i];
@@ -973,6 +1019,15 @@ impl Packages {
             .map_or(u32::MAX, |a| a.seq);
         for &n in &p.params.policy.nodes {
             if n == self.params.local {
+                continue;
+            }
+            // Rule 3: its fence command succeeded in our current view.
+            if self
+                .fenced
+                .get(&n)
+                .is_some_and(|&f| f >= self.view_since_ns)
+            {
+                cleared.push((n, "fenced"));
                 continue;
             }
             let peer = self.peers.get(&n);

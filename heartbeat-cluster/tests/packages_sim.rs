@@ -199,6 +199,7 @@ impl Sim {
                 packages: self.params.clone(),
                 timing: self.timing,
                 resend_ns: 10 * TICK,
+                fenceable: NodeSet::default(),
             },
             now,
         );
@@ -278,7 +279,7 @@ impl Sim {
                         }
                     }
                 }
-                Output::Escalate { .. } | Output::Event(_) => {}
+                Output::Escalate { .. } | Output::Fence { .. } | Output::Event(_) => {}
             }
         }
     }

@@ -31,10 +31,17 @@ pub mod names {
     pub const GATE: &str = "GATE";
     /// The announced restart window (`RESTART[0]`).
     pub const RESTART: &str = "RESTART";
+    /// The kernel fence's package address leases (`LEASES`, see
+    /// [`super::LeaseKey`]).
+    pub const LEASES: &str = "LEASES";
+    /// Whether `LEASES` is in use (`FENCE_ON[0]`, a u32): the programs skip
+    /// the fence until the agent sets it.
+    pub const FENCE_ON: &str = "FENCE_ON";
     /// Every map of the object: what an announced restart pins and the
     /// next agent adopts.
-    pub const ALL_MAPS: [&str; 11] = [
-        CONFIG, KEYS, STATUS, PEERS, LINKS, TIMERS, EVENTS, COUNTERS, AGENT, GATE, RESTART,
+    pub const ALL_MAPS: [&str; 13] = [
+        CONFIG, KEYS, STATUS, PEERS, LINKS, TIMERS, EVENTS, COUNTERS, AGENT, GATE, RESTART, LEASES,
+        FENCE_ON,
     ];
     pub const PROGRAM: &str = "heartbeat";
     /// Raw tracepoint program on `sched_process_exit`.
@@ -241,6 +248,11 @@ pub struct LinkState {
     /// 1 when the last packet's relative delay was above the EWMA before it.
     pub owd_rising: u8,
     pub _pad2: [u8; 5],
+    /// Our own transmit time (CLOCK_MONOTONIC ns, the sender's stamp
+    /// echoed back) of the newest request the peer answered on this link:
+    /// the peer has received a heartbeat sent at this time. A package
+    /// lease renewal is anchored here (heartbeat_cluster::lease, A2).
+    pub last_reply_tx_ns: u64,
 }
 
 impl LinkState {
@@ -290,6 +302,7 @@ impl LinkState {
         defer_cause: 0,
         owd_rising: 0,
         _pad2: [0; 5],
+        last_reply_tx_ns: 0,
     };
 }
 
@@ -415,8 +428,14 @@ pub mod counter {
     /// Own requests leaving without the priority marking that keeps them
     /// ahead of data (skb priority 6, band 0 of pfifo_fast/prio; DSCP CS6).
     pub const EGRESS_OFF_PRIORITY: u32 = 24;
+    /// Packets to a package address whose lease ran out, dropped by the
+    /// XDP program (the kernel fence, heartbeat-ebpf fence.rs).
+    pub const FENCED_IN: u32 = 25;
+    /// Packets from a package address whose lease ran out, dropped by the
+    /// tc egress program.
+    pub const FENCED_OUT: u32 = 26;
     /// Number of counters in use.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 27;
     /// Size of the counters array (room to grow without a layout change).
     pub const SLOTS: u32 = 32;
 
@@ -447,7 +466,52 @@ pub mod counter {
         (DEFER_RESCUED, "defer", "rescued"),
         (EGRESS_OWN_REQUEST, "egress", "own_request"),
         (EGRESS_OFF_PRIORITY, "egress", "off_priority"),
+        (FENCED_IN, "fence", "in"),
+        (FENCED_OUT, "fence", "out"),
     ];
+}
+
+/// Most addresses the kernel fence holds (`LEASES` entries).
+pub const MAX_LEASED_ADDRS: u32 = 1024;
+
+/// Key of the `LEASES` hash map: a package address, IPv6 as is and IPv4
+/// v4-mapped (`::ffff:a.b.c.d`), in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseKey {
+    pub addr: [u8; 16],
+}
+
+impl LeaseKey {
+    /// The key of an IPv4 address (its 4 bytes in network order).
+    #[inline(always)]
+    pub const fn v4(a: [u8; 4]) -> Self {
+        Self {
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+        }
+    }
+
+    /// The key of an IPv6 address.
+    #[inline(always)]
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+}
+
+/// Value of the `LEASES` map: until when the address may be served. The
+/// XDP program drops packets to it, the tc egress program packets from
+/// it, once `bpf_ktime_get_ns() >= until_ns` (0: fenced). Addresses not in
+/// the map are not fenced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// CLOCK_MONOTONIC ns at which the lease runs out.
+    pub until_ns: u64,
+    /// The package the address belongs to (for the agent and `bpftool`).
+    pub package: u16,
+    pub _pad: [u8; 6],
 }
 
 #[cfg(feature = "user")]
@@ -470,6 +534,10 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RestartWindow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LeaseKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LeaseEntry {}
 }
 
 #[cfg(test)]
@@ -488,8 +556,10 @@ mod tests {
         assert_eq!(size_of::<RestartWindow>(), 16);
         assert_eq!(
             size_of::<LinkState>(),
-            17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8 + 15 * 8 + 8
+            17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8 + 15 * 8 + 8 + 8
         );
+        assert_eq!(size_of::<LeaseKey>(), 16);
+        assert_eq!(size_of::<LeaseEntry>(), 16);
     }
 
     #[test]

@@ -17,12 +17,16 @@
 //! and DSCP CS6; an own request leaving without it is counted in
 //! `EGRESS_OFF_PRIORITY`.
 //!
-//! The program only observes: it always returns `TC_ACT_UNSPEC` (TCX: next
-//! program, then the packet goes on), and it never logs; every stamp is
-//! counted in `EGRESS_OWN_REQUEST`.
+//! Apart from the kernel fence (fence.rs: a packet from a package address
+//! whose lease ran out is dropped with `TC_ACT_SHOT`, counted in
+//! `FENCED_OUT`), the program only observes: it returns `TC_ACT_UNSPEC`
+//! (TCX: next program, then the packet goes on), and it never logs; every
+//! stamp is counted in `EGRESS_OWN_REQUEST`.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::generated::bpf_ktime_get_ns, macros::classifier,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::generated::bpf_ktime_get_ns,
+    macros::classifier,
     programs::TcContext,
 };
 use heartbeat_common::{
@@ -46,6 +50,10 @@ const TOS_CS6: u8 = 0xc0;
 
 #[classifier]
 pub fn egress_stamp(ctx: TcContext) -> i32 {
+    if crate::fence::fenced_out(&ctx) {
+        count(counter::FENCED_OUT);
+        return TC_ACT_SHOT as i32;
+    }
     stamp(&ctx);
     TC_ACT_UNSPEC
 }

@@ -7,7 +7,8 @@
 //! The same object holds the tc egress program that timestamps the local
 //! sender's own requests (egress.rs) and the tracepoints watching the agent
 //! (watch.rs); deadline.rs holds the timers and the rule that defers a
-//! verdict this node was too blind to give.
+//! verdict this node was too blind to give; fence.rs the kernel fence of
+//! package addresses (checked first, on every frame).
 //!
 //! Nothing is logged per packet: every outcome is a per-CPU counter.
 //!
@@ -28,6 +29,7 @@ use heartbeat_ebpf as _;
 
 mod deadline;
 mod egress;
+mod fence;
 mod maps;
 mod packet;
 mod watch;
@@ -74,6 +76,10 @@ enum L3 {
 #[xdp]
 pub fn heartbeat(ctx: XdpContext) -> u32 {
     count(counter::RX_FRAMES);
+    if fence::fenced_in(&ctx) {
+        count(counter::FENCED_IN);
+        return xdp_action::XDP_DROP;
+    }
     match try_heartbeat(&ctx) {
         Ok(action) => action,
         Err(Reject::Pass(c)) => {
@@ -477,6 +483,9 @@ fn on_reply(
             (*ls).rtt_ewma_ns = ewma - ewma / 8 + rtt / 8;
         }
         (*ls).rtt_count += 1;
+        if tx > (*ls).last_reply_tx_ns {
+            (*ls).last_reply_tx_ns = tx;
+        }
         (*ls).rtt_sum_ns = (*ls).rtt_sum_ns.wrapping_add(rtt);
         if let Some(bucket) = (*ls).rtt_hist.get_mut(rtt_bucket(rtt)) {
             *bucket += 1;

@@ -775,6 +775,8 @@ fn replies_update_rtt_and_are_consumed() {
     assert_eq!(l.rtt_hist[rtt_bucket(rtt)], 1);
     assert_eq!(l.rtt_hist.iter().sum::<u64>(), 1);
     assert_eq!((l.replies_rx, l.last_reply_seq, l.requests_rx), (1, 5, 0));
+    // Our own send time, echoed back: what a lease renewal is anchored at.
+    assert_eq!(l.last_reply_tx_ns, now - 1_000);
     assert_eq!(
         (l.peer_generation, l.peer_state, l.peer_packages),
         (9, node_state::RUNNING, 0b11)
@@ -797,6 +799,8 @@ fn replies_update_rtt_and_are_consumed() {
         1 + u64::from(rtt_bucket(rtt2) == rtt_bucket(rtt))
     );
     assert_eq!(l2.last_reply_seq, 6);
+    // An older send time answered later never moves the anchor back.
+    assert_eq!(l2.last_reply_tx_ns, now - 1_000);
 
     // Replayed reply; reply stamped in the future.
     h.expect(&f, XDP_DROP, counter::DROP_REPLAY);
@@ -1253,4 +1257,108 @@ fn a_peer_behind_a_queue_defers_the_verdict() {
     assert_eq!(l.defer_cause, heartbeat_common::defer_cause::PEER_QUEUED);
     assert!(l.owd_last_ns >= 19 * MS, "{}", l.owd_last_ns);
     assert_eq!(h.counters()[counter::DEFER_PEER_QUEUED as usize], 1);
+}
+
+/// An ARP request (IPv4 over Ethernet) from `sha`/`spa` for `tpa`.
+fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa);
+    f
+}
+
+#[test]
+fn the_fence_drops_frames_to_and_from_addresses_whose_lease_ran_out() {
+    use heartbeat_common::{LeaseEntry, LeaseKey};
+    const TC_ACT_SHOT: u32 = 2;
+    let mut h = Harness::new();
+    h.load_egress();
+    let Addrs::V4 {
+        src: peer4,
+        dst: local4,
+    } = V4
+    else {
+        unreachable!()
+    };
+    let Addrs::V6 { dst: local6, .. } = V6 else {
+        unreachable!()
+    };
+    let set = |h: &mut Harness, key: LeaseKey, until_ns: u64| {
+        let mut m: aya::maps::HashMap<_, LeaseKey, LeaseEntry> =
+            aya::maps::HashMap::try_from(h.ebpf.map_mut(names::LEASES).unwrap()).unwrap();
+        let entry = LeaseEntry {
+            until_ns,
+            package: 3,
+            _pad: [0; 6],
+        };
+        m.insert(key, entry, 0).unwrap();
+        let mut on: Array<_, u32> =
+            Array::try_from(h.ebpf.map_mut(names::FENCE_ON).unwrap()).unwrap();
+        on.set(0, 1, 0).unwrap();
+    };
+    let egress = |h: &Harness, f: &[u8]| {
+        let before = h.counters()[counter::FENCED_OUT as usize];
+        let act = h.run_egress(f);
+        (act, h.counters()[counter::FENCED_OUT as usize] - before)
+    };
+    let data_in = |a: Addrs, vlan: Option<u16>| frame_with(a, vlan, 9999, b"data");
+    let data_out = |a: Addrs, vlan: Option<u16>| frame_with(swapped(a), vlan, 9999, b"data");
+
+    // A valid lease: unchanged behaviour, both ways, heartbeats answered.
+    set(&mut h, LeaseKey::v4(local4), mono_ns() + 60_000_000_000);
+    set(&mut h, LeaseKey::v6(local6), mono_ns() + 60_000_000_000);
+    h.expect(&data_in(V4, None), XDP_PASS, counter::PASS_NOT_HEARTBEAT);
+    h.expect(&data_in(V6, Some(7)), XDP_PASS, counter::PASS_NOT_HEARTBEAT);
+    h.expect_counters(
+        &frame(V4, None, &request(1, 0, KEY0)),
+        XDP_TX,
+        &[counter::RX_REQUEST, counter::TX_REPLY],
+    );
+    assert_eq!(egress(&h, &data_out(V4, None)), (TC_ACT_UNSPEC, 0));
+
+    // Run out (and 0, fenced): dropped and counted, through a VLAN tag too,
+    // heartbeats included.
+    set(&mut h, LeaseKey::v4(local4), mono_ns());
+    set(&mut h, LeaseKey::v6(local6), 0);
+    for f in [
+        data_in(V4, None),
+        data_in(V4, Some(7)),
+        data_in(V6, None),
+        data_in(V6, Some(7)),
+        frame(V4, None, &request(2, 0, KEY0)),
+        arp_request(PEER_MAC, peer4, local4),
+    ] {
+        h.expect(&f, XDP_DROP, counter::FENCED_IN);
+    }
+    for f in [
+        data_out(V4, None),
+        data_out(V4, Some(7)),
+        data_out(V6, None),
+        arp_request(LOCAL_MAC, local4, peer4),
+    ] {
+        assert_eq!(egress(&h, &f), (TC_ACT_SHOT, 1));
+    }
+    // A new owner's announcement (gratuitous ARP: sender = target) passes.
+    h.expect(
+        &arp_request(PEER_MAC, local4, local4),
+        XDP_PASS,
+        counter::PASS_NOT_HEARTBEAT,
+    );
+    // Addresses not in the map pass: to the peer's address, from it, and
+    // ARP asking for it.
+    h.expect(
+        &data_in(swapped(V4), None),
+        XDP_PASS,
+        counter::PASS_NOT_HEARTBEAT,
+    );
+    h.expect(
+        &arp_request(LOCAL_MAC, local4, peer4),
+        XDP_PASS,
+        counter::PASS_NOT_HEARTBEAT,
+    );
+    assert_eq!(egress(&h, &data_in(V4, None)), (TC_ACT_UNSPEC, 0));
 }

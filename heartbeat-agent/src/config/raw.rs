@@ -94,6 +94,7 @@ pub(super) struct Node {
     pub name: Field<Name>,
     pub priority: Field<Priority>,
     pub votes: Field<Votes>,
+    pub fence: Field<Text>,
     pub link: Field<Tables<Link>>,
     /// Waits for the serial heartbeat link (issue #11).
     pub serial: Field<IgnoredAny>,

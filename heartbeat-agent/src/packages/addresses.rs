@@ -538,9 +538,11 @@ mod tests {
         assert_eq!(a.to_string(), "10.0.0.100/24 dev eth1");
         let b: PackageAddress = " fd00::100/64   dev  eth1 ".parse().unwrap();
         assert_eq!(b.to_string(), "fd00::100/64 dev eth1");
+        // Without a device: the heartbeat link of that subnet (resolved later).
+        let c: PackageAddress = "10.0.0.100/24".parse().unwrap();
+        assert_eq!((c.dev(), c.to_string().as_str()), ("", "10.0.0.100/24"));
         for bad in [
             "10.0.0.100 dev eth1",
-            "10.0.0.100/24",
             "10.0.0.100/24 on eth1",
             "10.0.0.100/24 dev eth1 extra",
             "10.0.0.x/24 dev eth1",

@@ -95,6 +95,9 @@ pub struct Channels {
     pub status: watch::Sender<PackagesView>,
 }
 
+/// Longest a fence command may run.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often the state machine is ticked at the least.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
@@ -128,6 +131,13 @@ pub fn params(plan: &Plan) -> Params {
         resend_ns: (c.heartbeat_interval.as_nanos() as u64)
             .saturating_mul(20)
             .max(10_000_000),
+        fenceable: plan.config.nodes.iter().filter(|n| n.fence.is_some()).fold(
+            NodeSet::default(),
+            |mut s, n| {
+                s.insert(NodeId(n.id));
+                s
+            },
+        ),
     }
 }
 
@@ -314,6 +324,7 @@ struct Task {
     sockets: Vec<LinkSocket>,
     shared: Arc<Shared>,
     done_tx: mpsc::Sender<Finished>,
+    fence_tx: mpsc::Sender<(NodeId, bool)>,
     leases: BTreeMap<PackageId, (bool, NodeSet)>,
     view: PackagesView,
     last_failover: BTreeMap<PackageId, String>,
@@ -390,6 +401,7 @@ impl Task {
                         "stop of package {name} failed"
                     )));
                 }
+                Output::Fence { node } => self.fence(node),
                 Output::Event(ev) => self.event(ev),
             }
         }
@@ -422,6 +434,67 @@ impl Task {
             })
             .collect();
         let _ = self.fast.try_send(fastpath::Command::SetLeases(specs));
+    }
+
+    /// Runs `node`'s fence command (its program and arguments, with
+    /// HEARTBEAT_FENCE_NODE and HEARTBEAT_NODE set), at most
+    /// [`FENCE_TIMEOUT`], and feeds the result back.
+    fn fence(&mut self, node: NodeId) {
+        let Some(cfg) = self.plan.config.nodes.iter().find(|n| n.id == node.0) else {
+            return;
+        };
+        let Some(cmd) = cfg.fence.clone() else { return };
+        let target = cfg.name.clone();
+        let local = self.plan.local.name.clone();
+        let journal = self.journal.clone();
+        let tx = self.fence_tx.clone();
+        let mut e = journal::entry(
+            EventKind::PackageFailed,
+            &local,
+            "fencing",
+            clock::mono_ns(),
+        );
+        e.peer = Some(target.clone());
+        e.peer_id = Some(node.0);
+        e.detail = Some(format!("running the fence command of {target}"));
+        journal.record(e);
+        tokio::spawn(async move {
+            let mut c = tokio::process::Command::new(cmd.program());
+            c.args(cmd.args())
+                .env_clear()
+                .env("PATH", RunnerConfig::default().path)
+                .env("HEARTBEAT_FENCE_NODE", &target)
+                .env("HEARTBEAT_NODE", &local)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .process_group(0);
+            let result = match c.spawn() {
+                Ok(mut child) => match tokio::time::timeout(FENCE_TIMEOUT, child.wait()).await {
+                    Ok(Ok(st)) if st.success() => Ok(()),
+                    Ok(Ok(st)) => Err(format!("{st}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {FENCE_TIMEOUT:?}")),
+                },
+                Err(e) => Err(format!("cannot run {}: {e}", cmd.program().display())),
+            };
+            let ok = result.is_ok();
+            let mut e = journal::entry(
+                EventKind::PackageFailed,
+                &local,
+                if ok { "fenced" } else { "fence_failed" },
+                clock::mono_ns(),
+            );
+            e.peer = Some(target.clone());
+            e.peer_id = Some(node.0);
+            e.detail = Some(match result {
+                Ok(()) => format!("{target} fenced"),
+                Err(why) => format!("fencing {target} failed: {why}"),
+            });
+            journal.record(e);
+            let _ = tx.send((node, ok)).await;
+        });
     }
 
     fn event(&mut self, ev: Event) {
@@ -460,6 +533,10 @@ impl Task {
                 e.package = Some(self.name_of(pkg));
                 e.detail = Some("configuration error (OCF 6): no node may run it".to_owned());
                 e
+            }
+            Event::FenceFailed { node } => {
+                tracing::error!(node = %self.plan.name_of(node.0), "fencing failed; packages waiting for it keep waiting for its lease or report");
+                return;
             }
             Event::Cleared { pkg, node, how } => {
                 let mut e = journal::entry(EventKind::PackageCleared, &local, how, now);
@@ -892,6 +969,7 @@ pub async fn run(
 ) {
     let now = clock::mono_ns();
     let (done_tx, mut done_rx) = mpsc::channel(64);
+    let (fence_tx, mut fence_rx) = mpsc::channel(16);
     let addrs = match Addresses::new() {
         Ok(a) => Some(Arc::new(a)),
         Err(e) => {
@@ -922,6 +1000,7 @@ pub async fn run(
         sockets: ch.sockets,
         shared: ch.shared,
         done_tx,
+        fence_tx,
         leases: BTreeMap::new(),
         view: PackagesView::default(),
         last_failover: BTreeMap::new(),
@@ -942,6 +1021,11 @@ pub async fn run(
             }
             Some(m) = ch.messages.recv() => t.on_message(m),
             Some(f) = done_rx.recv() => t.finished(f),
+            Some((node, ok)) = fence_rx.recv() => t.feed(Input::Fenced {
+                node,
+                ok,
+                at_ns: clock::mono_ns(),
+            }),
             Some(call) = ch.calls.recv() => t.on_call(call),
             Ok(()) = ch.fast_snapshot.changed() => {}
             () = tokio::time::sleep(sleep) => {
