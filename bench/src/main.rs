@@ -34,9 +34,11 @@ mod heartbeat;
 mod keepalived;
 mod load;
 mod membership;
+mod netif;
 mod parse;
 mod probe;
 mod report;
+mod serial;
 mod sniff;
 mod system;
 mod topology;
@@ -112,6 +114,16 @@ pub struct BenchArgs {
     /// A full or quick run measures it too, after everything else.
     #[arg(long)]
     pub membership: bool,
+    /// Only standby NIC takeover (issue #10): switch time on carrier loss
+    /// and on a failure only polling sees (`--trials` per fault, default
+    /// 20); writes target/bench/netif.json.
+    #[arg(long)]
+    pub netif: bool,
+    /// Only the serial line's round trip (issue #11): a pty pair per end,
+    /// a relay paced at 115200 baud, the frame codec at both ends. A full
+    /// or quick run measures it too, at the end.
+    #[arg(long)]
+    pub serial: bool,
 }
 
 fn main() -> ExitCode {
@@ -316,7 +328,13 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.smoke {
         return smoke();
     }
+    if args.serial {
+        return serial_run(if args.quick { 200 } else { 1000 });
+    }
     util::require_root("heartbeat-bench")?;
+    if args.netif {
+        return netif_run(args.trials.unwrap_or(20) as usize);
+    }
     if !args.membership {
         let plan = Plan::new(args)?;
         let results = execute(&plan)?;
@@ -327,6 +345,37 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map_or(if args.quick { 5 } else { 20 }, |t| t as usize);
     let rows = membership_run(trials, false, &[membership::HB5MS, membership::HB500US])?;
     println!("{}", membership::table(&rows));
+    if !args.membership {
+        serial_run(if args.quick { 200 } else { 1000 })?;
+    }
+    Ok(())
+}
+
+/// The serial line's round trip at 115200 baud; writes serial.json.
+fn serial_run(samples: usize) -> anyhow::Result<()> {
+    install_signal_handlers();
+    step(format!(
+        "serial: {samples} round trips over a pty pair at 115200 baud"
+    ));
+    let row = serial::measure(115_200, samples, Duration::from_millis(10))?;
+    let out = util::target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("serial.json"), serde_json::to_string_pretty(&row)?)?;
+    println!("{}", serial::table(&row));
+    Ok(())
+}
+
+/// Measures standby NIC takeover; writes netif.json.
+fn netif_run(trials: usize) -> anyhow::Result<()> {
+    install_signal_handlers();
+    let (agent, object) = build_agent(true)?;
+    let object = std::fs::read(&object).context("reading the XDP object")?;
+    let out = util::target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    let dir = out.join(format!("netif-{}", std::process::id()));
+    let r = netif::measure(&agent, &object, trials, &dir)?;
+    std::fs::write(out.join("netif.json"), serde_json::to_string_pretty(&r)?)?;
+    println!("{}", netif::table(&r));
     Ok(())
 }
 

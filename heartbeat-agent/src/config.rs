@@ -20,7 +20,13 @@
 
 mod locate;
 mod raw;
+mod serial;
 mod system;
+
+pub use serial::{
+    DEFAULT_SERIAL_BAUD, DEFAULT_SERIAL_INTERVAL, DEFAULT_SERIAL_TIMEOUT, MIN_SERIAL_INTERVAL,
+    NodeSerial, SerialSection, SerialSettings,
+};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -34,11 +40,11 @@ use std::time::Duration;
 
 use heartbeat_cluster::{LinkId, NodeId};
 use heartbeat_common::maps::{MAX_LINKS, MAX_NODES};
-use serde::de::IgnoredAny;
 use toml::Spanned;
 use toml::de::DeTable;
 
 use crate::keyfile::KeyError;
+use crate::netif::machine::NetifSettings;
 use crate::packages::addresses::PackageAddress;
 use crate::packages::runner::{
     CommandLine, OcfAgent, OcfParams, PackageName, PackageSpec, Service, Timeouts,
@@ -111,12 +117,6 @@ pub const MAX_SHOWN_LEN: usize = 80;
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Roadmap issues that keys wait for.
-const WAITS_STANDBY: &str = "waits for standby NIC takeover (issue #10)";
-const WAITS_SERIAL: &str = "waits for the serial heartbeat link (issue #11)";
-/// Keys that exist only to be refused: left out of "the valid keys are".
-const WAITING_KEYS: &[&str] = &["serial", "network_polling_interval", "standby"];
-
 /// The whole cluster's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -130,6 +130,9 @@ pub struct ClusterConfig {
     /// `[[package]]`, in the order written (a package's index is its
     /// `heartbeat_cluster::placement::PackageId`).
     pub packages: Vec<PackageConfig>,
+    /// `[serial]`: the serial heartbeat line (two-node clusters only; then
+    /// every node has its `NodeConfig::serial`).
+    pub serial: Option<SerialSection>,
     /// Where each key was written in the file, so that later checks
     /// ([`ClusterConfig::check_system`]) can point at the line. Empty for a
     /// configuration built in code.
@@ -189,6 +192,9 @@ pub struct ClusterSection {
     pub clock_drift_ppm: u32,
     /// Gratuitous ARP / unsolicited NA sent per package address on start.
     pub announce_count: u32,
+    /// Standby NIC takeover: the poller and the failback (`network_*`,
+    /// `auto_failback`, `failback_hold`).
+    pub netif: NetifSettings,
 }
 
 /// `[quorum]` (votequorum's options; every flag false when the section is
@@ -245,6 +251,8 @@ pub struct NodeConfig {
     pub priority: u32,
     pub votes: u32,
     pub links: Vec<LinkConfig>,
+    /// `[node.serial]`: this node's end of the serial line.
+    pub serial: Option<NodeSerial>,
     /// `fence`: the command that fences this node (power it off, cut its
     /// storage), run by the node that would take over its packages; its
     /// success lets that node start them at once.
@@ -265,6 +273,8 @@ pub struct LinkConfig {
     pub interface: String,
     pub address: IpAddr,
     pub role: LinkRole,
+    /// The standby card that takes the link over when `interface` fails.
+    pub standby: Option<String>,
 }
 
 impl LinkConfig {
@@ -672,11 +682,7 @@ impl Src<'_> {
                 _ => "",
             };
             let (what, fields) = table_kind(parent);
-            let valid: Vec<&str> = fields
-                .iter()
-                .copied()
-                .filter(|f| !WAITING_KEYS.contains(f))
-                .collect();
+            let valid: Vec<&str> = fields.to_vec();
             let hint = closest(name, &valid)
                 .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
@@ -690,23 +696,6 @@ impl Src<'_> {
             );
         }
         self.invalid(&span, &key, plain_serde_message(message))
-    }
-
-    /// Refuses a key that waits for a later roadmap issue.
-    fn refuse_waiting(
-        &self,
-        field: &Field<IgnoredAny>,
-        key: &str,
-        waits: &str,
-    ) -> Result<(), ConfigError> {
-        match field {
-            None => Ok(()),
-            Some(at) => Err(self.invalid(
-                &at.span(),
-                key,
-                format!("not supported yet: it {waits}; remove it"),
-            )),
-        }
     }
 
     fn required<T: raw::Value>(
@@ -764,7 +753,6 @@ impl Src<'_> {
     }
 
     fn build(&self, top: raw::Top, top_span: Range<usize>) -> Result<ClusterConfig, ConfigError> {
-        self.refuse_waiting(&top.serial, "serial", WAITS_SERIAL)?;
         let Some(cluster) = top.cluster else {
             return Err(self.invalid(
                 &top_span,
@@ -815,6 +803,7 @@ impl Src<'_> {
             nodes.push(self.node(i, n)?);
         }
         self.check_nodes(&top_span, &nodes)?;
+        let serial = self.serial(top.serial, &nodes)?;
         let quorum = self.quorum(top.quorum, &cluster, &nodes)?;
         let packages = self.packages(top.package, &nodes)?;
         Ok(ClusterConfig {
@@ -825,6 +814,7 @@ impl Src<'_> {
             control,
             nodes: nodes.into_iter().map(|n| n.node).collect(),
             packages,
+            serial,
             locations: Locations::default(),
         })
     }
@@ -1091,11 +1081,7 @@ impl Src<'_> {
         let span = c.span();
         let c = c.into_inner();
         const WHAT: &str = "[cluster]";
-        self.refuse_waiting(
-            &c.network_polling_interval,
-            "cluster.network_polling_interval",
-            WAITS_STANDBY,
-        )?;
+        let netif = self.netif(&c)?;
         let name = self.required(
             c.name,
             &span,
@@ -1265,6 +1251,7 @@ impl Src<'_> {
                 announce_count: c
                     .announce_count
                     .map_or(DEFAULT_ANNOUNCE_COUNT, |v| v.into_inner().0),
+                netif,
             },
             node_timeout_at: nt_at,
         })
@@ -1275,7 +1262,7 @@ impl Src<'_> {
         let n = n.into_inner();
         let path = format!("node[{index}]");
         const WHAT: &str = "[[node]]";
-        self.refuse_waiting(&n.serial, &format!("{path}.serial"), WAITS_SERIAL)?;
+        let serial = self.node_serial(&path, n.serial)?;
         let id = self.required(
             n.id,
             &span,
@@ -1326,6 +1313,7 @@ impl Src<'_> {
                     ),
                 ));
             }
+            self.check_standby(&path, &links, &built, &link, &b)?;
             links.push(link);
             built.push(b);
         }
@@ -1348,14 +1336,118 @@ impl Src<'_> {
                 priority,
                 votes,
                 links,
+                serial: serial.as_ref().map(|s| s.0.clone()),
                 fence,
             },
+            serial: serial.map(|s| s.1),
             path,
             span,
             id_span,
             name_span,
             votes_at,
             links: built,
+        })
+    }
+
+    /// A standby card belongs to one link only, and is no link's own
+    /// interface (in either order of writing).
+    fn check_standby(
+        &self,
+        node_path: &str,
+        links: &[LinkConfig],
+        built: &[BuiltLink],
+        link: &LinkConfig,
+        b: &BuiltLink,
+    ) -> Result<(), ConfigError> {
+        for (j, (other, ob)) in links.iter().zip(built).enumerate() {
+            if let (Some(sb), Some(at)) = (&link.standby, &b.standby_span) {
+                if *sb == other.interface {
+                    return Err(self.invalid(
+                        at,
+                        &format!("{}.standby", b.path),
+                        format!(
+                            "`{}` is the interface of {node_path}.link[{j}]; a standby card must be idle (no link of its own)",
+                            shorten(sb)
+                        ),
+                    ));
+                }
+                if other.standby.as_deref() == Some(sb.as_str()) {
+                    return Err(self.invalid(
+                        at,
+                        &format!("{}.standby", b.path),
+                        format!(
+                            "`{}` is already the standby of {node_path}.link[{j}]; each link needs its own standby card",
+                            shorten(sb)
+                        ),
+                    ));
+                }
+            }
+            if let (Some(sb), Some(at)) = (&other.standby, &ob.standby_span)
+                && *sb == link.interface
+            {
+                return Err(self.invalid(
+                    at,
+                    &format!("{}.standby", ob.path),
+                    format!(
+                        "`{}` is the interface of {}; a standby card must be idle (no link of its own)",
+                        shorten(sb),
+                        b.path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The network manager's keys of `[cluster]`.
+    fn netif(&self, c: &raw::Cluster) -> Result<NetifSettings, ConfigError> {
+        let d = NetifSettings::default();
+        let polling_interval = c
+            .network_polling_interval
+            .as_ref()
+            .map_or(d.polling_interval, |v| v.get_ref().0);
+        if let Some(v) = &c.network_polling_interval
+            && polling_interval < crate::netif::MIN_POLLING_INTERVAL
+        {
+            return Err(self.invalid(
+                &v.span(),
+                "cluster.network_polling_interval",
+                format!(
+                    "{} is too short; the smallest network_polling_interval is {}",
+                    fmt_duration(polling_interval),
+                    fmt_duration(crate::netif::MIN_POLLING_INTERVAL)
+                ),
+            ));
+        }
+        let failback_hold = c
+            .failback_hold
+            .as_ref()
+            .map_or(d.failback_hold, |v| v.get_ref().0);
+        let auto_failback = c.auto_failback.as_ref().is_none_or(|f| f.get_ref().0);
+        if let (Some(hold), Some(flag)) = (&c.failback_hold, &c.auto_failback)
+            && !auto_failback
+        {
+            return Err(self.invalid(
+                &hold.span(),
+                "cluster.failback_hold",
+                format!(
+                    "failback_hold has no effect with auto_failback = false (line {}); remove one of them",
+                    self.line_of(&flag.span())
+                ),
+            ));
+        }
+        Ok(NetifSettings {
+            polling_interval,
+            detection: c
+                .network_failure_detection
+                .as_ref()
+                .map_or(d.detection, |v| v.get_ref().0),
+            auto_failback,
+            failback_hold,
+            announce_count: c
+                .network_announce_count
+                .as_ref()
+                .map_or(d.announce_count, |v| v.get_ref().0),
         })
     }
 
@@ -1369,7 +1461,6 @@ impl Src<'_> {
         let l = l.into_inner();
         let path = format!("{node_path}.link[{position}]");
         const WHAT: &str = "[[node.link]]";
-        self.refuse_waiting(&l.standby, &format!("{path}.standby"), WAITS_STANDBY)?;
         let (id, id_span, id_written) = match l.id {
             Some(at) => (at.get_ref().0, at.span(), true),
             None => match u8::try_from(position) {
@@ -1405,14 +1496,43 @@ impl Src<'_> {
             Some(r) => (r.get_ref().0, r.span()),
         };
         let address_span = address.span();
+        let interface = interface.into_inner().0;
+        let standby = match l.standby {
+            None => None,
+            Some(s) => {
+                let at = s.span();
+                let name = s.into_inner().0;
+                if name == interface {
+                    return Err(self.invalid(
+                        &at,
+                        &format!("{path}.standby"),
+                        format!(
+                            "`{}` is the link's own interface; the standby must be another card on the same segment",
+                            shorten(&name)
+                        ),
+                    ));
+                }
+                if role != LinkRole::Heartbeat {
+                    return Err(self.invalid(
+                        &at,
+                        &format!("{path}.standby"),
+                        "a standby card takes over a heartbeat link; this link is stationary",
+                    ));
+                }
+                Some((name, at))
+            }
+        };
+        let standby_span = standby.as_ref().map(|(_, at)| at.clone());
         Ok((
             LinkConfig {
                 id,
-                interface: interface.into_inner().0,
+                interface,
                 address: address.into_inner().0,
                 role,
+                standby: standby.map(|(n, _)| n),
             },
             BuiltLink {
+                standby_span,
                 path,
                 id_span,
                 id_written,
@@ -1771,9 +1891,12 @@ struct BuiltNode {
     name_span: Range<usize>,
     votes_at: Option<Range<usize>>,
     links: Vec<BuiltLink>,
+    serial: Option<serial::BuiltSerial>,
 }
 
 struct BuiltLink {
+    /// Span of `standby`, when written.
+    standby_span: Option<Range<usize>>,
     path: String,
     /// Span of `id`, or of the link's table when the id is implied.
     id_span: Range<usize>,

@@ -10,6 +10,9 @@
 //!   refreshing the dead-man stamp; commands in over a channel;
 //! - transport (`transport::receive`): what reaches the links' sockets;
 //! - cluster (`cluster::run`): reachability and membership;
+//! - serial (`serial::run`): the serial heartbeat line of a two-node
+//!   cluster, when one is configured: link events and membership messages
+//!   in and out, the survivor rule's verdict published;
 //! - journal (`journal`): the event history, followers and the file;
 //! - control (`control::serve`) and metrics (`metrics::serve`): operators;
 //! - liveness (here): proves every 100 ms that the runtime still runs its
@@ -72,7 +75,7 @@ use crate::{
     packages::task::PackagesView,
     plan::{LinkPlan, Plan},
     sender::{self, SenderConfig, SenderLink, Shared},
-    sequence,
+    sequence, serial,
     state::StateFile,
     status::Sources,
     transport::{self, LinkSocket, RxStats},
@@ -323,10 +326,37 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         None => None,
     };
     let sockets = transport::open(&plan.links, c.port)?;
+    // The serial line: a missing or busy device is an error naming its key
+    // (a warning with `serial.required = false`: the task keeps trying).
+    let serial_plan = serial::SerialPlan::from_plan(&plan);
+    let serial_port = match &serial_plan {
+        None => None,
+        Some(sp) => match serial::open(&sp.settings) {
+            Ok(p) => Some(p),
+            Err(e) if sp.settings.required => {
+                return Err(plan
+                    .config
+                    .serial_device_error(
+                        &sp.settings,
+                        format!("{e} (set serial.required = false to start without the line)"),
+                    )
+                    .into());
+            }
+            Err(e) => {
+                tracing::warn!(key = %sp.settings.device_key, "serial: {e}; starting without the line (serial.required = false), retrying in the background");
+                None
+            }
+        },
+    };
     let mut state = StateFile::open(&plan.settings.state_file)?;
     let incarnation = state.next_incarnation()?;
 
     let pin_dir = crate::pins::node_dir(&opts.bpffs, c.id, plan.local.id);
+    if !plan.config.packages.is_empty() {
+        // An earlier agent's fence may be detached below: its package
+        // addresses go first (the stop before join runs the scripts).
+        crate::packages::task::remove_all_addresses(&plan).await;
+    }
     let (mut fp, status_writer, ring, adopted) = load_fast_path(&plan, &pin_dir)?;
     for iface in &plan.interfaces {
         if let Err(e) = fp.attach_egress_stamp(iface) {
@@ -392,6 +422,30 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let (fast_cmd_tx, fast_cmd_rx) = mpsc::channel(16);
     let (cluster_cmd_tx, cluster_cmd_rx) = mpsc::channel(16);
     let (dgram_tx, dgram_rx) = mpsc::channel(1024);
+    let (serial_view_tx, serial_view_rx) = watch::channel(serial::SerialView::default());
+    let (serial_out_tx, serial_out_rx) = mpsc::channel(64);
+    let serial_handle = Arc::new(serial::SerialHandle::default());
+    let serial_out = if let Some(sp) = serial_plan {
+        tracker.spawn(serial::run(
+            sp,
+            incarnation,
+            serial_port,
+            serial::Channels {
+                events: events_tx.clone(),
+                membership_in: dgram_tx.clone(),
+                membership_out: serial_out_rx,
+                cluster: view_rx.clone(),
+                shared: shared.clone(),
+                handle: serial_handle.clone(),
+                view: serial_view_tx,
+                plan: plan_rx.clone(),
+            },
+            cancel.clone(),
+        ));
+        Some(serial_out_tx)
+    } else {
+        None
+    };
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
     let (pkg_msg_tx, pkg_msg_rx) = mpsc::channel(1024);
     let (pkg_calls_tx, pkg_calls_rx) = mpsc::channel::<Call>(16);
@@ -417,6 +471,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         .map(|(i, m)| format!("{i}:{}", m.as_str()))
         .collect::<Vec<_>>()
         .join(",");
+    let nic_poll = fp.take_nic_poll();
     let fast_task = tracker.spawn(fastpath::run(
         fp,
         ring,
@@ -432,6 +487,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     } else {
         Default::default()
     };
+    // Which card carries each configured interface now (the netif task
+    // keeps it; package addresses go on the carrying card).
+    let cards = Arc::new(crate::netif::Cards::default());
     if has_packages {
         tracker.spawn(crate::packages::task::run(
             plan.clone(),
@@ -447,6 +505,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 sockets: sockets.clone(),
                 shared: shared.clone(),
                 status: pkg_status_tx,
+                cards: cards.clone(),
             },
             failed_at_start,
             cancel.clone(),
@@ -467,6 +526,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             shared: shared.clone(),
             state,
             agreement: agreement.clone(),
+            serial: serial_out,
             sealer,
             packages: has_packages.then_some(pkg_msg_tx),
         },
@@ -479,6 +539,22 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         shared.clone(),
         cancel.clone(),
     ));
+    // The network manager: standby cards and the interfaces' lifecycle.
+    // `cards` tells which card carries each configured interface now (for
+    // placing package addresses).
+    let (nics_tx, nics_rx) = watch::channel(Vec::new());
+    tracker.spawn(crate::netif::run(
+        crate::netif::Context {
+            plan: plan.clone(),
+            sockets: sockets.clone(),
+            nic_poll,
+            journal: journal.clone(),
+            status: nics_tx,
+            cards: cards.clone(),
+            fast: fast_cmd_tx.clone(),
+        },
+        cancel.clone(),
+    ));
     let sources = Sources {
         plan: plan_rx,
         fast: fast_rx,
@@ -489,7 +565,10 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         refused: refused.clone(),
         agreement,
         started: Instant::now(),
+        serial: serial_view_rx,
+        serial_handle,
         packages: pkg_status_rx,
+        nics: nics_rx,
     };
     tracker.spawn(control::serve(
         bound,

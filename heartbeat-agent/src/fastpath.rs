@@ -625,6 +625,44 @@ impl FastPath {
         }
     }
 
+    /// Forgets the attachments of a deleted interface (the kernel dropped
+    /// them with it).
+    fn forget(&mut self, interface: &str) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.xdp_links)
+            .into_iter()
+            .partition(|(i, _, _)| i == interface);
+        self.xdp_links = kept;
+        let ids: Vec<XdpLinkId> = gone.into_iter().map(|(_, _, id)| id).collect();
+        self.attached.retain(|(i, _)| i != interface);
+        if let Ok(prog) = self.xdp_program() {
+            for id in ids {
+                let _ = prog.detach(id);
+            }
+        }
+    }
+
+    /// Attaches XDP (and the egress stamp) to a recreated interface.
+    pub fn reattach(&mut self, interface: &str) -> Result<(), FastPathError> {
+        self.forget(interface);
+        let (mode, id) = self.attach_xdp(interface)?;
+        self.attached.push((interface.to_owned(), mode));
+        self.xdp_links.push((interface.to_owned(), mode, id));
+        tracing::info!(interface, mode = mode.as_str(), "XDP attached again");
+        if let Err(e) = self.attach_egress_stamp(interface) {
+            tracing::warn!(interface, error = %e, "cannot stamp own requests on egress again");
+        }
+        Ok(())
+    }
+
+    /// Hands out the `NIC_POLL` map (standby NIC takeover: the netif task
+    /// owns it); `None` when the object has none or it was taken.
+    pub fn take_nic_poll(
+        &mut self,
+    ) -> Option<aya::maps::HashMap<MapData, u32, heartbeat_common::nic_poll::NicPoll>> {
+        let map = self.ebpf.take_map(heartbeat_common::nic_poll::MAP)?;
+        aya::maps::HashMap::try_from(map).ok()
+    }
+
     /// The program's state for (peer, link), if both are in range.
     pub fn link_state(&self, peer: u16, link: u8) -> Option<LinkState> {
         let slot = link_slot(peer, link)?;
@@ -759,6 +797,12 @@ pub enum Command {
     SetLeases(Vec<LeaseSpec>),
     /// Ends a package's lease now (it is being stopped or lost).
     ReleaseLease(u16),
+    /// The interface was deleted: its attachments are gone (issue #12 row
+    /// 3; status stops showing them).
+    Detached(String),
+    /// The interface was (re)created: attach XDP and the egress stamp to it
+    /// again.
+    Reattach(String),
 }
 
 /// One package's lease as the fast path renews it (issue #9, see
@@ -896,6 +940,11 @@ impl FastPath {
             }
             Command::SetLeases(specs) => self.set_leases(specs),
             Command::ReleaseLease(package) => self.release_lease(package),
+            Command::Detached(interface) => {
+                self.forget(&interface);
+                Ok(())
+            }
+            Command::Reattach(interface) => self.reattach(&interface),
         }
     }
 

@@ -70,7 +70,7 @@ pub struct JournalStats {
 }
 
 /// Every event kind, for per-kind counters.
-pub const KINDS: [EventKind; 17] = [
+pub const KINDS: [EventKind; 20] = [
     EventKind::LinkDown,
     EventKind::LinkUp,
     EventKind::NodeDown,
@@ -88,6 +88,9 @@ pub const KINDS: [EventKind; 17] = [
     EventKind::AgentStarted,
     EventKind::AgentStopping,
     EventKind::JournalError,
+    EventKind::NicFailed,
+    EventKind::NicSwitched,
+    EventKind::NicRecovered,
 ];
 
 enum Cmd {

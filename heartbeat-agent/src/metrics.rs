@@ -165,13 +165,21 @@ pub fn snapshot(src: &Sources) -> Snapshot {
             state_byte = st.peer_state.max(state_byte);
             generation = generation.max(st.peer_generation);
             let stats = src.sender.link_stats(l);
+            let (mut sent, mut send_errors) = (
+                stats.map(|s| s.sent.load(Ordering::Relaxed)).unwrap_or(0),
+                stats.map(|s| s.errors.load(Ordering::Relaxed)).unwrap_or(0),
+            );
+            if l == crate::serial::SERIAL_LINK {
+                let v = src.serial.borrow();
+                (sent, send_errors) = (v.frames_sent, v.send_errors);
+            }
             links.push(LinkRow {
                 peer: p.name.clone(),
                 link: l,
                 up: state == crate::cluster::links::State::Up,
                 state: st,
-                sent: stats.map(|s| s.sent.load(Ordering::Relaxed)).unwrap_or(0),
-                send_errors: stats.map(|s| s.errors.load(Ordering::Relaxed)).unwrap_or(0),
+                sent,
+                send_errors,
             });
         }
         nodes.push(NodeRow {
@@ -262,8 +270,12 @@ fn rtt_histogram(st: &LinkState) -> (f64, u64, Vec<(f64, u64)>) {
 impl Collector for HeartbeatCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = snapshot(&self.sources);
-        let link_labels =
-            |r: &LinkRow| vec![("peer", r.peer.clone()), ("link", r.link.to_string())];
+        let link_labels = |r: &LinkRow| {
+            vec![
+                ("peer", r.peer.clone()),
+                ("link", crate::serial::link_label(r.link)),
+            ]
+        };
 
         let mut m = enc.encode_descriptor(
             "heartbeat_link_up",
@@ -370,6 +382,7 @@ impl Collector for HeartbeatCollector {
                 ConstCounter::new(get(r)).encode(m.encode_family(&link_labels(r))?)?;
             }
         }
+        crate::serial::encode_metrics(&self.sources.serial.borrow().clone(), &mut enc)?;
         let mut m = enc.encode_descriptor(
             "heartbeat_node_up",
             "1 while any heartbeat link to the node is up",
@@ -644,6 +657,9 @@ impl Collector for HeartbeatCollector {
 pub fn registry(sources: Sources, node: &str) -> Registry {
     let mut r = Registry::default();
     let sender = sources.sender.clone();
+    r.register_collector(Box::new(crate::netif::metrics::NicCollector::new(
+        sources.nics.clone(),
+    )));
     r.register_collector(Box::new(HeartbeatCollector {
         sources,
         sender,

@@ -91,8 +91,8 @@ pub struct Plan {
     pub peers: Vec<PeerPlan>,
     pub links: Vec<LinkPlan>,
     /// The XDP (and tc egress) attachments, in order: the interfaces
-    /// carrying heartbeats, then the devices of the local packages'
-    /// addresses that carry none (the kernel fence, issue #9).
+    /// carrying heartbeats and their standby cards, then the devices of the
+    /// local packages' addresses that carry none (the kernel fence).
     pub interfaces: Vec<String>,
 }
 
@@ -182,6 +182,12 @@ impl Plan {
             });
             if !interfaces.contains(&l.interface) {
                 interfaces.push(l.interface.clone());
+            }
+            // A standby card is attached at start too (netif explains why).
+            if let Some(s) = &l.standby
+                && !interfaces.contains(s)
+            {
+                interfaces.push(s.clone());
             }
         }
         // The kernel fence (issue #9) needs the programs on the devices of

@@ -1,6 +1,6 @@
 //! What a reload may change while the agent runs, and what it may not.
 //!
-//! Live: the keys (both slots, so a rotation is: add the next key on every
+//! Live: the keys (both slots, the serial line's too, so a rotation is: add the next key on every
 //! node, reload, make it current, reload), `heartbeat_interval`,
 //! `node_timeout`, `agent_timeout`, and the other nodes (added, removed,
 //! their addresses, priorities and votes). Everything that would need the
@@ -36,8 +36,16 @@ pub fn check(old: &Plan, new: &Plan) -> Result<(), String> {
     if o.metrics != n.metrics {
         return refuse("metrics.listen");
     }
+    if o.cluster.netif != n.cluster.netif {
+        return refuse(
+            "cluster.network_* / auto_failback / failback_hold (the network manager's settings)",
+        );
+    }
     if old.local.id != new.local.id || old.local.name != new.local.name {
         return refuse("node.id");
+    }
+    if o.serial_of(&old.local) != n.serial_of(&new.local) {
+        return refuse("serial (the serial line: [serial] and [node.serial])");
     }
     if old.local.links != new.local.links {
         return refuse(&format!(

@@ -40,8 +40,16 @@ pub struct Sources {
     /// Time to agreed membership.
     pub agreement: Arc<crate::metrics::Histogram>,
     pub started: Instant,
+    /// The serial line (`crate::serial`): its state and the survivor
+    /// rule's verdict, for status, metrics and the packages side.
+    pub serial: watch::Receiver<crate::serial::SerialView>,
+    /// What the packages side tells the serial line (packages running,
+    /// stop confirmed).
+    pub serial_handle: Arc<crate::serial::SerialHandle>,
     /// The packages task's view.
     pub packages: watch::Receiver<crate::packages::task::PackagesView>,
+    /// Links with a standby card (the netif task's view).
+    pub nics: watch::Receiver<Vec<heartbeat_api::status::NicStatus>>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -144,6 +152,13 @@ impl Sources {
                     detector: Some(detector_status(&st, now)),
                 });
             }
+            if let Some(&state) = p.links.get(&crate::serial::SERIAL_LINK) {
+                links.push(crate::serial::link_status(
+                    state,
+                    &self.serial.borrow(),
+                    now,
+                ));
+            }
             nodes.push(NodeStatus {
                 id: n.id,
                 name: n.name.clone(),
@@ -198,6 +213,7 @@ impl Sources {
             messages: view.messages.clone(),
             packages: self.packages.borrow().packages.clone(),
             frozen: self.packages.borrow().frozen,
+            nics: self.nics.borrow().clone(),
         }
     }
 }
@@ -344,7 +360,11 @@ pub fn render(this: &StatusReport) -> String {
             let _ = writeln!(
                 s,
                 "    {:<4} {:<16} {:<25} {:<8} {:<27} {}",
-                l.id,
+                if l.role == "serial" {
+                    "serial".to_owned()
+                } else {
+                    l.id.to_string()
+                },
                 l.interface,
                 l.address,
                 l.state.as_str(),
@@ -382,5 +402,12 @@ pub fn render(this: &StatusReport) -> String {
             .unwrap_or(0),
         drops
     );
+    for n in &this.nics {
+        let _ = writeln!(
+            s,
+            "  LINK {} CARDS: active {}; primary {} ({}), standby {} ({}); {} switches",
+            n.link, n.active, n.primary, n.primary_state, n.standby, n.standby_state, n.switches
+        );
+    }
     s
 }

@@ -55,6 +55,14 @@ pub enum EventKind {
     /// A start waited for another node to stop or its lease to run out
     /// (cause: `report` or `lease_expired`; peer: that node).
     PackageCleared,
+    /// A card of a link with a standby failed (cause: carrier, poll_in,
+    /// poll_out; detail names the card).
+    NicFailed,
+    /// A link moved to its other card (cause: carrier, poll_in, poll_out,
+    /// failback, recovered).
+    NicSwitched,
+    /// A failed card is healthy again.
+    NicRecovered,
 }
 
 impl EventKind {
@@ -83,6 +91,9 @@ impl EventKind {
             Self::PackageOutput => "package_output",
             Self::PackageFailed => "package_failed",
             Self::PackageCleared => "package_cleared",
+            Self::NicFailed => "nic_failed",
+            Self::NicSwitched => "nic_switched",
+            Self::NicRecovered => "nic_recovered",
         }
     }
 }

@@ -91,6 +91,38 @@ pub struct StatusReport {
     /// `cluster freeze` in force.
     #[serde(default)]
     pub frozen: bool,
+    /// Links with a standby card: which card carries each (issue #10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicStatus>,
+}
+
+/// A link with a standby card.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NicStatus {
+    pub link: u8,
+    /// The configured interface and standby.
+    pub primary: String,
+    pub standby: String,
+    /// The card carrying the link now.
+    pub active: String,
+    /// Per card: `up`, or `failed:<cause>`.
+    pub primary_state: String,
+    pub standby_state: String,
+    /// Switches since start.
+    pub switches: u64,
+    /// Switches by cause (carrier, poll_in, poll_out, failback, recovered).
+    #[serde(default)]
+    pub switches_by_cause: BTreeMap<String, u64>,
+    /// Last poll round trip (µs) from the primary and the standby card.
+    pub poll_rtt_us: [Option<f64>; 2],
+    /// Polls sent from, and polls unanswered of, each card.
+    #[serde(default)]
+    pub polls_sent: [u64; 2],
+    #[serde(default)]
+    pub polls_lost: [u64; 2],
+    /// Both cards have failed: the link is down.
+    #[serde(default)]
+    pub link_down: bool,
 }
 
 /// One package as a node sees it.

@@ -10,6 +10,8 @@
 //! - [`qserver`]: the quorum server's logic and its client side.
 //! - [`placement`]: which node owns each package in an agreed view.
 //! - [`lease`]: package leases; when a new owner may start a package.
+//! - [`serial`]: the serial heartbeat line's frames (COBS, CRC, MAC).
+//! - [`survivor`]: which node carries on when only the serial line is up.
 //!
 //! # Runner contract (what the daemon's cluster task does)
 //!
@@ -45,6 +47,8 @@ pub mod packages;
 pub mod placement;
 pub mod qserver;
 pub mod quorum;
+pub mod serial;
+pub mod survivor;
 pub mod wire;
 
 pub use heartbeat_common::siphash::SipKey;

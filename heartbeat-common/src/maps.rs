@@ -514,6 +514,75 @@ pub struct LeaseEntry {
     pub _pad: [u8; 6],
 }
 
+/// Standby NIC takeover (issue #10): layer-2 poll frames between a link's
+/// active and standby card, answered and timestamped by the XDP program on
+/// each card, and per-card statistics in `NIC_POLL` (keyed by ifindex; the
+/// agent inserts an entry for every card it polls, the program counts only
+/// cards with an entry).
+pub mod nic_poll {
+    /// Map name.
+    pub const MAP: &str = "NIC_POLL";
+    /// Most cards polled (two per link).
+    pub const ENTRIES: u32 = 2 * super::MAX_LINKS;
+    /// Ethernet type of poll frames (IEEE 802 local experimental 1).
+    pub const ETHERTYPE: u16 = 0x88b5;
+    /// First bytes of a poll frame's payload.
+    pub const MAGIC: [u8; 4] = *b"HBNP";
+    /// A poll sent by the agent from one card to the other.
+    pub const KIND_REQUEST: u8 = 1;
+    /// The answering card's XDP program's reply.
+    pub const KIND_REPLY: u8 = 2;
+    /// Ethernet header length.
+    pub const ETH_LEN: usize = 14;
+    /// Length of a poll frame as sent (the Ethernet minimum without FCS).
+    pub const FRAME_LEN: usize = 60;
+
+    /// A poll frame's payload, after the Ethernet header (alignment 1).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PollHdr {
+        pub magic: [u8; 4],
+        /// `cluster_id`, little-endian: only this host reads it.
+        pub cluster_id: [u8; 4],
+        pub node: [u8; 2],
+        pub kind: u8,
+        pub _pad: u8,
+        /// ifindex of the card the request left from (little-endian).
+        pub from_ifindex: [u8; 4],
+        /// ifindex of the card it is addressed to (little-endian).
+        pub to_ifindex: [u8; 4],
+        pub seq: [u8; 4],
+        /// CLOCK_MONOTONIC ns at which the agent sent the request.
+        pub tx_ns: [u8; 8],
+        /// CLOCK_MONOTONIC ns at which the answering program replied.
+        pub answer_ns: [u8; 8],
+    }
+
+    /// Length of [`PollHdr`].
+    pub const HDR_LEN: usize = core::mem::size_of::<PollHdr>();
+
+    /// One card's poll statistics (`NIC_POLL[ifindex]`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NicPoll {
+        /// Every frame the card received (its "inbound count").
+        pub rx_frames: u64,
+        /// Poll requests it received (from the other card) and answered.
+        pub rx_requests: u64,
+        /// Replies to its own requests it received.
+        pub rx_replies: u64,
+        /// CLOCK_MONOTONIC ns of the last frame received.
+        pub last_rx_ns: u64,
+        /// Round trip of the last reply (request sent → reply back).
+        pub last_rtt_ns: u64,
+        /// Sum and largest of the round trips.
+        pub rtt_sum_ns: u64,
+        pub rtt_max_ns: u64,
+        /// Poll frames dropped as malformed or not for this card.
+        pub bad: u64,
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -538,6 +607,8 @@ mod pod {
     unsafe impl aya::Pod for LeaseKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LeaseEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for nic_poll::NicPoll {}
 }
 
 #[cfg(test)]
@@ -554,6 +625,8 @@ mod tests {
         assert_eq!(size_of::<AgentWatch>(), 24);
         assert_eq!(size_of::<Event>(), 24);
         assert_eq!(size_of::<RestartWindow>(), 16);
+        assert_eq!(size_of::<nic_poll::NicPoll>(), 64);
+        assert_eq!(nic_poll::HDR_LEN, 40);
         assert_eq!(
             size_of::<LinkState>(),
             17 * 8 + 8 + RTT_BUCKETS * 8 + 16 + RTT_BUCKETS * 8 + 15 * 8 + 8 + 8

@@ -32,6 +32,7 @@ mod egress;
 mod fence;
 mod maps;
 mod packet;
+mod poll;
 mod watch;
 
 use aya_ebpf::{
@@ -75,6 +76,10 @@ enum L3 {
 
 #[xdp]
 pub fn heartbeat(ctx: XdpContext) -> u32 {
+    // Standby NIC takeover: per-card inbound count and poll frames.
+    if let Some(action) = poll::on_frame(&ctx) {
+        return action;
+    }
     count(counter::RX_FRAMES);
     if fence::fenced_in(&ctx) {
         count(counter::FENCED_IN);

@@ -392,13 +392,24 @@ fn automatic_failback_and_min_package_node() {
     let out = c.cli("alpha", &["node", "start"]);
     assert!(out.status.success(), "{out:?}");
     wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
-    let st = c.status("alpha");
-    let p = package(&st, "web");
+    // The coordinator journaled the failback with its reason.
+    let placed: Vec<_> = ["alpha", "beta", "gamma"]
+        .iter()
+        .flat_map(|n| c.journal(n))
+        .filter(|e| {
+            e.event == support::EventKind::PackagePlaced && e.package.as_deref() == Some("web")
+        })
+        .map(|e| (e.cause, e.peer, e.detail))
+        .collect();
     assert!(
-        p.last_failover
-            .as_deref()
-            .is_some_and(|f| f.contains("failback from beta")),
-        "{p:?}"
+        placed
+            .iter()
+            .any(|(cause, peer, detail)| cause == "failback"
+                && peer.as_deref() == Some("alpha")
+                && detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("failback from beta"))),
+        "{placed:?}"
     );
 }
 
@@ -468,4 +479,59 @@ exec {s} stop
     });
     c.agreed(&["alpha", "gamma"], &["alpha", "gamma"], WAIT);
     wait_owner(&c, &["alpha", "gamma"], "gamma");
+}
+
+#[test]
+fn a_fence_command_clears_a_silent_owner_at_once() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let log = add_package(&c, "");
+    // A long lease: without the fence, beta would wait 10 s for alpha's.
+    let fence = c.dir.0.join("fence.sh");
+    let marker = c.dir.0.join("fenced");
+    fs::write(
+        &fence,
+        format!(
+            "#!/bin/sh\necho \"$HEARTBEAT_FENCE_NODE by $HEARTBEAT_NODE\" >> {}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&fence, fs::Permissions::from_mode(0o755)).unwrap();
+    let f = fence.display().to_string();
+    c.edit_config(|t| {
+        t.replace(
+            "heartbeat_interval",
+            "package_lease = \"10s\"\nheartbeat_interval",
+        )
+        .replace(
+            "name = \"alpha\"\n",
+            &format!("name = \"alpha\"\nfence = \"{f}\"\n"),
+        )
+    });
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
+    let before = log_lines(&log).len();
+    let cut_at = Instant::now();
+    let _guards = split(&c, &["alpha"], &["beta", "gamma"]);
+    wait_owner(&c, &["beta", "gamma"], "beta");
+    let took = cut_at.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "beta started after {took:?}: it waited for alpha's lease, not the fence"
+    );
+    let fenced = fs::read_to_string(&marker).unwrap_or_default();
+    assert!(fenced.starts_with("alpha by beta"), "{fenced:?}");
+    let after: Vec<String> = log_lines(&log).split_off(before);
+    assert!(
+        after.iter().any(|l| l.starts_with("beta start")),
+        "{after:?}"
+    );
+    let j = c.journal("beta");
+    assert!(
+        j.iter()
+            .any(|e| e.event == support::EventKind::PackageCleared
+                && e.cause == "fenced"
+                && e.peer.as_deref() == Some("alpha")),
+        "{j:?}"
+    );
 }

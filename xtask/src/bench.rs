@@ -31,7 +31,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let help = args.iter().any(|a| a == "--help" || a == "-h");
     if !help {
         util::require_root("cargo xtask bench")?;
-        let smoke_only = args.iter().any(|a| a == "--smoke");
+        let smoke_only = args.iter().any(|a| a == "--smoke" || a == "--netif");
         install(!smoke_only);
     }
     util::step("bench", "building heartbeat-bench");

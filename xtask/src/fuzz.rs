@@ -492,6 +492,39 @@ fn seeds() -> anyhow::Result<Vec<(&'static str, String, Vec<u8>)>> {
         }
     }
 
+    // Serial line bytes: frames as they go on the line (the target's key,
+    // cluster 7, nodes 1 and 2), with noise between them.
+    {
+        use heartbeat_cluster::{
+            NodeId,
+            serial::{Encoder, Kind, NetworkView, Status, TEST_KEY},
+        };
+        let status = Status {
+            epoch: heartbeat_cluster::Epoch(3),
+            node_state: 0x81,
+            flags: 0,
+            packages: 0b1,
+            view: NetworkView {
+                links: 0b11,
+                targets: 0,
+            },
+        };
+        let mut e = Encoder::new(7, NodeId(1), 5);
+        let hb = e
+            .encode(Kind::Heartbeat, &status, &[], TEST_KEY)
+            .context("encoding a serial seed")?;
+        let m = e
+            .encode(Kind::Membership, &status, &out[out.len() - 1].2, TEST_KEY)
+            .context("encoding a serial seed")?;
+        let mut noisy = vec![0x55, 0xaa, 0x01];
+        noisy.extend_from_slice(&hb);
+        noisy.extend_from_slice(&hb[..hb.len() / 2]);
+        noisy.extend_from_slice(&m);
+        out.push(("serial", "heartbeat".into(), hb.clone()));
+        out.push(("serial", "membership".into(), m));
+        out.push(("serial", "noisy".into(), noisy));
+    }
+
     for (name, line) in [
         ("status", "{\"command\":\"status\"}\n"),
         ("events", "{\"command\":\"events\"}\n"),

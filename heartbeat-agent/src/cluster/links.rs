@@ -180,6 +180,9 @@ impl Membership {
         e.peer_id = Some(peer.id);
         e.link = Some(link_id);
         e.since_last_rx_ns = since;
+        if link_id == crate::serial::SERIAL_LINK {
+            e.detail = Some("link serial".into());
+        }
         tracing::info!(
             peer = %peer.name,
             link = link_id,

@@ -134,6 +134,9 @@ pub struct Channels {
     pub state: StateFile,
     /// Time from the first event of a round to the installed view.
     pub agreement: Arc<crate::metrics::Histogram>,
+    /// The serial line's task, when one is configured: sealed membership
+    /// datagrams for the peer go on the line too (`crate::serial`).
+    pub serial: Option<mpsc::Sender<Vec<u8>>>,
     /// The node's sealer (shared with the packages task).
     pub sealer: SharedSealer,
     /// Where package messages go (none: no packages configured).
@@ -144,7 +147,14 @@ fn link_view(plan: &Plan) -> links::Membership {
     let peers: Vec<(u16, String, Vec<u8>)> = plan
         .peers
         .iter()
-        .map(|p| (p.id, p.name.clone(), p.links.clone()))
+        .map(|p| {
+            let mut l = p.links.clone();
+            // The serial line is one more link to its peer.
+            if crate::serial::peer_of(plan) == Some(p.id) {
+                l.push(crate::serial::SERIAL_LINK);
+            }
+            (p.id, p.name.clone(), l)
+        })
         .collect();
     links::Membership::new(&plan.local.name, &peers)
 }
@@ -272,6 +282,8 @@ struct Runner {
     quorate: bool,
     /// The quorum server client, when one is configured.
     qs: Option<QsLink>,
+    /// Membership datagrams for the serial line (`crate::serial`).
+    serial: Option<mpsc::Sender<Vec<u8>>>,
     /// Where package messages go (none: no packages configured).
     packages: Option<mpsc::Sender<PackageMessage>>,
 }
@@ -308,9 +320,22 @@ impl Runner {
             Dest::All => None,
             Dest::Nodes(set) => Some(set),
         };
-        let (sent, errors) = send_sealed(&self.plan, &self.sockets, to, &bytes);
+        let (mut sent, errors) = send_sealed(&self.plan, &self.sockets, to, &bytes);
         if errors > 0 {
             *self.messages.entry("send_errors".into()).or_default() += errors;
+        }
+        if let Some(tx) = &self.serial {
+            let wanted = self
+                .plan
+                .peers
+                .iter()
+                .any(|p| to.is_none_or(|set| set.contains(NodeId(p.id))));
+            if wanted {
+                match tx.try_send(bytes) {
+                    Ok(()) => sent = true,
+                    Err(_) => self.count("serial_queue_full"),
+                }
+            }
         }
         if sent {
             self.count("sent");
@@ -736,6 +761,7 @@ pub async fn run(
         agreement: ch.agreement,
         quorate: false,
         qs: None,
+        serial: ch.serial,
         packages: ch.packages,
     };
     if let Some(addr) = r.plan.config.quorum.quorum_server {

@@ -104,6 +104,10 @@ pub(super) fn table_kind(segs: &[Seg]) -> (&'static str, &'static [&'static str]
         [Key(k)] if k == "control" => ("[control]", raw::field_names::<raw::Control>()),
         [Key(k), Index(_)] if k == "node" => ("[[node]]", raw::field_names::<raw::Node>()),
         [Key(k), Index(_)] if k == "package" => ("[[package]]", raw::field_names::<raw::Package>()),
+        [Key(k)] if k == "serial" => ("[serial]", raw::field_names::<raw::Serial>()),
+        [Key(k), Index(_), Key(l)] if k == "node" && l == "serial" => {
+            ("[node.serial]", raw::field_names::<raw::NodeSerial>())
+        }
         [Key(k), Index(_), Key(l), Index(_)] if k == "node" && l == "link" => {
             ("[[node.link]]", raw::field_names::<raw::Link>())
         }

@@ -3,9 +3,6 @@
 //! point at its line, and value types whose `Deserialize` says what was
 //! expected in the operator's terms ("expected a UDP port in 1..=65535,
 //! found a string ("6405")") instead of serde's ("invalid type: ...").
-//!
-//! Keys that are accepted only to be refused with the roadmap issue they
-//! wait for are typed [`IgnoredAny`]; [`super`] rejects them.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -31,8 +28,29 @@ pub(super) struct Top {
     pub control: Field<Control>,
     pub node: Field<Tables<Node>>,
     pub package: Field<Tables<Package>>,
-    /// Waits for the serial heartbeat link (issue #11).
-    pub serial: Field<IgnoredAny>,
+    /// The serial heartbeat line (two-node clusters).
+    pub serial: Field<Serial>,
+}
+
+/// `[serial]`: the serial line's settings for both nodes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([serial])")]
+pub(super) struct Serial {
+    pub baud: Field<Baud>,
+    pub interval: Field<Dur>,
+    pub timeout: Field<Dur>,
+    pub required: Field<Flag>,
+}
+
+/// `[node.serial]`: one node's end of the serial line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([node.serial])")]
+pub(super) struct NodeSerial {
+    pub device: Field<PathText>,
+    pub baud: Field<Baud>,
+    pub interval: Field<Dur>,
+    pub timeout: Field<Dur>,
+    pub required: Field<Flag>,
 }
 
 /// `[cluster]`.
@@ -55,8 +73,12 @@ pub(super) struct Cluster {
     pub lease_margin: Field<Dur>,
     pub clock_drift_ppm: Field<DriftPpm>,
     pub announce_count: Field<AnnounceCount>,
-    /// Waits for standby NIC takeover (issue #10).
-    pub network_polling_interval: Field<IgnoredAny>,
+    /// Standby NIC takeover (issue #10): the poller and the failback.
+    pub network_polling_interval: Field<Dur>,
+    pub network_failure_detection: Field<DetectionValue>,
+    pub network_announce_count: Field<AnnounceCount>,
+    pub auto_failback: Field<Flag>,
+    pub failback_hold: Field<Dur>,
 }
 
 /// `[quorum]`.
@@ -96,8 +118,8 @@ pub(super) struct Node {
     pub votes: Field<Votes>,
     pub fence: Field<Text>,
     pub link: Field<Tables<Link>>,
-    /// Waits for the serial heartbeat link (issue #11).
-    pub serial: Field<IgnoredAny>,
+    /// This node's end of the serial heartbeat line.
+    pub serial: Field<NodeSerial>,
 }
 
 /// One `[[node.link]]`.
@@ -108,8 +130,8 @@ pub(super) struct Link {
     pub interface: Field<Interface>,
     pub address: Field<Ip>,
     pub role: Field<Role>,
-    /// Waits for standby NIC takeover (issue #10).
-    pub standby: Field<IgnoredAny>,
+    /// The standby card (issue #10).
+    pub standby: Field<Interface>,
 }
 
 /// One `[[package]]`.
@@ -364,6 +386,10 @@ integer_value!(
 integer_value!(
     /// `node.priority`.
     Priority: u32, 0, u32::MAX, "an integer"
+);
+integer_value!(
+    /// `serial.baud`.
+    Baud: u32, 50, 4_000_000, "a baud rate"
 );
 integer_value!(
     /// `package.restart_limit`.
@@ -651,6 +677,13 @@ choice_value!(
     FailbackValue: heartbeat_cluster::placement::FailbackPolicy {
         "manual" => heartbeat_cluster::placement::FailbackPolicy::Manual,
         "automatic" => heartbeat_cluster::placement::FailbackPolicy::Automatic,
+    }
+);
+choice_value!(
+    /// `cluster.network_failure_detection`.
+    DetectionValue: crate::netif::machine::FailureDetection {
+        "inout" => crate::netif::machine::FailureDetection::InOut,
+        "inonly_or_inout" => crate::netif::machine::FailureDetection::InOnlyOrInOut,
     }
 );
 choice_value!(

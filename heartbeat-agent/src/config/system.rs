@@ -32,6 +32,11 @@ impl ClusterConfig {
         for (j, link) in local.links.iter().enumerate() {
             let key = format!("node[{index}].link[{j}].interface");
             self.check_interface(&key, &link.interface)?;
+            if let Some(standby) = &link.standby {
+                let key = format!("node[{index}].link[{j}].standby");
+                self.check_interface(&key, standby)?;
+                self.check_standby_idle(&key, standby, local)?;
+            }
         }
         keyfile::read(&self.cluster.key_file).map_err(|error| ConfigError::KeyFile {
             place: self.place_of("cluster.key_file"),
@@ -105,6 +110,57 @@ impl ClusterConfig {
             check_file(events).map_err(|m| self.invalid_at("cluster.events_file", m))?;
         }
         check_file(&paths.state_file).map_err(|m| self.invalid_at("cluster.state_file", m))?;
+        Ok(())
+    }
+
+    /// A standby card has no address of its own: none but link-local ones
+    /// and the ones the agent moves to it (the node's link and package
+    /// addresses: an agent restarted while the standby carries its link
+    /// finds them there).
+    fn check_standby_idle(
+        &self,
+        key: &str,
+        standby: &str,
+        local: &NodeConfig,
+    ) -> Result<(), ConfigError> {
+        let ours = |ip: std::net::IpAddr| {
+            local.links.iter().any(|l| l.address == ip)
+                || self
+                    .packages
+                    .iter()
+                    .any(|p| p.addresses.iter().any(|a| a.addr() == ip))
+        };
+        let addrs = match nix::ifaddrs::getifaddrs() {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(self.invalid_at(
+                    key,
+                    format!("cannot list the addresses of `{standby}`: {}", e.desc()),
+                ));
+            }
+        };
+        for a in addrs.filter(|a| a.interface_name == standby) {
+            let Some(addr) = a.address else { continue };
+            let ip: std::net::IpAddr = if let Some(v4) = addr.as_sockaddr_in() {
+                v4.ip().into()
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                let ip = v6.ip();
+                if ip.is_unicast_link_local() {
+                    continue;
+                }
+                ip.into()
+            } else {
+                continue;
+            };
+            if !ours(ip) {
+                return Err(self.invalid_at(
+                    key,
+                    format!(
+                        "the standby card `{standby}` has the address {ip}; a standby card must have no address of its own (the agent moves the link's addresses to it)"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -115,6 +115,14 @@ impl PackageAddress {
         &self.dev
     }
 
+    /// The same address on another device.
+    pub fn on_device(&self, dev: &str) -> Self {
+        Self {
+            dev: dev.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The address on this node: written without `dev`, it goes on the
     /// interface of the node's link whose address is in the same subnet
     /// (`links`: (address, interface)); `None` when no link is.

@@ -93,6 +93,8 @@ pub struct Channels {
     pub sockets: Vec<LinkSocket>,
     pub shared: Arc<Shared>,
     pub status: watch::Sender<PackagesView>,
+    /// Which card carries each link now (standby NIC takeover).
+    pub cards: Arc<crate::netif::Cards>,
 }
 
 /// Longest a fence command may run.
@@ -143,8 +145,13 @@ pub fn params(plan: &Plan) -> Params {
 
 /// `p` with its addresses placed on this node's devices: an address
 /// written without `dev` goes on the heartbeat link of its subnet (one that
-/// matches no link is left out, with an error in the log).
-pub fn localized(plan: &Plan, p: &PackageConfig) -> PackageConfig {
+/// matches no link is left out, with an error in the log), and on the
+/// link's standby card while that card carries the link (`cards`).
+pub fn localized(
+    plan: &Plan,
+    p: &PackageConfig,
+    cards: Option<&crate::netif::Cards>,
+) -> PackageConfig {
     let links: Vec<(std::net::IpAddr, &str)> = plan
         .local
         .links
@@ -156,7 +163,12 @@ pub fn localized(plan: &Plan, p: &PackageConfig) -> PackageConfig {
         .addresses
         .iter()
         .filter_map(|a| {
-            let r = a.resolve(links.iter().copied());
+            let r = a
+                .resolve(links.iter().copied())
+                .map(|r| match cards {
+                    Some(c) => r.on_device(&c.carrier_of(r.dev())),
+                    None => r,
+                });
             if r.is_none() {
                 tracing::error!(package = %p.spec.name.as_str(), address = %a, "no link of this node is on the address's subnet: it cannot be served here");
             }
@@ -257,6 +269,19 @@ async fn remove_addresses(x: &Addresses, list: &[PackageAddress], name: &str) {
     }
 }
 
+/// Removes every local package address (before a stale fence is
+/// detached at start: the address must not be reachable unfenced).
+pub async fn remove_all_addresses(plan: &Plan) {
+    let Ok(addrs) = Addresses::new() else {
+        tracing::error!("cannot open rtnetlink: package addresses are not removed");
+        return;
+    };
+    for p in &plan.config.packages {
+        let p = localized(plan, p, None);
+        remove_addresses(&addrs, &p.addresses, p.spec.name.as_str()).await;
+    }
+}
+
 /// Stop before join: runs every package's stop (in parallel) and removes
 /// its addresses. Returns the packages whose stop failed.
 pub async fn stop_all(plan: &Plan, journal: &JournalHandle) -> BTreeSet<PackageId> {
@@ -276,7 +301,7 @@ pub async fn stop_all(plan: &Plan, journal: &JournalHandle) -> BTreeSet<PackageI
     };
     let runs = plan.config.packages.iter().enumerate().map(|(i, p)| {
         let (runner, addrs, ctx) = (&runner, addrs.as_ref(), &ctx);
-        let p = localized(plan, p);
+        let p = localized(plan, p, None);
         async move {
             let (outcome, took) = act(runner, addrs, &p, Action::Stop, ctx, 0, journal).await;
             let failed = result_of(runner::Action::Stop, &outcome) != ActionResult::Ok;
@@ -323,6 +348,7 @@ struct Task {
     sealer: SharedSealer,
     sockets: Vec<LinkSocket>,
     shared: Arc<Shared>,
+    cards: Arc<crate::netif::Cards>,
     done_tx: mpsc::Sender<Finished>,
     fence_tx: mpsc::Sender<(NodeId, bool)>,
     leases: BTreeMap<PackageId, (bool, NodeSet)>,
@@ -575,7 +601,7 @@ impl Task {
             .config
             .packages
             .get(usize::from(pkg.0))
-            .map(|p| localized(&self.plan, p))
+            .map(|p| localized(&self.plan, p, Some(&self.cards)))
         else {
             return;
         };
@@ -905,7 +931,11 @@ impl Task {
             previous_node: None,
         };
         let runs = running.iter().filter_map(|p| {
-            let pkg = localized(&self.plan, self.plan.config.packages.get(usize::from(p.0))?);
+            let pkg = localized(
+                &self.plan,
+                self.plan.config.packages.get(usize::from(p.0))?,
+                Some(&self.cards),
+            );
             let (runner, addrs, ctx, journal) = (
                 self.runner.clone(),
                 self.addrs.clone(),
@@ -999,6 +1029,7 @@ pub async fn run(
         sealer: ch.sealer,
         sockets: ch.sockets,
         shared: ch.shared,
+        cards: ch.cards,
         done_tx,
         fence_tx,
         leases: BTreeMap::new(),

@@ -312,6 +312,25 @@ impl Cluster {
         c
     }
 
+    /// A cluster over a topology the test built itself (its namespaces in
+    /// `nodes`, member nodes named, extra namespaces with an empty name),
+    /// with `pass` the pass-through XDP programs it attached.
+    pub fn from_parts(
+        dir: TempDir,
+        config: PathBuf,
+        nodes: Vec<Node>,
+        links: usize,
+        pass: Vec<aya::Ebpf>,
+    ) -> Self {
+        Self {
+            dir,
+            config,
+            nodes,
+            links,
+            _pass: pass,
+        }
+    }
+
     /// The hub namespace joining the wire ports of link `l` (3 nodes or
     /// more): its bridge `br0` can hold an address (a quorum server).
     pub fn hub(&self, l: usize) -> &Netns {
