@@ -39,9 +39,8 @@
 //!   more: right after its agent was SIGKILLed, and just after a partition
 //!   left it on a side without quorum (its lease is anchored at heartbeats
 //!   every other member answered; none does across the cut). So the check
-//!   is exact, not a
-//!   tolerance: without the fence such overlaps are real by the scripts'
-//!   log (the start rule, `heartbeat_cluster::packages` rule 2, lets the new
+//!   is exact, not a tolerance: without the fence such overlaps are real by
+//!   the scripts' log (the start rule, `heartbeat_cluster::packages` rule 2, lets the new
 //!   owner start once the old owner's lease ran out, which may be before a
 //!   minority's stop script even began; a SIGKILLed agent never stops its
 //!   services), and the fence is what makes them harmless, which the next
@@ -49,8 +48,8 @@
 //! - two different nodes answering one package's client within one request
 //!   interval;
 //! - an answer to a request sent (more than [`FENCE_SLACK`]) after the
-//!   kernel of the answering node fenced every package address, until the
-//!   fault was healed.
+//!   kernel of the answering node fenced every package address, and
+//!   answered before the fault was healed.
 //!
 //! Every fault is followed by recovery: the cluster must settle (every live
 //! node in one view, every package running on one node) within [`SETTLE`].
@@ -627,43 +626,44 @@ impl Soak {
                 }
             }
         }
-        let mut guards: Vec<NftGuard> = Vec::new();
-        for (from, to) in [(&a, &b), (&b, &a)] {
-            for &i in from {
-                let addrs: Vec<String> = to.iter().map(|&j| support::addr(j, 0)).collect();
-                guards.push(
-                    heartbeat_tests::nft_egress_rule(
-                        &self.c.nodes[i].ns,
-                        &self.c.nodes[i].wires[0],
-                        &format!("ip daddr {{ {} }} drop", addrs.join(", ")),
-                    )
-                    .expect("nft rule"),
-                );
-            }
-        }
-        // Every heartbeat sent from now on is dropped: no lease is
-        // anchored later than this.
-        let at_ns = wall_ns();
-        let hold = self.rng.ms(300, 3000);
-        // A side without quorum (more than half of the configured nodes):
-        // nothing renews its nodes' leases once the cut is complete (a
-        // renewal is anchored at a heartbeat every other member answered;
-        // the answers to those sent before the cut arrive within a few
-        // microseconds on these veths): read them a little later, before
-        // the node notices the loss of quorum and releases them.
+        // A side without quorum (more than half of the configured nodes).
         let minority: Vec<usize> = [&a, &b]
             .into_iter()
             .filter(|g| 2 * g.len() <= NODES)
             .flatten()
             .copied()
             .collect();
-        let settle = Duration::from_millis(10);
-        thread::sleep(settle);
-        let fenced = minority
-            .iter()
-            .map(|&i| (i, self.log_fence(i, wall_ns())))
-            .collect();
-        thread::sleep(hold.saturating_sub(settle));
+        // Each node's own rule (its heartbeats to the other side dropped),
+        // minority nodes first: once it is in, nothing renews that node's
+        // leases any more (a renewal is anchored at a heartbeat every
+        // other member answered; the answers to those sent before arrive
+        // within microseconds on these veths), so they are read a few ms
+        // later, long before the node notices the loss of quorum and
+        // releases them (installing all the rules may take a while on a
+        // busy machine: the other side may fail over in the meantime).
+        let mut order: Vec<usize> = minority.clone();
+        order.extend(live.iter().filter(|i| !minority.contains(i)));
+        let mut guards: Vec<NftGuard> = Vec::new();
+        let mut fenced = Vec::new();
+        for i in order {
+            let other = if a.contains(&i) { &b } else { &a };
+            let addrs: Vec<String> = other.iter().map(|&j| support::addr(j, 0)).collect();
+            guards.push(
+                heartbeat_tests::nft_egress_rule(
+                    &self.c.nodes[i].ns,
+                    &self.c.nodes[i].wires[0],
+                    &format!("ip daddr {{ {} }} drop", addrs.join(", ")),
+                )
+                .expect("nft rule"),
+            );
+            if minority.contains(&i) {
+                thread::sleep(Duration::from_millis(3));
+                fenced.push((i, self.log_fence(i, wall_ns())));
+            }
+        }
+        let at_ns = wall_ns();
+        let hold = self.rng.ms(300, 3000);
+        thread::sleep(hold);
         let healed_ns = wall_ns();
         drop(guards);
         let names = |g: &[usize]| {
