@@ -72,6 +72,17 @@
 //!   half of a split is quorate and no member is shared, so nothing above
 //!   keeps both halves from running a package (as in Pacemaker, where
 //!   `two_node` relies on fencing). Configure a tie-breaker.
+//! - **Known gap** (the soak with `HB_SOAK_OWNER_FLAPS=1` finds it): an
+//!   owner O whose own detector deferred its verdict keeps its old view
+//!   while the others fail P over to N; when O's link is back and the
+//!   others re-admit O in a new view, they grant O again at once, and O
+//!   (still running P, its lease lapsed) renews it before N has applied
+//!   the new view's placement and released its own: two valid leases for
+//!   about a millisecond (and up to a lease when N is not in the new view).
+//!   The fix: grant a newly admitted member only after this node applied
+//!   the new epoch's placement (and released what it gives away), and let
+//!   an owner whose lease lapsed re-acquire it through the start rule.
+//!   Not done yet.
 //! - Placement inputs are soft state (reports), not a replicated log: two
 //!   successive coordinators may decide differently for a package whose
 //!   health changed in between; safety never depends on placement, only on

@@ -17,15 +17,13 @@
 //!   rules on the wire ports, both ways), then healed;
 //! - flapping link: a node's heartbeat link down and up within ~100 ms;
 //!   by default only on a node that owns no package: with
-//!   `HB_SOAK_OWNER_FLAPS=1` on any node, which finds a known bug (two
-//!   owners in the kernel for up to a second): the owner whose link
-//!   flapped for about `node_timeout` defers its own detection (a local
-//!   stall) and keeps its view, the others fail the package over (its
-//!   lease has run out by their reckoning), and when the link is back
-//!   their XDP programs answer its heartbeats again, which renews its
-//!   lease: it serves again, beside the new owner, until its view
-//!   changes. A lapsed lease must not be renewed on replies from nodes
-//!   that no longer count the owner as a member (not fixed here).
+//!   `HB_SOAK_OWNER_FLAPS=1` on any node. That found a bug, now fixed
+//!   (replies grant lease anchors only to members of the answering node's
+//!   view: `node_state::GRANT`), and still finds a smaller known gap: a
+//!   re-admitted owner renews its lapsed lease before the interim owner has
+//!   released its own (about a millisecond; `heartbeat_cluster::packages`,
+//!   "Known gap"). The log check also counts a flapped owner as serving
+//!   until its stop begins, without reading its lease.
 //!
 //! The checker fails on:
 //! - two running owners of a package, from the scripts' shared log: a node
