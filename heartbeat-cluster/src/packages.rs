@@ -1014,7 +1014,12 @@ impl Packages {
             }
             // The kernel lease follows.
             let p = &mut self.pkgs[i];
-            let renew = ours && p.local.holds() && !p.unhealthy;
+            // Renewed only on a placement of the installed epoch: a node
+            // re-admitted after missing an epoch (in which the package may
+            // have moved) must not renew on its old placement once the
+            // others grant it again. A continuing owner's lease covers the
+            // millisecond or two until the new placement arrives.
+            let renew = ours && current && p.local.holds() && !p.unhealthy;
             // Anchored at heartbeats every other member answered: any
             // later quorate view shares a member with ours, and that member
             // says when it last heard us (the start rule's rule 2).

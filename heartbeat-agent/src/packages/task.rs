@@ -363,6 +363,10 @@ struct Task {
     view: PackagesView,
     last_failover: BTreeMap<PackageId, String>,
     last_view: Option<ViewInfo>,
+    /// The members the kernel grants lease anchors to.
+    granted: NodeSet,
+    /// Members of the view of this epoch waiting for its placement.
+    admitting: Option<(heartbeat_cluster::Epoch, NodeSet)>,
 }
 
 impl Task {
@@ -380,6 +384,24 @@ impl Task {
     fn feed(&mut self, input: Input) {
         let out = self.sm.handle(input);
         self.carry_out(out);
+        // Admit the view's new members once its placement is applied here
+        // (the releases it caused are ahead in the fast path's queue).
+        if let Some((epoch, new)) = self.admitting
+            && self.sm.placement().is_some_and(|p| p.epoch == epoch)
+        {
+            let all = self.granted.union(new);
+            if self
+                .fast
+                .try_send(fastpath::Command::SetGrants {
+                    members: all.bits(),
+                    done: None,
+                })
+                .is_ok()
+            {
+                self.granted = all;
+                self.admitting = None;
+            }
+        }
     }
 
     fn carry_out(&mut self, out: Vec<Output>) {
@@ -717,13 +739,19 @@ impl Task {
             // The kernel stops granting lease anchors to nodes our view
             // dropped *before* the state machine hears of the view (and
             // reports, from then on, when it last granted them).
+            //
+            // Members new to our view are granted only once this node has
+            // applied the new epoch's placement (and so released what it
+            // gives away): a re-admitted node that still runs a package
+            // must not renew its lease while we still hold it.
             let mut members = view.map_or(NodeSet::default(), |v| v.members);
             members.remove(NodeId(self.plan.local.id));
+            let continuing = members.intersection(self.granted);
             let (done, ack) = tokio::sync::oneshot::channel();
             let sent = self
                 .fast
                 .send(fastpath::Command::SetGrants {
-                    members: members.bits(),
+                    members: continuing.bits(),
                     done: Some(done),
                 })
                 .await;
@@ -735,6 +763,10 @@ impl Task {
                 return;
             }
             self.last_view = view;
+            self.granted = continuing;
+            self.admitting = view
+                .map(|v| (v.epoch, members.difference(continuing)))
+                .filter(|(_, n)| !n.is_empty());
             self.feed(Input::View {
                 view,
                 at_ns: clock::mono_ns(),
@@ -1078,6 +1110,8 @@ pub async fn run(
         view: PackagesView::default(),
         last_failover: BTreeMap::new(),
         last_view: None,
+        granted: NodeSet::default(),
+        admitting: None,
     };
     let out = t.sm.stopped_at_start(&failed_at_start);
     t.carry_out(out);
