@@ -15,17 +15,18 @@
 //! - graceful agent restart: SIGTERM (the agent stops its packages), start;
 //! - partition: the live nodes split in two random groups (nft egress drop
 //!   rules on the wire ports, both ways), then healed;
-//! - flapping link: a node's heartbeat link down and up within ~100 ms;
-//!   by default only on a node that owns no package: with
-//!   `HB_SOAK_OWNER_FLAPS=1` on any node, which finds a known bug (two
-//!   owners in the kernel for up to a second): the owner whose link
-//!   flapped for about `node_timeout` defers its own detection (a local
-//!   stall) and keeps its view, the others fail the package over (its
-//!   lease has run out by their reckoning), and when the link is back
-//!   their XDP programs answer its heartbeats again, which renews its
-//!   lease: it serves again, beside the new owner, until its view
-//!   changes. A lapsed lease must not be renewed on replies from nodes
-//!   that no longer count the owner as a member (not fixed here).
+//! - flapping link: a node's heartbeat link down and up within ~100 ms,
+//!   by default only on a node that owns no package. With
+//!   `HB_SOAK_OWNER_FLAPS=1` on any node: this found a bug (fixed in
+//!   3096bcc, the GRANT bit): an owner whose link flapped for about
+//!   `node_timeout` deferred its own detection (a local stall) and kept its
+//!   view, the others failed the package over, and once the link was back
+//!   their XDP programs' replies renewed its lease: two owners in the
+//!   kernel for up to a second. Since the fix the flapped owner stops some
+//!   20 ms after the new owner started, fenced by its lapsed lease, but the
+//!   test does not read that lease end for a flap (a read while the link is
+//!   down could be followed by a legitimate renewal), so the log check
+//!   still reports the overlap: owner flaps stay opt-in.
 //!
 //! The checker fails on:
 //! - two running owners of a package, from the scripts' shared log: a node
@@ -952,7 +953,7 @@ fn soak_random_faults_never_two_owners() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(180);
     checker_self_check();
-    let owner_flaps = std::env::var_os("HB_SOAK_OWNER_FLAPS").is_some();
+    let owner_flaps = std::env::var("HB_SOAK_OWNER_FLAPS").is_ok_and(|v| v != "0");
     let seed = seed();
     println!("soak: seed {seed} (HB_SOAK_SEED={seed} to replay), {secs} s");
     let started = Instant::now();
@@ -1014,8 +1015,8 @@ fn soak_random_faults_never_two_owners() {
             2 => ("restart agent", soak.restart_agent(i)),
             3 => ("partition", soak.partition()),
             _ => {
-                // Flapping an owner's link is left out by default: it
-                // finds a known bug (see the module doc).
+                // Without HB_SOAK_OWNER_FLAPS=1, only a node that owns no
+                // package (see the module doc).
                 let target = if owner_flaps {
                     Some(i)
                 } else {
