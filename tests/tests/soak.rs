@@ -15,15 +15,19 @@
 //! - graceful agent restart: SIGTERM (the agent stops its packages), start;
 //! - partition: the live nodes split in two random groups (nft egress drop
 //!   rules on the wire ports, both ways), then healed;
-//! - flapping link: a node's heartbeat link down and up within ~100 ms;
-//!   by default only on a node that owns no package: with
-//!   `HB_SOAK_OWNER_FLAPS=1` on any node. That found a bug, now fixed
-//!   (replies grant lease anchors only to members of the answering node's
-//!   view: `node_state::GRANT`), and still finds a smaller known gap: a
-//!   re-admitted owner renews its lapsed lease before the interim owner has
-//!   released its own (about a millisecond; `heartbeat_cluster::packages`,
-//!   "Known gap"). The log check also counts a flapped owner as serving
-//!   until its stop begins, without reading its lease.
+//! - flapping link: a node's heartbeat link down and up within ~100 ms,
+//!   by default only on a node that owns no package. With
+//!   `HB_SOAK_OWNER_FLAPS=1` on any node: this found a bug (fixed: the
+//!   GRANT bit, renewals only on the installed epoch's placement, new
+//!   members granted only after that placement is applied): an owner whose
+//!   link flapped for about `node_timeout` deferred its own detection (a
+//!   local stall) and kept its view, the others failed the package over,
+//!   and once the link was back their XDP programs' replies renewed its
+//!   lease: two owners in the kernel for up to a second. Since the fix the
+//!   flapped owner is fenced by its lapsed lease until it learns, but the
+//!   test does not read that lease end for a flap (a read while the link is
+//!   down could be followed by a legitimate renewal), so the log check
+//!   still reports the scripts' overlap: owner flaps stay opt-in.
 //!
 //! The checker fails on:
 //! - two running owners of a package, from the scripts' shared log: a node
@@ -950,7 +954,7 @@ fn soak_random_faults_never_two_owners() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(180);
     checker_self_check();
-    let owner_flaps = std::env::var_os("HB_SOAK_OWNER_FLAPS").is_some();
+    let owner_flaps = std::env::var("HB_SOAK_OWNER_FLAPS").is_ok_and(|v| v != "0");
     let seed = seed();
     println!("soak: seed {seed} (HB_SOAK_SEED={seed} to replay), {secs} s");
     let started = Instant::now();
@@ -1012,8 +1016,8 @@ fn soak_random_faults_never_two_owners() {
             2 => ("restart agent", soak.restart_agent(i)),
             3 => ("partition", soak.partition()),
             _ => {
-                // Flapping an owner's link is left out by default: it
-                // finds a known bug (see the module doc).
+                // Without HB_SOAK_OWNER_FLAPS=1, only a node that owns no
+                // package (see the module doc).
                 let target = if owner_flaps {
                     Some(i)
                 } else {
