@@ -72,17 +72,18 @@
 //!   half of a split is quorate and no member is shared, so nothing above
 //!   keeps both halves from running a package (as in Pacemaker, where
 //!   `two_node` relies on fencing). Configure a tie-breaker.
-//! - **Known gap** (the soak with `HB_SOAK_OWNER_FLAPS=1` finds it): an
-//!   owner O whose own detector deferred its verdict keeps its old view
-//!   while the others fail P over to N; when O's link is back and the
-//!   others re-admit O in a new view, they grant O again at once, and O
-//!   (still running P, its lease lapsed) renews it before N has applied
-//!   the new view's placement and released its own: two valid leases for
-//!   about a millisecond (and up to a lease when N is not in the new view).
-//!   The fix: grant a newly admitted member only after this node applied
-//!   the new epoch's placement (and released what it gives away), and let
-//!   an owner whose lease lapsed re-acquire it through the start rule.
-//!   Not done yet.
+//! - A node that kept an old view (its detector deferred its verdict while
+//!   its link flapped) and is re-admitted renews nothing until it has the
+//!   new epoch's placement (renewals need a placement of the installed
+//!   epoch), and members grant a newly admitted node only after they have
+//!   applied that placement (and released what it takes from them). Found
+//!   by the soak with `HB_SOAK_OWNER_FLAPS=1`.
+//! - **Known gap**: a node O re-admitted in a view *without* the node N
+//!   that took its package over meanwhile may be given the package back
+//!   ("stays on its owner", from O's report) and renew while N's lease
+//!   still runs (up to `L`): the placement should treat it as a failover
+//!   from N (and O re-check the start rule before renewing). Needs two
+//!   faults in a row; not done yet.
 //! - Placement inputs are soft state (reports), not a replicated log: two
 //!   successive coordinators may decide differently for a package whose
 //!   health changed in between; safety never depends on placement, only on
