@@ -711,42 +711,9 @@ impl FastPath {
             // the TCX links, which the next agent replaces).
             return Ok(());
         }
-        crate::pins::remove(dir, false)?;
-        // Root only: the pins give access to the cluster key (KEYS).
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(|source| crate::pins::PinError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-        for (name, fd) in &self.map_fds {
-            crate::pins::pin_fd(fd.as_fd(), &dir.join(name))?;
-        }
-        for (interface, mode, id) in std::mem::take(&mut self.xdp_links) {
-            let err = |reason: String| FastPathError::PinLink {
-                interface: interface.clone(),
-                reason,
-            };
-            let link = self
-                .xdp_program()?
-                .take_link(id)
-                .map_err(|e| err(e.to_string()))?;
-            let fd_link = FdLink::try_from(link).map_err(|e| {
-                err(format!(
-                    "{e} (a netlink attachment, not a bpf_link: cannot be pinned)"
-                ))
-            })?;
-            let mode = if mode == AttachMode::Generic {
-                "generic"
-            } else {
-                "native"
-            };
-            // The pin keeps the link (and through it the program) alive
-            // once the descriptor closes.
-            fd_link
-                .pin(crate::pins::link_pin(dir, mode, &interface))
-                .map_err(|e| err(e.to_string()))?;
-        }
+        // The pins keep the links (and through them the program) alive
+        // once the descriptors close.
+        self.pin_maps_and_xdp(dir)?;
         Ok(())
     }
 
@@ -1110,14 +1077,10 @@ impl FastPath {
         self.leases.iter().filter_map(Result::ok).collect()
     }
 
-    /// Pins every map, XDP link and TCX egress link under `dir` (stale
-    /// pins removed first), so that the fence holds after this process is
-    /// gone, however it goes: the programs stay attached with the leases
-    /// running out. A graceful stop, `heartbeat-agent detach`, or the next
-    /// agent (adopting or not) removes them. The layout is an announced
-    /// restart's ([`FastPath::pin_for_restart`], which then has nothing
-    /// left to do), plus the TCX links as `tcx-egress-<interface>`.
-    pub fn pin_fence(&mut self, dir: &Path) -> Result<(), FastPathError> {
+    /// Pins every map and XDP link under `dir` (created, mode 0700; stale
+    /// pins removed first), the layout an announced restart and the fence
+    /// share; returns the pinned XDP links.
+    fn pin_maps_and_xdp(&mut self, dir: &Path) -> Result<Vec<PinnedLink>, FastPathError> {
         crate::pins::remove(dir, false)?;
         // Root only: the pins give access to the cluster key (KEYS).
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -1154,6 +1117,18 @@ impl FastPath {
                 .map_err(|e| err(e.to_string()))?;
             held.push(pinned);
         }
+        Ok(held)
+    }
+
+    /// Pins every map, XDP link and TCX egress link under `dir` (stale
+    /// pins removed first), so that the fence holds after this process is
+    /// gone, however it goes: the programs stay attached with the leases
+    /// running out. A graceful stop, `heartbeat-agent detach`, or the next
+    /// agent (adopting or not) removes them. The layout is an announced
+    /// restart's ([`FastPath::pin_for_restart`], which then has nothing
+    /// left to do), plus the TCX links as `tcx-egress-<interface>`.
+    pub fn pin_fence(&mut self, dir: &Path) -> Result<(), FastPathError> {
+        let mut held = self.pin_maps_and_xdp(dir)?;
         for (interface, id) in std::mem::take(&mut self.tcx_links) {
             let err = |reason: String| FastPathError::PinLink {
                 interface: interface.clone(),

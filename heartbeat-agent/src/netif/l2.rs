@@ -3,59 +3,9 @@
 //! (gratuitous ARP and unsolicited neighbour advertisements, built by
 //! `packages::addresses`).
 
-use std::{
-    io, mem,
-    net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
-
 use heartbeat_common::nic_poll::{ETH_LEN, ETHERTYPE, FRAME_LEN, HDR_LEN, KIND_REQUEST, MAGIC};
 
-use crate::packages::addresses::{garp_frame, unsolicited_na_frame};
-
-/// `33:33:00:00:00:01`, the Ethernet address of IPv6 all-nodes.
-const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-
-/// A raw packet socket for sending (it receives nothing: no protocol).
-pub struct PacketSocket(OwnedFd);
-
-impl PacketSocket {
-    pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the descriptor is checked and owned.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nothing else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Sends `frame` (with its Ethernet header) out of card `ifindex`.
-    pub fn send(&self, ifindex: u32, dst: [u8; 6], frame: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex =
-            i32::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&dst);
-        // SAFETY: the buffer and the address are valid for the lengths given.
-        let n = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const sll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
+pub use crate::packages::addresses::{PacketSocket, announcement};
 
 /// What a poll request carries.
 #[derive(Clone, Copy, Debug)]
@@ -84,14 +34,6 @@ pub fn poll_frame(p: &Poll) -> [u8; FRAME_LEN] {
     h[20..24].copy_from_slice(&p.seq.to_le_bytes());
     h[24..32].copy_from_slice(&p.tx_ns.to_le_bytes());
     f
-}
-
-/// The announcement of `ip` now at `mac`: its destination and frame.
-pub fn announcement(mac: [u8; 6], ip: IpAddr) -> ([u8; 6], Vec<u8>) {
-    match ip {
-        IpAddr::V4(v4) => ([0xff; 6], garp_frame(mac, v4).to_vec()),
-        IpAddr::V6(v6) => (ALL_NODES_MAC, unsolicited_na_frame(mac, v6).to_vec()),
-    }
 }
 
 #[cfg(test)]

@@ -461,11 +461,13 @@ pub fn unsolicited_na_frame(mac: [u8; 6], ip: Ipv6Addr) -> [u8; 86] {
     f
 }
 
-/// A raw `AF_PACKET` socket that only sends.
-struct PacketSocket(OwnedFd);
+/// A raw `AF_PACKET` socket that only sends (announcements here, and the
+/// network manager's poll frames).
+pub struct PacketSocket(OwnedFd);
 
 impl PacketSocket {
-    fn open() -> io::Result<Self> {
+    /// Opens it in the calling thread's network namespace.
+    pub fn open() -> io::Result<Self> {
         // Protocol 0: the socket receives nothing.
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -477,7 +479,9 @@ impl PacketSocket {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn send(&self, ifindex: u32, dst: [u8; 6], frame: &[u8]) -> io::Result<()> {
+    /// Sends `frame` (with its Ethernet header) to `dst` out of interface
+    /// `ifindex`.
+    pub fn send(&self, ifindex: u32, dst: [u8; 6], frame: &[u8]) -> io::Result<()> {
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -504,6 +508,15 @@ impl PacketSocket {
     }
 }
 
+/// The announcement of `ip` at `mac` (gratuitous ARP, or an unsolicited
+/// neighbour advertisement): its destination and frame.
+pub fn announcement(mac: [u8; 6], ip: IpAddr) -> ([u8; 6], Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => (BROADCAST, garp_frame(mac, v4).to_vec()),
+        IpAddr::V6(v6) => (ALL_NODES_MAC, unsolicited_na_frame(mac, v6).to_vec()),
+    }
+}
+
 /// Announces `a` on its interface `count` times, `interval` apart, from the
 /// calling thread's network namespace. Returns how many were sent.
 pub async fn announce(
@@ -517,10 +530,7 @@ pub async fn announce(
         context: "opening a packet socket",
         source,
     })?;
-    let (dst, frame): ([u8; 6], Vec<u8>) = match a.addr {
-        IpAddr::V4(ip) => (BROADCAST, garp_frame(link.mac, ip).to_vec()),
-        IpAddr::V6(ip) => (ALL_NODES_MAC, unsolicited_na_frame(link.mac, ip).to_vec()),
-    };
+    let (dst, frame) = announcement(link.mac, a.addr);
     for i in 0..count {
         if i > 0 {
             tokio::time::sleep(interval).await;
