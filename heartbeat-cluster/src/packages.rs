@@ -137,25 +137,34 @@ pub struct ViewInfo {
     pub coordinator: Option<NodeId>,
 }
 
-/// An action on a package.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// An action on a package (the agent runs it: a script or an OCF agent,
+/// with the package's addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
-    /// Add the addresses, run `start`, announce the addresses.
+    /// Add the addresses, run `start` (must succeed when the service runs
+    /// already), announce the addresses.
     Start,
-    /// Run `stop`, remove the addresses.
+    /// Run `stop` (must succeed when the service is stopped already),
+    /// remove the addresses.
     Stop,
     /// Run `monitor`.
     Monitor,
 }
 
 impl Action {
-    /// Lower-case name.
+    /// The action's name, as passed to OCF agents.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Monitor => "monitor",
         }
+    }
+}
+
+impl core::fmt::Display for Action {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -138,33 +138,7 @@ impl fmt::Display for PackageName {
     }
 }
 
-/// A package action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Start the service (must succeed when it is already running).
-    Start,
-    /// Stop the service (must succeed when it is already stopped).
-    Stop,
-    /// Check the service.
-    Monitor,
-}
-
-impl Action {
-    /// The action's name, as passed to OCF agents.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Stop => "stop",
-            Self::Monitor => "monitor",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use heartbeat_cluster::packages::Action;
 
 /// What is wrong with a package's service definition.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

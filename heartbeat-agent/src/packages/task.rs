@@ -182,20 +182,12 @@ pub fn localized(
 }
 
 /// The result of an action in the state machine's terms.
-fn result_of(action: runner::Action, outcome: &Outcome) -> ActionResult {
+fn result_of(action: Action, outcome: &Outcome) -> ActionResult {
     match outcome.failure(action) {
         None => ActionResult::Ok,
         Some(Recovery::Soft) => ActionResult::Soft,
         Some(Recovery::Hard) => ActionResult::Hard,
         Some(Recovery::Fatal) => ActionResult::Fatal,
-    }
-}
-
-fn runner_action(a: Action) -> runner::Action {
-    match a {
-        Action::Start => runner::Action::Start,
-        Action::Stop => runner::Action::Stop,
-        Action::Monitor => runner::Action::Monitor,
     }
 }
 
@@ -257,10 +249,7 @@ async fn act(
             }
         }
     };
-    let (report, ()) = tokio::join!(
-        runner.run(&pkg.spec, runner_action(action), ctx, &mut on_line),
-        announcing
-    );
+    let (report, ()) = tokio::join!(runner.run(&pkg.spec, action, ctx, &mut on_line), announcing);
     if action == Action::Stop
         && let Some(x) = addrs
     {
@@ -312,7 +301,7 @@ pub async fn stop_all(plan: &Plan, journal: &JournalHandle) -> BTreeSet<PackageI
         let p = localized(plan, p, None);
         async move {
             let (outcome, took) = act(runner, addrs, &p, Action::Stop, ctx, 0, journal).await;
-            let failed = result_of(runner::Action::Stop, &outcome) != ActionResult::Ok;
+            let failed = result_of(Action::Stop, &outcome) != ActionResult::Ok;
             let mut e = journal::entry(
                 EventKind::PackageAction,
                 &plan.local.name,
@@ -680,7 +669,7 @@ impl Task {
     }
 
     fn finished(&mut self, f: Finished) {
-        let result = result_of(runner_action(f.action), &f.outcome);
+        let result = result_of(f.action, &f.outcome);
         let key = (
             f.action.as_str().to_owned(),
             match result {
