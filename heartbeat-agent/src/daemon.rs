@@ -472,12 +472,16 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         .collect::<Vec<_>>()
         .join(",");
     let nic_poll = fp.take_nic_poll();
+    // One lapse per lease generation at most (fence.rs): unbounded is
+    // bounded by the packages' starts.
+    let (lapse_tx, lapse_rx) = mpsc::unbounded_channel();
     let fast_task = tracker.spawn(fastpath::run(
         fp,
         ring,
         events_tx,
         fast_tx,
         fast_cmd_rx,
+        lapse_tx,
         cancel.clone(),
     ));
     // Stop before join: the packages' stop actions run (and their
@@ -500,6 +504,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 calls: pkg_calls_rx,
                 fast: fast_cmd_tx.clone(),
                 fast_snapshot: fast_rx.clone(),
+                lapses: lapse_rx,
                 cluster: cluster_cmd_tx.clone(),
                 sealer: sealer.clone(),
                 sockets: sockets.clone(),

@@ -749,6 +749,8 @@ pub struct FastSnapshot {
     pub leases: BTreeMap<u16, u64>,
     /// Lease renewals (a package's expiry extended) so far.
     pub lease_renewals: u64,
+    /// Package leases found run out while listed for renewal.
+    pub lease_lapses: u64,
 }
 
 /// Changes to the fast path while it runs (reload).
@@ -802,6 +804,25 @@ pub struct LeaseSpec {
     pub successors: Vec<u16>,
     /// `L`, the lease length.
     pub lease_ns: u64,
+    /// The packages state machine's acquisition of this lease: a lease
+    /// that was valid and ran out is not renewed again in the same
+    /// generation (the holder must pass the start rule first and list a
+    /// new one; see `crate::fence`).
+    pub generation: u32,
+    /// The epoch of the placement the holder acts on: a generation that
+    /// has not been valid yet may become valid only in the epoch it was
+    /// acquired in (its start rule was checked in that view).
+    pub epoch: u64,
+}
+
+/// A package lease that ran out while its holder still listed it for
+/// renewal (the fast path tells the packages task at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseLapse {
+    /// The package.
+    pub package: u16,
+    /// The generation that lapsed.
+    pub generation: u32,
 }
 
 /// Turns a kernel event into a transport event; `None` for a record the
@@ -853,6 +874,7 @@ pub async fn run(
     events: mpsc::Sender<TransportEvent>,
     snapshot: watch::Sender<FastSnapshot>,
     mut commands: mpsc::Receiver<Command>,
+    lapses: mpsc::UnboundedSender<LeaseLapse>,
     cancel: CancellationToken,
 ) -> FastPath {
     // SAFETY: the RingBuf owns its map fd and is neither closed nor replaced
@@ -899,6 +921,12 @@ pub async fn run(
                 }
             }
             () = cancel.cancelled() => break,
+        }
+        // Lapses (a renewal or a SetLeases found a lease run out) go to the
+        // packages task at once: one per generation, so the channel stays
+        // small; without a packages task nobody listens.
+        for lapse in fp.fence.take_lapses() {
+            let _ = lapses.send(lapse);
         }
     }
     fp
@@ -998,6 +1026,7 @@ impl FastPath {
             bad_events,
             leases: self.fence.leases(),
             lease_renewals: self.fence.renewals(),
+            lease_lapses: self.fence.lapsed_total(),
         }
     }
 }

@@ -16,8 +16,20 @@
 //!   any link; [`anchor_ns`]), or now when it has no successors. A
 //!   renewal never shortens a lease;
 //! - `renew = false` keeps the expiry: the lease runs out;
+//! - **a lapse is final for its generation**: a lease that was valid in
+//!   its generation ([`LeaseSpec::generation`]) and is found run out at a
+//!   renewal (or at a `SetLeases`) is not extended again; the fence
+//!   records a [`LeaseLapse`] for the packages task, whose state machine
+//!   lists the package again with a new generation only once the start
+//!   rule allows it (`heartbeat_cluster::packages`: while the holder's
+//!   lease was out, another node may have started the package);
+//! - likewise, a generation that has not been valid yet becomes valid only
+//!   in the epoch it was acquired in ([`LeaseSpec::epoch`]): listed for
+//!   renewal in a later epoch first, it is a lapse too (its start rule was
+//!   checked in a view that is gone);
 //! - [`Fence::release`] sets the expiry to 0 at once and stops renewing
-//!   until a later `SetLeases` lists the package with `renew = true`;
+//!   until a later `SetLeases` lists the package with `renew = true` and a
+//!   new generation;
 //! - a package (or an address) no longer listed is fenced (0) and stays in
 //!   the map.
 
@@ -28,7 +40,7 @@ use std::{
 
 use heartbeat_common::{LeaseEntry, LeaseKey};
 
-pub use crate::fastpath::LeaseSpec;
+pub use crate::fastpath::{LeaseLapse, LeaseSpec};
 
 /// What the fast path enforces before the packages task says anything:
 /// every address of every package the local node may run, fenced (listed
@@ -45,6 +57,8 @@ pub fn initial_specs(plan: &crate::plan::Plan) -> Vec<LeaseSpec> {
             renew: false,
             successors: Vec::new(),
             lease_ns: 0,
+            generation: 0,
+            epoch: 0,
         })
         .collect()
 }
@@ -83,6 +97,71 @@ pub fn anchor_ns(successors: &[u16], newest_reply_tx: impl Fn(u16) -> u64, now_n
 struct Held {
     spec: LeaseSpec,
     until_ns: u64,
+    /// The generation the lease was last extended in, and the epoch it
+    /// was acquired in.
+    acquired: Option<(u32, u64)>,
+    /// Whether it was valid (extended past the time of extension) in
+    /// that generation.
+    valid_once: bool,
+    /// A generation that may not be renewed any more (it lapsed, or was
+    /// released).
+    blocked: Option<u32>,
+}
+
+impl Held {
+    fn new(spec: LeaseSpec, until_ns: u64) -> Self {
+        Self {
+            spec,
+            until_ns,
+            acquired: None,
+            valid_once: false,
+            blocked: None,
+        }
+    }
+
+    /// One renewal at `now_ns` (module doc); whether the expiry moved.
+    fn renew(
+        &mut self,
+        now_ns: u64,
+        newest_reply_tx: impl Fn(u16) -> u64,
+        lapses: &mut Vec<LeaseLapse>,
+    ) -> bool {
+        let generation = self.spec.generation;
+        if !self.spec.renew || self.blocked == Some(generation) {
+            return false;
+        }
+        let lapsed = match self.acquired {
+            Some((g, epoch)) if g == generation => {
+                // Ran out after being valid; or never valid, and its view
+                // is gone.
+                (self.valid_once && self.until_ns <= now_ns)
+                    || (!self.valid_once && epoch != self.spec.epoch)
+            }
+            _ => {
+                // A new acquisition: the state machine passed the start
+                // rule in this epoch.
+                self.acquired = Some((generation, self.spec.epoch));
+                self.valid_once = false;
+                false
+            }
+        };
+        if lapsed {
+            self.blocked = Some(generation);
+            lapses.push(LeaseLapse {
+                package: self.spec.package,
+                generation,
+            });
+            return false;
+        }
+        let anchor = anchor_ns(&self.spec.successors, &newest_reply_tx, now_ns);
+        let until = anchor.saturating_add(self.spec.lease_ns);
+        if until > self.until_ns {
+            self.until_ns = until;
+            self.valid_once |= until > now_ns;
+            return true;
+        }
+        false
+    }
 }
 
 /// The fence's state: the listed packages, and every address written.
@@ -93,6 +172,9 @@ pub struct Fence {
     /// listed stay, fenced.
     known: BTreeMap<LeaseKey, u16>,
     renewals: u64,
+    /// Lapses not yet taken by the fast path.
+    lapses: Vec<LeaseLapse>,
+    lapsed_total: u64,
 }
 
 impl Fence {
@@ -108,15 +190,19 @@ impl Fence {
                 // Fenced: nothing to carry on.
                 continue;
             }
-            let h = f.packages.entry(e.package).or_insert_with(|| Held {
-                spec: LeaseSpec {
-                    package: e.package,
-                    addrs: Vec::new(),
-                    renew: false,
-                    successors: Vec::new(),
-                    lease_ns: 0,
-                },
-                until_ns: 0,
+            let h = f.packages.entry(e.package).or_insert_with(|| {
+                Held::new(
+                    LeaseSpec {
+                        package: e.package,
+                        addrs: Vec::new(),
+                        renew: false,
+                        successors: Vec::new(),
+                        lease_ns: 0,
+                        generation: 0,
+                        epoch: 0,
+                    },
+                    0,
+                )
             });
             h.spec.addrs.push(key_addr(k));
             h.until_ns = h.until_ns.max(e.until_ns);
@@ -135,11 +221,17 @@ impl Fence {
     ) {
         let mut next = BTreeMap::new();
         for spec in specs {
-            let until_ns = self.packages.get(&spec.package).map_or(0, |h| h.until_ns);
             for &a in &spec.addrs {
                 self.known.insert(lease_key(a), spec.package);
             }
-            next.insert(spec.package, Held { spec, until_ns });
+            let held = match self.packages.remove(&spec.package) {
+                Some(mut h) => {
+                    h.spec = spec;
+                    h
+                }
+                None => Held::new(spec, 0),
+            };
+            next.insert(held.spec.package, held);
         }
         self.packages = next;
         self.renew(now_ns, newest_reply_tx);
@@ -153,6 +245,7 @@ impl Fence {
             Some(h) => {
                 h.until_ns = 0;
                 h.spec.renew = false;
+                h.blocked = Some(h.spec.generation);
                 true
             }
             None => false,
@@ -163,25 +256,33 @@ impl Fence {
     /// doc); returns how many leases were extended.
     pub fn renew(&mut self, now_ns: u64, newest_reply_tx: impl Fn(u16) -> u64) -> u64 {
         let mut n = 0;
+        let before = self.lapses.len();
         for h in self.packages.values_mut() {
-            if !h.spec.renew {
-                continue;
-            }
-            let anchor = anchor_ns(&h.spec.successors, &newest_reply_tx, now_ns);
-            let until = anchor.saturating_add(h.spec.lease_ns);
-            if until > h.until_ns {
-                h.until_ns = until;
+            if h.renew(now_ns, &newest_reply_tx, &mut self.lapses) {
                 n += 1;
             }
         }
+        self.lapsed_total += (self.lapses.len() - before) as u64;
         self.renewals += n;
         n
+    }
+
+    /// The lapses found since the last call.
+    pub fn take_lapses(&mut self) -> Vec<LeaseLapse> {
+        std::mem::take(&mut self.lapses)
+    }
+
+    /// Lapses found so far.
+    pub fn lapsed_total(&self) -> u64 {
+        self.lapsed_total
     }
 
     /// Whether any package is renewed (the fast path skips its renewal
     /// tick otherwise).
     pub fn renewing(&self) -> bool {
-        self.packages.values().any(|h| h.spec.renew)
+        self.packages
+            .values()
+            .any(|h| h.spec.renew && h.blocked != Some(h.spec.generation))
     }
 
     /// Leases extended so far.
@@ -243,6 +344,8 @@ mod tests {
             renew,
             successors: successors.to_vec(),
             lease_ns: 50 * MS,
+            generation: 1,
+            epoch: 7,
         }
     }
 
@@ -332,8 +435,15 @@ mod tests {
         assert_eq!(until(&f, "10.0.0.100"), 0);
         assert_eq!(f.renew(50 * MS, |_| 0), 0);
         assert_eq!(until(&f, "10.0.0.100"), 0);
-        f.set(vec![spec(0, "10.0.0.100", true, &[])], 60 * MS, |_| 0);
+        // Listed again in the released generation: still fenced; in a
+        // new one (the state machine passed the start rule): renewed.
+        f.set(vec![spec(0, "10.0.0.100", true, &[])], 55 * MS, |_| 0);
+        assert_eq!(until(&f, "10.0.0.100"), 0);
+        let mut again = spec(0, "10.0.0.100", true, &[]);
+        again.generation = 2;
+        f.set(vec![again], 60 * MS, |_| 0);
         assert_eq!(until(&f, "10.0.0.100"), 110 * MS);
+        assert!(f.take_lapses().is_empty());
         // What an adopting agent rebuilds from the map is the same.
         let again = Fence::adopt(&f.entries());
         assert_eq!(again.entries(), f.entries());
@@ -344,5 +454,86 @@ mod tests {
         assert_eq!(f.entries().len(), 2);
         assert!(f.entries().values().all(|e| e.until_ns == 0));
         assert!(f.leases().is_empty());
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_is_not_renewed_in_its_generation() {
+        let mut f = Fence::default();
+        let mut newest = 100 * MS;
+        f.set(vec![spec(0, "10.0.0.100", true, &[2])], 110 * MS, |_| {
+            newest
+        });
+        assert_eq!(until(&f, "10.0.0.100"), 150 * MS);
+        // The successor stops answering: the lease runs out at 150 ms.
+        assert_eq!(f.renew(149 * MS, |_| newest), 0);
+        assert!(f.take_lapses().is_empty());
+        // It answers again (a new view granted us again): a lapse, not a
+        // renewal, and no more renewals in this generation.
+        newest = 200 * MS;
+        assert_eq!(f.renew(205 * MS, |_| newest), 0);
+        assert_eq!(
+            f.take_lapses(),
+            vec![LeaseLapse {
+                package: 0,
+                generation: 1
+            }]
+        );
+        assert_eq!(f.lapsed_total(), 1);
+        assert!(!f.renewing());
+        assert_eq!(f.renew(206 * MS, |_| newest), 0);
+        f.set(vec![spec(0, "10.0.0.100", true, &[2])], 207 * MS, |_| {
+            newest
+        });
+        assert_eq!(until(&f, "10.0.0.100"), 150 * MS);
+        assert!(f.take_lapses().is_empty());
+        // A new generation (the start rule passed): renewed again.
+        let mut next = spec(0, "10.0.0.100", true, &[2]);
+        next.generation = 2;
+        f.set(vec![next], 208 * MS, |_| newest);
+        assert_eq!(until(&f, "10.0.0.100"), 250 * MS);
+        assert!(f.renewing());
+    }
+
+    #[test]
+    fn a_lease_never_valid_in_its_generation_does_not_lapse() {
+        // Started before any successor granted us: the lease is not valid
+        // yet, and waiting for the grant is not a lapse.
+        let mut f = Fence::default();
+        f.set(vec![spec(0, "10.0.0.100", true, &[2])], 110 * MS, |_| 0);
+        assert_eq!(until(&f, "10.0.0.100"), 50 * MS);
+        assert_eq!(f.renew(120 * MS, |_| 0), 0);
+        assert_eq!(f.renew(130 * MS, |_| 125 * MS), 1);
+        assert_eq!(until(&f, "10.0.0.100"), 175 * MS);
+        assert!(f.take_lapses().is_empty());
+        // renew = false lets it run out; listed again after: a lapse.
+        let mut off = spec(0, "10.0.0.100", false, &[2]);
+        f.set(vec![off.clone()], 140 * MS, |_| 135 * MS);
+        off.renew = true;
+        f.set(vec![off], 180 * MS, |_| 179 * MS);
+        assert_eq!(until(&f, "10.0.0.100"), 175 * MS);
+        assert_eq!(f.take_lapses().len(), 1);
+    }
+
+    #[test]
+    fn a_generation_never_valid_becomes_valid_only_in_its_epoch() {
+        let mut f = Fence::default();
+        // Acquired in epoch 7, no successor has answered yet.
+        f.set(vec![spec(0, "10.0.0.100", true, &[2])], 110 * MS, |_| 0);
+        assert_eq!(f.renew(120 * MS, |_| 0), 0);
+        // Epoch 9 now, and the successor answers: its start rule was
+        // checked in a view that is gone, so this is a lapse.
+        let mut later = spec(0, "10.0.0.100", true, &[2]);
+        later.epoch = 9;
+        f.set(vec![later.clone()], 130 * MS, |_| 125 * MS);
+        assert_eq!(until(&f, "10.0.0.100"), 50 * MS);
+        assert_eq!(f.take_lapses().len(), 1);
+        // Valid in its own epoch, it carries on into the next.
+        later.generation = 2;
+        f.set(vec![later.clone()], 140 * MS, |_| 135 * MS);
+        assert_eq!(until(&f, "10.0.0.100"), 185 * MS);
+        later.epoch = 10;
+        f.set(vec![later], 150 * MS, |_| 145 * MS);
+        assert_eq!(until(&f, "10.0.0.100"), 195 * MS);
+        assert!(f.take_lapses().is_empty());
     }
 }

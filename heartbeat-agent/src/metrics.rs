@@ -148,6 +148,7 @@ pub struct Snapshot {
     pub fenced_in: u64,
     pub fenced_out: u64,
     pub lease_renewals: u64,
+    pub lease_lapses: u64,
 }
 
 /// The snapshot now, from what the subsystems published.
@@ -235,6 +236,7 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         fenced_in: fence_counter(counter::FENCED_IN),
         fenced_out: fence_counter(counter::FENCED_OUT),
         lease_renewals: fast.lease_renewals,
+        lease_lapses: fast.lease_lapses,
     }
 }
 
@@ -500,6 +502,12 @@ impl Collector for HeartbeatCollector {
         ConstCounter::new(snap.lease_renewals).encode(enc.encode_descriptor(
             "heartbeat_lease_renewals",
             "Package lease renewals written to the kernel fence",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(snap.lease_lapses).encode(enc.encode_descriptor(
+            "heartbeat_lease_lapses",
+            "Package leases that ran out while held here (renewed again only after the start rule)",
             None,
             MetricType::Counter,
         )?)?;

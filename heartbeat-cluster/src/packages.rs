@@ -78,12 +78,19 @@
 //!   epoch), and members grant a newly admitted node only after they have
 //!   applied that placement (and released what it takes from them). Found
 //!   by the soak with `HB_SOAK_OWNER_FLAPS=1`.
-//! - **Known gap**: a node O re-admitted in a view *without* the node N
-//!   that took its package over meanwhile may be given the package back
-//!   ("stays on its owner", from O's report) and renew while N's lease
-//!   still runs (up to `L`): the placement should treat it as a failover
-//!   from N (and O re-check the start rule before renewing). Needs two
-//!   faults in a row; not done yet.
+//! - **A lapsed lease is a new start.** A holder whose kernel lease ran
+//!   out while it still held the package (its view went on while the
+//!   others stopped granting it: a deferred verdict, a stall) may have
+//!   been replaced meanwhile: the others waited for exactly that lapse.
+//!   Renewing would serve again beside the new owner if a later view
+//!   re-admits it *without* that owner (two faults in a row: found by the
+//!   simulation, `a_lapsed_owner_readmitted_without_its_successor_waits_for_it`).
+//!   So the fast path never extends a lease that was valid and ran out in
+//!   the same *generation* ([`Output::Lease::generation`]); it reports the
+//!   lapse ([`Input::LeaseLapsed`]), and the holder renews again, in a new
+//!   generation, only once the start rule above clears every other node,
+//!   exactly as for a start (the service keeps running meanwhile; the
+//!   kernel keeps its addresses dark).
 //! - Placement inputs are soft state (reports), not a replicated log: two
 //!   successive coordinators may decide differently for a package whose
 //!   health changed in between; safety never depends on placement, only on
@@ -292,6 +299,17 @@ pub enum Input {
         /// Now.
         at_ns: u64,
     },
+    /// The fast path found the package's lease run out while it was
+    /// listed for renewal in `generation`, and will not extend it again in
+    /// that generation.
+    LeaseLapsed {
+        /// The package.
+        pkg: PackageId,
+        /// The generation that lapsed.
+        generation: u32,
+        /// Now.
+        at_ns: u64,
+    },
     /// A fence command this node ran for `node` ended.
     Fenced {
         /// The node fenced.
@@ -346,6 +364,18 @@ pub enum Event {
         /// The node.
         node: NodeId,
     },
+    /// The package's lease ran out while this node held it: its addresses
+    /// are dark until the start rule lets it renew again.
+    LeaseLapsed {
+        /// The package.
+        pkg: PackageId,
+    },
+    /// The lease of a package whose lease had lapsed is renewed again
+    /// (the start rule cleared every other node).
+    LeaseRegained {
+        /// The package.
+        pkg: PackageId,
+    },
     /// Start allowed after waiting for another node.
     Cleared {
         /// The package.
@@ -380,6 +410,14 @@ pub enum Output {
         renew: bool,
         /// The other members that may run it.
         successors: NodeSet,
+        /// The acquisition this renewal belongs to: it changes at every
+        /// start, and after a lapse once the start rule allows renewing
+        /// again. The fast path never extends a lease that was valid and
+        /// ran out within one generation.
+        generation: u32,
+        /// The epoch of the placement it acts on (0: none): a generation
+        /// not valid yet may become valid only in the epoch it started in.
+        epoch: Epoch,
     },
     /// End a package's lease now.
     Release {
@@ -424,7 +462,12 @@ struct Pkg {
     /// The placement decision this node acts on.
     target: Option<Decision>,
     /// The lease output last given.
-    lease: Option<(bool, NodeSet)>,
+    lease: Option<(bool, NodeSet, u32, Epoch)>,
+    /// The current lease generation (see [`Output::Lease`]).
+    generation: u32,
+    /// When its lease lapsed while held: renewed only after the start
+    /// rule, on reports (or a fence) newer than that.
+    lapsed: Option<u64>,
     /// Why the last start waited.
     blocked: Option<Blocker>,
 }
@@ -517,6 +560,8 @@ impl Packages {
                 monitoring: false,
                 target: None,
                 lease: None,
+                generation: 0,
+                lapsed: None,
                 blocked: None,
             })
             .collect();
@@ -633,6 +678,22 @@ impl Packages {
                     to: Dest::All,
                     msg: wire::Message::PkgCommand(PkgCommand { op }),
                 });
+            }
+            Input::LeaseLapsed {
+                pkg,
+                generation,
+                at_ns,
+            } => {
+                self.now_ns = self.now_ns.max(at_ns);
+                if let Some(p) = self.pkgs.get_mut(usize::from(pkg.0))
+                    && p.generation == generation
+                    && p.local.holds()
+                    && p.lapsed.is_none()
+                {
+                    p.lapsed = Some(self.now_ns);
+                    self.report_dirty = true;
+                    out.push(Output::Event(Event::LeaseLapsed { pkg }));
+                }
             }
             Input::Fenced { node, ok, at_ns } => {
                 self.now_ns = self.now_ns.max(at_ns);
@@ -817,6 +878,10 @@ impl Packages {
             }
             wire::Message::PkgReport(r) => {
                 let at = self.now_ns;
+                if r.entries.iter().any(|e| e.flags & pkg_flags::LAPSED != 0) {
+                    // Its start rule waits for reports newer than its lapse.
+                    self.report_dirty = true;
+                }
                 let peer = self.peers.entry(from).or_default();
                 peer.report = Some((r, at));
             }
@@ -938,7 +1003,8 @@ impl Packages {
     fn stop(p: &mut Pkg, restart: bool, epoch: Epoch, out: &mut Vec<Output>) {
         p.local = Local::Stopping { restart };
         p.next_monitor_ns = None;
-        p.lease = Some((false, NodeSet::default()));
+        p.lapsed = None;
+        p.lease = Some((false, NodeSet::default(), p.generation, epoch));
         out.push(Output::Release {
             pkg: p.params.policy.id,
         });
@@ -975,38 +1041,39 @@ impl Packages {
                 && self.pkgs[i].target.is_some_and(|d| d.owner == Some(local))
                 && !self.pkgs[i].banned
                 && !self.pkgs[i].fatal;
-            match self.pkgs[i].local {
+            // A lease that lapsed while held: renewed again only once the
+            // start rule clears every other node (module doc).
+            if let Some(at) = self.pkgs[i].lapsed
+                && ours
+                && current
+                && self.pkgs[i].local.holds()
+                && self.start_rule(i, at, out)
+            {
+                let p = &mut self.pkgs[i];
+                p.lapsed = None;
+                p.generation = p.generation.wrapping_add(1);
+                out.push(Output::Event(Event::LeaseRegained { pkg: id }));
+            }
+            let local_state = self.pkgs[i].local;
+            match local_state {
                 Local::Running | Local::Starting if !ours => {
                     let p = &mut self.pkgs[i];
                     Self::stop(p, false, epoch, out);
                     self.report_dirty = true;
                 }
-                Local::Stopped if ours && current => match self.may_start(id) {
-                    Ok(cleared) => {
-                        let p = &mut self.pkgs[i];
-                        let waited = p.blocked.take().map(|Blocker::Holder { node, .. }| node);
-                        for (node, how) in cleared {
-                            if how == "lease_expired" || Some(node) == waited {
-                                out.push(Output::Event(Event::Cleared { pkg: id, node, how }));
-                            }
-                        }
-                        p.local = Local::Starting;
-                        out.push(Output::Run {
-                            pkg: id,
-                            action: Action::Start,
-                            epoch,
-                            reason: p.target.map_or(Reason::Initial, |d| d.reason),
-                        });
-                        self.report_dirty = true;
-                    }
-                    Err(b) => {
-                        let Blocker::Holder { node, .. } = b;
-                        if self.params.fenceable.contains(node) && self.fencing.insert(node) {
-                            out.push(Output::Fence { node });
-                        }
-                        self.pkgs[i].blocked = Some(b);
-                    }
-                },
+                Local::Stopped if ours && current && self.start_rule(i, 0, out) => {
+                    let p = &mut self.pkgs[i];
+                    p.local = Local::Starting;
+                    p.generation = p.generation.wrapping_add(1);
+                    p.lapsed = None;
+                    out.push(Output::Run {
+                        pkg: id,
+                        action: Action::Start,
+                        epoch,
+                        reason: p.target.map_or(Reason::Initial, |d| d.reason),
+                    });
+                    self.report_dirty = true;
+                }
                 Local::Running => {
                     let p = &mut self.pkgs[i];
                     if !p.monitoring && p.next_monitor_ns.is_some_and(|m| m <= now) {
@@ -1029,7 +1096,7 @@ impl Packages {
             // have moved) must not renew on its old placement once the
             // others grant it again. A continuing owner's lease covers the
             // millisecond or two until the new placement arrives.
-            let renew = ours && current && p.local.holds() && !p.unhealthy;
+            let renew = ours && current && p.local.holds() && !p.unhealthy && p.lapsed.is_none();
             // Anchored at heartbeats every other member answered: any
             // later quorate view shares a member with ours, and that member
             // says when it last heard us (the start rule's rule 2).
@@ -1040,23 +1107,56 @@ impl Packages {
             } else {
                 NodeSet::default()
             };
-            if p.lease != Some((renew, successors)) {
-                p.lease = Some((renew, successors));
+            if p.lease != Some((renew, successors, p.generation, epoch)) {
+                p.lease = Some((renew, successors, p.generation, epoch));
                 out.push(Output::Lease {
                     pkg: id,
                     renew,
                     successors,
+                    generation: p.generation,
+                    epoch,
                 });
             }
         }
         self.report(out);
     }
 
+    /// Applies the start rule to package `i`, on reports and fences newer
+    /// than `since` (and than our view): true when it may start (or renew
+    /// again after a lapse), with the nodes it waited for journaled; else
+    /// records what it waits for (and asks for a fence).
+    fn start_rule(&mut self, i: usize, since: u64, out: &mut Vec<Output>) -> bool {
+        let id = self.pkgs[i].params.policy.id;
+        match self.may_start(id, since) {
+            Ok(cleared) => {
+                let waited = self.pkgs[i]
+                    .blocked
+                    .take()
+                    .map(|Blocker::Holder { node, .. }| node);
+                for (node, how) in cleared {
+                    if how == "lease_expired" || Some(node) == waited {
+                        out.push(Output::Event(Event::Cleared { pkg: id, node, how }));
+                    }
+                }
+                true
+            }
+            Err(b) => {
+                let Blocker::Holder { node, .. } = b;
+                if self.params.fenceable.contains(node) && self.fencing.insert(node) {
+                    out.push(Output::Fence { node });
+                }
+                self.pkgs[i].blocked = Some(b);
+                false
+            }
+        }
+    }
+
     /// The start rule (module doc): `Ok` with how each other node was
     /// cleared (`report` or `lease_expired`) when no other node can still
     /// serve `id`, else what it waits for.
-    fn may_start(&self, id: PackageId) -> Result<Vec<(NodeId, &'static str)>, Blocker> {
+    fn may_start(&self, id: PackageId, since: u64) -> Result<Vec<(NodeId, &'static str)>, Blocker> {
         let now = self.now_ns;
+        let since = since.max(self.view_since_ns);
         let wait = self.params.timing.wait_ns();
         let mut cleared = Vec::new();
         let Some(p) = self.pkgs.get(usize::from(id.0)) else {
@@ -1074,11 +1174,7 @@ impl Packages {
                 continue;
             }
             // Rule 3: its fence command succeeded in our current view.
-            if self
-                .fenced
-                .get(&n)
-                .is_some_and(|&f| f >= self.view_since_ns)
-            {
+            if self.fenced.get(&n).is_some_and(|&f| f >= since) {
                 cleared.push((n, "fenced"));
                 continue;
             }
@@ -1095,7 +1191,7 @@ impl Packages {
                 .is_some_and(|(r, at)| {
                     let reflects =
                         !members.contains(n) || (r.epoch == epoch && r.placement_seq >= seq);
-                    *at >= self.view_since_ns
+                    *at >= since
                         && reflects
                         && r.entries.iter().find(|e| e.pkg == id).is_some_and(|e| {
                             e.state == pkg_state::STOPPED || e.state == pkg_state::STOP_FAILED
@@ -1313,6 +1409,9 @@ impl Packages {
         }
         if p.fatal {
             flags |= pkg_flags::FATAL;
+        }
+        if p.lapsed.is_some() {
+            flags |= pkg_flags::LAPSED;
         }
         PkgEntry {
             pkg: p.params.policy.id,

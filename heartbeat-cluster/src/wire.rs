@@ -353,8 +353,11 @@ pub mod pkg_flags {
     pub const BANNED: u8 = 2;
     /// A configuration error (OCF 6): no node may run it.
     pub const FATAL: u8 = 4;
+    /// Its lease lapsed here while held: the sender waits for fresh
+    /// reports before it renews again (receivers report at once).
+    pub const LAPSED: u8 = 8;
     /// Every flag.
-    pub const ALL: u8 = UNHEALTHY | BANNED | FATAL;
+    pub const ALL: u8 = UNHEALTHY | BANNED | FATAL | LAPSED;
 }
 
 /// A node's report of its packages, sent on every change, on every new

@@ -57,8 +57,9 @@ enum Fault {
     Loss(u8),
     /// The node's links flap for a little over the detection time while
     /// its own detector defers its verdict (a local stall): it keeps its
-    /// view while the others move on.
-    FlapStall(u16),
+    /// view while the others move on. `long`: cut for longer than a lease
+    /// wait, so that another node may take its packages meanwhile.
+    FlapStall(u16, bool),
 }
 
 fn fault(n: u16, pkgs: u16) -> impl Strategy<Value = Fault> {
@@ -73,7 +74,7 @@ fn fault(n: u16, pkgs: u16) -> impl Strategy<Value = Fault> {
         (node.clone(), 0..pkgs).prop_map(|(a, p)| Fault::MonitorFails(a, p)),
         (0..pkgs, node).prop_map(|(p, a)| Fault::Move(p, a)),
         (0u8..30).prop_map(Fault::Loss),
-        (1..=n).prop_map(Fault::FlapStall),
+        (1..=n, any::<bool>()).prop_map(|(a, long)| Fault::FlapStall(a, long)),
     ]
 }
 
@@ -89,11 +90,24 @@ impl Rng {
     }
 }
 
+/// The fast path's record of one package lease (heartbeat-agent fence.rs).
+#[derive(Clone, Copy, Debug, Default)]
+struct FenceRec {
+    /// The generation last extended, and the epoch it was acquired in.
+    acquired: Option<(u32, Epoch)>,
+    /// Valid at some point in that generation.
+    valid: bool,
+    /// A generation it may not renew (lapsed or released).
+    blocked: Option<u32>,
+}
+
 struct Node {
     sm: Option<Packages>,
     /// Kernel lease per package (ns; 0 fenced).
     lease: BTreeMap<u16, u64>,
-    renew: BTreeMap<u16, (bool, NodeSet)>,
+    renew: BTreeMap<u16, (bool, NodeSet, u32, Epoch)>,
+    /// The fast path's record per package.
+    fence: BTreeMap<u16, FenceRec>,
     /// The service may run here (start begun, stop not yet succeeded).
     running: BTreeSet<u16>,
     /// Actions in flight: (done at tick, pkg, action).
@@ -179,6 +193,7 @@ impl Sim {
                     sm: None,
                     lease: BTreeMap::new(),
                     renew: BTreeMap::new(),
+                    fence: BTreeMap::new(),
                     running: BTreeSet::new(),
                     actions: Vec::new(),
                     view: None,
@@ -222,6 +237,8 @@ impl Sim {
         node.actions.clear();
         node.view = None;
         node.renew.clear();
+        // The next agent adopts the pinned leases with no generation.
+        node.fence.clear();
         node.sm = Some(sm);
         self.log.push(format!("t{} node {i} starts", self.now));
         self.process(i, out);
@@ -267,17 +284,23 @@ impl Sim {
                     pkg,
                     renew,
                     successors,
+                    generation,
+                    epoch,
                 } => {
                     self.nodes
                         .get_mut(&i)
                         .unwrap()
                         .renew
-                        .insert(pkg.0, (renew, successors));
+                        .insert(pkg.0, (renew, successors, generation, epoch));
                 }
                 Output::Release { pkg } => {
                     let node = self.nodes.get_mut(&i).unwrap();
                     node.lease.insert(pkg.0, 0);
-                    node.renew.insert(pkg.0, (false, NodeSet::default()));
+                    let (generation, epoch) =
+                        node.renew.get(&pkg.0).map_or((0, Epoch(0)), |r| (r.2, r.3));
+                    node.renew
+                        .insert(pkg.0, (false, NodeSet::default(), generation, epoch));
+                    node.fence.entry(pkg.0).or_default().blocked = Some(generation);
                 }
                 Output::Send { to, msg } => {
                     let dests: Vec<u16> = match to {
@@ -465,8 +488,37 @@ impl Sim {
                 continue;
             }
             let renew = self.nodes[&i].renew.clone();
-            for (pkg, (r, succ)) in renew {
-                if !r {
+            for (pkg, (r, succ, generation, epoch)) in renew {
+                let node = self.nodes.get_mut(&i).unwrap();
+                let lease = node.lease.get(&pkg).copied().unwrap_or(0);
+                let f = node.fence.entry(pkg).or_default();
+                if !r || f.blocked == Some(generation) {
+                    continue;
+                }
+                let lapsed = match f.acquired {
+                    Some((g, e)) if g == generation => {
+                        (f.valid && lease <= now_ns) || (!f.valid && e != epoch)
+                    }
+                    _ => {
+                        f.acquired = Some((generation, epoch));
+                        f.valid = false;
+                        false
+                    }
+                };
+                if lapsed {
+                    // Ran out while held (or never valid, and its epoch is
+                    // gone): a lapse, final for the generation.
+                    f.blocked = Some(generation);
+                    self.log
+                        .push(format!("t{} node {i} lease of {pkg} lapsed", self.now));
+                    self.input(
+                        i,
+                        Input::LeaseLapsed {
+                            pkg: PackageId(pkg),
+                            generation,
+                            at_ns: now_ns,
+                        },
+                    );
                     continue;
                 }
                 let anchor = succ
@@ -484,6 +536,15 @@ impl Sim {
                     .or_insert(0);
                 if until > *l {
                     *l = until;
+                    if until > now_ns {
+                        self.nodes
+                            .get_mut(&i)
+                            .unwrap()
+                            .fence
+                            .entry(pkg)
+                            .or_default()
+                            .valid = true;
+                    }
                 }
             }
         }
@@ -548,13 +609,14 @@ impl Sim {
                 );
             }
             Fault::Loss(l) => self.loss = l,
-            Fault::FlapStall(i) => {
+            Fault::FlapStall(i, long) => {
                 for j in (1..=self.n).filter(|&j| j != i) {
                     self.cut.insert((i, j));
                     self.cut.insert((j, i));
                 }
-                self.heal_at.push((self.now + DETECT + 2, i));
-                self.sticky.insert(i, self.now + 6 * DETECT);
+                let cut = if long { 4 * DETECT + LEASE } else { DETECT + 2 };
+                self.heal_at.push((self.now + cut, i));
+                self.sticky.insert(i, self.now + cut + 4 * DETECT);
             }
             Fault::Cut(..) => {}
         }
@@ -595,7 +657,7 @@ proptest! {
                 Fault::MonitorFails(i, p) => *i <= n && *p < pkgs,
                 Fault::Move(p, i) => *i <= n && *p < pkgs,
                 Fault::HealAll | Fault::Loss(_) => true,
-                Fault::FlapStall(i) => *i <= n,
+                Fault::FlapStall(i, _) => *i <= n,
             };
             if fits {
                 s.apply(f);
@@ -630,4 +692,44 @@ proptest! {
             }
         }
     }
+}
+
+/// Two faults in a row (the gap the lease-lapse rule closes): the owner
+/// keeps its old view while cut off (a deferred verdict), the others fail
+/// its package over, the new owner crashes with its lease still running,
+/// and the old owner is re-admitted in a view without it. The old owner's
+/// kernel lease lapsed meanwhile; it must not serve again before the new
+/// owner's lease has run out.
+#[test]
+fn a_lapsed_owner_readmitted_without_its_successor_waits_for_it() {
+    let mut s = Sim::new(3, 1, 7, 0);
+    for _ in 0..30 {
+        s.tick();
+    }
+    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    // Node 1 cut off, keeping its view for a while.
+    for j in 2..=3 {
+        s.cut.insert((1, j));
+        s.cut.insert((j, 1));
+    }
+    s.sticky.insert(1, s.now + 27);
+    for _ in 0..25 {
+        s.tick();
+    }
+    assert!(s.nodes[&2].running.contains(&0), "{}", s.log.join("\n"));
+    // The new owner crashes (its service and lease stay), node 1 heals.
+    s.crash(2);
+    s.apply(&Fault::HealAll);
+    for _ in 0..60 {
+        s.tick();
+    }
+    // Once node 2's lease has run out by the others' reckoning, node 1
+    // serves again.
+    let now = s.now_ns();
+    let one = &s.nodes[&1];
+    assert!(
+        one.running.contains(&0) && one.lease.get(&0).is_some_and(|&u| now < u),
+        "{}",
+        s.log.join("\n")
+    );
 }

@@ -89,6 +89,8 @@ fn spec(renew: bool, lease_ns: u64) -> LeaseSpec {
         renew,
         successors: Vec::new(),
         lease_ns,
+        generation: 1,
+        epoch: 1,
     }
 }
 
@@ -164,8 +166,17 @@ fn traffic_passes_while_the_lease_is_valid_and_is_dropped_both_ways_once_it_runs
     );
     assert_eq!(fp.snapshot(0).leases[&0], renewed);
 
-    // Renewed again: open at once; released: fenced at once.
+    // Listed for renewal again in the generation that ran out: a lapse,
+    // and the address stays dark (the holder must pass the start rule and
+    // list a new generation).
     fp.set_leases(vec![spec(true, 60_000_000_000)]).unwrap();
+    assert_eq!(fp.lease_entries()[&key].until_ns, renewed);
+    assert!(!answers(&client, &[PKG_V4]));
+    assert_eq!(fp.snapshot(0).lease_lapses, 1);
+    // Renewed in a new generation: open at once; released: fenced at once.
+    let mut next = spec(true, 60_000_000_000);
+    next.generation = 2;
+    fp.set_leases(vec![next]).unwrap();
     assert!(answers(&client, &[PKG_V4]));
     fp.release_lease(0).unwrap();
     assert_eq!(fp.lease_entries()[&key].until_ns, 0);

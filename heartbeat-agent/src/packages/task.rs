@@ -88,6 +88,8 @@ pub struct Channels {
     pub calls: mpsc::Receiver<Call>,
     pub fast: mpsc::Sender<fastpath::Command>,
     pub fast_snapshot: watch::Receiver<FastSnapshot>,
+    /// Leases the fast path found run out while held.
+    pub lapses: mpsc::UnboundedReceiver<fastpath::LeaseLapse>,
     pub cluster: mpsc::Sender<cluster::Command>,
     pub sealer: SharedSealer,
     pub sockets: Vec<LinkSocket>,
@@ -348,7 +350,9 @@ struct Task {
     cards: Arc<crate::netif::Cards>,
     done_tx: mpsc::Sender<Finished>,
     fence_tx: mpsc::Sender<(NodeId, bool)>,
-    leases: BTreeMap<PackageId, (bool, NodeSet)>,
+    /// The lease of each package as the state machine gave it: renew,
+    /// successors, generation, epoch.
+    leases: BTreeMap<PackageId, (bool, NodeSet, u32, heartbeat_cluster::Epoch)>,
     view: PackagesView,
     last_failover: BTreeMap<PackageId, String>,
     last_view: Option<ViewInfo>,
@@ -407,12 +411,18 @@ impl Task {
                     pkg,
                     renew,
                     successors,
+                    generation,
+                    epoch,
                 } => {
-                    self.leases.insert(pkg, (renew, successors));
+                    self.leases
+                        .insert(pkg, (renew, successors, generation, epoch));
                     leases_changed = true;
                 }
                 Output::Release { pkg } => {
-                    self.leases.insert(pkg, (false, NodeSet::default()));
+                    if let Some(l) = self.leases.get_mut(&pkg) {
+                        l.0 = false;
+                        l.1 = NodeSet::default();
+                    }
                     // Ahead of the set below: the stop's report must not
                     // leave before the kernel stops serving.
                     let _ = self.fast.try_send(fastpath::Command::ReleaseLease(pkg.0));
@@ -464,17 +474,19 @@ impl Task {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let (renew, successors) = self
+                let (renew, successors, generation, epoch) = self
                     .leases
                     .get(&PackageId(i as u16))
                     .copied()
-                    .unwrap_or((false, NodeSet::default()));
+                    .unwrap_or((false, NodeSet::default(), 0, heartbeat_cluster::Epoch(0)));
                 LeaseSpec {
                     package: i as u16,
                     addrs: p.addresses.iter().map(PackageAddress::addr).collect(),
                     renew,
                     successors: successors.iter().map(|n| n.0).collect(),
                     lease_ns,
+                    generation,
+                    epoch: epoch.0,
                 }
             })
             .collect();
@@ -582,6 +594,25 @@ impl Task {
             Event::FenceFailed { node } => {
                 tracing::error!(node = %self.plan.name_of(node.0), "fencing failed; packages waiting for it keep waiting for its lease or report");
                 return;
+            }
+            Event::LeaseLapsed { pkg } => {
+                let name = self.name_of(pkg);
+                tracing::warn!(package = %name, "the package's lease ran out while held here: its addresses stay dark until the start rule clears every other node");
+                let mut e = journal::entry(EventKind::PackageFailed, &local, "lease_lapsed", now);
+                e.package = Some(name);
+                e.detail = Some(
+                    "the lease ran out while held (no grant from every other member in time): \
+                     another node may have taken the package; renewed only once the start rule \
+                     clears every other node"
+                        .to_owned(),
+                );
+                e
+            }
+            Event::LeaseRegained { pkg } => {
+                let mut e =
+                    journal::entry(EventKind::PackageCleared, &local, "lease_regained", now);
+                e.package = Some(self.name_of(pkg));
+                e
             }
             Event::Cleared { pkg, node, how } => {
                 let mut e = journal::entry(EventKind::PackageCleared, &local, how, now);
@@ -1123,6 +1154,11 @@ pub async fn run(
                 at_ns: clock::mono_ns(),
             }),
             Some(call) = ch.calls.recv() => t.on_call(call),
+            Some(l) = ch.lapses.recv() => t.feed(Input::LeaseLapsed {
+                pkg: PackageId(l.package),
+                generation: l.generation,
+                at_ns: clock::mono_ns(),
+            }),
             Ok(()) = ch.fast_snapshot.changed() => {}
             () = tokio::time::sleep(sleep) => {
                 t.feed(Input::Tick { now_ns: clock::mono_ns() });
