@@ -878,11 +878,23 @@ impl Packages {
             }
             wire::Message::PkgReport(r) => {
                 let at = self.now_ns;
-                if r.entries.iter().any(|e| e.flags & pkg_flags::LAPSED != 0) {
-                    // Its start rule waits for reports newer than its lapse.
+                let peer = self.peers.entry(from).or_default();
+                let was_lapsed = |pkg: PackageId| {
+                    peer.report.as_ref().is_some_and(|(old, _)| {
+                        old.entries
+                            .iter()
+                            .any(|e| e.pkg == pkg && e.flags & pkg_flags::LAPSED != 0)
+                    })
+                };
+                if r.entries
+                    .iter()
+                    .any(|e| e.flags & pkg_flags::LAPSED != 0 && !was_lapsed(e.pkg))
+                {
+                    // Its start rule waits for reports newer than its
+                    // lapse: report once, at once (not at every resend of
+                    // its report, or lapsed nodes would echo each other).
                     self.report_dirty = true;
                 }
-                let peer = self.peers.entry(from).or_default();
                 peer.report = Some((r, at));
             }
             wire::Message::PkgCommand(c) => self.on_op(c.op),
