@@ -150,6 +150,11 @@ impl Sources {
                     max_gap_at_mono_ns: st.gap_max_at_ns,
                     gap_hist: st.gap_hist.to_vec(),
                     detector: Some(detector_status(&st, now)),
+                    down_causes: p
+                        .down_causes
+                        .get(&l.id)
+                        .map(|m| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+                        .unwrap_or_default(),
                 });
             }
             if let Some(&state) = p.links.get(&crate::serial::SERIAL_LINK) {

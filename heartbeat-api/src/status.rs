@@ -58,6 +58,10 @@ pub enum LinkState {
     Unknown,
     Up,
     Down,
+    /// The kernel hears the peer (its requests arrive) but the peer has
+    /// answered none of our requests for a window of several
+    /// node_timeouts: it drops what we send. Counts as down.
+    HalfOpen,
 }
 
 impl LinkState {
@@ -66,6 +70,7 @@ impl LinkState {
             Self::Unknown => "unknown",
             Self::Up => "up",
             Self::Down => "down",
+            Self::HalfOpen => "half_open",
         }
     }
 }
@@ -268,6 +273,11 @@ pub struct LinkStatus {
     /// What the detector knows about its own blindness on this link.
     #[serde(default)]
     pub detector: Option<DetectorStatus>,
+    /// The agent's down verdicts on this link by cause: `timeout` (the
+    /// kernel's deadline), `half_open` (no reply while the peer's requests
+    /// arrive).
+    #[serde(default)]
+    pub down_causes: BTreeMap<String, u64>,
 }
 
 /// The deferral rule's view of one (peer, link): how late the deadline
