@@ -685,6 +685,7 @@ pub fn registry(sources: Sources, node: &str) -> Registry {
     let sender = sources.sender.clone();
     r.register_collector(Box::new(crate::netif::metrics::NicCollector::new(
         sources.nics.clone(),
+        sources.interfaces.clone(),
     )));
     r.register_collector(Box::new(HeartbeatCollector {
         sources,

@@ -50,6 +50,8 @@ pub struct Sources {
     pub packages: watch::Receiver<crate::packages::task::PackagesView>,
     /// Links with a standby card (the netif task's view).
     pub nics: watch::Receiver<Vec<heartbeat_api::status::NicStatus>>,
+    /// The heartbeat interfaces' lifecycle (the netif task's view).
+    pub interfaces: watch::Receiver<Vec<heartbeat_api::status::InterfaceStatus>>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -219,6 +221,7 @@ impl Sources {
             packages: self.packages.borrow().packages.clone(),
             frozen: self.packages.borrow().frozen,
             nics: self.nics.borrow().clone(),
+            interfaces: self.interfaces.borrow().clone(),
         }
     }
 }

@@ -99,6 +99,23 @@ pub struct StatusReport {
     /// Links with a standby card: which card carries each (issue #10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicStatus>,
+    /// The heartbeat interfaces' lifecycle (issue #12 row 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+/// A heartbeat interface (or standby card) as the agent's link watch sees
+/// it: an interface deleted and recreated under its name gets XDP and its
+/// link's socket again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// Its current index (none: it does not exist now).
+    pub index: Option<u32>,
+    /// Times it was deleted, and times it came back under a new index (XDP
+    /// re-attached, socket re-bound) since the agent started.
+    pub deleted: u64,
+    pub recreated: u64,
 }
 
 /// A link with a standby card.
