@@ -488,3 +488,75 @@ fn a_peer_that_drops_every_request_is_not_shown_up() {
         c.journal("beta")
     );
 }
+
+/// Row 12b, the original reproduction: beta restarted with its state file
+/// lost (its incarnation starts again at 1) sends requests whose sequence
+/// lies below what alpha accepted from it before, and alpha's XDP program
+/// drops every one as a replay until the sequence catches up (here: about
+/// as long as beta ran before), while alpha's requests still reach beta
+/// and are answered. Beta reports the link half-open meanwhile, not up,
+/// and up again once its requests are accepted.
+#[test]
+fn a_restart_that_lost_its_state_is_half_open_until_its_requests_are_accepted() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    // Long enough for the old sequence to outlast the window several times.
+    std::thread::sleep(Duration::from_secs(8));
+    c.agent("beta").signal(Signal::SIGTERM).unwrap();
+    let stopped = c
+        .agent("beta")
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    fs::remove_file(c.dir.0.join("beta.state")).unwrap();
+    let replay0 = c.status("alpha").xdp_counters["drop_replay"];
+    let t0 = wall_ns();
+    c.start("beta");
+    let find = |kind: EventKind, cause: &str| {
+        c.journal("beta")
+            .into_iter()
+            .find(|e| e.event == kind && e.cause == cause && e.handled_wall_ns >= t0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while find(EventKind::LinkDown, "half_open").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no half-open: {:?}\n{}",
+            c.journal("beta"),
+            c.log("beta")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.status("alpha").xdp_counters["drop_replay"] > replay0,
+        "alpha dropped no replay: the fault was not reproduced"
+    );
+    if find(EventKind::LinkUp, "replies_resumed").is_none() {
+        let st = c.status("beta");
+        let n = st.node("alpha").unwrap();
+        assert_ne!(n.state, NodeState::Up, "{n:?}");
+    }
+    // The sequence catches up: accepted, answered, up.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while find(EventKind::LinkUp, "replies_resumed").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "never up again: {:?}",
+            c.journal("beta")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at = |kind, cause| {
+        find(kind, cause).map_or(0, |e: support::Entry| {
+            e.handled_wall_ns.saturating_sub(t0) / 1_000_000
+        })
+    };
+    eprintln!(
+        "after beta's restart: half_open at {} ms, replies_resumed at {} ms",
+        at(EventKind::LinkDown, "half_open"),
+        at(EventKind::LinkUp, "replies_resumed")
+    );
+    c.wait_state("beta", "alpha", NodeState::Up, UP);
+    c.wait_state("alpha", "beta", NodeState::Up, UP);
+}
