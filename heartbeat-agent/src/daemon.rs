@@ -548,6 +548,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     // `cards` tells which card carries each configured interface now (for
     // placing package addresses).
     let (nics_tx, nics_rx) = watch::channel(Vec::new());
+    let (ifaces_tx, ifaces_rx) = watch::channel(Vec::new());
     tracker.spawn(crate::netif::run(
         crate::netif::Context {
             plan: plan.clone(),
@@ -557,6 +558,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             status: nics_tx,
             cards: cards.clone(),
             fast: fast_cmd_tx.clone(),
+            interfaces: ifaces_tx,
         },
         cancel.clone(),
     ));
@@ -574,6 +576,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         serial_handle,
         packages: pkg_status_rx,
         nics: nics_rx,
+        interfaces: ifaces_rx,
     };
     tracker.spawn(control::serve(
         bound,

@@ -105,7 +105,13 @@ pub struct LinkRow {
     pub state: LinkState,
     pub sent: u64,
     pub send_errors: u64,
+    /// The agent's down verdicts by cause (`timeout`, `half_open`).
+    pub down_causes: Vec<(&'static str, u64)>,
 }
+
+/// The causes of a link's down verdict (`cluster::links`), each exported
+/// from zero.
+const DOWN_CAUSES: [&str; 2] = ["timeout", "half_open"];
 
 /// (metric name, help, getter) of a per-link counter.
 type LinkCounter = (&'static str, &'static str, fn(&LinkRow) -> u64);
@@ -181,6 +187,13 @@ pub fn snapshot(src: &Sources) -> Snapshot {
                 state: st,
                 sent,
                 send_errors,
+                down_causes: DOWN_CAUSES
+                    .iter()
+                    .map(|&c| {
+                        let n = p.down_causes.get(&l).and_then(|m| m.get(c)).copied();
+                        (c, n.unwrap_or(0))
+                    })
+                    .collect(),
             });
         }
         nodes.push(NodeRow {
@@ -382,6 +395,19 @@ impl Collector for HeartbeatCollector {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for r in &snap.links {
                 ConstCounter::new(get(r)).encode(m.encode_family(&link_labels(r))?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_link_down_verdicts",
+            "Times the agent took the link down, by cause: timeout (the kernel's deadline) or half_open (no reply while the peer's requests arrive)",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &snap.links {
+            for &(cause, n) in &r.down_causes {
+                let mut labels = link_labels(r);
+                labels.push(("cause", cause.to_owned()));
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }
         }
         crate::serial::encode_metrics(&self.sources.serial.borrow().clone(), &mut enc)?;
@@ -667,6 +693,7 @@ pub fn registry(sources: Sources, node: &str) -> Registry {
     let sender = sources.sender.clone();
     r.register_collector(Box::new(crate::netif::metrics::NicCollector::new(
         sources.nics.clone(),
+        sources.interfaces.clone(),
     )));
     r.register_collector(Box::new(HeartbeatCollector {
         sources,

@@ -50,6 +50,8 @@ pub struct Sources {
     pub packages: watch::Receiver<crate::packages::task::PackagesView>,
     /// Links with a standby card (the netif task's view).
     pub nics: watch::Receiver<Vec<heartbeat_api::status::NicStatus>>,
+    /// The heartbeat interfaces' lifecycle (the netif task's view).
+    pub interfaces: watch::Receiver<Vec<heartbeat_api::status::InterfaceStatus>>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -150,6 +152,11 @@ impl Sources {
                     max_gap_at_mono_ns: st.gap_max_at_ns,
                     gap_hist: st.gap_hist.to_vec(),
                     detector: Some(detector_status(&st, now)),
+                    down_causes: p
+                        .down_causes
+                        .get(&l.id)
+                        .map(|m| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
+                        .unwrap_or_default(),
                 });
             }
             if let Some(&state) = p.links.get(&crate::serial::SERIAL_LINK) {
@@ -214,6 +221,7 @@ impl Sources {
             packages: self.packages.borrow().packages.clone(),
             frozen: self.packages.borrow().frozen,
             nics: self.nics.borrow().clone(),
+            interfaces: self.interfaces.borrow().clone(),
         }
     }
 }

@@ -58,6 +58,10 @@ pub enum LinkState {
     Unknown,
     Up,
     Down,
+    /// The kernel hears the peer (its requests arrive) but the peer has
+    /// answered none of our requests for a window of several
+    /// node_timeouts: it drops what we send. Counts as down.
+    HalfOpen,
 }
 
 impl LinkState {
@@ -66,6 +70,7 @@ impl LinkState {
             Self::Unknown => "unknown",
             Self::Up => "up",
             Self::Down => "down",
+            Self::HalfOpen => "half_open",
         }
     }
 }
@@ -94,6 +99,23 @@ pub struct StatusReport {
     /// Links with a standby card: which card carries each (issue #10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicStatus>,
+    /// The heartbeat interfaces' lifecycle (issue #12 row 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+/// A heartbeat interface (or standby card) as the agent's link watch sees
+/// it: an interface deleted and recreated under its name gets XDP and its
+/// link's socket again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// Its current index (none: it does not exist now).
+    pub index: Option<u32>,
+    /// Times it was deleted, and times it came back under a new index (XDP
+    /// re-attached, socket re-bound) since the agent started.
+    pub deleted: u64,
+    pub recreated: u64,
 }
 
 /// A link with a standby card.
@@ -268,6 +290,11 @@ pub struct LinkStatus {
     /// What the detector knows about its own blindness on this link.
     #[serde(default)]
     pub detector: Option<DetectorStatus>,
+    /// The agent's down verdicts on this link by cause: `timeout` (the
+    /// kernel's deadline), `half_open` (no reply while the peer's requests
+    /// arrive).
+    #[serde(default)]
+    pub down_causes: BTreeMap<String, u64>,
 }
 
 /// The deferral rule's view of one (peer, link): how late the deadline

@@ -3,7 +3,8 @@
 //! a journal that cannot be written, a control socket path that is not a
 //! socket, SIGHUP, and the control protocol's answers to bad requests.
 //! Also the reshaped daemon's promises: a control client that never reads
-//! cannot cause a down event, and reload rotates keys without one.
+//! cannot cause a down event, and reload rotates keys without one; and a
+//! peer that drops every request we send is not shown up (row 12b).
 #![allow(
     unused_crate_dependencies,
     reason = "an integration test links every dependency of its package"
@@ -18,8 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use heartbeat_tests::Signal;
-use support::{Cluster, EventKind, NodeState, STEADY, Timing, agent_binary, in_netns, wall_ns};
+use heartbeat_tests::{Signal, nft_egress_rule};
+use support::{
+    Cluster, EventKind, LinkState, NodeState, STEADY, Timing, addr, agent_binary, in_netns, wall_ns,
+};
 
 const UP: Duration = Duration::from_secs(10);
 
@@ -355,4 +358,205 @@ fn reload_rotates_the_key_on_a_running_cluster_without_a_down_event() {
         assert_eq!(st.xdp_counters["drop_bad_mac"], 0, "{n}");
         assert!(st.nodes.iter().all(|x| x.state == NodeState::Up), "{st:?}");
     }
+}
+
+/// Every view of `names`, checked: never two disjoint quorate member sets,
+/// never two quorate sets in one epoch.
+fn views_checked(c: &Cluster, names: &[&str]) -> Vec<Option<support::View>> {
+    let views: Vec<_> = names.iter().map(|n| c.view(n)).collect();
+    let quorate: Vec<_> = views.iter().flatten().filter(|v| v.3).collect();
+    for x in &quorate {
+        for y in &quorate {
+            assert!(
+                x.1.iter().any(|n| y.1.contains(n)),
+                "disjoint quorate sets: {views:?}"
+            );
+            assert!(
+                x.0 != y.0 || x.1 == y.1,
+                "two quorate sets in one epoch: {views:?}"
+            );
+        }
+    }
+    views
+}
+
+/// Issue #12 row 12b: alpha drops every request beta sends it (as its XDP
+/// program did with a restarted node's requests it took for replays), while
+/// alpha's requests reach beta and beta's XDP program answers them. Here
+/// an nftables rule on beta's wire port drops beta's heartbeat requests to
+/// alpha (kind byte 1, at offset 5 of the heartbeat header); replies and
+/// membership messages pass. The kernel holds the link up on both sides
+/// (beta's deadline re-arms on alpha's requests, alpha's on beta's
+/// replies), so before the fix both showed each other up. Now beta reports
+/// the link half-open (journal, status, metrics), membership treats it as
+/// one-way loss (one quorate set: alpha and gamma), and the link recovers
+/// once the fault is removed.
+#[test]
+fn a_peer_that_drops_every_request_is_not_shown_up() {
+    const AGREE: Duration = Duration::from_secs(30);
+    let all = ["alpha", "beta", "gamma"];
+    let mut c = Cluster::new(3, 1, RELAXED, true);
+    c.start_all();
+    c.agreed(&all, &all, AGREE);
+    let half_opens = |c: &Cluster, since: u64| {
+        c.journal("beta")
+            .into_iter()
+            .filter(|e| {
+                e.event == EventKind::LinkDown
+                    && e.cause == "half_open"
+                    && e.handled_wall_ns >= since
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(half_opens(&c, 0).is_empty(), "{:?}", c.journal("beta"));
+    let (a, b) = (c.index("alpha"), c.index("beta"));
+    let t0 = wall_ns();
+    let rule = nft_egress_rule(
+        &c.nodes[b].ns,
+        &c.nodes[b].wires[0],
+        &format!("ip daddr {} udp dport 6405 @th,104,8 1 drop", addr(a, 0)),
+    )
+    .expect("nft rule");
+
+    // One stable split, never two quorate sets on the way: alpha (lowest
+    // id) keeps gamma, beta is alone.
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let v = views_checked(&c, &all);
+        let ag = |v: &Option<support::View>| {
+            v.as_ref().is_some_and(|v| v.1 == ["alpha", "gamma"] && v.3)
+        };
+        if ag(&v[0]) && v[0] == v[2] && v[1].as_ref().is_some_and(|v| v.1 == ["beta"] && !v.3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stable split: {v:?}\n--- beta:\n{}",
+            c.log("beta")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still split, and beta never shows alpha up again while the fault
+    // lasts: its link is half-open, though the kernel hears alpha.
+    for _ in 0..10 {
+        views_checked(&c, &all);
+        let st = c.status("beta");
+        let n = st.node("alpha").unwrap();
+        assert_ne!(n.state, NodeState::Up, "{n:?}");
+        assert_eq!(n.links[0].state, LinkState::HalfOpen, "{n:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = c.status("beta");
+    let link = &st.node("alpha").unwrap().links[0];
+    assert_eq!(link.down_causes.get("half_open"), Some(&1), "{link:?}");
+    assert!(
+        link.last_seen_ago_ms.is_some_and(|ms| ms < 1_000.0),
+        "the kernel should still hear alpha: {link:?}"
+    );
+    let downs = half_opens(&c, t0);
+    assert_eq!(downs.len(), 1, "{downs:?}");
+    assert_eq!(downs[0].peer.as_deref(), Some("alpha"));
+    assert!(c.log("beta").contains("half-open"), "not logged");
+    let body = support::http_get(&c.nodes[b].ns, "127.0.0.1:9465", "/metrics");
+    assert!(
+        body.contains(
+            "heartbeat_link_down_verdicts_total{peer=\"alpha\",link=\"0\",cause=\"half_open\"} 1"
+        ),
+        "{body}"
+    );
+    // Alpha hears beta's replies but beta is not in its view.
+    let st = c.status("alpha");
+    let n = st.node("beta").unwrap();
+    assert!(!n.member && n.state != NodeState::Up, "{n:?}");
+
+    // The fault removed: replies come back, the link is up again and the
+    // three agree.
+    let t1 = wall_ns();
+    rule.remove().expect("remove the rule");
+    c.agreed(&all, &all, AGREE);
+    let st = c.status("beta");
+    let n = st.node("alpha").unwrap();
+    assert_eq!(n.state, NodeState::Up, "{n:?}");
+    assert_eq!(n.links[0].state, LinkState::Up, "{n:?}");
+    assert!(
+        c.journal("beta")
+            .iter()
+            .any(|e| e.event == EventKind::LinkUp
+                && e.cause == "replies_resumed"
+                && e.handled_wall_ns >= t1),
+        "{:?}",
+        c.journal("beta")
+    );
+}
+
+/// Row 12b, the original reproduction: beta restarted with its state file
+/// lost (its incarnation starts again at 1) sends requests whose sequence
+/// lies below what alpha accepted from it before, and alpha's XDP program
+/// drops every one as a replay until the sequence catches up (here: about
+/// as long as beta ran before), while alpha's requests still reach beta
+/// and are answered. Beta reports the link half-open meanwhile, not up,
+/// and up again once its requests are accepted.
+#[test]
+fn a_restart_that_lost_its_state_is_half_open_until_its_requests_are_accepted() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    c.start_all();
+    c.wait_all_up(UP);
+    // Long enough for the old sequence to outlast the window several times.
+    std::thread::sleep(Duration::from_secs(8));
+    c.agent("beta").signal(Signal::SIGTERM).unwrap();
+    let stopped = c
+        .agent("beta")
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    fs::remove_file(c.dir.0.join("beta.state")).unwrap();
+    let replay0 = c.status("alpha").xdp_counters["drop_replay"];
+    let t0 = wall_ns();
+    c.start("beta");
+    let find = |kind: EventKind, cause: &str| {
+        c.journal("beta")
+            .into_iter()
+            .find(|e| e.event == kind && e.cause == cause && e.handled_wall_ns >= t0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while find(EventKind::LinkDown, "half_open").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no half-open: {:?}\n{}",
+            c.journal("beta"),
+            c.log("beta")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        c.status("alpha").xdp_counters["drop_replay"] > replay0,
+        "alpha dropped no replay: the fault was not reproduced"
+    );
+    if find(EventKind::LinkUp, "replies_resumed").is_none() {
+        let st = c.status("beta");
+        let n = st.node("alpha").unwrap();
+        assert_ne!(n.state, NodeState::Up, "{n:?}");
+    }
+    // The sequence catches up: accepted, answered, up.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while find(EventKind::LinkUp, "replies_resumed").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "never up again: {:?}",
+            c.journal("beta")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at = |kind, cause| {
+        find(kind, cause).map_or(0, |e: support::Entry| {
+            e.handled_wall_ns.saturating_sub(t0) / 1_000_000
+        })
+    };
+    eprintln!(
+        "after beta's restart: half_open at {} ms, replies_resumed at {} ms",
+        at(EventKind::LinkDown, "half_open"),
+        at(EventKind::LinkUp, "replies_resumed")
+    );
+    c.wait_state("beta", "alpha", NodeState::Up, UP);
+    c.wait_state("alpha", "beta", NodeState::Up, UP);
 }

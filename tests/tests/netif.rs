@@ -153,6 +153,7 @@ fn topology(o: &Options) -> (Cluster, Wires) {
          events_file = \"{{node}}.events.jsonl\"\nstate_file = \"{{node}}.state\"\n\
          network_polling_interval = \"20ms\"\nnetwork_failure_detection = \"{det}\"\n\
          auto_failback = {afb}\n{hold}\n\
+         [metrics]\nlisten = \"127.0.0.1:9465\"\n\n\
          [control]\nsocket = \"{{node}}.sock\"\n\n\
          [[node]]\nid = 1\nname = \"alpha\"\n  [[node.link]]\n  interface = \"{a1}\"\n  address = \"{a_addr}\"\n  standby = \"{a2}\"\n\n\
          [[node]]\nid = 2\nname = \"beta\"\n  [[node.link]]\n  interface = \"{b1}\"\n  address = \"{b_addr}\"\n",
@@ -658,7 +659,8 @@ fn a_restart_on_the_standby_resumes_there() {
 
 /// Issue #12 row 3: beta's heartbeat interface is deleted and recreated
 /// (same name and address): XDP is attached again, the socket re-bound,
-/// status truthful in between, and the peers see beta again.
+/// status truthful in between, the peers see beta again, and it is logged
+/// and counted (status and metrics).
 #[test]
 fn a_deleted_and_recreated_interface_recovers() {
     let (mut c, w) = topology(&DEFAULT);
@@ -674,6 +676,17 @@ fn a_deleted_and_recreated_interface_recovers() {
                 .is_some_and(|s| !s.agent.xdp.iter().any(|(i, _)| *i == w.b1))
         },
     );
+    let iface = |c: &Cluster| {
+        c.status("beta")
+            .interfaces
+            .into_iter()
+            .find(|i| i.name == w.b1)
+            .expect("the interface in status")
+    };
+    wait_for("the deletion counted", Duration::from_secs(5), || {
+        let i = iface(&c);
+        i.index.is_none() && i.deleted == 1 && i.recreated == 0
+    });
     b.ip(&[
         "link",
         "add",
@@ -707,6 +720,25 @@ fn a_deleted_and_recreated_interface_recovers() {
     c.wait_state("alpha", "beta", NodeState::Up, Duration::from_secs(1));
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(15));
     assert!(c.log("beta").contains("re)created"), "{}", c.log("beta"));
+    let i = iface(&c);
+    assert!(
+        i.index.is_some() && i.deleted == 1 && i.recreated == 1,
+        "{i:?}"
+    );
+    let body = support::http_get(b, "127.0.0.1:9465", "/metrics");
+    for want in [
+        format!("heartbeat_interface_present{{interface=\"{}\"}} 1", w.b1),
+        format!(
+            "heartbeat_interface_deleted_total{{interface=\"{}\"}} 1",
+            w.b1
+        ),
+        format!(
+            "heartbeat_interface_recreated_total{{interface=\"{}\"}} 1",
+            w.b1
+        ),
+    ] {
+        assert!(body.contains(&want), "{want}\n{body}");
+    }
 }
 
 /// The standby card disappears at run time: reported, and the link keeps

@@ -4,6 +4,10 @@
 //! a link failing while another stays up is a link event, not a node
 //! failure.
 //!
+//! A link the kernel holds up but that no longer answers our requests
+//! (`halfopen`, issue #12 row 12b) is `half_open`: not up, for the node's
+//! state and for membership alike.
+//!
 //! This module is the single owner of that state; it is fed events and
 //! returns journal entries describing each change. Membership (who is in
 //! the agreed view) is decided on top of it by `heartbeat_cluster`.
@@ -18,10 +22,28 @@ use crate::journal::{self, Entry, EventKind};
 /// One link to a peer.
 #[derive(Clone, Debug)]
 pub struct LinkView {
+    /// The state reachability uses: `kernel`, but `HalfOpen` for a link
+    /// the kernel holds up while it does not answer.
     pub state: State,
     /// Kernel monotonic ns of the last transition.
     pub since_mono_ns: u64,
     pub transitions: u64,
+    /// What the transport says (up, down, unknown).
+    pub kernel: State,
+    /// The half-open verdict (`super::halfopen`).
+    pub half_open: bool,
+    /// Down verdicts by cause (`timeout`, `half_open`).
+    pub downs: BTreeMap<&'static str, u64>,
+}
+
+impl LinkView {
+    fn effective(&self) -> State {
+        if self.half_open && self.kernel == State::Up {
+            State::HalfOpen
+        } else {
+            self.kernel
+        }
+    }
 }
 
 /// One peer node.
@@ -62,6 +84,9 @@ impl Membership {
                                 state: State::Unknown,
                                 since_mono_ns: 0,
                                 transitions: 0,
+                                kernel: State::Unknown,
+                                half_open: false,
+                                downs: BTreeMap::new(),
                             },
                         )
                     })
@@ -115,6 +140,14 @@ impl Membership {
         self.peers.get(&id)
     }
 
+    /// Whether `(peer, link)` counts as up (none: not configured).
+    pub fn link_up(&self, peer: u16, link: u8) -> Option<bool> {
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.links.get(&link))
+            .map(|l| l.state == State::Up)
+    }
+
     /// Applies one transport event; returns the journal entries it causes.
     pub fn apply(&mut self, ev: &TransportEvent) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -144,6 +177,33 @@ impl Membership {
                     .into_iter()
                     .collect();
             }
+            TransportEvent::HalfOpen {
+                peer,
+                link,
+                open,
+                unanswered,
+                silent_ns,
+                at_ns,
+                last_rx_ns,
+            } => {
+                let Some(l) = self
+                    .peers
+                    .get_mut(&peer)
+                    .and_then(|p| p.links.get_mut(&link))
+                else {
+                    self.unknown_events += 1;
+                    return out;
+                };
+                l.half_open = open;
+                let detail = open.then(|| {
+                    format!(
+                        "{unanswered} requests unanswered in {} ms while the peer's requests arrive",
+                        silent_ns / 1_000_000
+                    )
+                });
+                let cause = if open { "half_open" } else { "replies_resumed" };
+                return self.transition(peer, link, cause, at_ns, last_rx_ns, detail);
+            }
             TransportEvent::Link {
                 peer,
                 link,
@@ -152,9 +212,9 @@ impl Membership {
                 last_rx_ns,
             } => (peer, link, change, at_ns, last_rx_ns),
         };
-        let (new_state, event, cause) = match change {
-            LinkChange::Down => (State::Down, EventKind::LinkDown, "timeout"),
-            LinkChange::Up => (State::Up, EventKind::LinkUp, "heartbeat"),
+        let (kernel, cause) = match change {
+            LinkChange::Down => (State::Down, "timeout"),
+            LinkChange::Up => (State::Up, "heartbeat"),
         };
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             self.unknown_events += 1;
@@ -168,28 +228,69 @@ impl Membership {
             .last_rx_ns
             .max(last_rx_ns)
             .max(if change == LinkChange::Up { at_ns } else { 0 });
+        link.kernel = kernel;
+        let detail = (link_id == crate::serial::SERIAL_LINK).then(|| "link serial".to_owned());
+        self.transition(peer_id, link_id, cause, at_ns, last_rx_ns, detail)
+    }
+
+    /// Moves `(peer_id, link_id)` to its effective state (after its kernel
+    /// state or half-open verdict changed); the journal entries if it did.
+    fn transition(
+        &mut self,
+        peer_id: u16,
+        link_id: u8,
+        cause: &'static str,
+        at_ns: u64,
+        last_rx_ns: u64,
+        detail: Option<String>,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return out;
+        };
+        let Some(link) = peer.links.get_mut(&link_id) else {
+            return out;
+        };
+        let new_state = link.effective();
         if link.state == new_state {
             return out;
         }
+        let was_up = link.state == State::Up;
         link.state = new_state;
         link.since_mono_ns = at_ns;
         link.transitions += 1;
-        let since = (new_state == State::Down).then(|| at_ns.saturating_sub(last_rx_ns));
+        let event = match new_state {
+            State::Up => EventKind::LinkUp,
+            _ => EventKind::LinkDown,
+        };
+        // One verdict per loss: a half-open link that then falls silent
+        // gets its `link_down` but counts no second one.
+        if new_state != State::Up && was_up {
+            *link.downs.entry(cause).or_default() += 1;
+        }
+        let since = (new_state != State::Up).then(|| at_ns.saturating_sub(last_rx_ns));
         let mut e = journal::entry(event, &self.local_name, cause, at_ns);
         e.peer = Some(peer.name.clone());
         e.peer_id = Some(peer.id);
         e.link = Some(link_id);
         e.since_last_rx_ns = since;
-        if link_id == crate::serial::SERIAL_LINK {
-            e.detail = Some("link serial".into());
+        e.detail = detail;
+        if new_state == State::HalfOpen {
+            tracing::warn!(
+                peer = %peer.name,
+                link = link_id,
+                detail = e.detail.as_deref().unwrap_or_default(),
+                "link_down: half-open (the peer drops what we send)"
+            );
+        } else {
+            tracing::info!(
+                peer = %peer.name,
+                link = link_id,
+                cause,
+                since_last_rx_us = since.map(|s| s / 1000),
+                "{event}"
+            );
         }
-        tracing::info!(
-            peer = %peer.name,
-            link = link_id,
-            cause,
-            since_last_rx_us = since.map(|s| s / 1000),
-            "{event}"
-        );
         out.push(e);
 
         let any_up = peer.links.values().any(|l| l.state == State::Up);
@@ -337,6 +438,60 @@ mod tests {
             names(&m.apply(&ev(UP, 2, 1, 4_000))),
             ["link_up", "node_up"]
         );
+    }
+
+    fn half(peer: u16, link: u8, open: bool, at: u64) -> TransportEvent {
+        TransportEvent::HalfOpen {
+            peer,
+            link,
+            open,
+            unanswered: 60,
+            silent_ns: 1_200_000_000,
+            at_ns: at,
+            last_rx_ns: at,
+        }
+    }
+
+    #[test]
+    fn a_half_open_link_is_down_until_replies_resume() {
+        let mut m = Membership::new("a", &[(2, "b".into(), vec![0, 1])]);
+        m.apply(&ev(UP, 2, 0, 1_000));
+        m.apply(&ev(UP, 2, 1, 1_000));
+        let out = m.apply(&half(2, 0, true, 2_000));
+        assert_eq!(names(&out), ["link_down"]);
+        assert_eq!(out[0].cause, "half_open");
+        assert!(out[0].detail.as_deref().unwrap().contains("60 requests"));
+        let l = |m: &Membership, id| m.peer(2).unwrap().links[&id].clone();
+        assert_eq!(l(&m, 0).state, State::HalfOpen);
+        assert_eq!(m.link_up(2, 0), Some(false));
+        assert_eq!(m.link_up(2, 9), None);
+        // The other link keeps the node up; once it is half-open too the
+        // node is down.
+        assert_eq!(m.peer(2).unwrap().state, State::Up);
+        let out = m.apply(&half(2, 1, true, 2_100));
+        assert_eq!(names(&out), ["link_down", "node_down"]);
+        // The kernel's up (the peer's requests) does not bring it back.
+        assert!(m.apply(&ev(UP, 2, 0, 2_200)).is_empty());
+        // Silent altogether: down, one verdict only.
+        assert_eq!(names(&m.apply(&ev(DOWN, 2, 0, 3_000))), ["link_down"]);
+        assert_eq!(l(&m, 0).state, State::Down);
+        assert_eq!(l(&m, 0).downs.get("half_open"), Some(&1));
+        assert_eq!(l(&m, 0).downs.get("timeout"), None);
+        // Replies resumed while the kernel holds it down: still down; up
+        // with the kernel's next up.
+        assert!(m.apply(&half(2, 0, false, 3_100)).is_empty());
+        assert_eq!(
+            names(&m.apply(&ev(UP, 2, 0, 3_200))),
+            ["link_up", "node_up"]
+        );
+        let out = m.apply(&half(2, 1, false, 3_300));
+        assert_eq!(names(&out), ["link_up"]);
+        assert_eq!(out[0].cause, "replies_resumed");
+        assert_eq!(names(&m.apply(&ev(DOWN, 2, 1, 4_000))), ["link_down"]);
+        assert_eq!(l(&m, 1).downs.get("timeout"), Some(&1));
+        assert_eq!(l(&m, 1).downs.get("half_open"), Some(&1));
+        assert!(m.apply(&half(9, 0, true, 5_000)).is_empty());
+        assert_eq!(m.unknown_events, 1);
     }
 
     #[test]

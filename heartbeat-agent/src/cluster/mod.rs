@@ -7,6 +7,7 @@
 //! `heartbeat_cluster` crate); this task only feeds them and carries out
 //! their outputs (journal entries, messages to send, the persisted epoch).
 
+pub mod halfopen;
 pub mod links;
 
 use std::{
@@ -71,6 +72,18 @@ pub enum TransportEvent {
         at_ns: u64,
         last_rx_ns: u64,
     },
+    /// The half-open verdict of (peer, link) changed (`halfopen`): `open`,
+    /// the kernel holds it up but `unanswered` own requests went without a
+    /// reply for `silent_ns`; closed, a reply came again.
+    HalfOpen {
+        peer: u16,
+        link: u8,
+        open: bool,
+        unanswered: u64,
+        silent_ns: u64,
+        at_ns: u64,
+        last_rx_ns: u64,
+    },
 }
 
 /// One peer as the cluster sees it (for status and metrics).
@@ -87,6 +100,8 @@ pub struct PeerView {
     pub member: bool,
     /// Last valid packet a link event reported (CLOCK_MONOTONIC ns).
     pub last_rx_ns: u64,
+    /// Link id → down verdicts by cause (`timeout`, `half_open`).
+    pub down_causes: BTreeMap<u8, BTreeMap<&'static str, u64>>,
 }
 
 /// What the cluster task publishes.
@@ -286,6 +301,16 @@ struct Runner {
     serial: Option<mpsc::Sender<Vec<u8>>>,
     /// Where package messages go (none: no packages configured).
     packages: Option<mpsc::Sender<PackageMessage>>,
+    /// Links the kernel holds up that answer nothing (issue #12 row 12b).
+    half_open: halfopen::Detector,
+}
+
+fn half_open_params(plan: &Plan) -> halfopen::Params {
+    let c = &plan.config.cluster;
+    halfopen::Params::for_timing(
+        c.node_timeout.as_nanos() as u64,
+        c.heartbeat_interval.as_nanos() as u64,
+    )
 }
 
 /// The quorum server client and its socket.
@@ -518,6 +543,7 @@ impl Runner {
                 links: p.links.iter().map(|(&l, v)| (l, v.state)).collect(),
                 member: members.contains(NodeId(p.id)),
                 last_rx_ns: p.last_rx_ns,
+                down_causes: p.links.iter().map(|(&l, v)| (l, v.downs.clone())).collect(),
             })
             .collect();
         let phase = if self.sm.view().is_none() && self.sm.in_round() {
@@ -552,19 +578,83 @@ impl Runner {
         for e in self.reach.apply(ev) {
             self.journal.record(e);
         }
-        if let TransportEvent::Link {
-            peer,
-            link,
-            change,
-            at_ns,
-            ..
-        } = *ev
-        {
-            let (peer, link) = (NodeId(peer), LinkId(link));
-            self.feed(match change {
-                LinkChange::Up => Input::LinkUp { peer, link, at_ns },
-                LinkChange::Down => Input::LinkDown { peer, link, at_ns },
-            });
+        let (peer, link, at_ns, said_up) = match *ev {
+            TransportEvent::Link {
+                peer,
+                link,
+                change,
+                at_ns,
+                ..
+            } => (peer, link, at_ns, change == LinkChange::Up),
+            TransportEvent::HalfOpen {
+                peer,
+                link,
+                open,
+                at_ns,
+                ..
+            } => (peer, link, at_ns, !open),
+            _ => return,
+        };
+        // Membership follows reachability's verdict (a half-open link is
+        // down, whatever the kernel says), or the event itself for a link
+        // reachability does not know.
+        let up = self.reach.link_up(peer, link).unwrap_or(said_up);
+        let (peer, link) = (NodeId(peer), LinkId(link));
+        self.feed(if up {
+            Input::LinkUp { peer, link, at_ns }
+        } else {
+            Input::LinkDown { peer, link, at_ns }
+        });
+    }
+
+    /// Issue #12 row 12b: feeds every (peer, link) of the snapshot to the
+    /// half-open check and reports its changes as transport events.
+    fn check_half_open(&mut self, fast: &FastSnapshot) {
+        let now = crate::clock::mono_ns();
+        let plan = self.plan.clone();
+        for l in &plan.links {
+            // Own requests per peer: the egress stamp's count, or (stamp
+            // not attached) the sender's count on the link shared out.
+            let link_sent = self
+                .shared
+                .link_stats(l.link_id)
+                .map_or(0, |s| s.sent.load(Ordering::Relaxed))
+                / (l.peers.len().max(1) as u64);
+            for &(peer, _) in &l.peers {
+                let Some(st) = fast.links.get(&(peer, l.link_id)) else {
+                    continue;
+                };
+                let sample = halfopen::Sample {
+                    replies_rx: st.replies_rx,
+                    requests_rx: st.requests_rx,
+                    sent: if st.own_tx_count != 0 {
+                        st.own_tx_count
+                    } else {
+                        link_sent
+                    },
+                    kernel_up: st.up != 0,
+                    peer_stale: st.peer_state & node_state::MASK == node_state::STALE,
+                };
+                let Some(change) = self.half_open.observe(peer, l.link_id, sample, now) else {
+                    continue;
+                };
+                let (open, unanswered, silent_ns) = match change {
+                    halfopen::Change::Opened {
+                        unanswered,
+                        silent_ns,
+                    } => (true, unanswered, silent_ns),
+                    halfopen::Change::Closed => (false, 0, 0),
+                };
+                self.on_transport(&TransportEvent::HalfOpen {
+                    peer,
+                    link: l.link_id,
+                    open,
+                    unanswered,
+                    silent_ns,
+                    at_ns: now,
+                    last_rx_ns: st.last_rx_ns,
+                });
+            }
         }
     }
 
@@ -608,6 +698,7 @@ impl Runner {
     }
 
     fn on_snapshot(&mut self, fast: &FastSnapshot) {
+        self.check_half_open(fast);
         let now = crate::clock::mono_ns();
         let plan = self.plan.clone();
         for p in &plan.peers {
@@ -712,6 +803,12 @@ impl Runner {
 
     fn reconfigure(&mut self, plan: Arc<Plan>) {
         self.reach = self.reach.reconfigured(&link_view(&plan));
+        self.half_open.set_params(half_open_params(&plan));
+        self.half_open.retain(|peer, link| {
+            plan.links
+                .iter()
+                .any(|l| l.link_id == link && l.peers.iter().any(|&(p, _)| p == peer))
+        });
         self.keys = wire_keys(&plan);
         // Nodes added or removed, priorities, votes, quorum options and
         // timers: the state machine takes them live (a reformation follows
@@ -744,6 +841,7 @@ pub async fn run(
     let sm = Membership::new(params(&plan), persisted.epoch, persisted.incarnation, now);
     let mut r = Runner {
         reach: link_view(&plan),
+        half_open: halfopen::Detector::new(half_open_params(&plan)),
         sealer: ch.sealer,
         keys: wire_keys(&plan),
         sm,

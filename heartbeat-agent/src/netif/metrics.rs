@@ -1,8 +1,9 @@
 //! The network manager's Prometheus metrics, encoded on scrape from what the
 //! netif task publishes: card state and role, switches by cause, poll
-//! round trips, polls sent and lost.
+//! round trips, polls sent and lost; and every heartbeat interface's
+//! lifecycle (present, deleted, recreated: issue #12 row 3).
 
-use heartbeat_api::status::NicStatus;
+use heartbeat_api::status::{InterfaceStatus, NicStatus};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -14,11 +15,51 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct NicCollector {
     nics: watch::Receiver<Vec<NicStatus>>,
+    interfaces: watch::Receiver<Vec<InterfaceStatus>>,
 }
 
 impl NicCollector {
-    pub fn new(nics: watch::Receiver<Vec<NicStatus>>) -> Self {
-        Self { nics }
+    pub fn new(
+        nics: watch::Receiver<Vec<NicStatus>>,
+        interfaces: watch::Receiver<Vec<InterfaceStatus>>,
+    ) -> Self {
+        Self { nics, interfaces }
+    }
+
+    fn encode_interfaces(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ifaces = self.interfaces.borrow().clone();
+        if ifaces.is_empty() {
+            return Ok(());
+        }
+        let mut m = enc.encode_descriptor(
+            "heartbeat_interface_present",
+            "1 while the heartbeat interface exists, 0 while it is deleted",
+            None,
+            MetricType::Gauge,
+        )?;
+        for i in &ifaces {
+            ConstGauge::new(i64::from(i.index.is_some()))
+                .encode(m.encode_family(&[("interface", i.name.as_str())])?)?;
+        }
+        for (name, help, get) in [
+            (
+                "heartbeat_interface_deleted",
+                "Times the heartbeat interface was deleted",
+                (|i: &InterfaceStatus| i.deleted) as fn(&InterfaceStatus) -> u64,
+            ),
+            (
+                "heartbeat_interface_recreated",
+                "Times the heartbeat interface came back under a new index (XDP re-attached, socket re-bound)",
+                |i: &InterfaceStatus| i.recreated,
+            ),
+        ] {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for i in &ifaces {
+                ConstCounter::new(get(i))
+                    .encode(m.encode_family(&[("interface", i.name.as_str())])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -42,6 +83,7 @@ fn cards(n: &NicStatus) -> [(&'static str, &str, &str, bool); 2] {
 
 impl Collector for NicCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_interfaces(&mut enc)?;
         let nics = self.nics.borrow().clone();
         if nics.is_empty() {
             return Ok(());
@@ -149,8 +191,15 @@ mod tests {
         };
         n.switches_by_cause.insert("carrier".into(), 1);
         let (_tx, rx) = watch::channel(vec![n]);
+        let iface = InterfaceStatus {
+            name: "eth1".into(),
+            index: None,
+            deleted: 2,
+            recreated: 1,
+        };
+        let (_itx, irx) = watch::channel(vec![iface]);
         let mut r = Registry::default();
-        r.register_collector(Box::new(NicCollector::new(rx)));
+        r.register_collector(Box::new(NicCollector::new(rx, irx)));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         for want in [
@@ -160,6 +209,9 @@ mod tests {
             "heartbeat_nic_switches_total{link=\"0\",cause=\"carrier\"} 1",
             "heartbeat_nic_poll_rtt_seconds{link=\"0\",card=\"standby\",interface=\"eth2\"} 0.0000125",
             "heartbeat_nic_polls_lost_total{link=\"0\",card=\"primary\",interface=\"eth1\"} 1",
+            "heartbeat_interface_present{interface=\"eth1\"} 0",
+            "heartbeat_interface_deleted_total{interface=\"eth1\"} 2",
+            "heartbeat_interface_recreated_total{interface=\"eth1\"} 1",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }

@@ -36,7 +36,8 @@
 //! Issue #12 row 3: a heartbeat interface deleted and recreated (same name)
 //! comes back with a new index: the task asks the fast path to attach XDP
 //! to it again and re-binds the link's socket to it (a socket keeps the
-//! index it was bound to), logs and counts it.
+//! index it was bound to), logs and counts it (`InterfaceStatus` in status,
+//! `heartbeat_interface_*` metrics).
 
 pub mod l2;
 pub mod machine;
@@ -52,7 +53,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use heartbeat_api::status::NicStatus;
+use heartbeat_api::status::{InterfaceStatus, NicStatus};
 use heartbeat_common::nic_poll::NicPoll;
 use rtnetlink::packet_route::route::RouteMessage;
 use tokio::sync::{mpsc, watch};
@@ -111,6 +112,8 @@ pub struct Context {
     pub cards: Arc<Cards>,
     /// The fast path, for re-attaching XDP to a recreated interface.
     pub fast: mpsc::Sender<fastpath::Command>,
+    /// The planned interfaces' lifecycle, for status and metrics.
+    pub interfaces: watch::Sender<Vec<InterfaceStatus>>,
 }
 
 /// One link with a standby card.
@@ -226,8 +229,9 @@ struct Netif {
     nl: Nl,
     pkt: Option<l2::PacketSocket>,
     links: Vec<Managed>,
-    /// Every planned interface's last known index (issue #12 row 3).
-    indexes: BTreeMap<String, Option<u32>>,
+    /// Every planned interface's last known index and lifecycle counts
+    /// (issue #12 row 3).
+    indexes: BTreeMap<String, InterfaceStatus>,
 }
 
 /// Runs the network manager until `cancel`.
@@ -286,8 +290,16 @@ impl Netif {
                 Ok(c) => c.map(|c| c.index),
                 Err(_) => None,
             };
-            self.indexes.insert(iface.clone(), idx);
+            self.indexes.insert(
+                iface.clone(),
+                InterfaceStatus {
+                    name: iface.clone(),
+                    index: idx,
+                    ..InterfaceStatus::default()
+                },
+            );
         }
+        self.publish_interfaces();
         for l in plan.local.links.iter() {
             let Some(standby) = &l.standby else { continue };
             let names = [l.interface.clone(), standby.clone()];
@@ -356,6 +368,12 @@ impl Netif {
         self.ctx.journal.record(e);
     }
 
+    fn publish_interfaces(&self) {
+        self.ctx
+            .interfaces
+            .send_replace(self.indexes.values().cloned().collect());
+    }
+
     fn publish(&self) {
         self.ctx
             .status
@@ -416,14 +434,16 @@ impl Netif {
     /// Issue #12 row 3: a planned interface that comes back with a new
     /// index gets XDP and its link's socket again.
     async fn lifecycle(&mut self, name: &str, info: Option<&CardInfo>) {
-        let Some(known) = self.indexes.get(name).copied() else {
+        let Some(known) = self.indexes.get(name).map(|s| s.index) else {
             return;
         };
         match info {
             None => {
-                if known.is_some() {
+                if let (Some(_), Some(s)) = (known, self.indexes.get_mut(name)) {
                     tracing::warn!(interface = %name, "interface deleted: XDP and the link's socket are gone with it until it returns");
-                    self.indexes.insert(name.to_owned(), None);
+                    s.index = None;
+                    s.deleted += 1;
+                    self.publish_interfaces();
                     let _ = self
                         .ctx
                         .fast
@@ -432,7 +452,11 @@ impl Netif {
                 }
             }
             Some(i) if known != Some(i.index) => {
-                self.indexes.insert(name.to_owned(), Some(i.index));
+                if let Some(s) = self.indexes.get_mut(name) {
+                    s.index = Some(i.index);
+                    s.recreated += 1;
+                }
+                self.publish_interfaces();
                 tracing::warn!(interface = %name, index = i.index, "interface (re)created: attaching XDP again and re-binding its socket");
                 let _ = self
                     .ctx
