@@ -843,12 +843,37 @@ impl Drop for StopSender {
 /// runtime, this stops too, and the sender withholds the stamp.
 async fn liveness(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(LIVENESS_EVERY);
+    let mut stall = test_stall();
+    let started = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => shared.main_alive_ns.store(clock::mono_ns(), Ordering::Relaxed),
             () = cancel.cancelled() => break,
         }
+        if let Some((after, hold)) = stall
+            && started.elapsed() >= after
+        {
+            stall = None;
+            tracing::warn!(?hold, "HEARTBEAT_TEST_STALL: blocking the runtime thread");
+            // Deliberately blocking: this is the stuck runtime under test.
+            std::thread::sleep(hold);
+        }
     }
+}
+
+/// Debug builds only (tests of issue #12 row 4): `HEARTBEAT_TEST_STALL=A:B`
+/// blocks the runtime thread for B ms once the agent has run A ms, as a
+/// runtime stuck in a blocking call would be (the sender thread runs on).
+fn test_stall() -> Option<(Duration, Duration)> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let v = std::env::var("HEARTBEAT_TEST_STALL").ok()?;
+    let (a, b) = v.split_once(':')?;
+    Some((
+        Duration::from_millis(a.trim().parse().ok()?),
+        Duration::from_millis(b.trim().parse().ok()?),
+    ))
 }
 
 /// What the supervisor needs to apply a reload.

@@ -560,3 +560,35 @@ fn a_restart_that_lost_its_state_is_half_open_until_its_requests_are_accepted() 
     c.wait_state("beta", "alpha", NodeState::Up, UP);
     c.wait_state("alpha", "beta", NodeState::Up, UP);
 }
+
+/// Issue #12 row 4, the stuck agent: beta's runtime thread blocks (a debug
+/// build's `HEARTBEAT_TEST_STALL` hook, as a task stuck in a blocking call
+/// would) while its real-time sender runs on. Before the fix the sender
+/// kept sending requests and the peers showed beta up for as long as it
+/// stayed stuck. Now the sender withholds the dead-man stamp and marks its
+/// requests STALE: the others show beta `stale` and agree without it, and
+/// it is a member again once its runtime runs.
+#[test]
+fn a_stuck_runtime_looks_stale_to_its_peers_and_recovers() {
+    const AGREE: Duration = Duration::from_secs(30);
+    let all = ["alpha", "beta", "gamma"];
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    c.start("alpha");
+    c.start("gamma");
+    // Stuck 6 s after its start for 6 s (the sender calls the runtime
+    // stale after max(agent_timeout, 2 s)).
+    c.start_prefixed("beta", &["env", "HEARTBEAT_TEST_STALL=6000:6000"]);
+    c.agreed(&all, &all, Duration::from_secs(5));
+    c.wait_state("alpha", "beta", NodeState::Stale, Duration::from_secs(15));
+    c.agreed(&["alpha", "gamma"], &["alpha", "gamma"], AGREE);
+    let st = c.status("gamma");
+    let n = st.node("beta").unwrap();
+    assert!(!n.member && n.state == NodeState::Stale, "{n:?}");
+    assert!(
+        c.log("beta").contains("HEARTBEAT_TEST_STALL"),
+        "the hook did not run:\n{}",
+        c.log("beta")
+    );
+    // The runtime runs again: beta is a member again.
+    c.agreed(&all, &all, AGREE);
+}
