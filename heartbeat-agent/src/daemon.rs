@@ -552,6 +552,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             status: nics_tx,
             cards: cards.clone(),
             fast: fast_cmd_tx.clone(),
+            sender: Some(shared.clone()),
         },
         cancel.clone(),
     ));
