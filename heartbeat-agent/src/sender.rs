@@ -515,3 +515,40 @@ fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a request the sleep lasts until the deadline; a request
+    /// from another thread ends it at once, and is consumed.
+    #[test]
+    fn send_now_wakes_the_sleep_early() {
+        let shared = Arc::new(Shared::new(1, &[0]));
+        let t0 = clock::mono_ns();
+        assert!(!sleep_until_mono_or_kick(t0 + 20_000_000, &shared.send_now));
+        assert!(clock::mono_ns() >= t0 + 20_000_000);
+
+        let waker = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                shared.send_now();
+            })
+        };
+        let t1 = clock::mono_ns();
+        assert!(sleep_until_mono_or_kick(
+            t1 + 30_000_000_000,
+            &shared.send_now
+        ));
+        assert!(clock::mono_ns() < t1 + 10_000_000_000, "woken early");
+        assert_eq!(shared.send_now.load(Ordering::Relaxed), 0);
+        let _ = waker.join();
+        // A request made before the sleep is not lost.
+        shared.send_now();
+        assert!(sleep_until_mono_or_kick(
+            clock::mono_ns() + 30_000_000_000,
+            &shared.send_now
+        ));
+    }
+}
