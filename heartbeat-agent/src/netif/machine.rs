@@ -18,10 +18,11 @@
 //!
 //! Outbound *fails* after [`MISS_LIMIT`] rounds in a row without an
 //! answer: a single lost poll never fails a card. `inout`: a card has
-//! failed when its outbound failed and it also heard nothing at all for a
-//! whole round (one polling interval: the other card's poll and, on the
-//! active card, the peers' heartbeats); `inonly_or_inout`: inbound silence
-//! for [`MISS_LIMIT`] rounds suffices on its own. (Asking for two silent
+//! failed when its outbound failed and it also heard nothing at all in the
+//! last [`inbound_window`] (a polling interval, or two heartbeat intervals
+//! when longer: the other card's poll and, on the active card, the peers'
+//! heartbeats); `inonly_or_inout`: inbound silence at [`MISS_LIMIT`]
+//! reports in a row suffices on its own. (Asking for two silent
 //! rounds inbound as well as outbound under `inout` made a cut that fell
 //! late in a round wait one round more: the frames heard before the cut
 //! count for that round.) So a failure that only polling can see is
@@ -61,6 +62,16 @@ pub const INOUT_SILENT_ROUNDS: u32 = 1;
 /// segment; an answer later than this counts for the next round).
 pub fn reply_wait(polling_interval: Duration) -> Duration {
     (polling_interval / 5).max(Duration::from_millis(1))
+}
+
+/// How far back a report looks for inbound evidence (any frame): one
+/// polling interval, or two heartbeat intervals when that is longer. The
+/// active card hears its peers every heartbeat interval (their requests
+/// and the answers to its own), so while its side of the segment works it
+/// hears something in this window even when the standby's side is cut and
+/// no poll arrives: it is not blamed for the standby's cut.
+pub fn inbound_window(polling_interval: Duration, heartbeat_interval: Duration) -> Duration {
+    polling_interval.max(heartbeat_interval.saturating_mul(2))
 }
 
 /// `cluster.network_failure_detection`.
@@ -200,8 +211,8 @@ impl SwitchCause {
 /// after the round's polls were sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Observation {
-    /// Per card (primary, standby): it received any frame since the
-    /// previous round's report (one polling interval).
+    /// Per card (primary, standby): it received any frame within the
+    /// [`inbound_window`] before the report.
     pub inbound: [bool; 2],
     /// Per card: a poll frame it sent reached the other card (the other
     /// card counted the request, or its answer came back).
@@ -648,6 +659,14 @@ mod tests {
         }
         assert_eq!(p.failed(Card::Primary), None);
         assert_eq!(p.failed(Card::Standby), Some(Cause::PollOut));
+    }
+
+    #[test]
+    fn the_inbound_window_covers_two_heartbeats() {
+        let ms = Duration::from_millis;
+        assert_eq!(inbound_window(ms(10), ms(5)), ms(10));
+        assert_eq!(inbound_window(ms(100), ms(100)), ms(200));
+        assert_eq!(inbound_window(ms(100), ms(10)), ms(100));
     }
 
     #[test]

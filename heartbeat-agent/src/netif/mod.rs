@@ -540,6 +540,11 @@ impl Netif {
             / plan.config.cluster.netif.polling_interval.as_nanos().max(1))
         .max(1) as u32;
         let polling = self.ctx.nic_poll.is_some() && self.pkt.is_some();
+        let window = machine::inbound_window(
+            plan.config.cluster.netif.polling_interval,
+            plan.config.cluster.heartbeat_interval,
+        );
+        let heard_since = now.saturating_sub(window.as_nanos() as u64);
         for i in 0..self.links.len() {
             // Read both cards' statistics.
             let mut cur = self.links[i].prev;
@@ -555,7 +560,10 @@ impl Netif {
             let m = &mut self.links[i];
             let d = |k: usize, f: fn(&NicPoll) -> u64| f(&cur[k]).saturating_sub(f(&m.prev[k]));
             let obs = Observation {
-                inbound: [d(0, |p| p.rx_frames) > 0, d(1, |p| p.rx_frames) > 0],
+                inbound: [
+                    cur[0].last_rx_ns > heard_since,
+                    cur[1].last_rx_ns > heard_since,
+                ],
                 outbound: [
                     d(1, |p| p.rx_requests) > 0 || d(0, |p| p.rx_replies) > 0,
                     d(0, |p| p.rx_requests) > 0 || d(1, |p| p.rx_replies) > 0,
