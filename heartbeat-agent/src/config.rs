@@ -1366,6 +1366,22 @@ impl Src<'_> {
         b: &BuiltLink,
     ) -> Result<(), ConfigError> {
         for (j, (other, ob)) in links.iter().zip(built).enumerate() {
+            // Links on one interface move together (the card's addresses
+            // and the sockets bound to it): one standby for all of them.
+            if other.interface == link.interface
+                && let (Some(at), Some(other_at)) = (&b.standby_span, &ob.standby_span)
+            {
+                return Err(self.invalid(
+                    at,
+                    &format!("{}.standby", b.path),
+                    format!(
+                        "{node_path}.link[{j}] is on `{}` too and names its standby already ({}.standby, line {}); the links on one interface move to the standby together: write `standby` on one of them only",
+                        shorten(&link.interface),
+                        ob.path,
+                        self.line_of(other_at)
+                    ),
+                ));
+            }
             if let (Some(sb), Some(at)) = (&link.standby, &b.standby_span) {
                 if *sb == other.interface {
                     return Err(self.invalid(

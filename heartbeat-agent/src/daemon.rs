@@ -559,6 +559,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             cards: cards.clone(),
             fast: fast_cmd_tx.clone(),
             interfaces: ifaces_tx,
+            sender: Some(shared.clone()),
         },
         cancel.clone(),
     ));

@@ -14,6 +14,12 @@
 //! transport's receive task (which reads them), changes arrive on a
 //! command channel polled once per tick without a syscall, and every
 //! statistic is an atomic.
+//!
+//! It sleeps on a futex with an absolute deadline (as precise as
+//! `clock_nanosleep`), so that [`Shared::send_now`] can wake it for one
+//! extra round at once: the network manager asks for it right after a link
+//! moved to its standby card, so the peers' answers flow through the new
+//! card without waiting for the next interval. The schedule is unchanged.
 
 use std::{
     io,
@@ -21,7 +27,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
         mpsc as std_mpsc,
     },
     thread::JoinHandle,
@@ -138,6 +144,11 @@ pub struct Shared {
     pub realtime: AtomicU8,
     /// Set while the sender withholds the dead-man stamp (main loop stale).
     pub withholding: AtomicBool,
+    /// Non-zero: send a round at once ([`Shared::send_now`]); the futex
+    /// word the sender sleeps on.
+    pub send_now: AtomicU32,
+    /// Extra rounds sent on request.
+    pub extra_rounds: AtomicU64,
 }
 
 impl Shared {
@@ -159,6 +170,24 @@ impl Shared {
             missed: AtomicU64::new(0),
             realtime: AtomicU8::new(0),
             withholding: AtomicBool::new(false),
+            send_now: AtomicU32::new(0),
+            extra_rounds: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks the sender thread to send a round to every peer at once (its
+    /// schedule is unchanged).
+    pub fn send_now(&self) {
+        self.send_now.store(1, Ordering::Release);
+        // SAFETY: FUTEX_WAKE on a 4-byte aligned word this struct owns; it
+        // wakes at most one waiter and touches nothing else.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.send_now.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            );
         }
     }
 
@@ -297,6 +326,46 @@ fn sleep_until_mono(deadline_ns: u64) {
     }
 }
 
+/// Sleeps until `deadline_ns` (CLOCK_MONOTONIC) or until `kick` is set;
+/// returns whether it was (and clears it).
+fn sleep_until_mono_or_kick(deadline_ns: u64, kick: &AtomicU32) -> bool {
+    let ts = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        if kick.swap(0, Ordering::AcqRel) != 0 {
+            return true;
+        }
+        // SAFETY: FUTEX_WAIT_BITSET on a 4-byte aligned word that outlives
+        // the call, with an absolute CLOCK_MONOTONIC timeout (`ts` is a
+        // valid timespec); it sleeps only while the word is still 0.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                kick.as_ptr(),
+                libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
+                0u32,
+                &ts as *const libc::timespec,
+                std::ptr::null::<u32>(),
+                libc::FUTEX_BITSET_MATCH_ANY,
+            )
+        };
+        if rc == 0 {
+            continue; // woken: the word says why
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ETIMEDOUT) => return kick.swap(0, Ordering::AcqRel) != 0,
+            Some(libc::EINTR | libc::EAGAIN) => continue,
+            _ => {
+                // No futex: the plain sleep, without the early wake-up.
+                sleep_until_mono(deadline_ns);
+                return false;
+            }
+        }
+    }
+}
+
 /// The running sender thread.
 pub struct Sender {
     pub thread: JoinHandle<()>,
@@ -349,9 +418,16 @@ fn run(
     let mut last_refresh = 0u64;
     let mut next = clock::mono_ns();
     while !shared.stop.load(Ordering::Relaxed) {
-        sleep_until_mono(next);
+        let kicked = sleep_until_mono_or_kick(next, &shared.send_now);
         let woke = clock::mono_ns();
-        shared.record_lateness(woke.saturating_sub(next));
+        // A round asked for before its time is an extra one: no lateness,
+        // and the schedule stays.
+        let scheduled = !kicked || woke >= next;
+        if scheduled {
+            shared.record_lateness(woke.saturating_sub(next));
+        } else {
+            shared.extra_rounds.fetch_add(1, Ordering::Relaxed);
+        }
         // Changes (a reload): a channel read without a syscall.
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
@@ -425,6 +501,9 @@ fn run(
             }
         }
 
+        if !scheduled {
+            continue;
+        }
         next = next.saturating_add(interval);
         let now = clock::mono_ns();
         if now > next.saturating_add(interval) {
@@ -434,5 +513,42 @@ fn run(
             shared.missed.fetch_add(missed, Ordering::Relaxed);
             next = next.saturating_add(missed * interval);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a request the sleep lasts until the deadline; a request
+    /// from another thread ends it at once, and is consumed.
+    #[test]
+    fn send_now_wakes_the_sleep_early() {
+        let shared = Arc::new(Shared::new(1, &[0]));
+        let t0 = clock::mono_ns();
+        assert!(!sleep_until_mono_or_kick(t0 + 20_000_000, &shared.send_now));
+        assert!(clock::mono_ns() >= t0 + 20_000_000);
+
+        let waker = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                shared.send_now();
+            })
+        };
+        let t1 = clock::mono_ns();
+        assert!(sleep_until_mono_or_kick(
+            t1 + 30_000_000_000,
+            &shared.send_now
+        ));
+        assert!(clock::mono_ns() < t1 + 10_000_000_000, "woken early");
+        assert_eq!(shared.send_now.load(Ordering::Relaxed), 0);
+        let _ = waker.join();
+        // A request made before the sleep is not lost.
+        shared.send_now();
+        assert!(sleep_until_mono_or_kick(
+            clock::mono_ns() + 30_000_000_000,
+            &shared.send_now
+        ));
     }
 }

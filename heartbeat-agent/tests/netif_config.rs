@@ -195,3 +195,31 @@ fn a_standby_that_is_missing() {
     // network namespace by tests/tests/netif.rs.)
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Links on one interface move to the standby together: the standby is
+/// written on one of them only, and naming it on two (the same card or
+/// different ones) is refused with both keys and lines.
+#[test]
+fn two_links_on_one_interface_name_one_standby() {
+    let one_interface = edit(BASE, "interface = \"eth3\"", "interface = \"eth1\"");
+    let cfg = parse(&one_interface).expect("one standby for both links is valid");
+    assert_eq!(cfg.nodes[0].links[0].standby.as_deref(), Some("eth2"));
+    assert_eq!(cfg.nodes[0].links[1].standby, None);
+    for standby in ["eth4", "eth2"] {
+        let text = edit(
+            &one_interface,
+            "  address = \"10.1.0.1\"\n",
+            &format!("  address = \"10.1.0.1\"\n  standby = \"{standby}\"\n"),
+        );
+        expect_err(
+            &text,
+            18,
+            "node[0].link[1].standby",
+            &[
+                "node[0].link[0] is on `eth1` too",
+                "(node[0].link[0].standby, line 12)",
+                "write `standby` on one of them only",
+            ],
+        );
+    }
+}

@@ -11,6 +11,9 @@
 //!   `inonly_or_inout` switches, `inout` does not);
 //! - both cards down: the link is down and beta sees alpha down;
 //! - a standby with an address of its own is refused by `check-config`;
+//! - the agent makes both cards answer ARP only for their own addresses
+//!   (the standby does not answer for the active card's), and puts the
+//!   previous setting back when it stops;
 //! - issue #12 row 3: a heartbeat interface deleted and recreated gets XDP
 //!   and its socket back.
 #![allow(
@@ -50,6 +53,9 @@ struct Options {
     node_timeout: &'static str,
     /// The link is IPv6 (A6_ADDR, B6_ADDR).
     v6: bool,
+    /// alpha's namespace sets `arp_ignore = 1` for all its cards itself
+    /// (false: only the agent does, on the cards it owns).
+    node_arp_ignore: bool,
 }
 
 const DEFAULT: Options = Options {
@@ -57,6 +63,7 @@ const DEFAULT: Options = Options {
     auto_failback: true,
     node_timeout: "500ms",
     v6: false,
+    node_arp_ignore: true,
 };
 
 const A6_ADDR: &str = "fd00:230::1";
@@ -110,8 +117,9 @@ fn topology(o: &Options) -> (Cluster, Wires) {
     seg.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
     seg.ip(&["link", "set", "br0", "up"]).unwrap();
     // A card answers ARP only for its own addresses (else the idle standby
-    // answers for the active card's address with its own MAC).
-    for key in ["all", "default"] {
+    // answers for the active card's address with its own MAC, until the
+    // agent sets it on the cards it owns).
+    for key in ["all", "default"].into_iter().filter(|_| o.node_arp_ignore) {
         a.exec(&[
             "sysctl",
             "-qw",
@@ -804,4 +812,171 @@ fn an_ipv6_link_moves_too() {
     c.wait_state("beta", "alpha", NodeState::Up, Duration::from_secs(1));
     c.wait_state("alpha", "beta", NodeState::Up, Duration::from_secs(1));
     no_reformation(&c, t0);
+}
+
+/// `net.ipv4.conf.CARD.arp_ignore` in `ns`.
+fn arp_ignore(ns: &Netns, card: &str) -> String {
+    let out = ns
+        .exec(&["sysctl", "-n", &format!("net.ipv4.conf.{card}.arp_ignore")])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// Broadcasts an ARP request for `target` from `ifname` (MAC `mac`,
+/// address `sender`) in `ns` and returns the sender MAC of every reply
+/// within 300 ms.
+fn arp_answers(ns: &Netns, ifname: &str, mac: [u8; 6], sender: &str, target: &str) -> Vec<[u8; 6]> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let sender: std::net::Ipv4Addr = sender.parse().unwrap();
+    let target: std::net::Ipv4Addr = target.parse().unwrap();
+    let ifname = ifname.to_owned();
+    heartbeat_tests::in_netns(ns.name(), move || {
+        let proto = (libc::ETH_P_ARP as u16).to_be();
+        // SAFETY: plain socket(2); checked and owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                proto.into(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let index = nix::net::if_::if_nametoindex(ifname.as_str()).unwrap();
+        // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `sll` is valid for its size.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), len) };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: `tv` is valid for its size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        let mut f = Vec::with_capacity(42);
+        f.extend_from_slice(&[0xff; 6]);
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&sender.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&target.octets());
+        // SAFETY: the frame and `sll` are valid for their lengths.
+        let rc = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const sll).cast(),
+                len,
+            )
+        };
+        assert!(rc > 0, "send: {}", std::io::Error::last_os_error());
+        let mut answers = Vec::new();
+        let end = Instant::now() + Duration::from_millis(300);
+        let mut buf = [0u8; 1514];
+        while Instant::now() < end {
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 42 {
+                continue;
+            }
+            let r = &buf[..n as usize];
+            if r[12..14] == [0x08, 0x06] && r[20..22] == [0, 2] && r[28..32] == target.octets() {
+                let mut sha = [0u8; 6];
+                sha.copy_from_slice(&r[22..28]);
+                if !answers.contains(&sha) {
+                    answers.push(sha);
+                }
+            }
+        }
+        answers
+    })
+    .unwrap()
+}
+
+/// The node leaves ARP at Linux's default (every card answers for every
+/// address of the host): the agent sets `arp_ignore = 1` on both cards, so
+/// before any switch only the active card answers for its address, and it
+/// puts the previous values back when it stops.
+#[test]
+fn the_standby_does_not_answer_arp_for_the_active_card_s_address() {
+    let (mut c, w) = topology(&Options {
+        node_arp_ignore: false,
+        ..DEFAULT
+    });
+    let (mac1, mac2) = (
+        parse_mac(&mac_of(alpha(&c), &w.a1)),
+        parse_mac(&mac_of(alpha(&c), &w.a2)),
+    );
+    let macb = parse_mac(&mac_of(beta(&c), &w.b1));
+    for card in [&w.a1, &w.a2] {
+        assert_eq!(arp_ignore(alpha(&c), card), "0");
+    }
+    // Without the agent, the idle standby answers too (what the agent
+    // prevents; also proves that the probe sees it).
+    let answers = arp_answers(beta(&c), &w.b1, macb, B_ADDR, A_ADDR);
+    assert!(
+        answers.contains(&mac1) && answers.contains(&mac2),
+        "{answers:x?}"
+    );
+
+    c.start("alpha");
+    wait_for(
+        "arp_ignore on alpha's cards",
+        Duration::from_secs(10),
+        || {
+            [&w.a1, &w.a2]
+                .iter()
+                .all(|card| arp_ignore(alpha(&c), card) == "1")
+        },
+    );
+    // beta may have learnt the standby's MAC from the probe above.
+    beta(&c).ip(&["neigh", "flush", "dev", &w.b1]).unwrap();
+    c.start("beta");
+    c.wait_all_up(Duration::from_secs(20));
+    for _ in 0..3 {
+        let answers = arp_answers(beta(&c), &w.b1, macb, B_ADDR, A_ADDR);
+        assert_eq!(answers, vec![mac1], "standby {mac2:x?}");
+    }
+    assert_eq!(active_card(&c), w.a1);
+
+    c.agent("alpha").terminate().unwrap();
+    c.agent("alpha")
+        .wait_timeout(Duration::from_secs(10))
+        .expect("wait")
+        .expect("alpha's agent did not stop");
+    c.nodes[0].agent = None;
+    for card in [&w.a1, &w.a2] {
+        assert_eq!(arp_ignore(alpha(&c), card), "0", "{card} left changed");
+    }
 }

@@ -11,12 +11,25 @@
 //!   requests and replies, and on the active card the peers' heartbeats);
 //! - **outbound**: a poll frame this card sent reached the other card.
 //!
-//! A direction *fails* after [`MISS_LIMIT`] ticks in a row without
-//! evidence, so a failure that only polling can see is declared within 3
-//! polling intervals. `inout`: a card has failed when both its directions
-//! failed; `inonly_or_inout`: inbound failure alone suffices. Carrier loss
-//! fails a card at once. Poll evidence is only weighed while both cards
-//! have carrier (a card without carrier cannot answer polls).
+//! A tick is one polling round: the task sends the polls, waits
+//! [`reply_wait`] for the answers (the XDP program answers in microseconds),
+//! and then reports the round. So a lost poll is counted a fraction of an
+//! interval after it was sent, not at the next tick.
+//!
+//! Outbound *fails* after [`MISS_LIMIT`] rounds in a row without an
+//! answer: a single lost poll never fails a card. `inout`: a card has
+//! failed when its outbound failed and it also heard nothing at all in the
+//! last [`inbound_window`] (a polling interval, or two heartbeat intervals
+//! when longer: the other card's poll and, on the active card, the peers'
+//! heartbeats); `inonly_or_inout`: inbound silence at [`MISS_LIMIT`]
+//! reports in a row suffices on its own. (Asking for two silent
+//! rounds inbound as well as outbound under `inout` made a cut that fell
+//! late in a round wait one round more: the frames heard before the cut
+//! count for that round.) So a failure that only polling can see is
+//! declared between 1 and 2 intervals (plus [`reply_wait`]) after it
+//! happens. Carrier loss fails a card at once. Poll evidence is only
+//! weighed while both cards have carrier (a card without carrier cannot
+//! answer polls).
 //!
 //! With two cards, a break of the path between them silences both
 //! identically. The tie is broken against the active card: it normally
@@ -35,8 +48,31 @@
 
 use std::time::Duration;
 
-/// Consecutive ticks without evidence after which a direction has failed.
+/// Consecutive rounds without an answer after which outbound has failed
+/// (and without any frame, after which inbound alone has failed, for
+/// `inonly_or_inout`).
 pub const MISS_LIMIT: u32 = 2;
+/// Under `inout`, rounds without any frame after which inbound has failed
+/// (outbound must have failed as well).
+pub const INOUT_SILENT_ROUNDS: u32 = 1;
+
+/// How long after sending a round's polls its answers are looked for: a
+/// fifth of the polling interval, at least 1 ms (a poll is answered by the
+/// XDP program of the other card, in tens of microseconds on a healthy
+/// segment; an answer later than this counts for the next round).
+pub fn reply_wait(polling_interval: Duration) -> Duration {
+    (polling_interval / 5).max(Duration::from_millis(1))
+}
+
+/// How far back a report looks for inbound evidence (any frame): one
+/// polling interval, or two heartbeat intervals when that is longer. The
+/// active card hears its peers every heartbeat interval (their requests
+/// and the answers to its own), so while its side of the segment works it
+/// hears something in this window even when the standby's side is cut and
+/// no poll arrives: it is not blamed for the standby's cut.
+pub fn inbound_window(polling_interval: Duration, heartbeat_interval: Duration) -> Duration {
+    polling_interval.max(heartbeat_interval.saturating_mul(2))
+}
 
 /// `cluster.network_failure_detection`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,12 +207,15 @@ impl SwitchCause {
     }
 }
 
-/// What the polls showed for one tick (since the previous one).
+/// What the polls showed for one round (a tick), reported [`reply_wait`]
+/// after the round's polls were sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Observation {
-    /// Per card (primary, standby): it received any frame.
+    /// Per card (primary, standby): it received any frame within the
+    /// [`inbound_window`] before the report.
     pub inbound: [bool; 2],
-    /// Per card: a poll frame it sent reached the other card.
+    /// Per card: a poll frame it sent reached the other card (the other
+    /// card counted the request, or its answer came back).
     pub outbound: [bool; 2],
 }
 
@@ -323,11 +362,12 @@ impl Pair {
                 };
             }
             let verdict = |c: &CardState| -> Option<Cause> {
+                let silent = c.in_miss >= INOUT_SILENT_ROUNDS;
                 let in_failed = c.in_miss >= MISS_LIMIT;
                 let out_failed = c.out_miss >= MISS_LIMIT;
-                match (in_failed, out_failed, self.detection) {
-                    (true, true, _) => Some(Cause::PollOut),
-                    (true, false, FailureDetection::InOnlyOrInOut) => Some(Cause::PollIn),
+                match (silent, in_failed, out_failed, self.detection) {
+                    (true, _, true, _) => Some(Cause::PollOut),
+                    (_, true, false, FailureDetection::InOnlyOrInOut) => Some(Cause::PollIn),
                     _ => None,
                 }
             };
@@ -559,6 +599,92 @@ mod tests {
         );
     }
 
+    /// The cut falls late in a round: the active card heard frames
+    /// earlier in that round, but its poll of that round is lost already.
+    /// The second lost poll decides, without waiting for a second silent
+    /// round.
+    #[test]
+    fn a_cut_late_in_a_round_is_declared_at_the_second_lost_poll() {
+        let mut p = Pair::new(
+            &settings(FailureDetection::InOut, true),
+            Card::Primary,
+            [true, true],
+            0,
+        );
+        let heard_before_the_cut = Observation {
+            inbound: [true, true],
+            outbound: [false, false],
+        };
+        assert!(p.on_tick(heard_before_the_cut, 10 * MS).is_empty());
+        assert_eq!(
+            switches(&p.on_tick(Observation::default(), 20 * MS)),
+            vec![(Card::Standby, SwitchCause::Failed(Cause::PollOut))]
+        );
+    }
+
+    /// A single lost round (every poll lost, nothing heard) is never a
+    /// failure, in either mode, however often it recurs.
+    #[test]
+    fn a_single_lost_round_never_fails_a_card() {
+        for d in [FailureDetection::InOut, FailureDetection::InOnlyOrInOut] {
+            let mut p = Pair::new(&settings(d, true), Card::Primary, [true, true], 0);
+            for t in 1..100 {
+                let obs = if t % 2 == 0 {
+                    Observation::default()
+                } else {
+                    CLEAN
+                };
+                assert!(p.on_tick(obs, t * 10 * MS).is_empty(), "{d:?} at {t}");
+            }
+        }
+    }
+
+    /// The active card still hears its peers while its polls are lost
+    /// (the standby's side is cut): the active card is not blamed, under
+    /// `inout`, however long it lasts.
+    #[test]
+    fn lost_polls_while_hearing_peers_do_not_fail_the_active_card() {
+        let mut p = Pair::new(
+            &settings(FailureDetection::InOut, true),
+            Card::Primary,
+            [true, true],
+            0,
+        );
+        let obs = Observation {
+            inbound: [true, false],
+            outbound: [false, false],
+        };
+        for t in 1..50 {
+            assert!(switches(&p.on_tick(obs, t * 10 * MS)).is_empty());
+        }
+        assert_eq!(p.failed(Card::Primary), None);
+        assert_eq!(p.failed(Card::Standby), Some(Cause::PollOut));
+    }
+
+    #[test]
+    fn the_inbound_window_covers_two_heartbeats() {
+        let ms = Duration::from_millis;
+        assert_eq!(inbound_window(ms(10), ms(5)), ms(10));
+        assert_eq!(inbound_window(ms(100), ms(100)), ms(200));
+        assert_eq!(inbound_window(ms(100), ms(10)), ms(100));
+    }
+
+    #[test]
+    fn reply_wait_is_a_fifth_of_the_interval_and_at_least_1ms() {
+        assert_eq!(
+            reply_wait(Duration::from_millis(10)),
+            Duration::from_millis(2)
+        );
+        assert_eq!(
+            reply_wait(Duration::from_secs(2)),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            reply_wait(Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+    }
+
     #[test]
     fn standby_failure_is_reported_and_nothing_moves() {
         let mut p = Pair::new(
@@ -670,6 +796,42 @@ mod tests {
     }
 
     proptest! {
+        /// Ticks only (both cards keep carrier): a card fails by polls
+        /// only when its outbound went unanswered for MISS_LIMIT rounds in
+        /// a row and it heard nothing in the last round (`inout`), or
+        /// heard nothing for MISS_LIMIT rounds (`inonly_or_inout`): a
+        /// single lost poll never fails a card.
+        #[test]
+        fn poll_failures_need_the_rule_s_evidence(
+            ticks in proptest::collection::vec(any::<[bool; 4]>(), 1..200),
+            inonly in any::<bool>(),
+        ) {
+            let d = if inonly { FailureDetection::InOnlyOrInOut } else { FailureDetection::InOut };
+            let mut p = Pair::new(&settings(d, true), Card::Primary, [true, true], 0);
+            let mut hist: Vec<Observation> = Vec::new();
+            for (n, b) in ticks.into_iter().enumerate() {
+                let obs = Observation { inbound: [b[0], b[1]], outbound: [b[2], b[3]] };
+                hist.push(obs);
+                let out = p.on_tick(obs, (n as u64 + 1) * 10 * MS);
+                for o in &out {
+                    if let Output::Failed { card, cause } = *o {
+                        let k = card.ix();
+                        let last = |r: usize, f: &dyn Fn(&Observation) -> bool| {
+                            hist.len() >= r && hist[hist.len() - r..].iter().all(f)
+                        };
+                        let out_lost = last(MISS_LIMIT as usize, &|o| !o.outbound[k]);
+                        let silent = last(INOUT_SILENT_ROUNDS as usize, &|o| !o.inbound[k]);
+                        let long_silent = last(MISS_LIMIT as usize, &|o| !o.inbound[k]);
+                        match cause {
+                            Cause::PollOut => prop_assert!(out_lost && silent),
+                            Cause::PollIn => prop_assert!(inonly && long_silent),
+                            Cause::Carrier => prop_assert!(false, "no carrier change"),
+                        }
+                    }
+                }
+            }
+        }
+
         /// Whatever happens: a switch always leaves a failed card for a
         /// healthy one (or fails back to a healthy primary), the active
         /// card is failed only when both are, and `BothFailed` is reported

@@ -6,11 +6,13 @@
 //! - it watches link notifications through rtnetlink (`nl::watch_links`):
 //!   carrier loss or a card going down is acted on as the kernel reports
 //!   it;
-//! - every `network_polling_interval` it reads the cards' poll statistics
+//! - every `network_polling_interval` it sends one poll frame from each
+//!   card to the other; the XDP program on the receiving card answers it
+//!   in place, so polling wakes no user space on the answering side;
+//!   [`machine::reply_wait`] later it reads the cards' poll statistics
 //!   (`NIC_POLL`, written by the XDP program on each card, heartbeat-ebpf
-//!   `poll.rs`) and sends one poll frame from each card to the other; the
-//!   XDP program on the receiving card answers it in place, so polling
-//!   wakes no user space on the answering side;
+//!   `poll.rs`) and reports the round: a lost poll is seen a fraction of
+//!   an interval after it was sent;
 //! - the decisions are [`machine::Pair`]'s, a pure state machine; this task
 //!   only feeds it and carries out its outputs.
 //!
@@ -22,7 +24,12 @@
 //! follow at once), and announces each moved address (gratuitous ARP,
 //! unsolicited neighbour advertisement) `network_announce_count` times.
 //! The link keeps its id: peers see a short gap, and with `node_timeout`
-//! above the switch time, no reformation.
+//! above the switch time, no reformation. Right after a switch the sender
+//! is asked to send a round at once, so the peers' answers flow through
+//! the new card without waiting for the next `heartbeat_interval`.
+//!
+//! Both cards of every link with a standby answer ARP only for their own
+//! addresses while the task runs ([`arp`]).
 //!
 //! The XDP program is attached to the standby card at start, not at the
 //! switch: the standby must answer poll frames all along (the polls that
@@ -39,6 +46,7 @@
 //! index it was bound to), logs and counts it (`InterfaceStatus` in status,
 //! `heartbeat_interface_*` metrics).
 
+pub mod arp;
 pub mod l2;
 pub mod machine;
 pub mod metrics;
@@ -114,6 +122,8 @@ pub struct Context {
     pub fast: mpsc::Sender<fastpath::Command>,
     /// The planned interfaces' lifecycle, for status and metrics.
     pub interfaces: watch::Sender<Vec<InterfaceStatus>>,
+    /// The sender, asked to send at once after a switch.
+    pub sender: Option<Arc<crate::sender::Shared>>,
 }
 
 /// One link with a standby card.
@@ -232,6 +242,8 @@ struct Netif {
     /// Every planned interface's last known index and lifecycle counts
     /// (issue #12 row 3).
     indexes: BTreeMap<String, InterfaceStatus>,
+    /// The cards' `arp_ignore` values changed, put back at the end.
+    arp: arp::ArpIgnore,
 }
 
 /// Runs the network manager until `cancel`.
@@ -264,21 +276,44 @@ pub async fn run(ctx: Context, cancel: CancellationToken) {
         pkt,
         links: Vec::new(),
         indexes: BTreeMap::new(),
+        arp: arp::ArpIgnore::default(),
     };
     n.start().await;
     let interval = n.ctx.plan.config.cluster.netif.polling_interval;
+    let wait = machine::reply_wait(interval);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the round's answers are looked at (None: no round out).
+    let mut report_at: Option<tokio::time::Instant> = None;
     loop {
+        let report = async {
+            match report_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(note) = notes.recv() => n.on_note(note).await,
-            _ = tick.tick(), if !n.links.is_empty() => n.on_tick().await,
+            _ = tick.tick(), if !n.links.is_empty() => {
+                // A round not reported yet (the task was late): report it
+                // before the next one goes out.
+                if report_at.take().is_some() {
+                    n.on_report().await;
+                }
+                n.send_polls();
+                report_at = Some(tokio::time::Instant::now() + wait);
+            }
+            () = report => {
+                report_at = None;
+                n.on_report().await;
+            }
             () = cancel.cancelled() => break,
         }
     }
     if let Some(w) = watcher {
         w.abort();
     }
+    n.arp.restore();
 }
 
 impl Netif {
@@ -348,6 +383,9 @@ impl Netif {
                 refresh_in: 0,
             };
             register(&mut self.ctx.nic_poll, &m.cards);
+            for c in m.cards.iter().flatten() {
+                self.apply_arp_ignore(&c.name);
+            }
             self.ctx.cards.set(&m.names[0], m.name(active));
             if active == Card::Standby {
                 self.rebind_link(&m, Card::Standby);
@@ -359,6 +397,12 @@ impl Netif {
             self.carry_out(i, out).await;
         }
         self.publish();
+    }
+
+    fn apply_arp_ignore(&mut self, card: &str) {
+        if let Err(e) = self.arp.apply(card) {
+            tracing::warn!(card = %card, error = %e, "cannot set arp_ignore = 1: the card may answer ARP for the other card's addresses");
+        }
     }
 
     fn record(&self, kind: EventKind, link: u8, cause: &str, detail: String) {
@@ -423,6 +467,9 @@ impl Netif {
                     }
                 }
                 self.links[i].prev[ix(card)] = NicPoll::default();
+                if new.is_some() {
+                    self.apply_arp_ignore(&name);
+                }
             }
             let up = info.as_ref().is_some_and(|c| c.carrier);
             let out = self.links[i].pair.on_carrier(card, up, now);
@@ -476,52 +523,12 @@ impl Netif {
         }
     }
 
-    async fn on_tick(&mut self) {
-        let now = clock::mono_ns();
+    /// Sends the round's polls, one from each card to the other (when both
+    /// have carrier).
+    fn send_polls(&mut self) {
         let plan = self.ctx.plan.clone();
-        let save_ticks = (SAVE_EVERY.as_nanos()
-            / plan.config.cluster.netif.polling_interval.as_nanos().max(1))
-        .max(1) as u32;
-        for i in 0..self.links.len() {
-            if self.links[i].refresh_in == 0 {
-                self.save(i).await;
-                self.links[i].refresh_in = save_ticks;
-            }
-            self.links[i].refresh_in -= 1;
-            // Read both cards' statistics.
-            let mut cur = self.links[i].prev;
-            if let Some(map) = self.ctx.nic_poll.as_ref() {
-                for (k, c) in self.links[i].cards.iter().enumerate() {
-                    if let Some(c) = c
-                        && let Ok(v) = map.get(&c.index, 0)
-                    {
-                        cur[k] = v;
-                    }
-                }
-            }
-            let m = &mut self.links[i];
-            let d = |k: usize, f: fn(&NicPoll) -> u64| f(&cur[k]).saturating_sub(f(&m.prev[k]));
-            let obs = Observation {
-                inbound: [d(0, |p| p.rx_frames) > 0, d(1, |p| p.rx_frames) > 0],
-                outbound: [
-                    d(1, |p| p.rx_requests) > 0 || d(0, |p| p.rx_replies) > 0,
-                    d(0, |p| p.rx_requests) > 0 || d(1, |p| p.rx_replies) > 0,
-                ],
-            };
-            for k in 0..2 {
-                let replies = d(k, |p| p.rx_replies);
-                m.lost[k] += m.sent_last[k].saturating_sub(replies);
-            }
-            m.prev = cur;
-            let polling = self.ctx.nic_poll.is_some() && self.pkt.is_some();
-            let out = if polling {
-                m.pair.on_tick(obs, now)
-            } else {
-                Vec::new()
-            };
-            self.carry_out(i, out).await;
-            // Send the next polls, each card to the other.
-            let m = &mut self.links[i];
+        let polling = self.ctx.nic_poll.is_some() && self.pkt.is_some();
+        for m in &mut self.links {
             m.sent_last = [0; 2];
             if let (Some(pkt), [Some(a), Some(b)]) = (&self.pkt, &m.cards)
                 && a.carrier
@@ -544,6 +551,66 @@ impl Netif {
                     }
                 }
             }
+        }
+    }
+
+    /// Reports the round whose polls went out [`machine::reply_wait`] ago:
+    /// reads both cards' statistics, feeds the state machine, carries out
+    /// its decisions.
+    async fn on_report(&mut self) {
+        let now = clock::mono_ns();
+        let plan = self.ctx.plan.clone();
+        let save_ticks = (SAVE_EVERY.as_nanos()
+            / plan.config.cluster.netif.polling_interval.as_nanos().max(1))
+        .max(1) as u32;
+        let polling = self.ctx.nic_poll.is_some() && self.pkt.is_some();
+        let window = machine::inbound_window(
+            plan.config.cluster.netif.polling_interval,
+            plan.config.cluster.heartbeat_interval,
+        );
+        let heard_since = now.saturating_sub(window.as_nanos() as u64);
+        for i in 0..self.links.len() {
+            // Read both cards' statistics.
+            let mut cur = self.links[i].prev;
+            if let Some(map) = self.ctx.nic_poll.as_ref() {
+                for (k, c) in self.links[i].cards.iter().enumerate() {
+                    if let Some(c) = c
+                        && let Ok(v) = map.get(&c.index, 0)
+                    {
+                        cur[k] = v;
+                    }
+                }
+            }
+            let m = &mut self.links[i];
+            let d = |k: usize, f: fn(&NicPoll) -> u64| f(&cur[k]).saturating_sub(f(&m.prev[k]));
+            let obs = Observation {
+                inbound: [
+                    cur[0].last_rx_ns > heard_since,
+                    cur[1].last_rx_ns > heard_since,
+                ],
+                outbound: [
+                    d(1, |p| p.rx_requests) > 0 || d(0, |p| p.rx_replies) > 0,
+                    d(0, |p| p.rx_requests) > 0 || d(1, |p| p.rx_replies) > 0,
+                ],
+            };
+            for k in 0..2 {
+                let replies = d(k, |p| p.rx_replies);
+                m.lost[k] += m.sent_last[k].saturating_sub(replies);
+            }
+            m.prev = cur;
+            let out = if polling {
+                m.pair.on_tick(obs, now)
+            } else {
+                Vec::new()
+            };
+            self.carry_out(i, out).await;
+            // After the decision (it must not wait for a listing), and at
+            // once after a switch.
+            if self.links[i].refresh_in == 0 {
+                self.save(i).await;
+                self.links[i].refresh_in = save_ticks;
+            }
+            self.links[i].refresh_in -= 1;
         }
         self.publish();
     }
@@ -585,6 +652,11 @@ impl Netif {
                     let t0 = clock::mono_ns();
                     let r = self.switch(i, from, to).await;
                     let took_us = clock::mono_ns().saturating_sub(t0) / 1000;
+                    // The peers answer the next request through the new
+                    // card: send it now rather than at the next interval.
+                    if let Some(s) = &self.ctx.sender {
+                        s.send_now();
+                    }
                     let m = &mut self.links[i];
                     m.refresh_in = 0;
                     *m.switches.entry(cause.as_str()).or_default() += 1;
