@@ -506,6 +506,13 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 shared: shared.clone(),
                 status: pkg_status_tx,
                 cards: cards.clone(),
+                serial: serial_out
+                    .clone()
+                    .map(|out| crate::packages::task::SerialLink {
+                        view: serial_view_rx.clone(),
+                        out,
+                        handle: serial_handle.clone(),
+                    }),
             },
             failed_at_start,
             cancel.clone(),
