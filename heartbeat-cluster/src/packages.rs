@@ -99,11 +99,13 @@
 //!   survivor's lease cannot be anchored at the non-survivor's grants (no
 //!   heartbeat crosses the network), so while the split lasts it renews
 //!   with no successors (anchored at its own clock): the non-survivor has
-//!   promised, by its verdict, not to run anything. When the line falls
-//!   silent too the verdict ends, the survivor's successors are the peer
-//!   again (its lease runs out `L` after its last renewal, which is before
-//!   the line's timeout, shorter than `node_timeout`, ends), and the
-//!   two-node rules apply as configured (see `two_node` above).
+//!   promised, by its verdict, not to run anything while the line is up.
+//!   When the line falls silent too, the verdict ends (the survivor's
+//!   successors are the peer again, so its lease stops being extended)
+//!   and the two-node rules apply as configured: without `two_node`
+//!   neither side is quorate alone and both stop; with `two_node` each
+//!   side is quorate alone and both may run the packages (see `two_node`
+//!   above: the line gave the only tie-break, and it is gone).
 //! - Placement inputs are soft state (reports), not a replicated log: two
 //!   successive coordinators may decide differently for a package whose
 //!   health changed in between; safety never depends on placement, only on
