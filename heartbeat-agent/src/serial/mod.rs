@@ -30,7 +30,11 @@
 //! confirm the stop (flag [`flags::STOPPED`], seen by the survivor as
 //! `peer.status.flags`). The packages side reports what runs on this node
 //! in [`SerialHandle::packages`] (bit `i` = package `i`); it travels in
-//! every frame.
+//! every frame. Right after the agent starts the network links to the peer
+//! are not up yet while the line may already be: no split is declared
+//! before a network link to the peer was seen up or
+//! [`SerialPlan::startup_grace`] (twice `node_timeout`) has passed, so
+//! that the first placement is not made as if the network were cut.
 //!
 //! The device: opened raw, 8N1, no flow control, exclusive, through
 //! `tokio-serial`. Missing or busy at start is a configuration error
@@ -145,6 +149,9 @@ pub struct SerialPlan {
     pub keys: Keys,
     /// The local network links (id, interface): the network view.
     pub links: Vec<(u8, String)>,
+    /// After the start, how long network links never seen up yet are not
+    /// taken for cut (twice `node_timeout`).
+    pub startup_grace: Duration,
 }
 
 impl SerialPlan {
@@ -167,6 +174,7 @@ impl SerialPlan {
                 .iter()
                 .map(|l| (l.link_id, l.interface.clone()))
                 .collect(),
+            startup_grace: plan.config.cluster.node_timeout.saturating_mul(2),
         })
     }
 }
@@ -290,6 +298,10 @@ struct Line {
     net_view: NetworkView,
     net_view_at: u64,
     budget: Budget,
+    /// When the task started, and whether a network link to the peer was
+    /// up since (the start-up grace of the verdict).
+    started_ns: u64,
+    network_seen: bool,
 }
 
 impl Line {
@@ -410,6 +422,9 @@ impl Line {
                 .flat_map(|p| p.links.iter())
                 .any(|(&l, &s)| l != SERIAL_LINK && s == LinkState::Up)
         };
+        self.network_seen |= network_up;
+        let grace = self.plan.startup_grace.as_nanos() as u64;
+        let known = self.network_seen || Self::now().saturating_sub(self.started_ns) >= grace;
         let local = Candidate {
             node: self.plan.local,
             priority: self.plan.local_priority,
@@ -421,7 +436,7 @@ impl Line {
             view: f.status.view,
         });
         heartbeat_cluster::survivor::verdict(
-            network_up,
+            network_up || !known,
             self.view.state == LinkState::Up,
             &local,
             peer.as_ref(),
@@ -557,6 +572,8 @@ pub async fn run(
         net_view: NetworkView::default(),
         net_view_at: 0,
         budget,
+        started_ns: clock::mono_ns(),
+        network_seen: false,
     };
     line.network_view();
     line.publish();
