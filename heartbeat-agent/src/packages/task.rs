@@ -91,8 +91,8 @@ pub const ACTIONS: [&str; 3] = ["start", "stop", "monitor"];
 
 /// The serial line, as the packages task uses it.
 pub struct SerialLink {
-    /// The line's state and its survivor verdict.
-    pub view: watch::Receiver<crate::serial::SerialView>,
+    /// The line's survivor verdict (notified when it changes).
+    pub verdict: watch::Receiver<heartbeat_cluster::survivor::Verdict>,
     /// Sealed datagrams for the line (shared with membership).
     pub out: mpsc::Sender<Vec<u8>>,
     /// What the line's frames say about the packages here.
@@ -1199,7 +1199,7 @@ pub async fn run(
             .map(|l| (l.out.clone(), l.handle.clone())),
         line_sent: BTreeMap::new(),
     };
-    let mut serial_view = ch.serial.map(|l| l.view);
+    let mut serial_verdict = ch.serial.map(|l| l.verdict);
     let mut verdict = heartbeat_cluster::survivor::Verdict::NotNeeded;
     let out = t.sm.stopped_at_start(&failed_at_start);
     t.carry_out(out);
@@ -1224,12 +1224,12 @@ pub async fn run(
             Some(call) = ch.calls.recv() => t.on_call(call),
             Ok(()) = ch.fast_snapshot.changed() => {}
             Ok(()) = async {
-                match serial_view.as_mut() {
+                match serial_verdict.as_mut() {
                     Some(v) => v.changed().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let v = serial_view.as_mut().map(|v| v.borrow_and_update().verdict);
+                let v = serial_verdict.as_mut().map(|v| *v.borrow_and_update());
                 if let Some(v) = v
                     && v != verdict
                 {

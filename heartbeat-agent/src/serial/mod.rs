@@ -277,6 +277,9 @@ pub struct Channels {
     pub shared: Arc<Shared>,
     pub handle: Arc<SerialHandle>,
     pub view: watch::Sender<SerialView>,
+    /// The survivor verdict alone, sent only when it changes (the
+    /// packages task).
+    pub verdict: watch::Sender<Verdict>,
     /// The running plan: a reload's new keys (the line's own settings
     /// cannot change live: `reload::check` refuses it).
     pub plan: watch::Receiver<Arc<Plan>>,
@@ -487,6 +490,11 @@ impl Line {
             }
         }
         self.view.verdict = v;
+        self.ch.verdict.send_if_modified(|old| {
+            let changed = *old != v;
+            *old = v;
+            changed
+        });
         self.view.local_view = self.net_view;
         let snapshot = self.view.clone();
         self.ch.view.send_replace(snapshot);
