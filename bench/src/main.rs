@@ -40,6 +40,7 @@ mod parse;
 mod probe;
 mod report;
 mod serial;
+mod serial_split;
 mod sniff;
 mod system;
 mod topology;
@@ -120,9 +121,12 @@ pub struct BenchArgs {
     /// 20); writes target/bench/netif.json.
     #[arg(long)]
     pub netif: bool,
-    /// Only the serial line's round trip (issue #11): a pty pair per end,
-    /// a relay paced at 115200 baud, the frame codec at both ends. A full
-    /// or quick run measures it too, at the end.
+    /// Only the serial line (issue #11): its round trip (a pty pair per
+    /// end, a relay paced at 115200 baud, the frame codec at both ends),
+    /// then, as root, the serial split: two agents, every network link cut
+    /// with the cable in place, the time to exactly one owner agreed over
+    /// the line (`--trials`, default 20). A full or quick run measures it
+    /// too, at the end.
     #[arg(long)]
     pub serial: bool,
     /// Only the service failover time (3 nodes and a client; the active
@@ -336,7 +340,10 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         return smoke();
     }
     if args.serial {
-        return serial_run(if args.quick { 200 } else { 1000 });
+        let trials = args
+            .trials
+            .map_or(if args.quick { 5 } else { 20 }, |t| t as usize);
+        return serial_run(if args.quick { 200 } else { 1000 }, trials);
     }
     util::require_root("heartbeat-bench")?;
     if args.netif {
@@ -363,7 +370,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let rows = membership_run(trials, false, &[membership::HB5MS, membership::HB500US])?;
     println!("{}", membership::table(&rows));
     if !args.membership {
-        serial_run(if args.quick { 200 } else { 1000 })?;
+        serial_run(if args.quick { 200 } else { 1000 }, trials)?;
         let rows = failover_run(
             trials,
             false,
@@ -375,8 +382,10 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The serial line's round trip at 115200 baud; writes serial.json.
-fn serial_run(samples: usize) -> anyhow::Result<()> {
+/// The serial line's round trip at 115200 baud, then (as root) the serial
+/// split with two agents, `trials` network cuts; writes serial.json and
+/// serial_split.json.
+fn serial_run(samples: usize, trials: usize) -> anyhow::Result<()> {
     install_signal_handlers();
     step(format!(
         "serial: {samples} round trips over a pty pair at 115200 baud"
@@ -386,6 +395,22 @@ fn serial_run(samples: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("serial.json"), serde_json::to_string_pretty(&row)?)?;
     println!("{}", serial::table(&row));
+    util::require_root("heartbeat-bench --serial (the serial split)")?;
+    step(format!(
+        "serial split: {trials} network cuts with the cable in place (two agents)"
+    ));
+    let (agent, _object) = build_agent(true)?;
+    let dir = out.join(format!("serial-split-{}", std::process::id()));
+    let r = serial_split::measure(&agent, trials, &dir);
+    if r.is_ok() && std::env::var_os("HB_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let r = r?;
+    std::fs::write(
+        out.join("serial_split.json"),
+        serde_json::to_string_pretty(&r)?,
+    )?;
+    println!("{}", serial_split::table(&r));
     Ok(())
 }
 

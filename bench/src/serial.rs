@@ -58,7 +58,7 @@ const KEYS: Keys = Keys {
 
 /// A pty pair: the master (non-blocking, for the relay) and the slave as a
 /// file (raw; reads return after at most 0.1 s).
-fn pty() -> anyhow::Result<(OwnedFd, std::fs::File)> {
+pub(crate) fn pty() -> anyhow::Result<(OwnedFd, std::fs::File)> {
     let p = openpty(None, None).context("openpty")?;
     let mut t = tcgetattr(&p.slave).context("tcgetattr")?;
     cfmakeraw(&mut t);
@@ -85,7 +85,7 @@ fn realtime() {
 
 /// One wire of the cable: bytes from `from`'s master to `to`'s master,
 /// each chunk delivered when its last bit would have arrived.
-fn wire(from: Arc<OwnedFd>, to: Arc<OwnedFd>, baud: u32, stop: Arc<AtomicBool>) {
+pub(crate) fn wire(from: Arc<OwnedFd>, to: Arc<OwnedFd>, baud: u32, stop: Arc<AtomicBool>) {
     realtime();
     let ns_per_byte = 10_000_000_000u64 / u64::from(baud);
     let mut buf = [0u8; 4096];

@@ -423,6 +423,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let (cluster_cmd_tx, cluster_cmd_rx) = mpsc::channel(16);
     let (dgram_tx, dgram_rx) = mpsc::channel(1024);
     let (serial_view_tx, serial_view_rx) = watch::channel(serial::SerialView::default());
+    let (verdict_tx, verdict_rx) = watch::channel(heartbeat_cluster::survivor::Verdict::default());
     let (serial_out_tx, serial_out_rx) = mpsc::channel(64);
     let serial_handle = Arc::new(serial::SerialHandle::default());
     let serial_out = if let Some(sp) = serial_plan {
@@ -438,6 +439,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 shared: shared.clone(),
                 handle: serial_handle.clone(),
                 view: serial_view_tx,
+                verdict: verdict_tx,
                 plan: plan_rx.clone(),
             },
             cancel.clone(),
@@ -511,6 +513,13 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 shared: shared.clone(),
                 status: pkg_status_tx,
                 cards: cards.clone(),
+                serial: serial_out
+                    .clone()
+                    .map(|out| crate::packages::task::SerialLink {
+                        verdict: verdict_rx.clone(),
+                        out,
+                        handle: serial_handle.clone(),
+                    }),
             },
             failed_at_start,
             cancel.clone(),

@@ -76,6 +76,7 @@ fn defaults_and_overrides() {
     assert_eq!(s.interval, Duration::from_millis(10));
     assert_eq!(s.timeout, Duration::from_millis(100));
     assert!(s.required);
+    assert!(!s.fec);
     let a = cfg.serial_of(&cfg.nodes[0]).unwrap();
     assert_eq!(a.device, Path::new("/dev/ttyS0"));
     assert_eq!(a.device_key, "node[0].serial.device");
@@ -110,6 +111,10 @@ fn defaults_and_overrides() {
             true
         )
     );
+    // Forward error correction, cluster-wide.
+    let cfg = parse(&format!("{TWO}\n[serial]\nfec = true\n")).expect("valid");
+    assert!(cfg.serial_of(&cfg.nodes[0]).unwrap().fec);
+    assert!(cfg.serial_of(&cfg.nodes[1]).unwrap().fec);
     // No serial line at all.
     let none = TWO
         .replace("  [node.serial]\n  device = \"/dev/ttyS0\"\n", "")
@@ -179,6 +184,20 @@ fn refusals_name_file_line_and_key() {
         "serial.interval",
         &["10ms is shorter than one heartbeat frame takes at 9600 baud (64ms 583us)"],
     );
+    // A protected heartbeat is longer: 95 bytes take 98 ms at 9600 baud.
+    let text = format!(
+        "{TWO}\n[serial]\nbaud = 9600\ninterval = \"90ms\"\ntimeout = \"1s\"\nfec = true\n"
+    );
+    expect_err(
+        &text,
+        line(&text, "interval", 0),
+        "serial.interval",
+        &["90ms is shorter than one heartbeat frame takes at 9600 baud"],
+    );
+    let text = format!(
+        "{TWO}\n[serial]\nbaud = 9600\ninterval = \"100ms\"\ntimeout = \"1s\"\nfec = true\n"
+    );
+    assert!(parse(&text).is_ok());
     let text = format!("{TWO}\n[serial]\ninterval = \"100us\"\n");
     expect_err(
         &text,

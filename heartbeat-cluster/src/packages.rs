@@ -91,6 +91,28 @@
 //!   generation, only once the start rule above clears every other node,
 //!   exactly as for a start (the service keeps running meanwhile; the
 //!   kernel keeps its addresses dark).
+//! - **Serial split** (issue #11, [`Input::Serial`]): in a two-node
+//!   cluster with a serial line, every network link cut and the line up,
+//!   both nodes keep one view (membership rides the line), so nothing
+//!   above would move the packages. While the line's survivor rule says
+//!   [`Verdict::Split`], the other node (the non-survivor) gives up every
+//!   package at once (it stops them, releasing their leases first), and
+//!   the coordinator places packages as if it were not a member, so the
+//!   survivor is given them. The survivor starts them by the start rule
+//!   unchanged: rule 1, the non-survivor's report that it stopped (package
+//!   messages travel over the line while the split lasts). So there is
+//!   never a moment with two owners: the survivor's start waits for the
+//!   report the non-survivor sends only after its stop ended. The
+//!   survivor's lease cannot be anchored at the non-survivor's grants (no
+//!   heartbeat crosses the network), so while the split lasts it renews
+//!   with no successors (anchored at its own clock): the non-survivor has
+//!   promised, by its verdict, not to run anything while the line is up.
+//!   When the line falls silent too, the verdict ends (the survivor's
+//!   successors are the peer again, so its lease stops being extended)
+//!   and the two-node rules apply as configured: without `two_node`
+//!   neither side is quorate alone and both stop; with `two_node` each
+//!   side is quorate alone and both may run the packages (see `two_node`
+//!   above: the line gave the only tie-break, and it is gone).
 //! - Placement inputs are soft state (reports), not a replicated log: two
 //!   successive coordinators may decide differently for a package whose
 //!   health changed in between; safety never depends on placement, only on
@@ -101,6 +123,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::ids::{Epoch, NodeId, NodeSet};
 use crate::lease::LeaseTiming;
 use crate::placement::{self, Decision, Operator, PackageId, PackagePolicy, Reason, Situation};
+use crate::survivor::Verdict;
 use crate::wire::{
     self, OperatorOp, PkgCommand, PkgEntry, PkgPlacement, PkgReport, pkg_flags, pkg_state,
 };
@@ -319,6 +342,12 @@ pub enum Input {
         /// When it ended.
         at_ns: u64,
     },
+    /// The serial line's survivor verdict changed (two-node clusters with
+    /// a serial line; see the module doc, "Serial split").
+    Serial {
+        /// The verdict now.
+        verdict: Verdict,
+    },
     /// Time passes.
     Tick {
         /// Now.
@@ -516,6 +545,8 @@ pub struct Packages {
     fencing: BTreeSet<NodeId>,
     /// Successful fences, and when they ended.
     fenced: BTreeMap<NodeId, u64>,
+    /// The survivor while the serial line's verdict is a split.
+    split: Option<NodeId>,
 }
 
 /// A package's state for status.
@@ -580,6 +611,7 @@ impl Packages {
             report_dirty: true,
             fencing: BTreeSet::new(),
             fenced: BTreeMap::new(),
+            split: None,
         }
     }
 
@@ -704,6 +736,16 @@ impl Packages {
                     out.push(Output::Event(Event::FenceFailed { node }));
                 }
             }
+            Input::Serial { verdict } => {
+                let split = match verdict {
+                    Verdict::Split { survivor } => Some(survivor),
+                    Verdict::NotNeeded | Verdict::PeerSilent => None,
+                };
+                if split != self.split {
+                    self.split = split;
+                    self.report_dirty = true;
+                }
+            }
             Input::Tick { now_ns } => self.now_ns = self.now_ns.max(now_ns),
         }
         self.step(&mut out);
@@ -773,6 +815,17 @@ impl Packages {
     /// The operator's overrides as this node knows them.
     pub fn operator(&self) -> &Operator {
         &self.operator
+    }
+
+    /// The survivor while the serial line's verdict is a split.
+    pub fn split(&self) -> Option<NodeId> {
+        self.split
+    }
+
+    /// Whether this node lost the survivor rule (a serial split is in
+    /// force and the survivor is the other node).
+    pub fn yields(&self) -> bool {
+        self.split.is_some_and(|s| s != self.params.local)
     }
 
     /// The newest placement this node applied.
@@ -1049,7 +1102,9 @@ impl Packages {
             // Ours while the view is quorate and the newest placement (this
             // epoch's, or the previous one's until this epoch's arrives)
             // gives it to us.
+            // A node that lost the serial survivor rule yields everything.
             let ours = quorate
+                && !self.yields()
                 && self.pkgs[i].target.is_some_and(|d| d.owner == Some(local))
                 && !self.pkgs[i].banned
                 && !self.pkgs[i].fatal;
@@ -1112,9 +1167,15 @@ impl Packages {
             // Anchored at heartbeats every other member answered: any
             // later quorate view shares a member with ours, and that member
             // says when it last heard us (the start rule's rule 2).
+            // During a serial split the survivor's peer is not a successor
+            // (no heartbeat crosses the network to grant; it yields by its
+            // own verdict): the module doc, "Serial split".
             let successors = if renew {
                 let mut s = view.map_or(NodeSet::default(), |v| v.members);
                 s.remove(local);
+                if self.split == Some(local) {
+                    s = NodeSet::default();
+                }
                 s
             } else {
                 NodeSet::default()
@@ -1304,10 +1365,16 @@ impl Packages {
         let situation = self.situation();
         let policies: Vec<PackagePolicy> =
             self.pkgs.iter().map(|p| p.params.policy.clone()).collect();
+        // During a serial split only the survivor is eligible.
+        let members = match self.split {
+            Some(s) if v.members.contains(s) => NodeSet::single(s),
+            Some(_) => NodeSet::default(),
+            None => v.members,
+        };
         let placed = placement::place(
             &placement::View {
                 epoch: v.epoch,
-                members: v.members,
+                members,
                 quorate: v.quorate,
             },
             &policies,

@@ -31,6 +31,20 @@
 //! with the current key, then the next one (key rotation, as
 //! [`crate::wire`]).
 //!
+//! **Forward error correction** (optional, `serial.fec`; [`fec`]): the
+//! frame bytes above are cut in blocks of at most [`fec::DATA`] bytes, each
+//! followed by [`fec::ECC`] Reed-Solomon parity bytes (`reed-solomon`
+//! crate: up to `ECC / 2` corrupted bytes per block are repaired), and the
+//! whole is whitened (XOR with a fixed sequence) so that zero bytes, and
+//! with them COBS code bytes, are rare: a corrupted COBS code byte spoils
+//! the rest of its frame, so the fewer the better. A reader tries every
+//! frame as a plain one first, then as a protected one, so the two ends
+//! need not agree on the setting. At a 10 % byte error rate about two
+//! frames in three get through (the losses: a stray zero made by noise,
+//! which cuts the frame, or a corrupted code byte or delimiter), where a
+//! plain 62-byte frame almost never does. A protected heartbeat takes 95
+//! bytes on the line (8.2 ms at 115200 baud).
+//!
 //! [`Decoder`] is a pure function of the bytes it is fed (and of its own
 //! state: the partial frame, the replay guard, the counters): it never
 //! panics and never allocates more than [`MAX_ENCODED`] bytes for a frame.
@@ -58,16 +72,93 @@ pub const MIN_FRAME: usize = HEADER_LEN + TRAILER_LEN;
 pub const MAX_PAYLOAD: usize = crate::wire::MAX_LEN;
 /// Largest frame before COBS.
 pub const MAX_FRAME: usize = MIN_FRAME + MAX_PAYLOAD;
-/// Largest COBS-encoded frame (without delimiters): more bytes without a
-/// delimiter are an oversized frame, dropped up to the next delimiter.
-pub const MAX_ENCODED: usize = MAX_FRAME + MAX_FRAME / 254 + 1;
+/// Largest COBS-encoded frame (without delimiters; a protected one, the
+/// larger): more bytes without a delimiter are an oversized frame, dropped
+/// up to the next delimiter.
+pub const MAX_ENCODED: usize =
+    fec::protected_len(MAX_FRAME) + fec::protected_len(MAX_FRAME) / 254 + 1;
 
 /// Bytes a heartbeat frame takes on the line: the frame, one byte of COBS
 /// overhead and two delimiters.
 pub const HEARTBEAT_LINE_LEN: usize = MIN_FRAME + 3;
 
+/// Bytes a heartbeat frame takes on the line, protected ([`fec`]) or not
+/// (a protected one: about two bytes of COBS overhead, the whitened bytes
+/// holding a zero now and then).
+pub const fn heartbeat_line_len(fec: bool) -> usize {
+    if fec {
+        fec::protected_len(MIN_FRAME) + 4
+    } else {
+        HEARTBEAT_LINE_LEN
+    }
+}
+
 /// The frame delimiter.
 pub const DELIMITER: u8 = 0;
+
+/// Forward error correction of a frame (see the module doc).
+pub mod fec {
+    /// Frame bytes per block, at most.
+    pub const DATA: usize = 64;
+    /// Parity bytes per block: `ECC / 2` corrupted bytes are repaired.
+    pub const ECC: usize = 32;
+    const BLOCK: usize = DATA + ECC;
+
+    /// The length of a protected frame of `n` bytes.
+    pub const fn protected_len(n: usize) -> usize {
+        n + n.div_ceil(DATA) * ECC
+    }
+
+    /// The whitening byte at `i` (xorshift, fixed seed): no run of zeros.
+    fn whitening(len: usize) -> impl Iterator<Item = u8> {
+        let mut x: u32 = 0x2545_f491;
+        (0..len).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+    }
+
+    /// `frame` protected: blocks of data and parity, whitened.
+    pub fn protect(frame: &[u8]) -> Vec<u8> {
+        let enc = reed_solomon::Encoder::new(ECC);
+        let mut out = Vec::with_capacity(protected_len(frame.len()));
+        for chunk in frame.chunks(DATA) {
+            out.extend_from_slice(&enc.encode(chunk));
+        }
+        for (b, w) in out.iter_mut().zip(whitening(usize::MAX)) {
+            *b ^= w;
+        }
+        out
+    }
+
+    /// The frame inside protected bytes, and how many bytes were repaired;
+    /// `None` when a block cannot be repaired or the length fits no
+    /// protected frame. Never panics.
+    pub fn recover(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let last = bytes.len() % BLOCK;
+        if bytes.is_empty() || (last != 0 && last <= ECC) {
+            return None;
+        }
+        let plain: Vec<u8> = bytes
+            .iter()
+            .zip(whitening(usize::MAX))
+            .map(|(b, w)| b ^ w)
+            .collect();
+        let dec = reed_solomon::Decoder::new(ECC);
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut fixed = 0;
+        for block in plain.chunks(BLOCK) {
+            // (Every block is longer than ECC and at most BLOCK bytes:
+            // within what the decoder takes.)
+            let (b, n) = dec.correct_err_count(block, None).ok()?;
+            out.extend_from_slice(b.data());
+            fixed += n;
+        }
+        Some((out, fixed))
+    }
+}
 
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -225,6 +316,8 @@ pub struct Counts {
     pub frames: u64,
     /// Bytes read.
     pub bytes: u64,
+    /// Frames accepted after forward error correction repaired them.
+    pub corrected: u64,
     /// Frames skipped, indexed like [`Reject::ALL`].
     pub rejected: [u64; Reject::ALL.len()],
 }
@@ -252,6 +345,7 @@ pub struct Encoder {
     node: NodeId,
     incarnation: u32,
     seq: u64,
+    fec: bool,
 }
 
 impl Encoder {
@@ -262,7 +356,14 @@ impl Encoder {
             node,
             incarnation,
             seq: 0,
+            fec: false,
         }
+    }
+
+    /// Protects every frame with forward error correction ([`fec`]).
+    pub fn with_fec(mut self, fec: bool) -> Self {
+        self.fec = fec;
+        self
     }
 
     /// The last sequence used.
@@ -314,7 +415,14 @@ impl Encoder {
         payload: &[u8],
         key: SipKey,
     ) -> Option<Vec<u8>> {
-        self.frame(kind, status, payload, key).map(|f| stuff(&f))
+        let fec = self.fec;
+        self.frame(kind, status, payload, key).map(|f| {
+            if fec {
+                stuff(&fec::protect(&f))
+            } else {
+                stuff(&f)
+            }
+        })
     }
 }
 
@@ -488,7 +596,18 @@ impl Decoder {
             Ok(r) => r.frame_size(),
             Err(_) => return Err(Reject::Garbage),
         };
-        let f = parse(&dec[..n.min(dec.len())], &self.keys, self.cluster_id)?;
+        let dec = &dec[..n.min(dec.len())];
+        // A plain frame, else a protected one (module doc).
+        let (f, repaired) = match parse(dec, &self.keys, self.cluster_id) {
+            Ok(f) => (f, false),
+            Err(plain) => match fec::recover(dec) {
+                Some((frame, fixed)) => (
+                    parse(&frame, &self.keys, self.cluster_id).map_err(|_| plain)?,
+                    fixed > 0,
+                ),
+                None => return Err(plain),
+            },
+        };
         if !self.known.contains(f.node) {
             return Err(Reject::UnknownNode);
         }
@@ -500,6 +619,9 @@ impl Decoder {
             return Err(Reject::Replayed);
         }
         self.newest.insert(f.node, (f.incarnation, f.seq));
+        if repaired {
+            self.counts.corrected += 1;
+        }
         Ok(f)
     }
 }
@@ -748,6 +870,103 @@ mod tests {
                 // Only a flip in a delimiter can leave frame 1 intact.
                 prop_assert!(bit / 8 == 0 || bit / 8 == MIN_FRAME + 2);
             }
+        }
+    }
+
+    /// One bit flipped in `rate_ppm` of the bytes (xorshift noise).
+    fn noisy(bytes: &[u8], rate_ppm: u64, rng: &mut u64) -> Vec<u8> {
+        bytes
+            .iter()
+            .map(|&b| {
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                if *rng % 1_000_000 < rate_ppm {
+                    b ^ 1 << ((*rng >> 32) % 8)
+                } else {
+                    b
+                }
+            })
+            .collect()
+    }
+
+    /// Frames accepted out of 1000 heartbeats at a 10 % byte error rate.
+    fn through_noise(fec: bool) -> (u64, Counts) {
+        let mut e = enc().with_fec(fec);
+        let mut d = dec();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let f = e.encode(Kind::Heartbeat, &status(), &[], TEST_KEY).unwrap();
+            d.push(&noisy(&f, 100_000, &mut rng), &mut out);
+        }
+        (out.len() as u64, *d.counts())
+    }
+
+    #[test]
+    fn forward_error_correction_gets_heartbeats_through_ten_percent_byte_errors() {
+        let (plain, _) = through_noise(false);
+        let (fec, counts) = through_noise(true);
+        eprintln!(
+            "10 % byte errors: plain {plain}/1000, protected {fec}/1000 through ({counts:?})"
+        );
+        assert!(plain < 20, "plain frames through: {plain}");
+        assert!(fec > 500, "protected frames through: {fec} ({counts:?})");
+        assert!(counts.corrected > 400, "{counts:?}");
+        // A protected heartbeat on the line: its length as documented.
+        let f = enc()
+            .with_fec(true)
+            .encode(Kind::Heartbeat, &status(), &[], TEST_KEY)
+            .unwrap();
+        assert!((94..=97).contains(&f.len()), "{}", f.len());
+    }
+
+    #[test]
+    fn plain_and_protected_frames_mix_on_one_line() {
+        let mut a = enc();
+        let mut d = dec();
+        let mut out = Vec::new();
+        for i in 0..10u8 {
+            let payload = vec![i; usize::from(i) * 40];
+            let kind = if i == 0 {
+                Kind::Heartbeat
+            } else {
+                Kind::Membership
+            };
+            let mut e = a.clone().with_fec(i % 2 == 1);
+            let f = e.encode(kind, &status(), &payload, TEST_KEY).unwrap();
+            a = e.with_fec(false);
+            d.push(&f, &mut out);
+        }
+        assert_eq!(out.len(), 10, "{:?}", d.counts());
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, f)| f.payload.len() == i * 40)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn protection_round_trips_and_repairs(
+            frame in proptest::collection::vec(any::<u8>(), 1..600),
+            hits in proptest::collection::vec((any::<usize>(), 1u8..), 0..8),
+        ) {
+            let mut p = fec::protect(&frame);
+            prop_assert_eq!(p.len(), fec::protected_len(frame.len()));
+            // Up to 8 corrupted bytes anywhere (at most 8 in a block of
+            // 96: within the 16 a block repairs).
+            for (at, x) in &hits {
+                let n = p.len();
+                p[at % n] ^= x;
+            }
+            let (back, _) = fec::recover(&p).expect("repaired");
+            prop_assert_eq!(back, frame);
+        }
+
+        #[test]
+        fn recovery_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let _ = fec::recover(&bytes);
         }
     }
 }

@@ -562,3 +562,255 @@ fn the_better_network_view_survives_before_priority() {
     let (e2, members, ..) = c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
     assert_eq!((e2, members.len()), (epoch, 2), "the view was reformed");
 }
+
+/// With `serial.fec = true`, heartbeats get through a 10 % byte error
+/// rate (one bit flipped in one byte in ten, on every byte the relay
+/// carries): forward error correction repairs them (a plain 62-byte frame
+/// would almost never get through: about 0.15 %).
+#[test]
+fn forward_error_correction_gets_heartbeats_through_ten_percent_byte_errors() {
+    let (mut c, relay, _devs) = serial_cluster("");
+    c.edit_config(|t| {
+        t.replacen(
+            "timeout = \"200ms\"\n",
+            "timeout = \"200ms\"\nfec = true\n",
+            1,
+        )
+    });
+    c.start_all();
+    c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    for (n, p) in [("alpha", "beta"), ("beta", "alpha")] {
+        wait_for("the serial link up", AGREE, || {
+            serial_state(&c, n, p) == Some(LinkState::Up)
+        });
+    }
+    let before = serial_metrics(&c, "beta");
+    relay
+        .noise()
+        .byte_flip_ppm
+        .store(100_000, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = serial_metrics(&c, "beta");
+    relay.noise().byte_flip_ppm.store(0, Ordering::Relaxed);
+    let accepted = frames(&after, "accepted") - frames(&before, "accepted");
+    let corrected = metric(&after, "heartbeat_serial_frames_corrected")
+        - metric(&before, "heartbeat_serial_frames_corrected");
+    let crc = frames(&after, "crc") - frames(&before, "crc");
+    eprintln!(
+        "serial fec at 10 % byte errors: {accepted} frames accepted in 3 s ({corrected} repaired, {crc} beyond repair)"
+    );
+    // About 300 frames in 3 s; about two in three get through.
+    assert!(accepted > 100, "{accepted} accepted: {after:?}");
+    assert!(corrected > 80, "{corrected} repaired: {after:?}");
+    for (n, p) in [("alpha", "beta"), ("beta", "alpha")] {
+        wait_for("the serial link up", AGREE, || {
+            serial_state(&c, n, p) == Some(LinkState::Up)
+        });
+    }
+}
+
+/// The package's address (on link 0's subnet, no `dev`: each node's link).
+const VIP: &str = "10.210.0.100";
+
+/// A two-node cluster with a serial line and one package `web` (alpha
+/// first) whose script logs every action to a shared log: (cluster,
+/// relay, the log).
+fn serial_package_cluster() -> (Cluster, Relay, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (c, relay, _devs) = serial_cluster("");
+    let dir = c.dir.0.clone();
+    let script = dir.join("svc.sh");
+    let log = dir.join("actions.log");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             d={dir}\n\
+             echo \"$HEARTBEAT_NODE $1\" >> {log}\n\
+             case \"$1\" in\n\
+               start) touch \"$d/running.$HEARTBEAT_NODE\" ;;\n\
+               stop) rm -f \"$d/running.$HEARTBEAT_NODE\" ;;\n\
+               monitor) [ -e \"$d/running.$HEARTBEAT_NODE\" ] ;;\n\
+             esac\n",
+            dir = dir.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let s = script.display();
+    c.edit_config(|t| {
+        format!(
+            "{t}\n[[package]]\nname = \"web\"\nnodes = [\"alpha\", \"beta\"]\n\
+             addresses = [\"{VIP}/24\"]\nstart = \"{s} start\"\nstop = \"{s} stop\"\n\
+             monitor = \"{s} monitor\"\nmonitor_interval = \"100ms\"\n"
+        )
+    });
+    (c, relay, log)
+}
+
+/// The start and stop lines of the shared log, as (node, action).
+fn actions(log: &Path) -> Vec<(String, String)> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (n, a) = l.split_once(' ')?;
+            (a == "start" || a == "stop").then(|| (n.to_owned(), a.to_owned()))
+        })
+        .collect()
+}
+
+/// Replays the log: panics if two nodes ever ran the service at once
+/// (a start while another node's start has not been followed by its
+/// stop). Returns who runs it at the end.
+#[track_caller]
+fn one_owner_at_a_time(log: &Path) -> Vec<String> {
+    let mut running: Vec<String> = Vec::new();
+    for (i, (n, a)) in actions(log).iter().enumerate() {
+        if a == "start" {
+            assert!(
+                running.iter().all(|r| r == n),
+                "two owners at line {i} ({n} starts while {running:?} run): {:?}",
+                actions(log)
+            );
+            if !running.contains(n) {
+                running.push(n.clone());
+            }
+        } else {
+            running.retain(|r| r != n);
+        }
+    }
+    running
+}
+
+/// Waits for `f`; on a timeout, panics with both nodes' packages and logs.
+#[track_caller]
+fn wait_for_web(c: &Cluster, log: &Path, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + AGREE;
+    while !f() {
+        if Instant::now() >= deadline {
+            let st: Vec<_> = ["alpha", "beta"]
+                .iter()
+                .map(|n| c.try_status(n).map(|s| s.packages))
+                .collect();
+            panic!(
+                "timed out waiting for {what}: {st:#?}\nactions: {:?}\n--- alpha:\n{}\n--- beta:\n{}",
+                actions(log),
+                c.log("alpha"),
+                c.log("beta")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `web`'s local state on `name` (None: not listed yet).
+fn web_state(c: &Cluster, name: &str) -> Option<String> {
+    let st = c.try_status(name)?;
+    st.packages
+        .iter()
+        .find(|p| p.name == "web")
+        .map(|p| p.local_state.clone())
+}
+
+/// The packages follow the survivor rule: with every network link cut
+/// and the cable in place, the package moves from alpha (its first node)
+/// to beta (the survivor: equal network views, higher priority), and only
+/// after alpha's stop (the scripts' log never shows two owners). Then the
+/// cable cut too: a two-node split as configured (`two_node = true`
+/// without a tie-breaker: each side is quorate alone, so alpha starts it
+/// again once beta's lease has run out by its reckoning, while beta keeps
+/// it: two owners, the documented hazard of `two_node` without a
+/// tie-breaker). The cable back: the survivor rule again, alpha stops,
+/// beta alone runs it; the network back: still beta alone.
+#[test]
+fn the_survivor_alone_runs_the_package_when_every_network_link_is_cut() {
+    let (mut c, relay, log) = serial_package_cluster();
+    c.edit_config(|t| t.replacen("name = \"beta\"\n", "name = \"beta\"\npriority = 200\n", 1));
+    // (The line is up before the first network heartbeat: no split is
+    // declared at start-up, so the first placement is alpha's.)
+    c.start_all();
+    let (epoch, ..) = c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    for (n, p) in [("alpha", "beta"), ("beta", "alpha")] {
+        wait_for("the serial link up", AGREE, || {
+            serial_state(&c, n, p) == Some(LinkState::Up)
+        });
+    }
+    wait_for_web(&c, &log, "web running on alpha", || {
+        web_state(&c, "alpha").as_deref() == Some("running")
+    });
+    assert_eq!(one_owner_at_a_time(&log), ["alpha"]);
+
+    // Every network link cut, the cable in place.
+    let cut_at = Instant::now();
+    let cuts = [
+        cut_network(&c, "alpha", "beta"),
+        cut_network(&c, "beta", "alpha"),
+    ];
+    wait_for_web(&c, &log, "web moved to beta", || {
+        web_state(&c, "beta").as_deref() == Some("running")
+            && web_state(&c, "alpha").as_deref() == Some("stopped")
+    });
+    eprintln!(
+        "serial: every network link cut -> web running on the survivor alone within {} ms",
+        cut_at.elapsed().as_millis()
+    );
+    // Stays so; the view never changed.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(web_state(&c, "beta").as_deref(), Some("running"));
+    assert_eq!(web_state(&c, "alpha").as_deref(), Some("stopped"));
+    assert_eq!(one_owner_at_a_time(&log), ["beta"]);
+    let (e2, ..) = c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    assert_eq!(
+        e2,
+        epoch,
+        "the view was reformed: {:#?}\n--- alpha:\n{}\n--- beta:\n{}",
+        ["alpha", "beta"].map(|n| c
+            .journal(n)
+            .into_iter()
+            .filter(|e| matches!(
+                e.event,
+                EventKind::Reformation | EventKind::ViewInstalled | EventKind::LinkDown
+            ))
+            .map(|e| format!("{n}: {:?} {} {:?}", e.event, e.cause, e.peer))
+            .collect::<Vec<_>>()),
+        c.log("alpha"),
+        c.log("beta")
+    );
+    // The frames say so: alpha stopped its packages, beta holds web.
+    for n in ["alpha", "beta"] {
+        assert_eq!(
+            metric(&serial_metrics(&c, n), "heartbeat_serial_survivor"),
+            2
+        );
+    }
+
+    // The cable cut too: a two-node split as configured (two_node).
+    relay.set_cut(true);
+    for n in ["alpha", "beta"] {
+        c.agreed(&[n], &[n], AGREE);
+    }
+    wait_for_web(&c, &log, "alpha to start web alone", || {
+        web_state(&c, "alpha").as_deref() == Some("running")
+    });
+    assert_eq!(web_state(&c, "beta").as_deref(), Some("running"));
+
+    // The cable back (the network still cut): one view, and the survivor
+    // rule again: alpha stops, beta alone runs it.
+    relay.set_cut(false);
+    c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    wait_for_web(&c, &log, "web on beta alone", || {
+        web_state(&c, "beta").as_deref() == Some("running")
+            && web_state(&c, "alpha").as_deref() == Some("stopped")
+    });
+    let mark = actions(&log).len();
+
+    // The network back: still beta alone, nothing restarted.
+    drop(cuts);
+    std::thread::sleep(Duration::from_secs(2));
+    c.agreed(&["alpha", "beta"], &["alpha", "beta"], AGREE);
+    assert_eq!(web_state(&c, "beta").as_deref(), Some("running"));
+    assert_eq!(web_state(&c, "alpha").as_deref(), Some("stopped"));
+    assert_eq!(actions(&log).len(), mark, "{:?}", actions(&log));
+}

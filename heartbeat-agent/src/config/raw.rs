@@ -40,6 +40,7 @@ pub(super) struct Serial {
     pub interval: Field<Dur>,
     pub timeout: Field<Dur>,
     pub required: Field<Flag>,
+    pub fec: Field<Flag>,
 }
 
 /// `[node.serial]`: one node's end of the serial line.

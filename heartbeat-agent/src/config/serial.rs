@@ -32,6 +32,8 @@ pub struct SerialSection {
     pub timeout: Duration,
     /// A missing or busy device at start is an error (else a warning).
     pub required: bool,
+    /// Forward error correction of every frame (both ends).
+    pub fec: bool,
 }
 
 impl Default for SerialSection {
@@ -41,6 +43,7 @@ impl Default for SerialSection {
             interval: DEFAULT_SERIAL_INTERVAL,
             timeout: DEFAULT_SERIAL_TIMEOUT,
             required: true,
+            fec: false,
         }
     }
 }
@@ -64,6 +67,8 @@ pub struct SerialSettings {
     pub interval: Duration,
     pub timeout: Duration,
     pub required: bool,
+    /// Forward error correction (`serial.fec`).
+    pub fec: bool,
     /// The key naming the device (`node[0].serial.device`), for messages.
     pub device_key: String,
 }
@@ -88,6 +93,7 @@ impl ClusterConfig {
             interval: n.interval.unwrap_or(s.interval),
             timeout: n.timeout.unwrap_or(s.timeout),
             required: n.required.unwrap_or(s.required),
+            fec: s.fec,
             device_key: format!("node[{index}].serial.device"),
         })
     }
@@ -179,13 +185,14 @@ impl Src<'_> {
             }
         }
         let dur = |d: Field<raw::Dur>| d.map(|d| (d.get_ref().0, d.span()));
-        let (baud_at, interval, timeout, required) = match s {
-            None => (None, None, None, None),
+        let (baud_at, interval, timeout, required, fec) = match s {
+            None => (None, None, None, None, None),
             Some(s) => (
                 s.baud.map(|b| (b.get_ref().0, b.span())),
                 dur(s.interval),
                 dur(s.timeout),
                 s.required.map(|r| r.into_inner().0),
+                s.fec.map(|r| r.into_inner().0),
             ),
         };
         let section = SerialSection {
@@ -193,6 +200,7 @@ impl Src<'_> {
             interval: interval.as_ref().map_or(DEFAULT_SERIAL_INTERVAL, |d| d.0),
             timeout: timeout.as_ref().map_or(DEFAULT_SERIAL_TIMEOUT, |d| d.0),
             required: required.unwrap_or(true),
+            fec: fec.unwrap_or(false),
         };
         let mut bauds = Vec::new();
         for n in nodes {
@@ -239,7 +247,7 @@ impl Src<'_> {
             }
             // One heartbeat frame must fit in an interval at this speed.
             let frame = Duration::from_micros(
-                heartbeat_cluster::serial::HEARTBEAT_LINE_LEN as u64 * 10 * 1_000_000
+                heartbeat_cluster::serial::heartbeat_line_len(section.fec) as u64 * 10 * 1_000_000
                     / u64::from(baud),
             );
             if iv < frame {

@@ -5,6 +5,14 @@
 //! leases (the fast path), messages (sealed like membership messages) and
 //! journal entries. Publishes what status and metrics show.
 //!
+//! With a serial line (issue #11, two-node clusters): the line's survivor
+//! verdict goes to the state machine ([`Input::Serial`]); while a split is
+//! in force (every network link to the peer down, the line up), package
+//! messages go on the line too (a changed one at once, an unchanged
+//! resend at most every [`LINE_RESEND`], within the line's byte budget for
+//! membership), and the line's frames carry which packages hold here and
+//! whether this node, having lost the rule, stopped them all.
+//!
 //! Start-up ("stop before join"): [`stop_all`] runs every package's stop
 //! action and removes its addresses before the cluster task starts, so a
 //! node that restarts unannounced never carries a stale service into the
@@ -81,6 +89,20 @@ const SCRIPT_BOUNDS: [f64; 12] = [
 /// The actions, in the order of `PackagesView::run_seconds`.
 pub const ACTIONS: [&str; 3] = ["start", "stop", "monitor"];
 
+/// The serial line, as the packages task uses it.
+pub struct SerialLink {
+    /// The line's survivor verdict (notified when it changes).
+    pub verdict: watch::Receiver<heartbeat_cluster::survivor::Verdict>,
+    /// Sealed datagrams for the line (shared with membership).
+    pub out: mpsc::Sender<Vec<u8>>,
+    /// What the line's frames say about the packages here.
+    pub handle: Arc<crate::serial::SerialHandle>,
+}
+
+/// Least time between two copies of an unchanged package message on the
+/// serial line (a changed one goes at once).
+const LINE_RESEND: Duration = Duration::from_millis(250);
+
 /// The task's channels.
 pub struct Channels {
     pub view: watch::Receiver<ClusterView>,
@@ -97,6 +119,8 @@ pub struct Channels {
     pub status: watch::Sender<PackagesView>,
     /// Which card carries each link now (standby NIC takeover).
     pub cards: Arc<crate::netif::Cards>,
+    /// The serial line, when one is configured.
+    pub serial: Option<SerialLink>,
 }
 
 /// Longest the fast path may take to confirm the view's members.
@@ -360,6 +384,33 @@ struct Task {
     granted: NodeSet,
     /// Members of the view of this epoch waiting for its placement.
     admitting: Option<(heartbeat_cluster::Epoch, NodeSet)>,
+    /// The serial line's sender and handle, when one is configured.
+    line: Option<(mpsc::Sender<Vec<u8>>, Arc<crate::serial::SerialHandle>)>,
+    /// Per message kind: what last went on the line, and when.
+    line_sent: BTreeMap<u8, (LineKey, Instant)>,
+}
+
+/// What makes a package message new for the line (a report's silence
+/// ages change at every resend and do not count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LineKey {
+    Report(u64, u32, Vec<heartbeat_cluster::wire::PkgEntry>),
+    Placement(u64, u32),
+    Other,
+}
+
+impl LineKey {
+    fn of(msg: &heartbeat_cluster::wire::Message) -> (u8, Self) {
+        use heartbeat_cluster::wire::Message as M;
+        match msg {
+            M::PkgReport(r) => (
+                0,
+                Self::Report(r.epoch.0, r.placement_seq, r.entries.clone()),
+            ),
+            M::PkgPlacement(p) => (1, Self::Placement(p.epoch.0, p.seq)),
+            _ => (2, Self::Other),
+        }
+    }
 }
 
 impl Task {
@@ -377,6 +428,7 @@ impl Task {
     fn feed(&mut self, input: Input) {
         let out = self.sm.handle(input);
         self.carry_out(out);
+        self.line_status();
         // Admit the view's new members once its placement is applied here
         // (the releases it caused are ahead in the fast path's queue).
         if let Some((epoch, new)) = self.admitting
@@ -435,6 +487,7 @@ impl Task {
                         Dest::Node(n) => Some(NodeSet::single(n)),
                     };
                     cluster::send_sealed(&self.plan, &self.sockets, to, &bytes);
+                    self.send_on_line(&msg, bytes);
                 }
                 Output::Escalate { pkg } => {
                     let name = self.name_of(pkg);
@@ -463,6 +516,45 @@ impl Task {
         if leases_changed {
             self.push_leases();
         }
+    }
+
+    /// Puts a sealed package message on the serial line while a split is
+    /// in force: a changed one at once, an unchanged one at most every
+    /// [`LINE_RESEND`].
+    fn send_on_line(&mut self, msg: &heartbeat_cluster::wire::Message, bytes: Vec<u8>) {
+        let Some((tx, _)) = &self.line else { return };
+        if self.sm.split().is_none() {
+            self.line_sent.clear();
+            return;
+        }
+        let (kind, key) = LineKey::of(msg);
+        let now = Instant::now();
+        let fresh = key == LineKey::Other
+            || self
+                .line_sent
+                .get(&kind)
+                .is_none_or(|(k, at)| *k != key || now.duration_since(*at) >= LINE_RESEND);
+        if fresh && tx.try_send(bytes).is_ok() {
+            self.line_sent.insert(kind, (key, now));
+        }
+    }
+
+    /// What the serial line's frames say about the packages here.
+    fn line_status(&self) {
+        let Some((_, handle)) = &self.line else {
+            return;
+        };
+        let st = self.sm.status();
+        let bits = st
+            .iter()
+            .filter(|s| s.local.holds())
+            .fold(0u64, |b, s| b | 1u64 << (s.pkg.0 & 63));
+        handle.packages.store(bits, Ordering::Relaxed);
+        let stopped = self.sm.yields()
+            && st
+                .iter()
+                .all(|s| s.local == heartbeat_cluster::packages::Local::Stopped);
+        handle.stopped.store(stopped, Ordering::Relaxed);
     }
 
     fn push_leases(&self) {
@@ -1132,7 +1224,14 @@ pub async fn run(
         last_view: None,
         granted: NodeSet::default(),
         admitting: None,
+        line: ch
+            .serial
+            .as_ref()
+            .map(|l| (l.out.clone(), l.handle.clone())),
+        line_sent: BTreeMap::new(),
     };
+    let mut serial_verdict = ch.serial.map(|l| l.verdict);
+    let mut verdict = heartbeat_cluster::survivor::Verdict::NotNeeded;
     let out = t.sm.stopped_at_start(&failed_at_start);
     t.carry_out(out);
     t.push_leases();
@@ -1160,6 +1259,20 @@ pub async fn run(
                 at_ns: clock::mono_ns(),
             }),
             Ok(()) = ch.fast_snapshot.changed() => {}
+            Ok(()) = async {
+                match serial_verdict.as_mut() {
+                    Some(v) => v.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let v = serial_verdict.as_mut().map(|v| *v.borrow_and_update());
+                if let Some(v) = v
+                    && v != verdict
+                {
+                    verdict = v;
+                    t.feed(Input::Serial { verdict: v });
+                }
+            }
             () = tokio::time::sleep(sleep) => {
                 t.feed(Input::Tick { now_ns: clock::mono_ns() });
             }
