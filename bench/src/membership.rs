@@ -296,17 +296,25 @@ pub fn measure(
         for trial in 0..trials {
             crate::check_interrupt()?;
             std::thread::sleep(Duration::from_millis(200));
-            let t0 = wall_ns() as u64;
-            match fault {
+            let t0 = match fault {
                 Fault::Kill => {
+                    let t0 = wall_ns() as u64;
                     if let Some(g) = c.agents[VICTIM].as_mut() {
                         g.signal(Signal::SIGKILL)?;
                     }
+                    t0
                 }
                 Fault::LinkCut => {
-                    c.hub.ip(&["link", "set", &c.hub_ports[VICTIM], "down"])?;
+                    // In-process (SIOCSIFFLAGS in the hub's namespace), the
+                    // fault time read just before: `ip`'s start-up (a few
+                    // ms) is not part of the figure.
+                    let port = c.hub_ports[VICTIM].clone();
+                    heartbeat_tests::in_netns(c.hub.name(), move || {
+                        let t0 = wall_ns() as u64;
+                        crate::netif::set_flags(&port, false).map(|()| t0)
+                    })??
                 }
-            }
+            };
             let end = Instant::now() + Duration::from_secs(5);
             let mut agreed = None;
             while Instant::now() < end {

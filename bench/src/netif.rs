@@ -89,7 +89,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 /// Sets `ifname` (in the calling thread's namespace) down or up.
-fn set_flags(ifname: &str, up: bool) -> io::Result<()> {
+pub(crate) fn set_flags(ifname: &str, up: bool) -> io::Result<()> {
     // SAFETY: plain socket(2); checked and owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
