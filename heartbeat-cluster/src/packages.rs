@@ -27,8 +27,9 @@
 //!   *before* the report that says "stopped" is sent.
 //! - **Never two owners.** A node N starts package P only when, for every
 //!   other node O that may run P, one of these holds:
-//!   1. O's newest report, received after N installed its current view
-//!      (and, from a member, reflecting the placement N acts on), says O
+//!   1. O's newest report (from a member: of N's epoch, reflecting the
+//!      placement N acts on; from another node: received after N
+//!      installed its current view) says O
 //!      does not hold P's lease (stopped; or its stop failed, it released
 //!      the lease first and escalated);
 //!   2. O's lease has run out by N's reckoning: O is not a member of N's
@@ -1229,6 +1230,7 @@ impl Packages {
     /// serve `id`, else what it waits for.
     fn may_start(&self, id: PackageId, since: u64) -> Result<Vec<(NodeId, &'static str)>, Blocker> {
         let now = self.now_ns;
+        let lapsed_since = since;
         let since = since.max(self.view_since_ns);
         let wait = self.params.timing.wait_ns();
         let mut cleared = Vec::new();
@@ -1252,8 +1254,8 @@ impl Packages {
                 continue;
             }
             let peer = self.peers.get(&n);
-            // Rule 1: its newest report, received in our current view,
-            // says it does not hold the package's lease: stopped, or its
+            // Rule 1: its newest report (a member's of our epoch, another
+            // node's received in our current view) says it does not hold the package's lease: stopped, or its
             // stop failed (the lease was released before the stop, and
             // the node escalated: its kernel fences the addresses). A
             // member's report must also reflect the placement we act on
@@ -1262,9 +1264,19 @@ impl Packages {
             let fresh_report = peer
                 .and_then(|pe| pe.report.as_ref())
                 .is_some_and(|(r, at)| {
-                    let reflects =
-                        !members.contains(n) || (r.epoch == epoch && r.placement_seq >= seq);
-                    *at >= since
+                    // A member's report of our epoch reflecting our
+                    // placement is fresh whenever it arrived (it may come
+                    // before our own install of the view: the packages
+                    // task hears the view after the cluster task); others
+                    // must have arrived in our view.
+                    let member = members.contains(n);
+                    let reflects = !member || (r.epoch == epoch && r.placement_seq >= seq);
+                    let fresh = if member {
+                        *at >= lapsed_since
+                    } else {
+                        *at >= since
+                    };
+                    fresh
                         && reflects
                         && r.entries.iter().find(|e| e.pkg == id).is_some_and(|e| {
                             e.state == pkg_state::STOPPED || e.state == pkg_state::STOP_FAILED
@@ -1330,7 +1342,7 @@ impl Packages {
                 .peers
                 .get(&m)
                 .and_then(|p| p.report.as_ref())
-                .filter(|(r, at)| *at >= self.view_since_ns && r.epoch == v.epoch)?;
+                .filter(|(r, _)| r.epoch == v.epoch)?;
             let age = r
                 .silence
                 .iter()
