@@ -268,7 +268,7 @@ fn cut(c: &Cluster, from: &str, to: &[&str]) -> heartbeat_tests::NftGuard {
 
 #[test]
 fn fed_while_healthy_and_magic_close_on_sigterm() {
-    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let mut c = Cluster::new(3, 1, RELAXED, true);
     configure(&c, true);
     let mut alpha = FifoDevice::new(&c, "alpha");
     let beta = Sampler::new(file_device(&c, "beta"));
@@ -286,6 +286,16 @@ fn fed_while_healthy_and_magic_close_on_sigterm() {
         assert!(gap < TIMEOUT, "{n}: {gap:?} without a feed");
     }
     assert!(c.log("alpha").contains("watchdog self-fence armed"));
+    // Metrics: armed, not withholding, feeds counted.
+    let body = support::http_get(&c.nodes[c.index("beta")].ns, "127.0.0.1:9465", "/metrics");
+    assert!(body.contains("heartbeat_watchdog_armed 1"), "{body}");
+    assert!(body.contains("heartbeat_watchdog_withholding 0"), "{body}");
+    let feeds: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("heartbeat_watchdog_feeds_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no feeds counter: {body}"));
+    assert!(feeds >= 4, "{feeds} feeds: {body}");
     // The owner (a FIFO): fed, then the magic close last on SIGTERM.
     c.agent("alpha").signal(Signal::SIGTERM).unwrap();
     let status = c.agent("alpha").wait_timeout(WAIT).unwrap();
@@ -380,4 +390,32 @@ fn stuck_runtime_stops_feeding() {
     wait_for("alpha to feed again", &c, || {
         alpha.feeds_since(started + Duration::from_secs(9)) >= 2
     });
+}
+
+/// An announced restart closes the device without the magic close (it
+/// stays armed) and the next agent feeds it again.
+#[test]
+fn announced_restart_leaves_it_armed_and_the_next_agent_feeds() {
+    let mut c = Cluster::new(2, 1, RELAXED, false);
+    configure(&c, false);
+    let beta = Sampler::new(file_device(&c, "beta"));
+    file_device(&c, "alpha");
+    c.start_all();
+    let t0 = Instant::now();
+    wait_for("beta to be fed", &c, || beta.feeds_since(t0) >= 4);
+    let out = c.cli("beta", &["restart"]);
+    assert!(out.status.success(), "{out:?}");
+    let status = c.agent("beta").wait_timeout(WAIT).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(75), "{}", c.log("beta"));
+    let bytes = fs::read(device(&c, "beta")).unwrap();
+    assert!(
+        !bytes.contains(&b'V'),
+        "no magic close at a restart: {bytes:?}"
+    );
+    assert!(c.log("beta").contains("watchdog closed armed"));
+    let i = c.index("beta");
+    c.nodes[i].agent = None;
+    c.start("beta");
+    let t1 = Instant::now();
+    wait_for("the next agent to feed", &c, || beta.feeds_since(t1) >= 4);
 }
