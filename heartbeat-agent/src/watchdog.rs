@@ -19,8 +19,14 @@
 //! before the timeout runs out (their stop actions succeed), it holds
 //! nothing any more and feeds again: the node is not reset.
 //!
-//! It is fed every `timeout / 4`, so a healthy node has three feeds of
-//! slack against a late thread. The timeout is set with
+//! It is fed every `timeout / 4`, from a SCHED_FIFO thread, so a healthy
+//! node has three feeds of slack against a late thread. While the agent
+//! starts (until its tasks run: the stop before join may run the packages'
+//! stop actions) and while it stops, it is fed unconditionally for at most
+//! [`wind_down`] (every package's `stop_timeout` plus 5 s); a start or stop
+//! that hangs longer is reset. A start that fails disarms the device again
+//! (magic close), unless an earlier agent's pins were found (its packages
+//! may still run here: the device stays armed). The timeout is set with
 //! `WDIOC_SETTIMEOUT`; on a FIFO or regular file (tests) that ioctl fails
 //! and the agent warns and goes on: the bytes written show the feeding.
 //!
@@ -41,11 +47,15 @@
 //!   action on the new owner waits that long first (e.g. a `sleep` in the
 //!   start script of such a package). The watchdog bounds the overlap; it
 //!   does not prevent it.
-//! - A clean stop (SIGTERM, `heartbeat-agent stop`) keeps feeding while the
-//!   agent stops its packages (at most the longest `stop_timeout` plus 5
-//!   s), then writes the magic close character 'V', so the device does not
-//!   fire. A driver built with `nowayout` ignores it and resets the node
-//!   after the stop: do not use nowayout with this agent.
+//! - A clean stop (SIGTERM or SIGINT) keeps feeding while the agent stops
+//!   its packages (at most [`wind_down`]), then writes the magic close
+//!   character 'V', so the device does not fire; it does so even when a
+//!   package's stop failed on the way out (the node has left the cluster,
+//!   as without a watchdog). A driver built with `nowayout` ignores the
+//!   magic close and resets the node after every stop: do not use
+//!   nowayout with this agent.
+//! - A halted node (`node halt`, passive) and a node that is not a member of
+//!   a quorate view are fed as long as they hold no package.
 //! - An announced restart (`heartbeat-agent restart`) closes the device
 //!   WITHOUT the magic character: the watchdog stays armed, and the next
 //!   agent must open and feed it within `timeout` of the last feed (it does
@@ -92,6 +102,11 @@ const MAGIC_CLOSE: u8 = b'V';
 /// The shortest runtime grace (as the sender's): the liveness task checks
 /// in every 100 ms.
 const MIN_RUNTIME_GRACE: Duration = Duration::from_secs(2);
+/// SCHED_FIFO priority of the feeding thread: above the runtime's
+/// (`sender::RUNTIME_RT_PRIORITY`), below the sender's, so that a busy or
+/// spinning runtime cannot starve it (a stuck runtime is seen by its
+/// liveness stamp, not by starving the feeder), as sbd runs real-time.
+const RT_PRIORITY: i32 = 45;
 /// Slack on top of the packages' stop timeouts while the agent starts or
 /// stops (loading the program, the tasks' own wind-down).
 pub const STOP_SLACK: Duration = Duration::from_secs(5);
@@ -422,6 +437,9 @@ fn feed_loop(
     stats: &WatchdogStats,
     every: Duration,
 ) {
+    if let Err(e) = crate::sender::set_thread_fifo(RT_PRIORITY) {
+        tracing::warn!(error = %e, "watchdog: cannot run the feeding thread real-time; under CPU load a feed may be late");
+    }
     let mut last = Decision::Feed;
     while !control.stop.load(Ordering::Relaxed) {
         let now = clock::mono_ns();
