@@ -64,8 +64,8 @@
 //!   take the node's packages when `cluster.restart_window` runs out, and
 //!   this node must then be down. Choose `timeout` longer than a restart
 //!   takes and about `cluster.restart_window` (both default to 5 s).
-//! - A configuration reload does not change the device or timeout (a
-//!   restart does).
+//! - A configuration reload refuses a changed `[watchdog]` (a restart
+//!   applies it).
 
 use std::{
     fs::File,

@@ -221,6 +221,24 @@ impl Drop for FifoDevice {
     }
 }
 
+/// `text` without its ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 fn find<'a>(st: &'a StatusReport, name: &str) -> Option<&'a heartbeat_api::status::PackageStatus> {
     st.packages.iter().find(|p| p.name == name)
 }
@@ -403,6 +421,17 @@ fn announced_restart_leaves_it_armed_and_the_next_agent_feeds() {
     c.start_all();
     let t0 = Instant::now();
     wait_for("beta to be fed", &c, || beta.feeds_since(t0) >= 4);
+    // A reload cannot change the watchdog; a restart does.
+    c.edit_config(|t| {
+        t.replace(
+            "wd-{node}\"\ntimeout = \"1s\"",
+            "wd-{node}\"\ntimeout = \"2s\"",
+        )
+    });
+    let out = c.cli("beta", &["reload"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`watchdog (the watchdog self-fence"), "{err}");
     let out = c.cli("beta", &["restart"]);
     assert!(out.status.success(), "{out:?}");
     let status = c.agent("beta").wait_timeout(WAIT).unwrap();
@@ -418,4 +447,6 @@ fn announced_restart_leaves_it_armed_and_the_next_agent_feeds() {
     c.start("beta");
     let t1 = Instant::now();
     wait_for("the next agent to feed", &c, || beta.feeds_since(t1) >= 4);
+    let log = plain(&c.log("beta"));
+    assert!(log.contains("timeout_s=2"), "{log}");
 }
