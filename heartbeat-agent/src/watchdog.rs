@@ -54,13 +54,19 @@
 //!   as without a watchdog). A driver built with `nowayout` ignores the
 //!   magic close and resets the node after every stop: do not use
 //!   nowayout with this agent.
+//! - It trusts quorum: with `quorum.two_node` both halves of a split stay
+//!   quorate, so neither stops feeding for the split itself (the serial
+//!   survivor rule, or the fence command, decides the packages there); a
+//!   stop that then fails still escalates (the node leaves the cluster,
+//!   holds a package without quorum, and is reset).
 //! - A halted node (`node halt`, passive) and a node that is not a member of
 //!   a quorate view are fed as long as they hold no package.
 //! - An announced restart (`heartbeat-agent restart`) closes the device
 //!   WITHOUT the magic character: the watchdog stays armed, and the next
-//!   agent must open and feed it within `timeout` of the last feed (it does
-//!   so once its tasks run, after the stop-before-join), or the node is
-//!   reset. That is deliberate: if the next agent never comes, the peers
+//!   agent must open it within `timeout` of the last feed (it opens it
+//!   early in its start, before loading the program; the open and the
+//!   timeout setting each count as a feed with the Linux watchdog core),
+//!   or the node is reset. That is deliberate: if the next agent never comes, the peers
 //!   take the node's packages when `cluster.restart_window` runs out, and
 //!   this node must then be down. Choose `timeout` longer than a restart
 //!   takes and about `cluster.restart_window` (both default to 5 s).

@@ -369,6 +369,11 @@ fn minority_owner_stops_feeding_until_its_package_is_stopped() {
     // While it held web without quorum, alpha went longer than the timeout
     // without a feed: a real watchdog would have reset it.
     let gap = alpha.longest_gap(split_at, stopped_at);
+    eprintln!(
+        "alpha: no feed for {gap:?}; split to stopped {:?}, fed again {:?} after",
+        stopped_at - split_at,
+        resumed_at - stopped_at
+    );
     assert!(
         gap > TIMEOUT * 2,
         "alpha's longest gap after the split: {gap:?}\n{}",
@@ -403,6 +408,7 @@ fn stuck_runtime_stops_feeding() {
     });
     let gap = alpha.longest_gap(started + Duration::from_secs(2), Instant::now());
     // The runtime grace is 2 s: about 3 s without a feed.
+    eprintln!("alpha: no feed for {gap:?} during a 5 s stall");
     assert!(gap > TIMEOUT * 2, "{gap:?}\n{}", c.log("alpha"));
     assert!(c.log("alpha").contains("the agent's runtime is stuck"));
     wait_for("alpha to feed again", &c, || {
