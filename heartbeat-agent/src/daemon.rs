@@ -357,7 +357,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         None => None,
         Some(device) => {
             let earlier = crate::pins::node_dir(&opts.bpffs, c.id, plan.local.id).exists();
-            let w = plan
+            let timeout = plan
                 .config
                 .watchdog
                 .as_ref()
@@ -365,7 +365,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             Some(
                 crate::watchdog::Watchdog::start(
                     &device,
-                    w,
+                    timeout,
                     crate::watchdog::wind_down(&plan.config),
                     !earlier,
                 )
