@@ -22,11 +22,13 @@ mod locate;
 mod raw;
 mod serial;
 mod system;
+mod watchdog;
 
 pub use serial::{
     DEFAULT_SERIAL_BAUD, DEFAULT_SERIAL_INTERVAL, DEFAULT_SERIAL_TIMEOUT, MIN_SERIAL_INTERVAL,
     NodeSerial, SerialSection, SerialSettings,
 };
+pub use watchdog::{DEFAULT_WATCHDOG_TIMEOUT, MAX_WATCHDOG_TIMEOUT, WatchdogSection};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -138,6 +140,8 @@ pub struct ClusterConfig {
     /// `[serial]`: the serial heartbeat line (two-node clusters only; then
     /// every node has its `NodeConfig::serial`).
     pub serial: Option<SerialSection>,
+    /// `[watchdog]`: the watchdog self-fence (None: off, the default).
+    pub watchdog: Option<WatchdogSection>,
     /// Where each key was written in the file, so that later checks
     /// ([`ClusterConfig::check_system`]) can point at the line. Empty for a
     /// configuration built in code.
@@ -811,6 +815,7 @@ impl Src<'_> {
         let serial = self.serial(top.serial, &nodes)?;
         let quorum = self.quorum(top.quorum, &cluster, &nodes)?;
         let packages = self.packages(top.package, &nodes)?;
+        let watchdog = self.watchdog(top.watchdog)?;
         Ok(ClusterConfig {
             path: self.file.to_owned(),
             cluster: cluster.section,
@@ -820,6 +825,7 @@ impl Src<'_> {
             nodes: nodes.into_iter().map(|n| n.node).collect(),
             packages,
             serial,
+            watchdog,
             locations: Locations::default(),
         })
     }

@@ -17,6 +17,8 @@
 //! - control (`control::serve`) and metrics (`metrics::serve`): operators;
 //! - liveness (here): proves every 100 ms that the runtime still runs its
 //!   tasks; the sender withholds the stamp and its requests when it stops.
+//! - watchdog (`watchdog`, optional): a thread feeding the Linux watchdog
+//!   device while the node is healthy (the sbd-like self-fence).
 //!
 //! Data flows one way: kernel events and messages in, decisions out;
 //! status and metrics read what the subsystems publish (watch channels and
@@ -348,6 +350,29 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             }
         },
     };
+    // The watchdog self-fence: opened (and fed while the agent starts)
+    // before anything else happens; a start that fails disarms it unless an
+    // earlier agent's pins say packages may run here.
+    let mut watchdog = match plan.config.watchdog_device(&plan.local) {
+        None => None,
+        Some(device) => {
+            let earlier = crate::pins::node_dir(&opts.bpffs, c.id, plan.local.id).exists();
+            let timeout = plan
+                .config
+                .watchdog
+                .as_ref()
+                .map_or(crate::config::DEFAULT_WATCHDOG_TIMEOUT, |w| w.timeout);
+            Some(
+                crate::watchdog::Watchdog::start(
+                    &device,
+                    timeout,
+                    crate::watchdog::wind_down(&plan.config),
+                    !earlier,
+                )
+                .map_err(|e| plan.config.watchdog_device_error(e.to_string()))?,
+            )
+        }
+    };
     let mut state = StateFile::open(&plan.settings.state_file)?;
     let incarnation = state.next_incarnation()?;
 
@@ -572,6 +597,18 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         },
         cancel.clone(),
     ));
+    if let Some(w) = &mut watchdog {
+        // This runs on the runtime: it is alive now.
+        shared
+            .main_alive_ns
+            .store(clock::mono_ns(), Ordering::Relaxed);
+        w.attach(crate::watchdog::Inputs {
+            shared: shared.clone(),
+            cluster: view_rx.clone(),
+            packages: has_packages.then(|| pkg_status_rx.clone()),
+            agent_timeout: c.agent_timeout,
+        });
+    }
     let sources = Sources {
         plan: plan_rx,
         fast: fast_rx,
@@ -599,7 +636,11 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         cancel.clone(),
     ));
     if let (Some(listener), Some(m)) = (metrics_listener, &plan.config.metrics) {
-        let registry = Arc::new(metrics::registry(sources.clone(), &plan.local.name));
+        let mut registry = metrics::registry(sources.clone(), &plan.local.name);
+        if let Some(w) = &watchdog {
+            registry.register_collector(w.collector());
+        }
+        let registry = Arc::new(registry);
         tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
         tracker.spawn(metrics::serve(
             listener,
@@ -713,6 +754,11 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let cause = match stop {
         Stop::Signal(cause) => cause,
         Stop::Restart(cause) => {
+            // Fed while winding down; closed armed at the exit (see
+            // `watchdog`): the next agent must feed it in time.
+            if let Some(w) = &watchdog {
+                w.stopping(crate::watchdog::wind_down(&sup.plan.config));
+            }
             let plan = sup.plan.clone();
             let window = plan.config.cluster.restart_window;
             tracing::info!(
@@ -772,6 +818,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         }
     };
     tracing::info!(cause, "stopping: detaching XDP");
+    if let Some(w) = &watchdog {
+        w.stopping(crate::watchdog::wind_down(&sup.plan.config));
+    }
     shared
         .node_state
         .store(node_state::HALTING, Ordering::Relaxed);
@@ -788,6 +837,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     drop(stop_sender);
     // XDP is detached last, when the fast path is dropped.
     drop(fp);
+    if let Some(w) = watchdog.take() {
+        w.close_clean();
+    }
     // A full stop leaves no pins (an adoption cut short could).
     if pin_dir.exists()
         && let Err(e) = crate::pins::remove(&pin_dir, true)

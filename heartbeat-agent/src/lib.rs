@@ -24,6 +24,7 @@ pub mod serial;
 pub mod state;
 pub mod status;
 pub mod transport;
+pub mod watchdog;
 
 // Used by the binary (src/main.rs) only.
 use anyhow as _;

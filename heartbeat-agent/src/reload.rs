@@ -47,6 +47,9 @@ pub fn check(old: &Plan, new: &Plan) -> Result<(), String> {
     if o.serial_of(&old.local) != n.serial_of(&new.local) {
         return refuse("serial (the serial line: [serial] and [node.serial])");
     }
+    if o.watchdog != n.watchdog {
+        return refuse("watchdog (the watchdog self-fence: [watchdog])");
+    }
     if old.local.links != new.local.links {
         return refuse(&format!(
             "the links of the local node {} (node.link)",

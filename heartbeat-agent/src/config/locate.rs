@@ -105,6 +105,7 @@ pub(super) fn table_kind(segs: &[Seg]) -> (&'static str, &'static [&'static str]
         [Key(k), Index(_)] if k == "node" => ("[[node]]", raw::field_names::<raw::Node>()),
         [Key(k), Index(_)] if k == "package" => ("[[package]]", raw::field_names::<raw::Package>()),
         [Key(k)] if k == "serial" => ("[serial]", raw::field_names::<raw::Serial>()),
+        [Key(k)] if k == "watchdog" => ("[watchdog]", raw::field_names::<raw::Watchdog>()),
         [Key(k), Index(_), Key(l)] if k == "node" && l == "serial" => {
             ("[node.serial]", raw::field_names::<raw::NodeSerial>())
         }

@@ -30,6 +30,16 @@ pub(super) struct Top {
     pub package: Field<Tables<Package>>,
     /// The serial heartbeat line (two-node clusters).
     pub serial: Field<Serial>,
+    /// The watchdog self-fence (off without it).
+    pub watchdog: Field<Watchdog>,
+}
+
+/// `[watchdog]`: the Linux watchdog device the agent feeds (self-fence).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([watchdog])")]
+pub(super) struct Watchdog {
+    pub device: Field<PathText>,
+    pub timeout: Field<Dur>,
 }
 
 /// `[serial]`: the serial line's settings for both nodes.

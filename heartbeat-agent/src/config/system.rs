@@ -110,6 +110,9 @@ impl ClusterConfig {
             check_file(events).map_err(|m| self.invalid_at("cluster.events_file", m))?;
         }
         check_file(&paths.state_file).map_err(|m| self.invalid_at("cluster.state_file", m))?;
+        if let Some(device) = self.watchdog_device(local) {
+            check_watchdog(&device).map_err(|m| self.watchdog_device_error(m))?;
+        }
         Ok(())
     }
 
@@ -263,4 +266,27 @@ fn usable_dir(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The watchdog device exists and is a character device (a real watchdog,
+/// e.g. /dev/watchdog or softdog's). A FIFO or a regular file is accepted
+/// too, as a stand-in for tests: the agent then warns that the timeout
+/// cannot be set, and what it writes shows its feeding.
+fn check_watchdog(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_char_device() || m.file_type().is_fifo() || m.is_file() => {
+            access(path, AccessFlags::W_OK)
+                .map_err(|e| format!("{} is not writable: {}", shown(path), e.desc()))
+        }
+        Ok(m) => Err(format!(
+            "{} is {}; expected a watchdog character device such as /dev/watchdog (a FIFO or regular file is accepted as a stand-in for tests)",
+            shown(path),
+            kind(&m)
+        )),
+        Err(e) if absent(&e) => Err(format!(
+            "{} does not exist; load the watchdog driver (e.g. `modprobe softdog`) or name the right device",
+            shown(path)
+        )),
+        Err(e) => Err(format!("cannot inspect {}: {e}", shown(path))),
+    }
 }
