@@ -17,7 +17,10 @@
 //! least `min_requests` of our own requests went out since the last reply
 //! and before the previous snapshot (so every one of them had a whole
 //! snapshot period, far above any round trip, to be answered). The window
-//! is `max(4 × node_timeout, 20 × heartbeat_interval)`; `min_requests` is
+//! is `max(4 × node_timeout, 20 × heartbeat_interval, 1 s)` (the floor:
+//! a peer resuming from SIGSTOP sends before its kernel answers again,
+//! for a few ms; a half-open link is a slow-path diagnosis, not a
+//! detector); `min_requests` is
 //! half the requests a healthy sender sends in it, at least 10. A lost reply
 //! or two does not trigger it (no reply at all for the whole window), nor
 //! does a stalled local sender (too few requests went out), nor a link the
@@ -27,6 +30,9 @@
 //! purpose, and membership already excludes it as `stale`).
 
 use std::collections::BTreeMap;
+
+/// The shortest window (ns).
+pub const WINDOW_FLOOR_NS: u64 = 1_000_000_000;
 
 /// The verdict's parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +44,13 @@ pub struct Params {
 }
 
 impl Params {
-    /// `window = max(4 × node_timeout, 20 × heartbeat_interval)`,
+    /// `window = max(4 × node_timeout, 20 × heartbeat_interval, 1 s)`,
     /// `min_requests = max(10, window / (2 × heartbeat_interval))`.
     pub fn for_timing(node_timeout_ns: u64, heartbeat_interval_ns: u64) -> Self {
         let window_ns = node_timeout_ns
             .saturating_mul(4)
-            .max(heartbeat_interval_ns.saturating_mul(20));
+            .max(heartbeat_interval_ns.saturating_mul(20))
+            .max(WINDOW_FLOOR_NS);
         let min_requests = (window_ns / heartbeat_interval_ns.saturating_mul(2).max(1)).max(10);
         Self {
             window_ns,
@@ -304,10 +311,10 @@ mod tests {
 
     #[test]
     fn the_window_follows_the_timing() {
-        // The headline timing: 500 us node_timeout, 250 us interval.
+        // The headline timing: the 1 s floor.
         let p = Params::for_timing(500_000, 250_000);
-        assert_eq!(p.window_ns, 5 * MS);
-        assert_eq!(p.min_requests, 10);
+        assert_eq!(p.window_ns, 1_000 * MS);
+        assert_eq!(p.min_requests, 2_000);
         // A slow interval: 4 node_timeouts dominate.
         let p = Params::for_timing(5_000 * MS, 1_000 * MS);
         assert_eq!(p.window_ns, 20_000 * MS);
