@@ -394,25 +394,31 @@ fn automatic_failback_and_min_package_node() {
     let out = c.cli("alpha", &["node", "start"]);
     assert!(out.status.success(), "{out:?}");
     wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
-    // The coordinator journaled the failback with its reason.
-    let placed: Vec<_> = ["alpha", "beta", "gamma"]
-        .iter()
-        .flat_map(|n| c.journal(n))
-        .filter(|e| {
-            e.event == support::EventKind::PackagePlaced && e.package.as_deref() == Some("web")
-        })
-        .map(|e| (e.cause, e.peer, e.detail))
-        .collect();
-    assert!(
-        placed
+    // The coordinator journaled the failback with its reason (the journal
+    // is written by a thread of its own: it may lag behind the status
+    // under load, so wait for it).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let placed: Vec<_> = ["alpha", "beta", "gamma"]
             .iter()
-            .any(|(cause, peer, detail)| cause == "failback"
+            .flat_map(|n| c.journal(n))
+            .filter(|e| {
+                e.event == support::EventKind::PackagePlaced && e.package.as_deref() == Some("web")
+            })
+            .map(|e| (e.cause, e.peer, e.detail))
+            .collect();
+        if placed.iter().any(|(cause, peer, detail)| {
+            cause == "failback"
                 && peer.as_deref() == Some("alpha")
                 && detail
                     .as_deref()
-                    .is_some_and(|d| d.contains("failback from beta"))),
-        "{placed:?}"
-    );
+                    .is_some_and(|d| d.contains("failback from beta"))
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{placed:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

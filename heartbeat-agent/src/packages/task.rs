@@ -1088,11 +1088,20 @@ impl Task {
     /// Stops every package that runs here (shutdown), bounded by the stop
     /// timeouts.
     async fn stop_running(&mut self) {
+        // Everything that may run here: also a package whose stop is
+        // queued or failed (the runtime ends with this task, and a queued
+        // stop with it).
         let running: Vec<PackageId> = self
             .sm
             .status()
             .into_iter()
-            .filter(|s| s.local.holds())
+            .filter(|s| {
+                !matches!(
+                    s.local,
+                    heartbeat_cluster::packages::Local::Stopped
+                        | heartbeat_cluster::packages::Local::Unknown
+                )
+            })
             .map(|s| s.pkg)
             .collect();
         for &p in &running {
