@@ -544,6 +544,37 @@ pub async fn announce(
     Ok(count)
 }
 
+/// Announces `a` again after each of `delays` (from now), in a task of
+/// its own: a start's first announcements go out before the new owner's
+/// kernel lease is valid when its successors grant it only after they
+/// applied the placement (a re-admitted node taking a package back); the
+/// node's own egress fence drops those (their sender address is the
+/// package's), and a client would keep the old owner's MAC until its
+/// neighbour entry fails, seconds later. Sends after the lease ended are
+/// dropped by the same fence, so a late one never misleads.
+pub async fn announce_later(
+    addrs: &Addresses,
+    a: &PackageAddress,
+    delays: &'static [Duration],
+) -> Result<(), AddressError> {
+    let link = addrs.link(&a.dev).await?;
+    let (dst, frame) = announcement(link.mac, a.addr);
+    let index = link.index;
+    tokio::spawn(async move {
+        let Ok(sock) = PacketSocket::open() else {
+            return;
+        };
+        let start = tokio::time::Instant::now();
+        for d in delays {
+            tokio::time::sleep_until(start + *d).await;
+            if sock.send(index, dst, &frame).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,15 @@ fn result_of(action: Action, outcome: &Outcome) -> ActionResult {
     }
 }
 
+/// When a start announces its addresses again (after the first burst):
+/// by then the new owner's kernel lease is valid, even for a node whose
+/// successors grant it only once they applied the placement.
+const LATE_ANNOUNCEMENTS: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(30),
+    Duration::from_millis(100),
+];
+
 /// Runs one action of `pkg` with its addresses: a start adds them first
 /// and announces them while its script runs; a stop removes them after (also when the
 /// stop failed: the service may run, but not at the package's address).
@@ -269,6 +278,12 @@ async fn act(
         if let Some(x) = addrs {
             for a in &pkg.addresses {
                 if let Err(e) = addresses::announce(x, a, announce, Duration::from_millis(1)).await
+                {
+                    tracing::warn!(package = %name, address = %a, error = %e, "cannot announce the address");
+                }
+                // Again once the lease is surely valid (see announce_later).
+                if announce > 0
+                    && let Err(e) = addresses::announce_later(x, a, &LATE_ANNOUNCEMENTS).await
                 {
                     tracing::warn!(package = %name, address = %a, error = %e, "cannot announce the address");
                 }
