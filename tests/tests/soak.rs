@@ -604,13 +604,20 @@ impl Soak {
                 tail(&self.c.log(&name), 40)
             );
         }
+        // A clean stop cancels every task at once: the fast path renews
+        // nothing after the SIGTERM, so the node's kernel leases end at
+        // most LEASE after it (its services are stopped later, fenced).
+        let dark = at_ns + (LEASE + FENCE_SLACK).as_nanos() as u64;
+        for (pkg, ..) in PACKAGES {
+            log_at(&self.c.dir.0, dark, &name, "fenced", pkg);
+        }
         let healed_ns = wall_ns();
         self.start(i);
         Fault {
             what: format!("restart {name}'s agent"),
             at_ns,
             healed_ns,
-            fenced: Vec::new(),
+            fenced: vec![(i, dark)],
         }
     }
 
