@@ -16,7 +16,7 @@
 //! finished the start. Heartbeat runs twice per timing: with the package on
 //! the membership coordinator (the kill also costs a coordinator) and off
 //! it. `HB_KEEP=1` keeps each heartbeat cluster's journals and logs in
-//! `target/bench/keep-<victim>-<node_timeout>/`.
+//! `target/bench/keep-<victim>-<node_timeout>[-teardown]/`.
 
 use std::{
     net::SocketAddr,
@@ -105,12 +105,26 @@ impl Subject for Heartbeat {
             .c
             .wait_settled(Duration::from_secs(30))
             .with_context(|| format!("not settled; alpha's log:\n{}", self.c.log(0)))?;
-        let answers = stable_answer(&self.c.seg, 10, Duration::from_secs(10))?;
+        let statuses = |c: &PackageCluster| {
+            (0..NODE_NAMES.len())
+                .map(|i| format!("--- {} ---\n{}", NODE_NAMES[i], c.status_text(i)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let answers =
+            stable_answer(&self.c.seg, 10, Duration::from_secs(10)).with_context(|| {
+                format!(
+                    "{} owns web; status:\n{}",
+                    NODE_NAMES[owner],
+                    statuses(&self.c)
+                )
+            })?;
         if answers != owner {
             bail!(
-                "{} owns web but {} answers",
+                "{} owns web but {} answers; status:\n{}",
                 NODE_NAMES[owner],
-                NODE_NAMES[answers]
+                NODE_NAMES[answers],
+                statuses(&self.c)
             );
         }
         Ok(owner)
@@ -436,7 +450,12 @@ pub fn heartbeat(
     let r = trials(&mut s, &label, settings, n, rng);
     drop(s);
     if std::env::var_os("HB_KEEP").is_some() {
-        let keep = dir.with_file_name(format!("keep-{:?}-{}", victim, t.node_timeout));
+        let keep = dir.with_file_name(format!(
+            "keep-{:?}-{}{}",
+            victim,
+            t.node_timeout,
+            if defer_agent { "-teardown" } else { "" }
+        ));
         let _ = std::fs::remove_dir_all(&keep);
         let _ = std::fs::rename(dir, keep);
     }

@@ -167,6 +167,21 @@ pub struct PackageConfig {
     pub restart_limit: u32,
 }
 
+impl PackageConfig {
+    /// Every address the kernel fence guards for this package: its
+    /// `addresses`, and the one an OCF address agent manages itself
+    /// ([`crate::packages::runner::Service::managed_address`]).
+    pub fn fenced_addrs(&self) -> Vec<std::net::IpAddr> {
+        let mut v: Vec<std::net::IpAddr> = self.addresses.iter().map(|a| a.addr()).collect();
+        if let Some(a) = self.spec.service.managed_address()
+            && !v.contains(&a)
+        {
+            v.push(a);
+        }
+        v
+    }
+}
+
 /// `[cluster]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSection {

@@ -53,7 +53,7 @@ pub fn initial_specs(plan: &crate::plan::Plan) -> Vec<LeaseSpec> {
         .filter(|(p, _)| p.nodes.iter().any(|n| n.0 == plan.local.id))
         .map(|(p, id)| LeaseSpec {
             package: id,
-            addrs: p.addresses.iter().map(|a| a.addr()).collect(),
+            addrs: p.fenced_addrs(),
             renew: false,
             successors: Vec::new(),
             lease_ns: 0,

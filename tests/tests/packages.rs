@@ -119,10 +119,15 @@ fn wait_owner(c: &Cluster, names: &[&str], owner: &str) {
 
 /// Which node holds `VIP` on its interface right now.
 fn holders(c: &Cluster) -> Vec<String> {
+    holders_of(c, VIP)
+}
+
+/// Which node holds `ip`/24 on an interface right now.
+fn holders_of(c: &Cluster, ip: &str) -> Vec<String> {
     c.members()
         .filter(|n| {
             n.ns.exec(&["ip", "-o", "addr", "show"])
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{VIP}/24")))
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{ip}/24")))
         })
         .map(|n| n.name.clone())
         .collect()
@@ -333,7 +338,11 @@ fn ocf_agents_run_unchanged_and_a_configuration_error_bans_everywhere() {
              agent = \"ocf:heartbeat:Dummy\"\nmonitor_interval = \"100ms\"\n\
              [package.params]\nstate = \"{}\"\n\n\
              [[package]]\nname = \"noip\"\nnodes = [\"alpha\", \"beta\", \"gamma\"]\n\
-             agent = \"ocf:heartbeat:IPaddr2\"\n[package.params]\ncidr_netmask = \"24\"\n",
+             agent = \"ocf:heartbeat:IPaddr2\"\n[package.params]\ncidr_netmask = \"24\"\n\n\
+             [[package]]\nname = \"ip\"\nnodes = [\"gamma\", \"alpha\", \"beta\"]\n\
+             agent = \"ocf:heartbeat:IPaddr2\"\nmonitor_interval = \"200ms\"\n\
+             start_timeout = \"20s\"\nstop_timeout = \"20s\"\n\
+             [package.params]\nip = \"{IP2}\"\ncidr_netmask = \"24\"\n",
             state.display()
         )
     });
@@ -363,7 +372,26 @@ fn ocf_agents_run_unchanged_and_a_configuration_error_bans_everywhere() {
     let out = c.cli("gamma", &["package", "stop", "dummy"]);
     assert!(out.status.success(), "{out:?}");
     wait_for("Dummy's state file to go", || !state.exists());
+    // IPaddr2 with its address: it adds the address on the node it runs
+    // on (finding the interface by the subnet), and a move takes it over.
+    let runs_on = |node: &str| {
+        c.try_status(node).is_some_and(|st| {
+            find(&st, "ip")
+                .is_some_and(|p| p.owner.as_deref() == Some(node) && p.local_state == "running")
+        })
+    };
+    wait_for("IPaddr2 to run on gamma", || runs_on("gamma"));
+    assert_eq!(holders_of(&c, IP2), vec!["gamma".to_owned()]);
+    let out = c.cli("beta", &["package", "move", "ip", "alpha"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("IPaddr2 to run on alpha", || runs_on("alpha"));
+    wait_for("the address to be on alpha alone", || {
+        holders_of(&c, IP2) == vec!["alpha".to_owned()]
+    });
 }
+
+/// The address `ocf:heartbeat:IPaddr2` manages in the OCF test.
+const IP2: &str = "10.210.0.101";
 
 #[test]
 fn automatic_failback_and_min_package_node() {

@@ -312,6 +312,26 @@ pub enum Service {
     },
 }
 
+impl Service {
+    /// The address an OCF address agent (`ocf:heartbeat:IPaddr2`,
+    /// `IPaddr`: parameter `ip`; `IPv6addr`: `ipv6addr`) adds and removes
+    /// itself, so that the kernel fence covers it like `addresses`.
+    pub fn managed_address(&self) -> Option<std::net::IpAddr> {
+        let Service::Ocf { agent, params } = self else {
+            return None;
+        };
+        let key = match (agent.provider(), agent.kind()) {
+            ("heartbeat", "IPaddr2" | "IPaddr") => "ip",
+            ("heartbeat", "IPv6addr") => "ipv6addr",
+            _ => return None,
+        };
+        params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+}
+
 /// Timeouts and the monitor interval of one package.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -867,6 +887,39 @@ async fn read_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_agents_name_the_address_the_fence_covers() {
+        let ocf = |agent: &str, params: &[(&str, &str)]| Service::Ocf {
+            agent: OcfAgent::parse(agent).unwrap(),
+            params: OcfParams::new(params.iter().copied()).unwrap(),
+        };
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let v4 = [("ip", "10.0.0.100"), ("cidr_netmask", "24")];
+        assert_eq!(
+            ocf("ocf:heartbeat:IPaddr2", &v4).managed_address(),
+            ip("10.0.0.100")
+        );
+        assert_eq!(
+            ocf("ocf:heartbeat:IPaddr", &v4).managed_address(),
+            ip("10.0.0.100")
+        );
+        assert_eq!(
+            ocf("ocf:heartbeat:IPv6addr", &[("ipv6addr", "fd00::64")]).managed_address(),
+            ip("fd00::64")
+        );
+        // No `ip`, an unparsable one, another agent, or commands: none.
+        assert_eq!(
+            ocf("ocf:heartbeat:IPaddr2", &[("cidr_netmask", "24")]).managed_address(),
+            None
+        );
+        assert_eq!(
+            ocf("ocf:heartbeat:IPaddr2", &[("ip", "web")]).managed_address(),
+            None
+        );
+        assert_eq!(ocf("ocf:heartbeat:Dummy", &v4).managed_address(), None);
+        assert_eq!(ocf("ocf:other:IPaddr2", &v4).managed_address(), None);
+    }
 
     #[test]
     fn names_agents_commands_and_params_are_checked() {

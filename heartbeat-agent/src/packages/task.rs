@@ -588,7 +588,7 @@ impl Task {
                     .unwrap_or((false, NodeSet::default(), 0, heartbeat_cluster::Epoch(0)));
                 LeaseSpec {
                     package: i as u16,
-                    addrs: p.addresses.iter().map(PackageAddress::addr).collect(),
+                    addrs: p.fenced_addrs(),
                     renew,
                     successors: successors.iter().map(|n| n.0).collect(),
                     lease_ns,
