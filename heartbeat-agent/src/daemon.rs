@@ -476,6 +476,9 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(16);
     let (pkg_msg_tx, pkg_msg_rx) = mpsc::channel(1024);
     let (pkg_calls_tx, pkg_calls_rx) = mpsc::channel::<Call>(16);
+    // A clean stop hands the packages over before the leave (see the stop
+    // below): the packages task answers once they are.
+    let (drain_tx, drain_rx) = mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     let (pkg_status_tx, pkg_status_rx) = watch::channel(PackagesView::default());
     let has_packages = !plan.config.packages.is_empty();
     let sealer: cluster::SharedSealer = Arc::new(std::sync::Mutex::new(Sealer::new(
@@ -529,6 +532,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
                 view: view_rx.clone(),
                 messages: pkg_msg_rx,
                 calls: pkg_calls_rx,
+                drain: drain_rx,
                 fast: fast_cmd_tx.clone(),
                 fast_snapshot: fast_rx.clone(),
                 lapses: lapse_rx,
@@ -817,10 +821,41 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
             return Ok(Exit::Restarting);
         }
     };
-    tracing::info!(cause, "stopping: detaching XDP");
     if let Some(w) = &watchdog {
         w.stopping(crate::watchdog::wind_down(&sup.plan.config));
     }
+    // Packages first, as `cmhaltnode` does: each is stopped here and
+    // placed elsewhere while this node is still a member, so its successor
+    // starts on this node's "stopped" report instead of waiting out the
+    // lease after the leave, and the service never runs (fenced) here
+    // after it started there. Bounded by the longest stop plus a start's
+    // hand-over; a second signal cuts it short.
+    if has_packages {
+        let bound = drain_bound(&sup.plan.config);
+        tracing::info!(cause, bound = ?bound, "stopping: handing the packages over first");
+        let began = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let drained = async {
+            if drain_tx.send(tx).await.is_err() {
+                return false;
+            }
+            tokio::time::timeout(bound, rx)
+                .await
+                .is_ok_and(|r| r.is_ok())
+        };
+        tokio::select! {
+            done = drained => {
+                if done {
+                    tracing::info!(took = ?began.elapsed(), "packages handed over");
+                } else {
+                    tracing::warn!(took = ?began.elapsed(), "packages not all handed over in time: leaving; the lease rule covers the rest");
+                }
+            }
+            _ = sigterm.recv() => tracing::warn!("second SIGTERM: leaving without waiting for the hand-over"),
+            _ = sigint.recv() => tracing::warn!("SIGINT: leaving without waiting for the hand-over"),
+        }
+    }
+    tracing::info!(cause, "stopping: detaching XDP");
     shared
         .node_state
         .store(node_state::HALTING, Ordering::Relaxed);
@@ -847,6 +882,19 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         tracing::warn!(error = %e, "cannot remove the pins in {}", pin_dir.display());
     }
     Ok(Exit::Stopped)
+}
+
+/// How long a clean stop waits for the packages' hand-over: the longest
+/// `stop_timeout`, plus a second for the placement and the successor's
+/// report.
+fn drain_bound(config: &crate::config::ClusterConfig) -> Duration {
+    config
+        .packages
+        .iter()
+        .map(|p| p.spec.timeouts.stop)
+        .max()
+        .unwrap_or_default()
+        .saturating_add(Duration::from_secs(1))
 }
 
 /// `heartbeat-agent detach`: detaches and removes the pins an announced

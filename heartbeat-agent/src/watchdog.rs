@@ -23,7 +23,7 @@
 //! node has three feeds of slack against a late thread. While the agent
 //! starts (until its tasks run: the stop before join may run the packages'
 //! stop actions) and while it stops, it is fed unconditionally for at most
-//! [`wind_down`] (every package's `stop_timeout` plus 5 s); a start or stop
+//! [`wind_down`] (every package's `stop_timeout`, the hand-over, 5 s); a start or stop
 //! that hangs longer is reset. A start that fails disarms the device again
 //! (magic close), unless an earlier agent's pins were found (its packages
 //! may still run here: the device stays armed). The timeout is set with
@@ -119,12 +119,18 @@ pub const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// How long the agent's start or stop may feed the watchdog
 /// unconditionally: every package's `stop_timeout` (stop before join, stop
-/// at exit) plus [`STOP_SLACK`].
+/// at exit), the clean stop's hand-over (the longest `stop_timeout` and a
+/// second), plus [`STOP_SLACK`].
 pub fn wind_down(cfg: &ClusterConfig) -> Duration {
-    cfg.packages
-        .iter()
-        .map(|p| p.spec.timeouts.stop)
-        .fold(STOP_SLACK, Duration::saturating_add)
+    let stops = cfg.packages.iter().map(|p| p.spec.timeouts.stop);
+    let hand_over = stops
+        .clone()
+        .max()
+        .map_or(Duration::ZERO, |m| m.saturating_add(Duration::from_secs(1)));
+    stops.fold(
+        STOP_SLACK.saturating_add(hand_over),
+        Duration::saturating_add,
+    )
 }
 
 /// Why the watchdog could not start.

@@ -233,6 +233,12 @@ pub enum Local {
 }
 
 impl Local {
+    /// Nothing runs here and nothing will without a new start: stopped,
+    /// not known (the start-up stop), or a failed stop (escalated).
+    fn settled_off(self) -> bool {
+        matches!(self, Self::Stopped | Self::Unknown | Self::StopFailed)
+    }
+
     fn wire(self) -> u8 {
         match self {
             Self::Unknown => pkg_state::UNKNOWN,
@@ -348,6 +354,17 @@ pub enum Input {
     Serial {
         /// The verdict now.
         verdict: Verdict,
+    },
+    /// The node is about to leave the cluster (the agent stops): hand
+    /// every package over first, as Serviceguard's `cmhaltnode` halts the
+    /// node's packages before the node leaves. Each package is banned
+    /// here for the rest of this run, so it stops here, its report says
+    /// so, and the coordinator places it elsewhere in the same epoch,
+    /// where the start rule clears this node on that report (rule 1)
+    /// without waiting out its lease. See [`Packages::drained`].
+    Drain {
+        /// Now.
+        at_ns: u64,
     },
     /// Time passes.
     Tick {
@@ -747,10 +764,54 @@ impl Packages {
                     self.report_dirty = true;
                 }
             }
+            Input::Drain { at_ns } => {
+                self.now_ns = self.now_ns.max(at_ns);
+                for p in &mut self.pkgs {
+                    if p.params.policy.nodes.contains(&self.params.local) {
+                        p.banned = true;
+                    }
+                }
+                self.report_dirty = true;
+            }
             Input::Tick { now_ns } => self.now_ns = self.now_ns.max(now_ns),
         }
         self.step(&mut out);
         out
+    }
+
+    /// After [`Input::Drain`]: whether every package is handed over, so
+    /// that the node may leave. True when nothing runs here any more (or
+    /// its stop failed, which escalates anyway) and each package is either
+    /// placed nowhere or reported starting or running, in our epoch, by
+    /// the node the newest placement gives it to; also true without a
+    /// quorate view (nobody could take a package over: the lease rule
+    /// applies after the leave).
+    pub fn drained(&self) -> bool {
+        let Some(v) = self.view.filter(|v| v.quorate) else {
+            return self.pkgs.iter().all(|p| p.local.settled_off());
+        };
+        self.pkgs.iter().all(|p| {
+            if !p.local.settled_off() {
+                return false;
+            }
+            let id = p.params.policy.id;
+            match p.target.and_then(|d| d.owner) {
+                None => true,
+                Some(o) if o == self.params.local => false,
+                Some(o) => self
+                    .peers
+                    .get(&o)
+                    .and_then(|pe| pe.report.as_ref())
+                    .is_some_and(|(r, _)| {
+                        r.epoch == v.epoch
+                            && r.entries.iter().any(|e| {
+                                e.pkg == id
+                                    && (e.state == pkg_state::STARTING
+                                        || e.state == pkg_state::RUNNING)
+                            })
+                    }),
+            }
+        })
     }
 
     /// The earliest time something is due (a monitor, a resend, a lease

@@ -262,7 +262,7 @@ impl fmt::Display for Reason {
                 write!(f, "failover from node {from}: ")?;
                 f.write_str(match cause {
                     LossCause::Left => "it left the cluster",
-                    LossCause::Banned => "banned there",
+                    LossCause::Banned => "banned there (a hard failure, or the node is halting)",
                     LossCause::Disabled => "disabled there",
                     LossCause::Unhealthy => "it is unhealthy",
                     LossCause::NotConfigured => "no longer among the package's nodes",

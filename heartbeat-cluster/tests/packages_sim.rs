@@ -60,6 +60,10 @@ enum Fault {
     /// view while the others move on. `long`: cut for longer than a lease
     /// wait, so that another node may take its packages meanwhile.
     FlapStall(u16, bool),
+    /// A clean stop of the node's agent: its packages are handed over
+    /// (`Input::Drain`) until drained or a bound, then it stops what still
+    /// runs, its kernel fences everything, and it is gone.
+    Halt(u16),
 }
 
 fn fault(n: u16, pkgs: u16) -> impl Strategy<Value = Fault> {
@@ -72,9 +76,10 @@ fn fault(n: u16, pkgs: u16) -> impl Strategy<Value = Fault> {
         proptest::collection::vec(node.clone(), 1..n as usize).prop_map(Fault::Partition),
         Just(Fault::HealAll),
         (node.clone(), 0..pkgs).prop_map(|(a, p)| Fault::MonitorFails(a, p)),
-        (0..pkgs, node).prop_map(|(p, a)| Fault::Move(p, a)),
+        (0..pkgs, node.clone()).prop_map(|(p, a)| Fault::Move(p, a)),
         (0u8..30).prop_map(Fault::Loss),
         (1..=n, any::<bool>()).prop_map(|(a, long)| Fault::FlapStall(a, long)),
+        node.prop_map(Fault::Halt),
     ]
 }
 
@@ -139,6 +144,9 @@ struct Sim {
     sticky: BTreeMap<u16, u64>,
     /// Cuts to heal at a tick.
     heal_at: Vec<(u64, u16)>,
+    /// Nodes handing their packages over before a clean stop, and the
+    /// tick at which they stop regardless.
+    halting: BTreeMap<u16, u64>,
 }
 
 impl Sim {
@@ -185,6 +193,7 @@ impl Sim {
             timing: LeaseTiming::new(LEASE * TICK, 500, TICK / 5).unwrap(),
             sticky: BTreeMap::new(),
             heal_at: Vec::new(),
+            halting: BTreeMap::new(),
         };
         for i in 1..=n {
             s.nodes.insert(
@@ -245,6 +254,7 @@ impl Sim {
     }
 
     fn crash(&mut self, i: u16) {
+        self.halting.remove(&i);
         let node = self.nodes.get_mut(&i).unwrap();
         if node.sm.take().is_some() {
             // The service and the kernel lease stay as they are.
@@ -253,6 +263,24 @@ impl Sim {
             node.view = None;
             self.log.push(format!("t{} node {i} crashes", self.now));
         }
+    }
+
+    /// The end of a clean stop: every lease released (the fast path
+    /// fences at once), what still runs stopped (successfully), gone.
+    fn clean_stop(&mut self, i: u16) {
+        let node = self.nodes.get_mut(&i).unwrap();
+        if node.sm.take().is_none() {
+            return;
+        }
+        for p in 0..self.pkgs {
+            node.lease.insert(p, 0);
+        }
+        node.running.clear();
+        node.actions.clear();
+        node.renew.clear();
+        node.view = None;
+        self.log
+            .push(format!("t{} node {i} stopped cleanly", self.now));
     }
 
     fn input(&mut self, i: u16, input: Input) {
@@ -399,6 +427,16 @@ impl Sim {
         self.heal_at.retain(|(t, _)| *t > now);
         for i in due {
             self.cut.retain(|&(a, b)| a != i && b != i);
+        }
+        let stopping: Vec<u16> = self
+            .halting
+            .iter()
+            .filter(|&(i, &t)| t <= now || self.nodes[i].sm.as_ref().is_some_and(|sm| sm.drained()))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in stopping {
+            self.halting.remove(&i);
+            self.clean_stop(i);
         }
         let now_ns = self.now_ns();
         // Heartbeats: every live node asks every peer each tick.
@@ -609,6 +647,13 @@ impl Sim {
                 );
             }
             Fault::Loss(l) => self.loss = l,
+            Fault::Halt(i) => {
+                if self.alive(i) && !self.halting.contains_key(&i) {
+                    let at_ns = self.now_ns();
+                    self.halting.insert(i, self.now + 10);
+                    self.input(i, Input::Drain { at_ns });
+                }
+            }
             Fault::FlapStall(i, long) => {
                 for j in (1..=self.n).filter(|&j| j != i) {
                     self.cut.insert((i, j));
@@ -657,7 +702,7 @@ proptest! {
                 Fault::MonitorFails(i, p) => *i <= n && *p < pkgs,
                 Fault::Move(p, i) => *i <= n && *p < pkgs,
                 Fault::HealAll | Fault::Loss(_) => true,
-                Fault::FlapStall(i, _) => *i <= n,
+                Fault::FlapStall(i, _) | Fault::Halt(i) => *i <= n,
             };
             if fits {
                 s.apply(f);
@@ -666,6 +711,10 @@ proptest! {
         // Liveness: heal everything, restart the dead, clear the failures.
         s.apply(&Fault::HealAll);
         s.apply(&Fault::Loss(0));
+        // Halts under way end first; then every stopped node starts again.
+        for _ in 0..20 {
+            s.tick();
+        }
         for i in 1..=n {
             s.nodes.get_mut(&i).unwrap().failing.clear();
             if !s.alive(i) {
@@ -732,4 +781,44 @@ fn a_lapsed_owner_readmitted_without_its_successor_waits_for_it() {
         "{}",
         s.log.join("\n")
     );
+}
+
+/// A clean stop hands the package over first (`Input::Drain`): the owner
+/// stops it while still a member, the coordinator places it on the next
+/// node in the same epoch, which starts it on the owner's report (no lease
+/// to wait out), and only then does the owner stop, well before the
+/// drain's bound.
+#[test]
+fn a_clean_stop_hands_its_packages_over_before_it_leaves() {
+    let mut s = Sim::new(3, 1, 11, 0);
+    for _ in 0..30 {
+        s.tick();
+    }
+    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    let from = s.now;
+    s.apply(&Fault::Halt(1));
+    for _ in 0..12 {
+        s.tick();
+    }
+    assert!(!s.alive(1), "{}", s.log.join("\n"));
+    assert!(s.nodes[&2].running.contains(&0), "{}", s.log.join("\n"));
+    let at = |what: &str| {
+        s.log
+            .iter()
+            .position(|l| l.ends_with(what))
+            .unwrap_or_else(|| panic!("no `{what}`:\n{}", s.log.join("\n")))
+    };
+    // Node 1's stop, then node 2's start, then node 1's exit.
+    let stop = at("node 1 runs stop of 0");
+    let start = at("node 2 runs start of 0");
+    let gone = at("node 1 stopped cleanly");
+    assert!(stop < start && start < gone, "{}", s.log.join("\n"));
+    // Drained before the bound (10 ticks).
+    let gone_tick: u64 = s.log[gone]
+        .trim_start_matches('t')
+        .split(' ')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert!(gone_tick < from + 10, "{}", s.log.join("\n"));
 }

@@ -188,6 +188,52 @@ fn killed_owner_fails_over_and_scripts_run_once_in_order() {
 }
 
 #[test]
+fn a_clean_stop_hands_the_package_over_before_leaving() {
+    let mut c = Cluster::new(3, 1, RELAXED, false);
+    let log = add_package(&c, "");
+    c.start_all();
+    wait_owner(&c, &["alpha", "beta", "gamma"], "alpha");
+    let before = log_lines(&log).len();
+    // SIGTERM: alpha stops web while still a member, beta starts it on
+    // alpha's report, then alpha leaves.
+    c.agent("alpha").signal(Signal::SIGTERM).unwrap();
+    let st = c.agent("alpha").wait_timeout(WAIT).unwrap();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "alpha's exit: {st:?}\n{}",
+        c.log("alpha")
+    );
+    wait_owner(&c, &["beta", "gamma"], "beta");
+    let after: Vec<String> = log_lines(&log).split_off(before);
+    let pos = |p: &str| after.iter().position(|l| l.starts_with(p));
+    let (stop, start) = (pos("alpha stop"), pos("beta start"));
+    assert!(
+        stop.is_some() && start.is_some() && stop < start,
+        "alpha's stop before beta's start: {after:?}"
+    );
+    assert_eq!(
+        after.iter().filter(|l| l.contains(" start ")).count(),
+        1,
+        "{after:?}"
+    );
+    // Handed over, not waited out: beta never waited for alpha's lease.
+    let journal = c.journal("beta");
+    assert!(
+        !journal
+            .iter()
+            .any(|e| e.event == support::EventKind::PackageCleared
+                && e.peer.as_deref() == Some("alpha")
+                && e.cause == "lease_expired"),
+        "{journal:?}"
+    );
+    assert!(
+        c.log("alpha").contains("packages handed over"),
+        "{}",
+        c.log("alpha")
+    );
+}
+
+#[test]
 fn monitor_failure_restarts_in_place_then_fails_over() {
     let mut c = Cluster::new(3, 1, RELAXED, false);
     let log = add_package(&c, "restart_limit = 1");

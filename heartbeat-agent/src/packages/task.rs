@@ -108,6 +108,9 @@ pub struct Channels {
     pub view: watch::Receiver<ClusterView>,
     pub messages: mpsc::Receiver<PackageMessage>,
     pub calls: mpsc::Receiver<Call>,
+    /// A clean stop asks for the packages' hand-over (`Input::Drain`);
+    /// answered once [`Packages::drained`].
+    pub drain: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     pub fast: mpsc::Sender<fastpath::Command>,
     pub fast_snapshot: watch::Receiver<FastSnapshot>,
     /// Leases the fast path found run out while held.
@@ -1256,6 +1259,7 @@ pub async fn run(
     };
     let mut serial_verdict = ch.serial.map(|l| l.verdict);
     let mut verdict = heartbeat_cluster::survivor::Verdict::NotNeeded;
+    let mut draining: Option<tokio::sync::oneshot::Sender<()>> = None;
     let out = t.sm.stopped_at_start(&failed_at_start);
     t.carry_out(out);
     t.push_leases();
@@ -1277,6 +1281,10 @@ pub async fn run(
                 at_ns: clock::mono_ns(),
             }),
             Some(call) = ch.calls.recv() => t.on_call(call),
+            Some(reply) = ch.drain.recv() => {
+                t.feed(Input::Drain { at_ns: clock::mono_ns() });
+                draining = Some(reply);
+            }
             Some(l) = ch.lapses.recv() => t.feed(Input::LeaseLapsed {
                 pkg: PackageId(l.package),
                 generation: l.generation,
@@ -1304,6 +1312,12 @@ pub async fn run(
         }
         let snap = ch.fast_snapshot.borrow().clone();
         t.publish(&ch.status, &snap);
+        if draining.is_some()
+            && t.sm.drained()
+            && let Some(reply) = draining.take()
+        {
+            let _ = reply.send(());
+        }
     }
     t.stop_running().await;
     // Nothing held here any more: the fast path fences every address.
