@@ -101,6 +101,19 @@ impl Subject for Heartbeat {
         &self.c.seg
     }
     fn active(&mut self) -> anyhow::Result<usize> {
+        // A revived node may be given the package back (failback) just
+        // after the cluster first looks settled: look again once.
+        for _ in 0..2 {
+            let owner = self
+                .c
+                .wait_settled(Duration::from_secs(30))
+                .with_context(|| format!("not settled; alpha's log:\n{}", self.c.log(0)))?;
+            let answers = stable_answer(&self.c.seg, 10, Duration::from_secs(10))?;
+            if answers == owner && self.c.wait_settled(Duration::from_secs(1)) == Some(owner) {
+                return Ok(owner);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let owner = self
             .c
             .wait_settled(Duration::from_secs(30))

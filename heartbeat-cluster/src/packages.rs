@@ -783,9 +783,9 @@ impl Packages {
     /// that the node may leave. True when nothing runs here any more (or
     /// its stop failed, which escalates anyway) and each package is either
     /// placed nowhere or reported starting or running, in our epoch, by
-    /// the node the newest placement gives it to; also true without a
-    /// quorate view (nobody could take a package over: the lease rule
-    /// applies after the leave).
+    /// the node the newest placement gives it to (or kept here by a
+    /// frozen cluster); also true without a quorate view (nobody could take
+    /// a package over: the lease rule applies after the leave).
     pub fn drained(&self) -> bool {
         let Some(v) = self.view.filter(|v| v.quorate) else {
             return self.pkgs.iter().all(|p| p.local.settled_off());
@@ -797,7 +797,11 @@ impl Packages {
             let id = p.params.policy.id;
             match p.target.and_then(|d| d.owner) {
                 None => true,
-                Some(o) if o == self.params.local => false,
+                // A frozen cluster moves nothing: stopped here, it waits
+                // for the operator.
+                Some(o) if o == self.params.local => {
+                    p.target.is_some_and(|d| d.reason == Reason::Frozen)
+                }
                 Some(o) => self
                     .peers
                     .get(&o)
