@@ -175,7 +175,9 @@ impl Load {
             Load::FifoA => format!(
                 "stress-ng --cpu 1 --sched fifo --sched-prio {FIFO_ABOVE_SENDER}{on_a} (the agent's sender: SCHED_FIFO {SENDER_PRIORITY})"
             ),
-            Load::TimersA => format!("stress-ng --hrtimers 1{on_a}"),
+            Load::TimersA => format!(
+                "stress-ng --hrtimers 1{on_a} (its 32 workers run SCHED_RR 49, as seen with ps: above the agent's runtime thread, SCHED_FIFO 40, below its sender, 50)"
+            ),
             Load::MemoryA => format!(
                 "stress-ng --vm {MEM_WORKERS} --vm-bytes {MEM_TOTAL_MB}M{on_a}, in a memory cgroup limited to {MEM_LIMIT_MB} MiB (no swap: reclaim at the limit, then the cgroup's OOM killer; stress-ng restarts its workers)"
             ),
