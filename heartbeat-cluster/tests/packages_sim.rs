@@ -822,3 +822,50 @@ fn a_clean_stop_hands_its_packages_over_before_it_leaves() {
         .unwrap();
     assert!(gone_tick < from + 10, "{}", s.log.join("\n"));
 }
+
+/// A clean stop in a frozen cluster: nothing moves, so the owner stops its
+/// package and leaves without waiting for a successor (well before the
+/// drain's bound), and no other node starts it.
+#[test]
+fn a_clean_stop_in_a_frozen_cluster_stops_without_a_successor() {
+    let mut s = Sim::new(3, 1, 13, 0);
+    for _ in 0..30 {
+        s.tick();
+    }
+    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    let at_ns = s.now_ns();
+    s.input(
+        2,
+        Input::Operator {
+            op: OperatorOp::Freeze,
+            at_ns,
+        },
+    );
+    for _ in 0..15 {
+        s.tick();
+    }
+    let from = s.now;
+    s.apply(&Fault::Halt(1));
+    for _ in 0..8 {
+        s.tick();
+    }
+    assert!(
+        !s.alive(1),
+        "stopped before the bound:\n{}",
+        s.log.join("\n")
+    );
+    assert!(s.log.iter().any(|l| l.ends_with("node 1 runs stop of 0")));
+    for _ in 0..30 {
+        s.tick();
+    }
+    assert!(
+        !s.log.iter().any(|l| l.contains("runs start of 0")
+            && l.trim_start_matches('t')
+                .split(' ')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|t| t >= from)),
+        "nothing starts in a frozen cluster:\n{}",
+        s.log.join("\n")
+    );
+}
