@@ -743,6 +743,21 @@ proptest! {
     }
 }
 
+/// Three nodes and one package, settled on node 1.
+fn settled_on_node_1(seed: u64) -> Sim {
+    let mut s = Sim::new(3, 1, seed, 0);
+    for _ in 0..30 {
+        s.tick();
+    }
+    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    s
+}
+
+/// The tick of a log line (`t<tick> ...`).
+fn tick_of(line: &str) -> Option<u64> {
+    line.trim_start_matches('t').split(' ').next()?.parse().ok()
+}
+
 /// Two faults in a row (the gap the lease-lapse rule closes): the owner
 /// keeps its old view while cut off (a deferred verdict), the others fail
 /// its package over, the new owner crashes with its lease still running,
@@ -751,11 +766,7 @@ proptest! {
 /// owner's lease has run out.
 #[test]
 fn a_lapsed_owner_readmitted_without_its_successor_waits_for_it() {
-    let mut s = Sim::new(3, 1, 7, 0);
-    for _ in 0..30 {
-        s.tick();
-    }
-    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    let mut s = settled_on_node_1(7);
     // Node 1 cut off, keeping its view for a while.
     for j in 2..=3 {
         s.cut.insert((1, j));
@@ -790,11 +801,7 @@ fn a_lapsed_owner_readmitted_without_its_successor_waits_for_it() {
 /// drain's bound.
 #[test]
 fn a_clean_stop_hands_its_packages_over_before_it_leaves() {
-    let mut s = Sim::new(3, 1, 11, 0);
-    for _ in 0..30 {
-        s.tick();
-    }
-    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    let mut s = settled_on_node_1(11);
     let from = s.now;
     s.apply(&Fault::Halt(1));
     for _ in 0..12 {
@@ -814,12 +821,7 @@ fn a_clean_stop_hands_its_packages_over_before_it_leaves() {
     let gone = at("node 1 stopped cleanly");
     assert!(stop < start && start < gone, "{}", s.log.join("\n"));
     // Drained before the bound (10 ticks).
-    let gone_tick: u64 = s.log[gone]
-        .trim_start_matches('t')
-        .split(' ')
-        .next()
-        .and_then(|t| t.parse().ok())
-        .unwrap();
+    let gone_tick = tick_of(&s.log[gone]).unwrap();
     assert!(gone_tick < from + 10, "{}", s.log.join("\n"));
 }
 
@@ -828,11 +830,7 @@ fn a_clean_stop_hands_its_packages_over_before_it_leaves() {
 /// drain's bound), and no other node starts it.
 #[test]
 fn a_clean_stop_in_a_frozen_cluster_stops_without_a_successor() {
-    let mut s = Sim::new(3, 1, 13, 0);
-    for _ in 0..30 {
-        s.tick();
-    }
-    assert!(s.nodes[&1].running.contains(&0), "{}", s.log.join("\n"));
+    let mut s = settled_on_node_1(13);
     let at_ns = s.now_ns();
     s.input(
         2,
@@ -859,12 +857,9 @@ fn a_clean_stop_in_a_frozen_cluster_stops_without_a_successor() {
         s.tick();
     }
     assert!(
-        !s.log.iter().any(|l| l.contains("runs start of 0")
-            && l.trim_start_matches('t')
-                .split(' ')
-                .next()
-                .and_then(|t| t.parse::<u64>().ok())
-                .is_some_and(|t| t >= from)),
+        !s.log
+            .iter()
+            .any(|l| l.contains("runs start of 0") && tick_of(l).is_some_and(|t| t >= from)),
         "nothing starts in a frozen cluster:\n{}",
         s.log.join("\n")
     );
