@@ -97,21 +97,6 @@ pub struct MembershipTrial {
     pub survivors: Vec<SurvivorTrial>,
 }
 
-impl MembershipTrial {
-    /// Moves the fault `ms` later: every time of the trial shrinks by it.
-    fn place_fault_later(&mut self, ms: f64) {
-        self.fault_wall_ns += (ms * 1e6) as u64;
-        self.fault_late_ms += ms;
-        let shift = |v: &mut Option<f64>| *v = v.map(|v| v - ms);
-        shift(&mut self.agreed_ms);
-        for s in &mut self.survivors {
-            shift(&mut s.detected_ms);
-            shift(&mut s.last_rx_ms);
-            shift(&mut s.view_ms);
-        }
-    }
-}
-
 /// What one survivor did in a trial (ms after the fault).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SurvivorTrial {
@@ -548,33 +533,34 @@ pub fn measure(
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // A link cut took effect after the last frame the survivors got
+            // from the victim (see `MembershipTrial::fault_wall_ns`).
+            let fault_late_ns = match fault {
+                Fault::Kill => 0,
+                Fault::LinkCut => survivors
+                    .iter()
+                    .filter_map(|&i| c.survivor_trial(i, t0).last_rx_ms)
+                    .map(|ms| (ms * 1e6).max(0.0) as u64)
+                    .max()
+                    .unwrap_or(0),
+            };
+            let t_fault = t0 + fault_late_ns;
             let detail = MembershipTrial {
                 trial,
-                fault_wall_ns: t0,
+                fault_wall_ns: t_fault,
                 fault_call_ms,
-                agreed_ms: agreed.map(|at| at.saturating_sub(t0) as f64 / 1e6),
+                fault_late_ms: fault_late_ns as f64 / 1e6,
+                agreed_ms: agreed.map(|at| at.saturating_sub(t_fault) as f64 / 1e6),
                 survivors: survivors
                     .iter()
                     .zip(&before)
                     .map(|(&i, before)| {
-                        let mut s = c.survivor_trial(i, t0);
+                        let mut s = c.survivor_trial(i, t_fault);
                         s.messages = counters_delta(before, &c.messages(i));
                         s
                     })
                     .collect(),
-                fault_late_ms: 0.0,
             };
-            let mut detail = detail;
-            if let Fault::LinkCut = fault {
-                let last_rx = detail
-                    .survivors
-                    .iter()
-                    .filter_map(|s| s.last_rx_ms)
-                    .max_by(f64::total_cmp);
-                if let Some(late) = last_rx.filter(|&l| l > 0.0) {
-                    detail.place_fault_later(late);
-                }
-            }
             if detail
                 .agreed_ms
                 .is_none_or(|ms| ms > t.node_timeout_ms + 2.0)
