@@ -227,10 +227,11 @@ impl Segment {
     /// Cuts node `i`'s link at the bridge in-process (`SIOCSIFFLAGS` in the
     /// hub's namespace, so no `ip` start-up): its port goes down. Returns
     /// the wall times just before the call and just after it. The call
-    /// waits for the kernel's RTNL lock, which other work on the machine
-    /// (namespaces, links created or deleted) can hold for several ms: the
-    /// link carries traffic until then, so the fault's time is not the
-    /// call's start; see [`MembershipTrial::fault_wall_ns`].
+    /// needs the kernel's RTNL lock, which other work on the machine
+    /// (namespaces, links created or deleted) can hold for several ms, and
+    /// the calling thread may wait for a CPU: the link carries traffic
+    /// until the call takes effect, so the fault's time is not the call's
+    /// start; see [`MembershipTrial::fault_wall_ns`].
     fn cut(&self, i: usize) -> anyhow::Result<(u64, u64)> {
         let port = self.hub_ports[i].clone();
         Ok(heartbeat_tests::in_netns(self.hub.name(), move || {
