@@ -918,9 +918,11 @@ pub fn table(rows: &[MembershipRow]) -> String {
             target
         ));
     }
-    s.push_str(
-        "(corosync: `timeout` is its token; agreed = the survivors' `A new membership ... was formed` log lines, ms stamps)\n",
-    );
+    if rows.iter().any(|r| r.system.starts_with("corosync")) {
+        s.push_str(
+            "(corosync: `timeout` is its token; agreed = the survivors' `A new membership ... was formed` log lines, ms stamps)\n",
+        );
+    }
     for r in rows.iter().filter(|r| r.system.starts_with("heartbeat")) {
         for t in &r.trial_details {
             if t.agreed_ms.is_none_or(|ms| ms > r.node_timeout_ms + 2.0) {
