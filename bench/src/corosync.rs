@@ -7,16 +7,20 @@
 //! with its own directory bind-mounted on `/run` (inside the private mount
 //! namespace that `ip netns exec` creates); its IPC sockets are abstract,
 //! hence per network namespace.
+//!
+//! [`config`], [`start`] and [`Files`] are shared with the membership
+//! bench's three-node corosync cluster (`membership.rs`).
 
 use std::{
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::Context as _;
-use heartbeat_tests::ChildGuard;
+use heartbeat_tests::{ChildGuard, Netns};
 
 use super::{
     parse::{self, CorosyncLine, Obs},
@@ -46,16 +50,100 @@ pub struct Corosync {
 /// The default `token_retransmits_before_loss_const`, kept as is.
 pub const RETRANSMITS: u32 = 4;
 
-fn file(dir: &Path, node: Node, suffix: &str) -> PathBuf {
-    let n = if node == Node::A { "a" } else { "b" };
-    dir.join(format!("{n}.{suffix}"))
+/// The files of one corosync instance `name`, all in one directory.
+pub struct Files {
+    pub conf: PathBuf,
+    /// corosync's own log (`timestamp: hires`: millisecond stamps).
+    pub log: PathBuf,
+    pub state: PathBuf,
+    /// Bind-mounted on `/run` for the instance.
+    pub run: PathBuf,
+    /// Its stdout and stderr.
+    pub out: PathBuf,
+}
+
+impl Files {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let f = |suffix: &str| dir.join(format!("{name}.{suffix}"));
+        Files {
+            conf: f("conf"),
+            log: f("log"),
+            state: f("state"),
+            run: f("run"),
+            out: f("out"),
+        }
+    }
+}
+
+/// corosync.conf for `nodes` (node id, name, ring0 address): knet, no
+/// crypto, token `token_ms` with `token_coefficient: 0` (so the token
+/// timeout is `token_ms` whatever the number of nodes; corosync otherwise
+/// adds 650 ms per node above two), logging to `files.log` with
+/// millisecond stamps; `two_node` for a two-node cluster.
+pub fn config(
+    token_ms: u32,
+    nodes: &[(u32, &str, String)],
+    two_node: bool,
+    files: &Files,
+) -> String {
+    let mut list = String::new();
+    for (id, name, addr) in nodes {
+        list.push_str(&format!(
+            "  node {{\n    name: {name}\n    nodeid: {id}\n    ring0_addr: {addr}\n  }}\n"
+        ));
+    }
+    format!(
+        "totem {{\n  version: 2\n  cluster_name: hbbench\n  transport: knet\n  \
+         crypto_cipher: none\n  crypto_hash: none\n  token: {token_ms}\n  token_coefficient: 0\n}}\n\
+         logging {{\n  fileline: off\n  to_stderr: no\n  to_logfile: yes\n  logfile: {log}\n  \
+         to_syslog: no\n  timestamp: hires\n  debug: off\n}}\n\
+         quorum {{\n  provider: corosync_votequorum\n{two}}}\n\
+         system {{\n  state_dir: {state}\n}}\n\
+         nodelist {{\n{list}}}\n",
+        log = files.log.display(),
+        state = files.state.display(),
+        two = if two_node { "  two_node: 1\n" } else { "" },
+    )
+}
+
+/// Starts one corosync instance with configuration `conf` through `sh`
+/// (`cmd`: a command running `sh` in `ns`, e.g. pinned to a CPU): its own
+/// directory is bind-mounted on `/run` inside the private mount namespace
+/// of `ip netns exec`, then `sh` execs `corosync -f` (so the guard's pid is
+/// corosync's). Fails when it exits at once, with its output as the reason.
+pub fn start(
+    ns: &Netns,
+    mut cmd: Command,
+    files: &Files,
+    conf: &str,
+) -> anyhow::Result<ChildGuard> {
+    std::fs::create_dir_all(&files.run)?;
+    std::fs::create_dir_all(&files.state)?;
+    std::fs::write(&files.conf, conf)?;
+    let script = format!(
+        "mount --bind '{}' /run && exec corosync -f -c '{}'",
+        files.run.display(),
+        files.conf.display()
+    );
+    cmd.env("TZ", "UTC")
+        .process_group(0)
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&files.out)?)
+        .stderr(std::fs::File::options().append(true).open(&files.out)?);
+    let mut guard = ns.spawn(&mut cmd).context("starting corosync")?;
+    if let Err(e) = check_started(&mut guard, &files.log, "corosync") {
+        let out_text = std::fs::read_to_string(&files.out).unwrap_or_default();
+        return Err(e.context(out_text.trim().to_owned()));
+    }
+    Ok(guard)
 }
 
 impl Corosync {
     pub fn new(dir: &Path, token_ms: u32) -> Self {
-        let inst = |node, peer_id| Instance {
+        let inst = |name, peer_id| Instance {
             guard: None,
-            tail: FileTail::new(&file(dir, node, "log")),
+            tail: FileTail::new(&Files::new(dir, name).log),
             obs: Vec::new(),
             peer_id,
             warnings: Vec::new(),
@@ -63,54 +151,28 @@ impl Corosync {
         Corosync {
             dir: dir.to_owned(),
             token_ms,
-            a: inst(Node::A, 2),
-            b: inst(Node::B, 1),
+            a: inst("a", 2),
+            b: inst("b", 1),
         }
     }
 
-    fn config(&self, node: Node) -> String {
-        let log = file(&self.dir, node, "log");
-        let state = file(&self.dir, node, "state");
-        format!(
-            "totem {{\n  version: 2\n  cluster_name: hbbench\n  transport: knet\n  \
-             crypto_cipher: none\n  crypto_hash: none\n  token: {token}\n}}\n\
-             logging {{\n  fileline: off\n  to_stderr: no\n  to_logfile: yes\n  logfile: {log}\n  \
-             to_syslog: no\n  timestamp: hires\n  debug: off\n}}\n\
-             quorum {{\n  provider: corosync_votequorum\n  two_node: 1\n}}\n\
-             system {{\n  state_dir: {state}\n}}\n\
-             nodelist {{\n  node {{\n    name: a\n    nodeid: 1\n    ring0_addr: {IP_A}\n  }}\n  \
-             node {{\n    name: b\n    nodeid: 2\n    ring0_addr: {IP_B}\n  }}\n}}\n",
-            token = self.token_ms,
-            log = log.display(),
-            state = state.display(),
-        )
+    fn files(&self, node: Node) -> Files {
+        Files::new(&self.dir, if node == Node::A { "a" } else { "b" })
     }
-
     fn start_node(&mut self, topo: &Topology, node: Node) -> anyhow::Result<()> {
-        let ns = topo.netns(node.side());
-        let conf = file(&self.dir, node, "conf");
-        let run = file(&self.dir, node, "run");
-        std::fs::create_dir_all(&run)?;
-        std::fs::create_dir_all(file(&self.dir, node, "state"))?;
-        std::fs::write(&conf, self.config(node))?;
-        let out = file(&self.dir, node, "out");
-        let script = format!(
-            "mount --bind '{}' /run && exec corosync -f -c '{}'",
-            run.display(),
-            conf.display()
+        let files = self.files(node);
+        let conf = config(
+            self.token_ms,
+            &[(1, "a", IP_A.to_string()), (2, "b", IP_B.to_string())],
+            true,
+            &files,
         );
-        let mut cmd = topo.command(node.side(), &["sh"])?;
-        cmd.env("TZ", "UTC")
-            .process_group(0)
-            .args(["-c", &script])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&out)?)
-            .stderr(std::fs::File::options().append(true).open(&out)?);
-        let mut guard = ns.spawn(&mut cmd).context("starting corosync")?;
-        if let Err(e) = check_started(&mut guard, &file(&self.dir, node, "log"), "corosync") {
-            let out_text = std::fs::read_to_string(&out).unwrap_or_default();
-            return Err(e.context(out_text.trim().to_owned()));
-        }
+        let guard = start(
+            topo.netns(node.side()),
+            topo.command(node.side(), &["sh"])?,
+            &files,
+            &conf,
+        )?;
         let inst = if node == Node::A {
             &mut self.a
         } else {

@@ -108,12 +108,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub gate_intervals: Option<u32>,
     /// corosync token timeout in ms; skips the search for the smallest
-    /// stable one.
+    /// stable one (the membership bench uses it instead of its fixed
+    /// 500 ms).
     #[arg(long)]
     pub corosync_token: Option<u32>,
     /// Only the time to agreed membership (3 nodes; SIGKILL and link cut;
-    /// heartbeat at 5 ms and 500 µs; `--trials` per fault, default 20).
-    /// A full or quick run measures it too, after everything else.
+    /// heartbeat at 5 ms and 500 µs, then corosync with token 500 ms or
+    /// `--corosync-token`; `--trials` per fault, default 20). A full or
+    /// quick run measures it too, after everything else.
     #[arg(long)]
     pub membership: bool,
     /// Only standby NIC takeover (issue #10): switch time on carrier loss
@@ -367,7 +369,12 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let results = execute(&plan)?;
         println!("{}", results.table());
     }
-    let rows = membership_run(trials, false, &[membership::HB5MS, membership::HB500US])?;
+    let rows = membership_run(
+        trials,
+        false,
+        &[membership::HB5MS, membership::HB500US],
+        Some(args.corosync_token.unwrap_or(membership::COROSYNC_TOKEN_MS)),
+    )?;
     println!("{}", membership::table(&rows));
     if !args.membership {
         serial_run(if args.quick { 200 } else { 1000 }, trials)?;
@@ -472,11 +479,14 @@ fn failover_run(
     Ok(rows)
 }
 
-/// Measures the time to agreed membership; writes membership.json.
+/// Measures the time to agreed membership of heartbeat at each timing, then
+/// of corosync with token `corosync_token` (when given and installed);
+/// writes membership.json.
 fn membership_run(
     trials: usize,
     debug_agent: bool,
     timings: &[membership::Timing],
+    corosync_token: Option<u32>,
 ) -> anyhow::Result<Vec<membership::MembershipRow>> {
     install_signal_handlers();
     let (agent, object) = build_agent(!debug_agent)?;
@@ -485,8 +495,20 @@ fn membership_run(
     std::fs::create_dir_all(&out)?;
     let mut rows = Vec::new();
     for t in timings {
-        let dir = out.join(format!("membership-{}", std::process::id()));
+        let dir = out.join(format!(
+            "membership-{}-{}",
+            std::process::id(),
+            t.node_timeout
+        ));
         rows.extend(membership::measure(&agent, &object, *t, trials, &dir)?);
+    }
+    if let Some(token) = corosync_token {
+        if util::missing_packages(&["corosync"]).is_empty() {
+            let dir = out.join(format!("membership-{}-corosync", std::process::id()));
+            rows.extend(membership::measure_corosync(&object, token, trials, &dir)?);
+        } else {
+            step("membership: corosync is not installed; its rows are skipped");
+        }
     }
     std::fs::write(
         out.join("membership.json"),
@@ -504,7 +526,7 @@ fn smoke() -> anyhow::Result<()> {
     let plan = Plan::smoke();
     let r = execute(&plan)?;
     println!("{}", r.table());
-    let m = membership_run(1, true, &[membership::HB5MS])?;
+    let m = membership_run(1, true, &[membership::HB5MS], None)?;
     println!("{}", membership::table(&m));
     if m.iter().any(|r| r.p50_ms.is_none()) {
         bail!("a membership trial found no agreement");

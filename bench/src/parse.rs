@@ -272,6 +272,13 @@ pub enum CorosyncLine {
     KnetLinkDown(u32),
     /// `[MAIN  ] Corosync main process was not scheduled ...`.
     NotScheduled(String),
+    /// `[TOTEM ] A new membership (R) was formed. Members joined: J left: L`:
+    /// the ring `R` agreed (logged by every member as it goes operational).
+    NewMembership {
+        ring: String,
+        joined: Vec<u32>,
+        left: Vec<u32>,
+    },
 }
 
 /// Parses the `Mon DD HH:MM:SS.mmm` stamp of a corosync log line (UTC, no
@@ -312,6 +319,26 @@ pub fn corosync_line(line: &str, now_ns: i64) -> Option<(i64, CorosyncLine)> {
             .map(|s| s.parse().ok())
             .collect::<Option<Vec<u32>>>()?;
         return Some((ns, CorosyncLine::Members(members)));
+    }
+    if let Some((_, msg)) = tail.split_once("[TOTEM ] A new membership (") {
+        let (ring, rest) = msg.split_once(") was formed. Members")?;
+        let (mut joined, mut left) = (Vec::new(), Vec::new());
+        let mut into = None;
+        for word in rest.split_whitespace() {
+            match word {
+                "joined:" => into = Some(&mut joined),
+                "left:" => into = Some(&mut left),
+                id => into.as_mut()?.push(id.parse().ok()?),
+            }
+        }
+        return Some((
+            ns,
+            CorosyncLine::NewMembership {
+                ring: ring.to_owned(),
+                joined,
+                left,
+            },
+        ));
     }
     if let Some((_, msg)) = tail.split_once("A processor failed, forming new configuration: ") {
         return Some((ns, CorosyncLine::ProcessorFailed(msg.trim().to_owned())));
@@ -508,6 +535,32 @@ mod tests {
         .unwrap();
         assert_eq!(what, CorosyncLine::KnetLinkDown(1));
         assert!(corosync_line("Foo 22 11:02:05.235 x", now).is_none());
+        let (_, what) = corosync_line(
+            "Nov 22 11:02:03.095 [11774] vm corosync notice  [TOTEM ] A new membership (2.d) was formed. Members left: 1 3",
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            what,
+            CorosyncLine::NewMembership {
+                ring: "2.d".into(),
+                joined: vec![],
+                left: vec![1, 3]
+            }
+        );
+        let (_, what) = corosync_line(
+            "Nov 22 11:02:03.095 [1] vm corosync notice  [TOTEM ] A new membership (1.11) was formed. Members joined: 1 left: 2",
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            what,
+            CorosyncLine::NewMembership {
+                ring: "1.11".into(),
+                joined: vec![1],
+                left: vec![2]
+            }
+        );
     }
 
     #[test]
