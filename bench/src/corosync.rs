@@ -43,6 +43,39 @@ pub struct Corosync {
     b: Instance,
 }
 
+/// A corosync.conf: knet without crypto, `token` in ms (with
+/// `token_coefficient` when given: corosync adds it per node beyond two),
+/// a high-resolution log file, votequorum with `quorum_extra` lines, and
+/// the nodes as (name, nodeid, ring0 address).
+pub fn config(
+    token_ms: u32,
+    token_coefficient: Option<u32>,
+    log: &Path,
+    state: &Path,
+    quorum_extra: &str,
+    nodes: &[(&str, u32, String)],
+) -> String {
+    let coefficient =
+        token_coefficient.map_or(String::new(), |c| format!("  token_coefficient: {c}\n"));
+    let nodelist: String = nodes
+        .iter()
+        .map(|(name, id, addr)| {
+            format!("  node {{\n    name: {name}\n    nodeid: {id}\n    ring0_addr: {addr}\n  }}\n")
+        })
+        .collect();
+    format!(
+        "totem {{\n  version: 2\n  cluster_name: hbbench\n  transport: knet\n  \
+         crypto_cipher: none\n  crypto_hash: none\n  token: {token_ms}\n{coefficient}}}\n\
+         logging {{\n  fileline: off\n  to_stderr: no\n  to_logfile: yes\n  logfile: {log}\n  \
+         to_syslog: no\n  timestamp: hires\n  debug: off\n}}\n\
+         quorum {{\n  provider: corosync_votequorum\n{quorum_extra}}}\n\
+         system {{\n  state_dir: {state}\n}}\n\
+         nodelist {{\n{nodelist}}}\n",
+        log = log.display(),
+        state = state.display(),
+    )
+}
+
 /// The default `token_retransmits_before_loss_const`, kept as is.
 pub const RETRANSMITS: u32 = 4;
 
@@ -69,20 +102,13 @@ impl Corosync {
     }
 
     fn config(&self, node: Node) -> String {
-        let log = file(&self.dir, node, "log");
-        let state = file(&self.dir, node, "state");
-        format!(
-            "totem {{\n  version: 2\n  cluster_name: hbbench\n  transport: knet\n  \
-             crypto_cipher: none\n  crypto_hash: none\n  token: {token}\n}}\n\
-             logging {{\n  fileline: off\n  to_stderr: no\n  to_logfile: yes\n  logfile: {log}\n  \
-             to_syslog: no\n  timestamp: hires\n  debug: off\n}}\n\
-             quorum {{\n  provider: corosync_votequorum\n  two_node: 1\n}}\n\
-             system {{\n  state_dir: {state}\n}}\n\
-             nodelist {{\n  node {{\n    name: a\n    nodeid: 1\n    ring0_addr: {IP_A}\n  }}\n  \
-             node {{\n    name: b\n    nodeid: 2\n    ring0_addr: {IP_B}\n  }}\n}}\n",
-            token = self.token_ms,
-            log = log.display(),
-            state = state.display(),
+        config(
+            self.token_ms,
+            None,
+            &file(&self.dir, node, "log"),
+            &file(&self.dir, node, "state"),
+            "  two_node: 1\n",
+            &[("a", 1, IP_A.to_string()), ("b", 2, IP_B.to_string())],
         )
     }
 
