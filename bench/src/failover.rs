@@ -651,8 +651,12 @@ pub fn table(rows: &[FailoverRow]) -> String {
         }
         let f = &r.failover;
         let vs = match (f.p99_ns, k) {
-            (Some(h), Some(k)) if r.system != "keepalived" && h > 0 => {
-                format!("{:.1}x faster", k as f64 / h as f64)
+            (Some(h), Some(k)) if r.system != "keepalived" && h > 0 && k > 0 => {
+                if h <= k {
+                    format!("{:.1}x faster", k as f64 / h as f64)
+                } else {
+                    format!("{:.1}x slower", h as f64 / k as f64)
+                }
             }
             _ => String::new(),
         };
