@@ -30,8 +30,10 @@ use crate::{corosync, parse};
 
 /// corosync's token timeout (ms) for the pacemaker cluster;
 /// `token_coefficient` 0, so it is the token timeout for three nodes too
-/// (corosync would add 650 ms per node beyond two). 300 ms lost the token
-/// every ~9 s at idle here (knet marked its links down); 500 ms stayed up.
+/// (corosync would add 650 ms per node beyond two). Tried at idle on the
+/// 2-vCPU VM, pacemaker running: 300 ms lost the token every ~9 s and
+/// 400 ms every few seconds (knet marked its links down); 500 ms kept one
+/// membership for 2 minutes, and through the bench's runs.
 pub const TOKEN_MS: u32 = 500;
 
 /// How long the cluster may take to form and place the address (at first
