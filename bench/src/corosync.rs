@@ -78,13 +78,15 @@ impl Files {
 /// corosync.conf for `nodes` (node id, name, ring0 address): knet, no
 /// crypto, token `token_ms` with `token_coefficient: 0` (so the token
 /// timeout is `token_ms` whatever the number of nodes; corosync otherwise
-/// adds 650 ms per node above two), logging to `files.log` with
-/// millisecond stamps; `two_node` for a two-node cluster.
+/// adds 650 ms per node above two), logging to `log` with
+/// millisecond stamps, its state in `state`; `two_node` for a two-node
+/// cluster.
 pub fn config(
     token_ms: u32,
     nodes: &[(u32, &str, String)],
     two_node: bool,
-    files: &Files,
+    log: &Path,
+    state: &Path,
 ) -> String {
     let mut list = String::new();
     for (id, name, addr) in nodes {
@@ -100,8 +102,8 @@ pub fn config(
          quorum {{\n  provider: corosync_votequorum\n{two}}}\n\
          system {{\n  state_dir: {state}\n}}\n\
          nodelist {{\n{list}}}\n",
-        log = files.log.display(),
-        state = files.state.display(),
+        log = log.display(),
+        state = state.display(),
         two = if two_node { "  two_node: 1\n" } else { "" },
     )
 }
@@ -165,7 +167,8 @@ impl Corosync {
             self.token_ms,
             &[(1, "a", IP_A.to_string()), (2, "b", IP_B.to_string())],
             true,
-            &files,
+            &files.log,
+            &files.state,
         );
         let guard = start(
             topo.netns(node.side()),

@@ -36,6 +36,7 @@ mod keepalived;
 mod load;
 mod membership;
 mod netif;
+mod pacemaker;
 mod parse;
 mod probe;
 mod report;
@@ -95,7 +96,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub load_secs: Option<u64>,
     /// Systems to run, comma separated, from: hb500us, hb5ms, hb30ms,
-    /// keepalived, bfdd, corosync [default: all].
+    /// keepalived, bfdd, corosync [default: all]; with --failover from
+    /// hb5ms, hb500us, keepalived, pacemaker.
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
     /// Loads to run, comma separated, from: idle, tcp, udp, udp-full-queue
@@ -133,7 +135,8 @@ pub struct BenchArgs {
     pub serial: bool,
     /// Only the service failover time (3 nodes and a client; the active
     /// node killed, link cut; heartbeat at 5 ms and 500 µs beside
-    /// keepalived; `--trials` each, default 20). A full or quick run
+    /// keepalived and Pacemaker + corosync; `--trials` each, default 20;
+    /// `--systems` picks rows). A full or quick run
     /// measures it too, last.
     #[arg(long)]
     pub failover: bool,
@@ -360,6 +363,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
             false,
             &[membership::HB5MS, membership::HB500US],
             true,
+            &args.systems,
         )?;
         println!("{}", failover::table(&rows));
         return Ok(());
@@ -383,6 +387,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
             false,
             &[membership::HB5MS, membership::HB500US],
             true,
+            &[],
         )?;
         println!("{}", failover::table(&rows));
     }
@@ -436,13 +441,17 @@ fn netif_run(trials: usize) -> anyhow::Result<()> {
 }
 
 /// Measures the service failover time of heartbeat at each timing (and of
-/// keepalived, with `peers`); writes failover.json.
+/// keepalived and pacemaker, with `peers`); writes failover.json.
+/// `systems` (empty: all) picks among hb5ms, hb500us, keepalived and
+/// pacemaker.
 fn failover_run(
     trials: usize,
     debug_agent: bool,
     timings: &[membership::Timing],
     peers: bool,
+    systems: &[String],
 ) -> anyhow::Result<Vec<report::FailoverRow>> {
+    let want = |name: &str| systems.is_empty() || systems.iter().any(|s| s == name);
     install_signal_handlers();
     let (agent, object) = build_agent(!debug_agent)?;
     let object = std::fs::read(&object).context("reading the XDP object")?;
@@ -454,6 +463,9 @@ fn failover_run(
     // The smoke run (debug agent): the plain rows only.
     let smoke = debug_agent;
     for t in timings {
+        if !want(&t.label.replace("heartbeat ", "hb")) {
+            continue;
+        }
         for defer in [false, true] {
             for v in [
                 failover::Victim::NotCoordinator,
@@ -468,9 +480,11 @@ fn failover_run(
             }
         }
     }
-    if peers {
+    if peers && want("keepalived") {
         rows.push(failover::keepalived(&object, trials, &dir, &mut rng)?);
-        rows.push(failover::pacemaker());
+    }
+    if peers && want("pacemaker") {
+        rows.push(failover::pacemaker(&object, trials, &dir, &mut rng)?);
     }
     std::fs::write(
         out.join("failover.json"),
@@ -531,7 +545,7 @@ fn smoke() -> anyhow::Result<()> {
     if m.iter().any(|r| r.p50_ms.is_none()) {
         bail!("a membership trial found no agreement");
     }
-    let f = failover_run(1, true, &[membership::HB5MS], false)?;
+    let f = failover_run(1, true, &[membership::HB5MS], false, &[])?;
     println!("{}", failover::table(&f));
     if let Some(r) = f
         .iter()

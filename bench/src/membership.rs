@@ -695,7 +695,13 @@ impl CorosyncCluster {
             .enumerate()
             .map(|(j, n)| (j as u32 + 1, *n, addr(j)))
             .collect();
-        let conf = corosync::config(self.token_ms, &nodes, false, &self.files[i]);
+        let conf = corosync::config(
+            self.token_ms,
+            &nodes,
+            false,
+            &self.files[i].log,
+            &self.files[i].state,
+        );
         let ns = &self.seg.nodes[i];
         let g = corosync::start(ns, ns.command("sh"), &self.files[i], &conf)
             .with_context(|| format!("corosync on {}", NAMES[i]))?;

@@ -283,7 +283,7 @@ pub enum CorosyncLine {
 
 /// Parses the `Mon DD HH:MM:SS.mmm` stamp of a corosync log line (UTC, no
 /// year: the year that puts it closest to `now_ns` is taken).
-fn corosync_stamp(line: &str, now_ns: i64) -> Option<(i64, &str)> {
+pub fn corosync_stamp(line: &str, now_ns: i64) -> Option<(i64, &str)> {
     let mut it = line.splitn(4, ' ');
     let mon = month_number(it.next()?)?;
     let mut day_str = it.next()?;

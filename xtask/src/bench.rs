@@ -12,7 +12,14 @@ use crate::{setup, util};
 /// Packages every run needs (faults, loads, counters).
 const BASE_PACKAGES: [&str; 5] = ["nftables", "iperf3", "stress-ng", "iproute2", "ethtool"];
 /// The peers heartbeat is compared with.
-const PEER_PACKAGES: [&str; 3] = ["keepalived", "frr", "corosync"];
+const PEER_PACKAGES: [&str; 6] = [
+    "keepalived",
+    "frr",
+    "corosync",
+    "pacemaker",
+    "pacemaker-cli-utils",
+    "resource-agents",
+];
 
 /// Installs the packages (a failure is reported, not fatal: the benchmark
 /// marks what it cannot run as skipped).

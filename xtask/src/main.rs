@@ -87,7 +87,7 @@ enum Cmd {
     /// failure-detection latency, false failovers under one-node and
     /// whole-machine loads, and cost of heartbeat and of keepalived,
     /// corosync and BFD (frr); time to agreed membership (`--membership`)
-    /// and service failover time beside keepalived (`--failover`). Arguments go to the benchmark: `cargo xtask
+    /// and service failover time beside keepalived and Pacemaker (`--failover`). Arguments go to the benchmark: `cargo xtask
     /// bench --help` lists them (`--quick`, `--smoke`, `--systems`, ...).
     /// Needs root.
     #[command(disable_help_flag = true)]
