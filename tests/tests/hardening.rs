@@ -308,32 +308,49 @@ fn control_clients_that_never_read_cause_no_down_event() {
     let mut c = Cluster::new(2, 1, TIGHT, false);
     c.start_all();
     c.wait_all_up(UP);
-    std::thread::sleep(Duration::from_millis(300));
-    let start = wall_ns();
     let sock = c.socket("alpha");
-    let mut clients = Vec::new();
-    for i in 0..40 {
-        let mut s = UnixStream::connect(&sock).unwrap();
-        let req: &[u8] = if i % 2 == 0 {
-            b"{\"command\":\"events\",\"follow\":true}\n"
-        } else {
-            b"{\"command\":\"status\"}\n"
-        };
-        s.write_all(req).unwrap();
-        clients.push(s); // never read
+    // A window in which an observer journaled a deferred verdict (its own
+    // stall: the machine, which the nodes share here, stopped them both)
+    // says nothing about alpha's control clients: it is tried again, up
+    // to three windows. On a quiet machine the first one decides.
+    for attempt in 1..=3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let start = wall_ns();
+        let mut clients = Vec::new();
+        for i in 0..40 {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            let req: &[u8] = if i % 2 == 0 {
+                b"{\"command\":\"events\",\"follow\":true}\n"
+            } else {
+                b"{\"command\":\"status\"}\n"
+            };
+            s.write_all(req).unwrap();
+            clients.push(s); // never read
+        }
+        // A half-sent request, never finished.
+        let mut half = UnixStream::connect(&sock).unwrap();
+        half.write_all(b"{\"command\":").unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let downs = down_events(&c, "alpha", start) + down_events(&c, "beta", start);
+        let stalled = ["alpha", "beta"].iter().any(|n| {
+            c.journal(n)
+                .iter()
+                .any(|e| e.event == EventKind::DetectionDeferred && e.kernel_wall_ns >= start)
+        });
+        drop(clients);
+        drop(half);
+        if downs == 0 {
+            return;
+        }
+        assert!(
+            stalled && attempt < 3,
+            "{downs} down events (window {attempt}, observer stall seen: {stalled}):\n{:?}\n{:?}",
+            c.journal("alpha"),
+            c.journal("beta")
+        );
+        eprintln!("window {attempt}: {downs} down events after an observer's own stall; again");
+        c.wait_all_up(UP);
     }
-    // A half-sent request, never finished.
-    let mut half = UnixStream::connect(&sock).unwrap();
-    half.write_all(b"{\"command\":").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        down_events(&c, "alpha", start),
-        0,
-        "{:?}",
-        c.journal("alpha")
-    );
-    assert_eq!(down_events(&c, "beta", start), 0, "{:?}", c.journal("beta"));
-    drop(clients);
 }
 
 #[test]
