@@ -76,7 +76,8 @@ use util::step;
 /// Needs root. `cargo xtask bench [ARGS]` installs the Debian packages,
 /// builds this and runs it. Results: a table on stdout,
 /// target/bench/results.json and target/bench/plot.svg. A full run should
-/// take 40-45 minutes; `--quick` about 5.
+/// take 40-45 minutes; `--quick` about 5; `--cost --systems hb5ms,hb500us`
+/// (the CPU cost at idle only, in target/bench/cost/) about one.
 #[derive(Parser, Debug, Default)]
 #[command(name = "heartbeat-bench")]
 pub struct BenchArgs {
@@ -140,6 +141,15 @@ pub struct BenchArgs {
     /// measures it too, last.
     #[arg(long)]
     pub failover: bool,
+    /// Only the CPU cost at idle (section 3) of the chosen `--systems`,
+    /// over `--cost-secs`, and the XDP program's BPF_PROG_TEST_RUN cost;
+    /// no detection trials, no loads, no membership, serial or failover.
+    /// E.g. `--cost --systems hb5ms,hb500us`.
+    #[arg(long)]
+    pub cost: bool,
+    /// Seconds of each cost window [default: 10; --quick: 3].
+    #[arg(long)]
+    pub cost_secs: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -238,6 +248,8 @@ struct Plan {
     /// XDP hook with another agent, so it gets windows of its own).
     load_secs_fast: u64,
     cost_secs: u64,
+    /// Only the cost section (and the XDP program's cost).
+    cost_only: bool,
     systems: Vec<String>,
     gate_intervals: u32,
     corosync_token: Option<u32>,
@@ -298,7 +310,13 @@ impl Plan {
         };
         let load_secs = args.load_secs.unwrap_or(if quick { 6 } else { 60 });
         Ok(Plan {
-            mode: if quick { "quick" } else { "full" },
+            mode: if args.cost {
+                "cost"
+            } else if quick {
+                "quick"
+            } else {
+                "full"
+            },
             trials: args.trials.unwrap_or(if quick { 3 } else { 20 }),
             loads,
             load_secs,
@@ -307,14 +325,19 @@ impl Plan {
             } else {
                 load_secs.div_ceil(3)
             },
-            cost_secs: if quick { 3 } else { 10 },
+            cost_secs: args.cost_secs.unwrap_or(if quick { 3 } else { 10 }).max(1),
+            cost_only: args.cost,
             systems,
             gate_intervals: args.gate_intervals.unwrap_or(DEFAULT_GATE_INTERVALS).max(1),
             corosync_token: args.corosync_token,
             token_check_secs: if quick { 4 } else { 15 },
             xdp_repeat: if quick { 200_000 } else { 1_000_000 },
             xdp_singles: if quick { 20_000 } else { 100_000 },
-            out_dir: util::target_dir().join("bench"),
+            out_dir: if args.cost {
+                util::target_dir().join("bench").join("cost")
+            } else {
+                util::target_dir().join("bench")
+            },
             debug_agent: false,
         })
     }
@@ -327,6 +350,7 @@ impl Plan {
             load_secs: 2,
             load_secs_fast: 2,
             cost_secs: 1,
+            cost_only: false,
             systems: vec!["hb5ms".into()],
             gate_intervals: DEFAULT_GATE_INTERVALS,
             corosync_token: None,
@@ -366,6 +390,12 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &args.systems,
         )?;
         println!("{}", failover::table(&rows));
+        return Ok(());
+    }
+    if args.cost {
+        let plan = Plan::new(args)?;
+        let results = execute(&plan)?;
+        println!("{}", results.table());
         return Ok(());
     }
     if !args.membership {
@@ -1385,6 +1415,10 @@ fn execute(plan: &Plan) -> anyhow::Result<Results> {
             plan.cost_secs
         ));
         results.cost.push(cost(sys.as_mut(), plan.cost_secs)?);
+        if plan.cost_only {
+            sys.stop();
+            continue;
+        }
         let mut on = Wiring::Plain;
         for fault in Fault::ALL {
             let want = wiring_for(fault);

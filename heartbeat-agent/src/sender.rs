@@ -13,7 +13,10 @@
 //! Nothing else runs on this thread: the sockets are shared with the
 //! transport's receive task (which reads them), changes arrive on a
 //! command channel polled once per tick without a syscall, and every
-//! statistic is an atomic.
+//! statistic is an atomic. A tick makes one `sendmmsg` per link for all
+//! the link's peers (arrays allocated when the links are set, re-filled per
+//! tick) and no other syscall but the sleep, bar the dead-man stamp's
+//! refresh every `agent_timeout / 4`.
 //!
 //! It sleeps on a futex with an absolute deadline (as precise as
 //! `clock_nanosleep`), so that [`Shared::send_now`] can wake it for one
@@ -34,7 +37,7 @@ use std::{
     time::Duration,
 };
 
-use heartbeat_common::{Header, LocalStatus, node_state, siphash::SipKey};
+use heartbeat_common::{HEADER_LEN, Header, LocalStatus, node_state, siphash::SipKey};
 use thiserror::Error;
 
 use crate::{clock, fastpath::StatusWriter, sequence};
@@ -366,6 +369,128 @@ fn sleep_until_mono_or_kick(deadline_ns: u64, kick: &AtomicU32) -> bool {
     }
 }
 
+/// `addr` as a C socket address for `msg_name`.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for any
+            // sockaddr type, sockaddr_in included.
+            unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in>(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in6>(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// One link's requests of a tick, sent with one `sendmmsg`: the arrays
+/// (a header, an address, an iovec and an mmsghdr per peer) are allocated
+/// when the links are set and only re-filled per tick, so the tick path
+/// neither allocates nor makes a syscall other than the send.
+struct LinkBatch {
+    link_id: u8,
+    /// Keeps the descriptor open.
+    socket: Arc<UdpSocket>,
+    /// Index of the link's counters in [`Shared::links`].
+    stats: Option<usize>,
+    peers: Vec<u16>,
+    headers: Vec<Header>,
+    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl LinkBatch {
+    fn new(link: &SenderLink, shared: &Shared) -> Self {
+        let n = link.peers.len();
+        // SAFETY: iovec and mmsghdr are plain old data; all-zero (null
+        // pointers, zero lengths) is a valid value, and `send` points
+        // them at this batch's arrays before every use.
+        let (iov, msg) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        LinkBatch {
+            link_id: link.link_id,
+            socket: link.socket.clone(),
+            stats: shared.links.iter().position(|(l, _)| *l == link.link_id),
+            peers: link.peers.iter().map(|&(p, _)| p).collect(),
+            headers: vec![Header::request(0, 0, 0, link.link_id); n],
+            addrs: link.peers.iter().map(|&(_, a)| sockaddr(a)).collect(),
+            iovs: vec![iov; n],
+            msgs: vec![msg; n],
+        }
+    }
+
+    /// Sends every header to its peer; returns (sent, failed). A message
+    /// the kernel refuses is counted and skipped, and the rest still go.
+    fn send(&mut self) -> (u64, u64) {
+        let n = self.headers.len();
+        let headers = self.headers.as_mut_ptr();
+        let addrs = self.addrs.as_mut_ptr();
+        let iovs = self.iovs.as_mut_ptr();
+        for (i, m) in self.msgs.iter_mut().enumerate() {
+            // SAFETY: i < n, the length of every array (none is resized
+            // after `new`), so each pointer stays inside its allocation.
+            unsafe {
+                let iov = iovs.add(i);
+                (*iov).iov_base = headers.add(i).cast();
+                (*iov).iov_len = HEADER_LEN;
+                let (ss, len) = &mut *addrs.add(i);
+                m.msg_hdr.msg_name = (ss as *mut libc::sockaddr_storage).cast();
+                m.msg_hdr.msg_namelen = *len;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m.msg_hdr.msg_control = std::ptr::null_mut();
+                m.msg_hdr.msg_controllen = 0;
+                m.msg_hdr.msg_flags = 0;
+                m.msg_len = 0;
+            }
+        }
+        let fd = self.socket.as_raw_fd();
+        let msgs = self.msgs.as_mut_ptr();
+        let (mut sent, mut failed) = (0u64, 0u64);
+        let mut off = 0usize;
+        while off < n {
+            let left = (n - off).min(libc::c_uint::MAX as usize) as libc::c_uint;
+            // SAFETY: `msgs[off..n]` are valid mmsghdrs pointing at this
+            // batch's headers, addresses and iovecs, which outlive the call;
+            // the kernel writes only their msg_len fields.
+            let rc = unsafe { libc::sendmmsg(fd, msgs.add(off), left, libc::MSG_DONTWAIT) };
+            if rc > 0 {
+                sent += rc as u64;
+                off += rc as usize;
+            } else {
+                // The message at `off` failed (or none went): count it and
+                // go on with the next peer, as one send per peer did.
+                failed += 1;
+                off += 1;
+            }
+        }
+        (sent, failed)
+    }
+}
+
 /// The running sender thread.
 pub struct Sender {
     pub thread: JoinHandle<()>,
@@ -416,6 +541,11 @@ fn run(
     let mut agent_timeout = cfg.agent_timeout.as_nanos() as u64;
     let mut seq = cfg.first_sequence;
     let mut last_refresh = 0u64;
+    let mut batches: Vec<LinkBatch> = cfg
+        .links
+        .iter()
+        .map(|l| LinkBatch::new(l, shared))
+        .collect();
     let mut next = clock::mono_ns();
     while !shared.stop.load(Ordering::Relaxed) {
         let kicked = sleep_until_mono_or_kick(next, &shared.send_now);
@@ -432,7 +562,10 @@ fn run(
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::SetKey(k) => key = SipKey::from_bytes(&k),
-                Command::SetLinks(links) => cfg.links = links,
+                Command::SetLinks(links) => {
+                    batches = links.iter().map(|l| LinkBatch::new(l, shared)).collect();
+                    cfg.links = links;
+                }
                 Command::SetInterval(d) => interval = d.as_nanos().max(1) as u64,
                 Command::SetAgentTimeout(d) => agent_timeout = d.as_nanos() as u64,
             }
@@ -474,29 +607,31 @@ fn run(
         // membership takes this node out at once and shows it `stale`
         // rather than waiting for silence.
         let state = if fresh { state } else { node_state::STALE };
-        for link in &cfg.links {
-            let sock = &link.socket;
-            let stats = shared.link_stats(link.link_id);
-            for &(peer, dst) in &link.peers {
-                let mut h = Header::request(cfg.cluster_id, cfg.local_node, peer, link.link_id);
+        // One clock read and one `sendmmsg` per link for all its peers.
+        let tx_ns = clock::mono_ns();
+        for batch in &mut batches {
+            for (i, &peer) in batch.peers.iter().enumerate() {
+                let mut h = Header::request(cfg.cluster_id, cfg.local_node, peer, batch.link_id);
                 seq = sequence::advance(seq);
                 h.set_sequence(seq);
                 h.set_generation(shared.generation);
                 h.node_state = state;
                 h.set_packages(packages);
-                h.set_tx_timestamp_ns(clock::mono_ns());
+                h.set_tx_timestamp_ns(tx_ns);
                 h.seal(key);
-                match sock.send_to(h.as_bytes(), dst) {
-                    Ok(_) => {
-                        if let Some(s) = stats {
-                            s.sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(_) => {
-                        if let Some(s) = stats {
-                            s.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                batch.headers[i] = h;
+            }
+            let (sent, errors) = batch.send();
+            if let Some(s) = batch
+                .stats
+                .and_then(|i| shared.links.get(i))
+                .map(|(_, s)| s)
+            {
+                if sent > 0 {
+                    s.sent.fetch_add(sent, Ordering::Relaxed);
+                }
+                if errors > 0 {
+                    s.errors.fetch_add(errors, Ordering::Relaxed);
                 }
             }
         }
@@ -519,6 +654,48 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One `sendmmsg` batch reaches every peer; a peer the kernel refuses
+    /// (here an IPv6 address on an IPv4 socket) is counted as an error and
+    /// the peers after it still get their request.
+    #[test]
+    fn batch_sends_to_every_peer_and_skips_a_refused_one() {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        sock.set_nonblocking(true).unwrap();
+        let rx1 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for r in [&rx1, &rx2] {
+            r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        let link = SenderLink {
+            link_id: 3,
+            interface: "lo".into(),
+            local: "127.0.0.1".parse().unwrap(),
+            peers: vec![
+                (2, rx1.local_addr().unwrap()),
+                (3, "[::1]:9".parse().unwrap()),
+                (4, rx2.local_addr().unwrap()),
+            ],
+            socket: sock,
+        };
+        let shared = Shared::new(1, &[3]);
+        let mut batch = LinkBatch::new(&link, &shared);
+        assert_eq!(batch.stats, Some(0));
+        for (i, h) in batch.headers.iter_mut().enumerate() {
+            *h = Header::request(7, 1, 2 + i as u16, 3);
+        }
+        assert_eq!(batch.send(), (2, 1));
+        let mut buf = [0u8; 128];
+        for (r, target) in [(&rx1, 2u16), (&rx2, 4)] {
+            let n = r.recv(&mut buf).unwrap();
+            assert_eq!(n, HEADER_LEN);
+            let h = Header::request(7, 1, target, 3);
+            assert_eq!(&buf[..n], h.as_bytes());
+        }
+        // The arrays are reused: a second round goes out the same way.
+        assert_eq!(batch.send(), (2, 1));
+        assert_eq!(rx1.recv(&mut buf).unwrap(), HEADER_LEN);
+    }
 
     /// Without a request the sleep lasts until the deadline; a request
     /// from another thread ends it at once, and is consumed.

@@ -8,6 +8,7 @@
 //! program and handed to the cluster task; anything else is counted.
 
 use std::{
+    io,
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
@@ -16,7 +17,10 @@ use std::{
 };
 
 use heartbeat_common::{KIND_MEMBERSHIP, MAGIC, PREFIX_LEN, VERSION};
-use tokio::sync::mpsc;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -101,11 +105,18 @@ pub async fn receive(
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for ls in sockets {
-        let sock = match ls
-            .socket
-            .try_clone()
-            .and_then(tokio::net::UdpSocket::from_std)
-        {
+        // Registered for readability only: the sender thread sends on the
+        // same socket every tick, and a socket registered for writability
+        // too (as `tokio::net::UdpSocket` is) gets an edge-triggered
+        // EPOLLOUT each time a sent datagram frees its buffer space, which
+        // woke this runtime once per heartbeat for nothing.
+        let sock = match ls.socket.try_clone().and_then(|s| {
+            // SAFETY: `s` is an owned, open descriptor (a dup of the link's
+            // socket) that the AsyncFd owns and closes only when dropped;
+            // a UdpSocket's as_raw_fd always returns that descriptor.
+            unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
+                .map_err(io::Error::from)
+        }) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(link = ls.link_id, error = %e, "cannot read the link's socket; membership messages on it are lost");
@@ -120,7 +131,7 @@ pub async fn receive(
             let mut buf = vec![0u8; MAX_DATAGRAM];
             loop {
                 let (n, from) = tokio::select! {
-                    r = sock.recv_from(&mut buf) => match r {
+                    r = sock.async_io(Interest::READABLE, |s| s.recv_from(&mut buf)) => match r {
                         Ok(x) => x,
                         Err(_) => continue,
                     },
