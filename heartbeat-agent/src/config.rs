@@ -270,7 +270,7 @@ pub struct ControlSection {
 /// One `[[node]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
-    pub id: u16,
+    pub id: NodeId,
     pub name: String,
     pub priority: u32,
     pub votes: u32,
@@ -283,29 +283,15 @@ pub struct NodeConfig {
     pub fence: Option<CommandLine>,
 }
 
-impl NodeConfig {
-    /// The node's id, typed.
-    pub fn node_id(&self) -> NodeId {
-        NodeId(self.id)
-    }
-}
-
 /// One `[[node.link]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkConfig {
-    pub id: u8,
+    pub id: LinkId,
     pub interface: String,
     pub address: IpAddr,
     pub role: LinkRole,
     /// The standby card that takes the link over when `interface` fails.
     pub standby: Option<String>,
-}
-
-impl LinkConfig {
-    /// The link's id, typed.
-    pub fn link_id(&self) -> LinkId {
-        LinkId(self.id)
-    }
 }
 
 /// What a link is used for.
@@ -582,7 +568,7 @@ impl ClusterConfig {
     }
 
     /// The node with id `id`.
-    pub fn node(&self, id: u16) -> Option<&NodeConfig> {
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.id == id)
     }
 
@@ -963,7 +949,7 @@ impl Src<'_> {
                     ),
                 ));
             };
-            let id = NodeId(node.node.id);
+            let id = node.node.id;
             if ids.contains(&id) {
                 return Err(self.invalid(
                     &n.span(),
@@ -1321,7 +1307,7 @@ impl Src<'_> {
         let raw_links = n.link.map(|l| l.into_inner().0).unwrap_or_default();
         let mut links: Vec<LinkConfig> = Vec::with_capacity(raw_links.len());
         let mut built: Vec<BuiltLink> = Vec::with_capacity(raw_links.len());
-        let mut seen: BTreeMap<u8, usize> = BTreeMap::new();
+        let mut seen: BTreeMap<LinkId, usize> = BTreeMap::new();
         for (position, l) in raw_links.into_iter().enumerate() {
             let (link, b) = self.link(&path, position, l)?;
             if let Some(first) = seen.insert(link.id, position) {
@@ -1358,7 +1344,7 @@ impl Src<'_> {
         let name_span = name.span();
         Ok(BuiltNode {
             node: NodeConfig {
-                id: id.into_inner().0,
+                id: NodeId(id.into_inner().0),
                 name: name.into_inner().0,
                 priority,
                 votes,
@@ -1568,7 +1554,7 @@ impl Src<'_> {
         let standby_span = standby.as_ref().map(|(_, at)| at.clone());
         Ok((
             LinkConfig {
-                id,
+                id: LinkId(id),
                 interface,
                 address: address.into_inner().0,
                 role,
@@ -1600,7 +1586,7 @@ impl Src<'_> {
                 ),
             ));
         }
-        let mut ids: BTreeMap<u16, &BuiltNode> = BTreeMap::new();
+        let mut ids: BTreeMap<NodeId, &BuiltNode> = BTreeMap::new();
         let mut names: BTreeMap<&str, &BuiltNode> = BTreeMap::new();
         for n in nodes {
             if let Some(first) = ids.insert(n.node.id, n) {
@@ -1651,7 +1637,7 @@ impl Src<'_> {
         }
 
         // Per link id: the first node that has it sets the family and the role.
-        let mut networks: BTreeMap<u8, (&BuiltNode, &LinkConfig, &BuiltLink)> = BTreeMap::new();
+        let mut networks: BTreeMap<LinkId, (&BuiltNode, &LinkConfig, &BuiltLink)> = BTreeMap::new();
         for n in nodes {
             for (link, b) in n.node.links.iter().zip(&n.links) {
                 let (first_node, first, first_b) = match networks.entry(link.id) {

@@ -57,7 +57,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use heartbeat_cluster::{NodeId, wire::Sealer};
+use heartbeat_cluster::wire::Sealer;
 use heartbeat_common::node_state;
 use thiserror::Error;
 use tokio::{
@@ -271,12 +271,12 @@ fn sender_links(links: &[LinkPlan], sockets: &[LinkSocket]) -> Vec<SenderLink> {
     links
         .iter()
         .filter_map(|l| {
-            let s = sockets.iter().find(|s| s.link_id == l.link_id)?;
+            let s = sockets.iter().find(|s| s.link_id == l.link_id.0)?;
             Some(SenderLink {
-                link_id: l.link_id,
+                link_id: l.link_id.0,
                 interface: l.interface.clone(),
                 local: l.local,
-                peers: l.peers.clone(),
+                peers: l.peers.iter().map(|&(n, a)| (n.0, a)).collect(),
                 socket: s.socket.clone(),
             })
         })
@@ -287,13 +287,17 @@ fn fastpath_params(plan: &Plan) -> FastPathParams {
     let c = &plan.config.cluster;
     FastPathParams {
         cluster_id: c.id,
-        local_node: plan.local.id,
+        local_node: plan.local.id.0,
         port: c.port,
         node_timeout_ns: c.node_timeout.as_nanos() as u64,
         agent_timeout_ns: c.agent_timeout.as_nanos() as u64,
         heartbeat_interval_ns: c.heartbeat_interval.as_nanos() as u64,
         keys: plan.keys.clone(),
-        peers: plan.peers.iter().map(|p| (p.id, p.link_bitmap())).collect(),
+        peers: plan
+            .peers
+            .iter()
+            .map(|p| (p.id.0, p.link_bitmap()))
+            .collect(),
     }
 }
 
@@ -392,12 +396,12 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     // The heartbeats' generation is the incarnation: it changes at every
     // start and never goes back (persisted).
     let generation = incarnation;
-    let link_ids: Vec<u8> = plan.links.iter().map(|l| l.link_id).collect();
+    let link_ids: Vec<u8> = plan.links.iter().map(|l| l.link_id.0).collect();
     let shared = Arc::new(Shared::new(generation, &link_ids));
     let sender = sender::spawn(
         SenderConfig {
             cluster_id: c.id,
-            local_node: plan.local.id,
+            local_node: plan.local.id.0,
             port: c.port,
             interval: c.heartbeat_interval,
             agent_timeout: c.agent_timeout,
@@ -483,7 +487,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     let has_packages = !plan.config.packages.is_empty();
     let sealer: cluster::SharedSealer = Arc::new(std::sync::Mutex::new(Sealer::new(
         c.id,
-        NodeId(plan.local.id),
+        plan.local.id,
         incarnation,
     )));
     // After an adoption the links the kernel holds up are queued first, so

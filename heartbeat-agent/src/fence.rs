@@ -50,7 +50,7 @@ pub fn initial_specs(plan: &crate::plan::Plan) -> Vec<LeaseSpec> {
         .packages
         .iter()
         .zip(0u16..)
-        .filter(|(p, _)| p.nodes.iter().any(|n| n.0 == plan.local.id))
+        .filter(|(p, _)| p.nodes.contains(&plan.local.id))
         .map(|(p, id)| LeaseSpec {
             package: id,
             addrs: p.fenced_addrs(),

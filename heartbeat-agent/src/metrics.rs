@@ -224,7 +224,7 @@ pub fn snapshot(src: &Sources) -> Snapshot {
         .coordinator
         .as_deref()
         .and_then(|c| plan.config.nodes.iter().find(|n| n.name == c))
-        .map_or(0, |n| u64::from(n.id));
+        .map_or(0, |n| u64::from(n.id.0));
     Snapshot {
         links,
         nodes,

@@ -33,6 +33,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use heartbeat_cluster::NodeId;
 use thiserror::Error;
 
 /// The default bpffs mount point.
@@ -75,7 +76,7 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> PinError + '_ {
 }
 
 /// The pin directory of node `node` of cluster `cluster_id` under `bpffs`.
-pub fn node_dir(bpffs: &Path, cluster_id: u32, node: u16) -> PathBuf {
+pub fn node_dir(bpffs: &Path, cluster_id: u32, node: NodeId) -> PathBuf {
     bpffs.join("heartbeat").join(format!("{cluster_id}-{node}"))
 }
 
@@ -298,7 +299,7 @@ mod tests {
 
     #[test]
     fn paths() {
-        let d = node_dir(Path::new("/sys/fs/bpf"), 7, 2);
+        let d = node_dir(Path::new("/sys/fs/bpf"), 7, NodeId(2));
         assert_eq!(d, Path::new("/sys/fs/bpf/heartbeat/7-2"));
         assert_eq!(link_pin(&d, "native", "eth-0"), d.join("xdp-native-eth-0"));
         assert_eq!(

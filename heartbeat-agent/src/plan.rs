@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use heartbeat_cluster::{membership::StartMode, quorum::QuorumOptions};
+use heartbeat_cluster::{LinkId, NodeId, membership::StartMode, quorum::QuorumOptions};
 
 use crate::{
     config::{ClusterConfig, LinkConfig, LinkRole, NodeConfig},
@@ -21,27 +21,27 @@ pub use crate::config::expand_node;
 /// One heartbeat link of the local node and the peers reachable on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkPlan {
-    pub link_id: u8,
+    pub link_id: LinkId,
     pub interface: String,
     pub local: IpAddr,
     /// (peer node id, the peer's address and the heartbeat port).
-    pub peers: Vec<(u16, SocketAddr)>,
+    pub peers: Vec<(NodeId, SocketAddr)>,
 }
 
 /// A peer and the heartbeat links it shares with the local node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerPlan {
-    pub id: u16,
+    pub id: NodeId,
     pub name: String,
     pub priority: u32,
     pub votes: u32,
-    pub links: Vec<u8>,
+    pub links: Vec<LinkId>,
 }
 
 impl PeerPlan {
     /// Bit `l` set for every shared link `l` (the XDP program's PEERS map).
     pub fn link_bitmap(&self) -> u32 {
-        self.links.iter().fold(0u32, |b, &l| b | (1 << l))
+        self.links.iter().fold(0u32, |b, &l| b | (1 << l.0))
     }
 }
 
@@ -100,7 +100,7 @@ pub struct Plan {
 fn shared_links<'a>(
     local: &'a NodeConfig,
     peer: &'a NodeConfig,
-) -> impl Iterator<Item = (u8, &'a LinkConfig)> + 'a {
+) -> impl Iterator<Item = (LinkId, &'a LinkConfig)> + 'a {
     local
         .links
         .iter()
@@ -137,7 +137,7 @@ pub fn local_packages<'a>(
     config
         .packages
         .iter()
-        .filter(move |p| p.nodes.iter().any(|n| n.0 == local.id))
+        .filter(move |p| p.nodes.contains(&local.id))
 }
 
 impl Plan {
@@ -209,7 +209,7 @@ impl Plan {
     }
 
     /// A peer's name (or its id when unknown).
-    pub fn name_of(&self, id: u16) -> String {
+    pub fn name_of(&self, id: NodeId) -> String {
         self.config
             .node(id)
             .map(|n| n.name.clone())

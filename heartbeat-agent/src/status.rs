@@ -94,7 +94,7 @@ impl Sources {
         for n in &plan.config.nodes {
             if n.id == plan.local.id {
                 nodes.push(NodeStatus {
-                    id: n.id,
+                    id: n.id.0,
                     name: n.name.clone(),
                     local: true,
                     state: view.local_state,
@@ -107,17 +107,21 @@ impl Sources {
                 });
                 continue;
             }
-            let Some(p) = view.peers.iter().find(|p| p.id == n.id) else {
+            let Some(p) = view.peers.iter().find(|p| p.id == n.id.0) else {
                 continue;
             };
             let mut links = Vec::new();
             let mut generation = None;
             for l in &n.links {
                 // Only the networks this node shares with the peer.
-                let Some(&state) = p.links.get(&l.id) else {
+                let Some(&state) = p.links.get(&l.id.0) else {
                     continue;
                 };
-                let st = fast.links.get(&(n.id, l.id)).copied().unwrap_or_default();
+                let st = fast
+                    .links
+                    .get(&(n.id.0, l.id.0))
+                    .copied()
+                    .unwrap_or_default();
                 if st.peer_generation != 0 {
                     generation = Some(st.peer_generation);
                 }
@@ -130,7 +134,7 @@ impl Sources {
                     .unwrap_or_else(|| "-".into());
                 let have_rtt = st.rtt_count > 0;
                 links.push(LinkStatus {
-                    id: l.id,
+                    id: l.id.0,
                     interface: local_if,
                     address: l.address.to_string(),
                     role: match l.role {
@@ -154,7 +158,7 @@ impl Sources {
                     detector: Some(detector_status(&st, now)),
                     down_causes: p
                         .down_causes
-                        .get(&l.id)
+                        .get(&l.id.0)
                         .map(|m| m.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect())
                         .unwrap_or_default(),
                 });
@@ -167,7 +171,7 @@ impl Sources {
                 ));
             }
             nodes.push(NodeStatus {
-                id: n.id,
+                id: n.id.0,
                 name: n.name.clone(),
                 local: false,
                 state: p.state,

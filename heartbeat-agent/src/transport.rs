@@ -69,9 +69,14 @@ pub fn open(links: &[LinkPlan], port: u16) -> Result<Vec<LinkSocket>, SenderErro
         .iter()
         .map(|l| {
             Ok(LinkSocket {
-                link_id: l.link_id,
+                link_id: l.link_id.0,
                 interface: l.interface.clone(),
-                socket: Arc::new(sender::open_socket(l.link_id, &l.interface, l.local, port)?),
+                socket: Arc::new(sender::open_socket(
+                    l.link_id.0,
+                    &l.interface,
+                    l.local,
+                    port,
+                )?),
             })
         })
         .collect()

@@ -117,18 +117,16 @@ fn valid_config_and_defaults() {
     assert_eq!(cfg.control.socket, Path::new("/run/heartbeat/control.sock"));
     assert_eq!(cfg.nodes.len(), 2);
     let alpha = &cfg.nodes[0];
-    assert_eq!((alpha.id, alpha.name.as_str()), (1, "alpha"));
+    assert_eq!((alpha.id, alpha.name.as_str()), (NodeId(1), "alpha"));
     assert_eq!((alpha.priority, alpha.votes), (100, 1));
     assert_eq!(alpha.links.len(), 1);
     let link = &alpha.links[0];
-    assert_eq!(link.id, 0);
+    assert_eq!(link.id, LinkId(0));
     assert_eq!(link.interface, "eth1");
     assert_eq!(link.address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
     assert_eq!(link.role, LinkRole::Heartbeat);
-    assert_eq!(link.link_id(), LinkId(0));
-    assert_eq!(alpha.node_id(), NodeId(1));
-    assert_eq!(cfg.node(2).map(|n| n.name.as_str()), Some("beta"));
-    assert!(cfg.node(3).is_none());
+    assert_eq!(cfg.node(NodeId(2)).map(|n| n.name.as_str()), Some("beta"));
+    assert!(cfg.node(NodeId(3)).is_none());
     assert_eq!(
         cfg.locations.get("node[1].link[0].interface"),
         Some((17, 15))
@@ -206,8 +204,8 @@ link = [
     );
     assert_eq!(cfg.control.socket, Path::new("/srv/hb/run/ctl.sock"));
     let n = &cfg.nodes[0];
-    assert_eq!((n.id, n.priority, n.votes), (63, 7, 0));
-    assert_eq!(n.links[0].id, 7);
+    assert_eq!((n.id, n.priority, n.votes), (NodeId(63), 7, 0));
+    assert_eq!(n.links[0].id, LinkId(7));
     assert_eq!(n.links[1].role, LinkRole::Stationary);
 }
 
@@ -709,7 +707,7 @@ link = [{ id = 0, interface = "eth1", address = "10.0.0.2" },
 #[test]
 fn local_node_by_name_and_hostname() {
     let cfg = parse(&base()).expect("valid");
-    assert_eq!(cfg.local_node(Some("beta")).expect("beta").id, 2);
+    assert_eq!(cfg.local_node(Some("beta")).expect("beta").id, NodeId(2));
     let err = cfg.local_node(Some("gamma")).expect_err("gamma");
     assert_eq!(
         err.to_string(),
@@ -741,7 +739,7 @@ fn local_node_by_name_and_hostname() {
 
     let text = edit(&base(), "name = \"beta\"", &format!("name = \"{short}\""));
     let cfg = parse(&text).expect("valid");
-    assert_eq!(cfg.local_node(None).expect("by hostname").id, 2);
+    assert_eq!(cfg.local_node(None).expect("by hostname").id, NodeId(2));
 }
 
 /// A unique directory under the system temp dir, removed on drop.

@@ -169,19 +169,19 @@ impl fmt::Display for NodeSet {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
 impl fmt::Display for LinkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -193,6 +193,8 @@ mod tests {
     fn ids_display_as_plain_numbers_and_epochs_saturate() {
         assert_eq!(NodeId(3).to_string(), "3");
         assert_eq!(LinkId(0).to_string(), "0");
+        // Width and alignment apply as to the bare number.
+        assert_eq!(format!("{:>3}|{:<2}|", NodeId(7), LinkId(1)), "  7|1 |");
         assert_eq!(Epoch(7).next(), Epoch(8));
         assert_eq!(Epoch(u64::MAX).next(), Epoch(u64::MAX));
     }

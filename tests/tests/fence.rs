@@ -305,7 +305,7 @@ fn a_killed_agent_leaves_its_package_address_dark_until_detach() {
     let env = format!("HEARTBEAT_BPFFS={}", bpffs.dir.display());
     assert!(vip_answers(&c, &client, &dev), "no agent yet");
     c.start_prefixed("alpha", &["env", &env]);
-    let pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 1);
+    let pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, heartbeat_cluster::NodeId(1));
     let pinned = || heartbeat_agent::pins::list(&pins);
     wait_for("alpha's fence pins", Duration::from_secs(20), || {
         let p = pinned();
@@ -415,7 +415,7 @@ fn an_announced_restart_of_a_fenced_node_is_adopted_and_pinned_again() {
     let (mut c, client, dev) = fenced_cluster();
     let alpha = c.index("alpha");
     let env = format!("HEARTBEAT_BPFFS={}", bpffs.dir.display());
-    let pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 1);
+    let pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, heartbeat_cluster::NodeId(1));
     let tcx_pin = format!("tcx-egress-{dev}");
     let pinned = || heartbeat_agent::pins::list(&pins);
     c.start_prefixed("alpha", &["env", &env]);
@@ -522,7 +522,7 @@ fn a_killed_owner_is_fenced_by_its_kernel_and_the_new_owner_answers() {
     // alpha answers: its fast path renewed the lease (fenced from the
     // start), anchored at the send times of heartbeats its successor beta
     // answered.
-    let alpha_pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 1);
+    let alpha_pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, heartbeat_cluster::NodeId(1));
     assert!(
         heartbeat_agent::pins::list(&alpha_pins)
             .iter()
@@ -545,7 +545,7 @@ fn a_killed_owner_is_fenced_by_its_kernel_and_the_new_owner_answers() {
     assert!(holds(&c, "alpha"), "alpha keeps the address configured");
     // beta's lease was valid before it announced the address: nothing
     // from it (its gratuitous ARP included) was dropped there.
-    let beta_pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, 2);
+    let beta_pins = heartbeat_agent::pins::node_dir(&bpffs.dir, 7, heartbeat_cluster::NodeId(2));
     assert_eq!(pinned_counter(&beta_pins, counter::FENCED_OUT), 0);
     // Both hold the address; only beta answers for it: alpha's kernel
     // drops the ARP requests for it (counted in alpha's pinned counters).

@@ -26,6 +26,7 @@ use std::{
     time::Duration,
 };
 
+use heartbeat_cluster::NodeId;
 use heartbeat_tests::{Signal, xdp_attached};
 use support::{Cluster, EventKind, NodeState, Timing, agent_binary, wall_ns};
 
@@ -69,7 +70,7 @@ impl Bpffs {
     }
 
     fn node_dir(&self, node_id: u16) -> PathBuf {
-        heartbeat_agent::pins::node_dir(&self.dir, CLUSTER_ID, node_id)
+        heartbeat_agent::pins::node_dir(&self.dir, CLUSTER_ID, NodeId(node_id))
     }
 
     /// Names pinned for `node_id`.
@@ -393,8 +394,8 @@ fn the_bpffs_guard_cleans_up_on_panic() {
 /// The pin directory is per (cluster, node): the path names both.
 #[test]
 fn pin_directories_are_per_node() {
-    let a = heartbeat_agent::pins::node_dir(Path::new("/sys/fs/bpf"), 7, 1);
-    let b = heartbeat_agent::pins::node_dir(Path::new("/sys/fs/bpf"), 7, 2);
+    let a = heartbeat_agent::pins::node_dir(Path::new("/sys/fs/bpf"), 7, NodeId(1));
+    let b = heartbeat_agent::pins::node_dir(Path::new("/sys/fs/bpf"), 7, NodeId(2));
     assert_ne!(a, b);
     assert!(a.starts_with("/sys/fs/bpf/heartbeat"));
 }

@@ -419,7 +419,7 @@ impl Soak {
     /// index, wall time at which the kernel starts dropping its traffic;
     /// `None`: released).
     fn pinned_leases(&self, i: usize) -> Vec<(usize, Option<u64>)> {
-        let node = u16::try_from(i + 1).unwrap();
+        let node = heartbeat_cluster::NodeId(u16::try_from(i + 1).unwrap());
         let dir = heartbeat_agent::pins::node_dir(&self.bpffs.dir, 7, node);
         let data = MapData::from_pin(dir.join(heartbeat_common::names::LEASES))
             .unwrap_or_else(|e| panic!("{}'s pinned LEASES: {e}", self.name(i)));

@@ -163,12 +163,12 @@ fn link_view(plan: &Plan) -> links::Membership {
         .peers
         .iter()
         .map(|p| {
-            let mut l = p.links.clone();
+            let mut l: Vec<u8> = p.links.iter().map(|l| l.0).collect();
             // The serial line is one more link to its peer.
             if crate::serial::peer_of(plan) == Some(p.id) {
                 l.push(crate::serial::SERIAL_LINK);
             }
-            (p.id, p.name.clone(), l)
+            (p.id.0, p.name.clone(), l)
         })
         .collect();
     links::Membership::new(&plan.local.name, &peers)
@@ -179,13 +179,13 @@ pub fn params(plan: &Plan) -> Params {
     let c = &plan.config.cluster;
     let s = &plan.settings;
     Params {
-        local: NodeId(plan.local.id),
+        local: plan.local.id,
         nodes: plan
             .config
             .nodes
             .iter()
             .map(|n| NodeParams {
-                id: NodeId(n.id),
+                id: n.id,
                 priority: n.priority,
                 votes: n.votes,
             })
@@ -248,11 +248,11 @@ pub fn send_sealed(
     let mut sent = false;
     let mut errors = 0;
     for l in &plan.links {
-        let Some(sock) = sockets.iter().find(|s| s.link_id == l.link_id) else {
+        let Some(sock) = sockets.iter().find(|s| s.link_id == l.link_id.0) else {
             continue;
         };
         for &(peer, addr) in &l.peers {
-            if to.is_none_or(|set| set.contains(NodeId(peer))) {
+            if to.is_none_or(|set| set.contains(peer)) {
                 match sock.socket.send_to(bytes, addr) {
                     Ok(_) => sent = true,
                     Err(_) => errors += 1,
@@ -289,7 +289,7 @@ struct Runner {
     /// Reformations by cause.
     causes: BTreeMap<&'static str, u64>,
     /// The last agent state seen per peer (from heartbeats).
-    peer_agents: BTreeMap<u16, PeerAgentState>,
+    peer_agents: BTreeMap<NodeId, PeerAgentState>,
     installed_at: Option<std::time::Instant>,
     /// When the current round started (first event after a stable view).
     round_started: Option<std::time::Instant>,
@@ -321,7 +321,7 @@ struct QsLink {
 
 impl Runner {
     fn name(&self, id: NodeId) -> String {
-        self.plan.name_of(id.0)
+        self.plan.name_of(id)
     }
 
     fn count(&mut self, what: &str) {
@@ -354,7 +354,7 @@ impl Runner {
                 .plan
                 .peers
                 .iter()
-                .any(|p| to.is_none_or(|set| set.contains(NodeId(p.id))));
+                .any(|p| to.is_none_or(|set| set.contains(p.id)));
             if wanted {
                 match tx.try_send(bytes) {
                     Ok(()) => sent = true,
@@ -380,7 +380,7 @@ impl Runner {
             }
             Output::Install(v) => self.install(v),
             Output::QuorumUpdated(q) => {
-                let local = NodeId(self.plan.local.id);
+                let local = self.plan.local.id;
                 let mut view = self.sm.view().copied();
                 if let Some(v) = view.as_mut() {
                     v.quorum = q;
@@ -442,7 +442,7 @@ impl Runner {
     }
 
     fn install(&mut self, v: View) {
-        let local = NodeId(self.plan.local.id);
+        let local = self.plan.local.id;
         let members: Vec<String> = v.members.iter().map(|n| self.name(n)).collect();
         let coordinator = v.coordinator.map(|c| self.name(c));
         tracing::info!(
@@ -557,7 +557,7 @@ impl Runner {
         };
         let since = self.installed_at.map(|t| t.elapsed().as_secs_f64());
         let local_state = states
-            .get(&NodeId(self.plan.local.id))
+            .get(&self.plan.local.id)
             .map(|&s| api_state(s))
             .unwrap_or(NodeState::Unknown);
         let messages = self.messages.clone();
@@ -617,11 +617,12 @@ impl Runner {
             // not attached) the sender's count on the link shared out.
             let link_sent = self
                 .shared
-                .link_stats(l.link_id)
+                .link_stats(l.link_id.0)
                 .map_or(0, |s| s.sent.load(Ordering::Relaxed))
                 / (l.peers.len().max(1) as u64);
             for &(peer, _) in &l.peers {
-                let Some(st) = fast.links.get(&(peer, l.link_id)) else {
+                let (peer, link) = (peer.0, l.link_id.0);
+                let Some(st) = fast.links.get(&(peer, link)) else {
                     continue;
                 };
                 let sample = halfopen::Sample {
@@ -635,7 +636,7 @@ impl Runner {
                     kernel_up: st.up != 0,
                     peer_stale: st.peer_state & node_state::MASK == node_state::STALE,
                 };
-                let Some(change) = self.half_open.observe(peer, l.link_id, sample, now) else {
+                let Some(change) = self.half_open.observe(peer, link, sample, now) else {
                     continue;
                 };
                 let (open, unanswered, silent_ns) = match change {
@@ -647,7 +648,7 @@ impl Runner {
                 };
                 self.on_transport(&TransportEvent::HalfOpen {
                     peer,
-                    link: l.link_id,
+                    link,
                     open,
                     unanswered,
                     silent_ns,
@@ -706,7 +707,7 @@ impl Runner {
             let newest = p
                 .links
                 .iter()
-                .filter_map(|&l| fast.links.get(&(p.id, l)))
+                .filter_map(|&l| fast.links.get(&(p.id.0, l.0)))
                 .max_by_key(|st| st.last_rx_ns);
             let Some(st) = newest else { continue };
             if st.last_rx_ns == 0 {
@@ -716,7 +717,7 @@ impl Runner {
             if self.peer_agents.get(&p.id) != Some(&state) {
                 self.peer_agents.insert(p.id, state);
                 self.feed(Input::PeerAgent {
-                    peer: NodeId(p.id),
+                    peer: p.id,
                     state,
                     at_ns: now,
                 });
@@ -807,7 +808,7 @@ impl Runner {
         self.half_open.retain(|peer, link| {
             plan.links
                 .iter()
-                .any(|l| l.link_id == link && l.peers.iter().any(|&(p, _)| p == peer))
+                .any(|l| l.link_id.0 == link && l.peers.iter().any(|&(p, _)| p.0 == peer))
         });
         self.keys = wire_keys(&plan);
         // Nodes added or removed, priorities, votes, quorum options and
@@ -873,7 +874,7 @@ pub async fn run(
                 r.qs = Some(QsLink {
                     client: heartbeat_cluster::qserver::Client::new(
                         r.plan.config.cluster.id,
-                        NodeId(r.plan.local.id),
+                        r.plan.local.id,
                         persisted.incarnation,
                     ),
                     socket,

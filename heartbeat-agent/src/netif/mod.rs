@@ -346,10 +346,10 @@ impl Netif {
                 }
             }
             if cards[1].is_none() {
-                tracing::error!(link = l.id, standby = %standby, "the standby card is missing; the link runs on its primary card alone");
+                tracing::error!(link = l.id.0, standby = %standby, "the standby card is missing; the link runs on its primary card alone");
                 self.record(
                     EventKind::NicFailed,
-                    l.id,
+                    l.id.0,
                     "carrier",
                     format!("standby {standby} is missing"),
                 );
@@ -369,7 +369,7 @@ impl Netif {
             ];
             let pair = Pair::new(&plan.config.cluster.netif, active, carrier, now);
             let mut m = Managed {
-                link: l.id,
+                link: l.id.0,
                 names,
                 cards,
                 pair,
@@ -389,7 +389,7 @@ impl Netif {
             self.ctx.cards.set(&m.names[0], m.name(active));
             if active == Card::Standby {
                 self.rebind_link(&m, Card::Standby);
-                tracing::info!(link = l.id, card = %m.names[1], "the link is on its standby card (found its address there)");
+                tracing::info!(link = l.id.0, card = %m.names[1], "the link is on its standby card (found its address there)");
             }
             let out = m.pair.start(now);
             self.links.push(m);
@@ -539,7 +539,7 @@ impl Netif {
                     m.seq = m.seq.wrapping_add(1);
                     let f = l2::poll_frame(&l2::Poll {
                         cluster_id: plan.config.cluster.id,
-                        node: plan.local.id,
+                        node: plan.local.id.0,
                         from: (from.index, from.mac),
                         to: (to.index, to.mac),
                         seq: m.seq,

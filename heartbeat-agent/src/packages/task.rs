@@ -149,7 +149,7 @@ pub fn params(plan: &Plan) -> Params {
         margin_ns: 200_000,
     });
     Params {
-        local: NodeId(plan.local.id),
+        local: plan.local.id,
         packages: super::policies(&plan.config.packages)
             .into_iter()
             .zip(&plan.config.packages)
@@ -168,7 +168,7 @@ pub fn params(plan: &Plan) -> Params {
         fenceable: plan.config.nodes.iter().filter(|n| n.fence.is_some()).fold(
             NodeSet::default(),
             |mut s, n| {
-                s.insert(NodeId(n.id));
+                s.insert(n.id);
                 s
             },
         ),
@@ -607,7 +607,7 @@ impl Task {
     /// HEARTBEAT_FENCE_NODE and HEARTBEAT_NODE set), at most
     /// [`FENCE_TIMEOUT`], and feeds the result back.
     fn fence(&mut self, node: NodeId) {
-        let Some(cfg) = self.plan.config.nodes.iter().find(|n| n.id == node.0) else {
+        let Some(cfg) = self.plan.config.nodes.iter().find(|n| n.id == node) else {
             return;
         };
         let Some(cmd) = cfg.fence.clone() else { return };
@@ -684,7 +684,7 @@ impl Task {
                 e.package = Some(self.name_of(pkg));
                 e.epoch = Some(epoch.0);
                 if let Some(o) = decision.owner {
-                    e.peer = Some(self.plan.name_of(o.0));
+                    e.peer = Some(self.plan.name_of(o));
                     e.peer_id = Some(o.0);
                 }
                 e.detail = Some(self.reason_text(&decision.reason));
@@ -702,7 +702,7 @@ impl Task {
                 e
             }
             Event::FenceFailed { node } => {
-                tracing::error!(node = %self.plan.name_of(node.0), "fencing failed; packages waiting for it keep waiting for its lease or report");
+                tracing::error!(node = %self.plan.name_of(node), "fencing failed; packages waiting for it keep waiting for its lease or report");
                 return;
             }
             Event::LeaseLapsed { pkg } => {
@@ -727,7 +727,7 @@ impl Task {
             Event::Cleared { pkg, node, how } => {
                 let mut e = journal::entry(EventKind::PackageCleared, &local, how, now);
                 e.package = Some(self.name_of(pkg));
-                e.peer = Some(self.plan.name_of(node.0));
+                e.peer = Some(self.plan.name_of(node));
                 e.peer_id = Some(node.0);
                 e
             }
@@ -737,7 +737,7 @@ impl Task {
 
     /// A reason with node names instead of ids.
     fn reason_text(&self, r: &Reason) -> String {
-        let name = |n: NodeId| self.plan.name_of(n.0);
+        let name = |n: NodeId| self.plan.name_of(n);
         match *r {
             Reason::Failover { from, .. } => {
                 r.to_string().replace(&format!("node {from}"), &name(from))
@@ -774,7 +774,7 @@ impl Task {
             node: self.plan.local.name.clone(),
             epoch,
             reason: self.reason_text(&reason),
-            previous_node: previous.map(|n| self.plan.name_of(n.0)),
+            previous_node: previous.map(|n| self.plan.name_of(n)),
         };
         if action != Action::Monitor {
             self.last_failover.insert(
@@ -875,7 +875,7 @@ impl Task {
             // gives away): a re-admitted node that still runs a package
             // must not renew its lease while we still hold it.
             let mut members = view.map_or(NodeSet::default(), |v| v.members);
-            members.remove(NodeId(self.plan.local.id));
+            members.remove(self.plan.local.id);
             let continuing = members.intersection(self.granted);
             let (done, ack) = tokio::sync::oneshot::channel();
             let sent = self
@@ -950,7 +950,7 @@ impl Task {
             .iter()
             .find(|n| n.name == name)
             .ok_or_else(|| format!("no node named {name:?}"))?;
-        let id = NodeId(n.id);
+        let id = n.id;
         let allowed = self
             .plan
             .config
@@ -1034,10 +1034,7 @@ impl Task {
             op,
             at_ns: clock::mono_ns(),
         });
-        Ok(format!(
-            "{text} (coordinator {})",
-            self.plan.name_of(coord.0)
-        ))
+        Ok(format!("{text} (coordinator {})", self.plan.name_of(coord)))
     }
 
     fn publish(&mut self, status: &watch::Sender<PackagesView>, fast: &FastSnapshot) {
@@ -1046,7 +1043,7 @@ impl Task {
             .packages
             .store(self.sm.health_bits(), Ordering::Relaxed);
         let plan = self.plan.clone();
-        let name_of = |n: NodeId| plan.name_of(n.0);
+        let name_of = |n: NodeId| plan.name_of(n);
         let list = self
             .sm
             .status()
@@ -1059,7 +1056,7 @@ impl Task {
                     .filter(|p| {
                         p.links.iter().any(|l| {
                             fast.links
-                                .get(&(p.id, *l))
+                                .get(&(p.id.0, l.0))
                                 .is_some_and(|st| st.up != 0 && st.peer_packages & bit != 0)
                         })
                     })
@@ -1226,7 +1223,7 @@ pub async fn run(
         .iter()
         .filter(|n| n.id != plan.local.id)
         .fold(NodeSet::default(), |mut s, n| {
-            s.insert(NodeId(n.id));
+            s.insert(n.id);
             s
         });
     let mut t = Task {

@@ -61,7 +61,7 @@ use std::{
 
 use heartbeat_api::status::LinkState;
 use heartbeat_cluster::{
-    NodeId, NodeSet,
+    LinkId, NodeId, NodeSet,
     serial::{Counts, Decoder, Encoder, Kind, NetworkView, Status, flags},
     survivor::{Candidate, Verdict},
     wire::Keys,
@@ -170,7 +170,7 @@ pub struct SerialPlan {
     pub peer_priority: u32,
     pub keys: Keys,
     /// The local network links (id, interface): the network view.
-    pub links: Vec<(u8, String)>,
+    pub links: Vec<(LinkId, String)>,
     /// After the start, how long network links never seen up yet are not
     /// taken for cut (twice `node_timeout`).
     pub startup_grace: Duration,
@@ -185,9 +185,9 @@ impl SerialPlan {
         Some(Self {
             settings,
             cluster_id: plan.config.cluster.id,
-            local: NodeId(plan.local.id),
+            local: plan.local.id,
             local_priority: plan.local.priority,
-            peer: NodeId(peer.id),
+            peer: peer.id,
             peer_name: peer.name.clone(),
             peer_priority: peer.priority,
             keys: crate::qserver::wire_keys(&plan.keys),
@@ -203,7 +203,7 @@ impl SerialPlan {
 
 /// The peer on the serial line of `plan`, when there is one (for the
 /// cluster task's reachability: that peer gets link [`SERIAL_LINK`]).
-pub fn peer_of(plan: &Plan) -> Option<u16> {
+pub fn peer_of(plan: &Plan) -> Option<NodeId> {
     plan.config.serial_of(&plan.local)?;
     plan.peers.first().map(|p| p.id)
 }
@@ -344,8 +344,8 @@ impl Line {
                 let up = std::fs::read_to_string(path)
                     .map(|s| matches!(s.trim(), "up" | "unknown"))
                     .unwrap_or(false);
-                if up && *id < 8 {
-                    links |= 1 << id;
+                if up && id.0 < 8 {
+                    links |= 1 << id.0;
                 }
             }
             // Ping targets are not configurable yet: `targets` stays 0.
