@@ -557,12 +557,6 @@ pub struct Membership {
     /// When `node halt` ran and when the leave was last sent.
     halted_at: u64,
     last_leave_sent: u64,
-    /// A proposal from the coordinator of its member set that differed
-    /// from ours only because our own knowledge lagged (its detection came
-    /// first), and when it arrived: taken again, as if delivered now, once
-    /// our set matches, within a join interval (else the coordinator's
-    /// resend would come only a join interval later).
-    deferred_propose: Option<(NodeId, Propose, u64)>,
 }
 
 impl Membership {
@@ -635,7 +629,6 @@ impl Membership {
             qs_asked_at: 0,
             halted_at: 0,
             last_leave_sent: 0,
-            deferred_propose: None,
             params,
         }
     }
@@ -1330,17 +1323,10 @@ impl Membership {
             || self.coordinator_of(p.members) != Some(from)
             || p.members != self.compute_members()
         {
-            if self.phase != Phase::Halted
-                && p.members.contains(me)
-                && self.coordinator_of(p.members) == Some(from)
-            {
-                self.deferred_propose = Some((from, p, self.now));
-            }
             // Tell the proposer what we think instead.
             self.schedule_join_rate_limited();
             return;
         }
-        self.deferred_propose = None;
         if self.phase == Phase::Operational {
             self.round_since = self.now;
         }
@@ -1621,17 +1607,6 @@ impl Membership {
             }
         }
         let m = self.compute_members();
-        // A proposal that came just before our own knowledge caught up:
-        // as if it arrived now (a delayed message; on_propose checks it
-        // all again).
-        if let Some((from, p, at)) = self.deferred_propose {
-            if self.now >= at.saturating_add(t.join_interval_ns) || self.phase == Phase::Halted {
-                self.deferred_propose = None;
-            } else if p.members == m {
-                self.deferred_propose = None;
-                self.on_propose(from, p, out);
-            }
-        }
         match self.phase {
             Phase::Halted => {}
             Phase::Operational => {
