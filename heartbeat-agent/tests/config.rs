@@ -6,16 +6,17 @@
     reason = "an integration test links every dependency of its package"
 )]
 
+mod common;
+
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::{FILE, parse};
 use heartbeat_agent::config::{ClusterConfig, ConfigError, LinkRole, QuorumSection};
 use heartbeat_cluster::{LinkId, NodeId};
-
-const FILE: &str = "/etc/heartbeat/test.toml";
 
 /// The usual `[cluster]` (lines 1-4).
 const CLUSTER: &str = r#"[cluster]
@@ -43,10 +44,6 @@ name = "beta"
   interface = "eth1"
   address = "10.0.0.2"
 "#;
-
-fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
-    ClusterConfig::from_str(text, Path::new(FILE))
-}
 
 /// Parses `text`, expects an error at `line` about `key` containing every
 /// piece of `wording`, and returns the message.

@@ -5,12 +5,12 @@
     reason = "an integration test links every dependency of its package"
 )]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use heartbeat_agent::config::{ClusterConfig, ConfigError};
-
-const FILE: &str = "/etc/heartbeat/test.toml";
+use common::{FILE, line, parse};
 
 /// Two nodes, one network link and one serial device each.
 const TWO: &str = r#"[cluster]
@@ -36,20 +36,6 @@ name = "beta"
   [node.serial]
   device = "/dev/ttyUSB0"
 "#;
-
-/// The 1-based line of the `nth` (0-based) line of `text` containing `needle`.
-fn line(text: &str, needle: &str, nth: usize) -> usize {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .nth(nth)
-        .map(|(i, _)| i + 1)
-        .unwrap_or_else(|| panic!("{needle:?} not in the text"))
-}
-
-fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
-    ClusterConfig::from_str(text, Path::new(FILE))
-}
 
 #[track_caller]
 fn expect_err(text: &str, line: usize, key: &str, wording: &[&str]) {

@@ -6,13 +6,13 @@
     reason = "an integration test links every dependency of its package"
 )]
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
-use heartbeat_agent::config::{ClusterConfig, ConfigError};
+use common::{FILE, parse};
+use heartbeat_agent::config::ClusterConfig;
 use heartbeat_agent::netif::machine::{FailureDetection, NetifSettings};
-
-const FILE: &str = "/etc/heartbeat/test.toml";
 
 /// Lines: 1 `[cluster]` .. 4 key_file, 6 `[[node]]`, 9 `[[node.link]]`,
 /// 10 interface, 11 address, 12 standby, 14 `[[node.link]]`, 15 id,
@@ -46,10 +46,6 @@ name = "beta"
   interface = "eth3"
   address = "10.1.0.2"
 "#;
-
-fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
-    ClusterConfig::from_str(text, Path::new(FILE))
-}
 
 #[track_caller]
 fn expect_err(text: &str, line: usize, key: &str, wording: &[&str]) {

@@ -6,17 +6,18 @@
     reason = "an integration test links every dependency of its package"
 )]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::FILE;
 use heartbeat_agent::config::{ClusterConfig, ConfigError};
 use heartbeat_agent::packages::runner::{Service, Timeouts};
 use heartbeat_cluster::placement::{
     FailbackPolicy, FailoverPolicy, OnAllUnhealthy, PackageId, Situation, View, place,
 };
 use heartbeat_cluster::{Epoch, NodeId};
-
-const FILE: &str = "/etc/heartbeat/test.toml";
 
 /// Three nodes; the packages start on line 22.
 const BASE: &str = r#"[cluster]
@@ -43,7 +44,7 @@ link = [{ interface = "eth1", address = "10.0.0.3" }]
 "#;
 
 fn parse(packages: &str) -> Result<ClusterConfig, ConfigError> {
-    ClusterConfig::from_str(&format!("{BASE}{packages}"), Path::new(FILE))
+    common::parse(&format!("{BASE}{packages}"))
 }
 
 #[track_caller]

@@ -6,12 +6,12 @@
     reason = "an integration test links every dependency of its package"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use heartbeat_agent::config::{ClusterConfig, ConfigError};
-
-const FILE: &str = "/etc/heartbeat/test.toml";
+use common::{FILE, parse};
 
 const BASE: &str = r#"[cluster]
 name = "demo"
@@ -33,18 +33,6 @@ name = "beta"
   address = "10.0.0.2"
 "#;
 
-fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
-    ClusterConfig::from_str(text, Path::new(FILE))
-}
-
-/// The 1-based line of the first line of `text` containing `needle`.
-fn line(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map(|i| i + 1)
-        .unwrap_or_else(|| panic!("{needle:?} not in the text"))
-}
-
 #[track_caller]
 fn expect_err(text: &str, needle: &str, key: &str, wording: &[&str]) {
     let err = match parse(text) {
@@ -52,7 +40,7 @@ fn expect_err(text: &str, needle: &str, key: &str, wording: &[&str]) {
         Err(e) => e,
     };
     let msg = err.to_string();
-    let line = line(text, needle);
+    let line = common::line(text, needle, 0);
     assert!(
         msg.starts_with(&format!("{FILE}:{line}:")),
         "line {line}: {msg}"
@@ -164,7 +152,7 @@ fn check_resources_checks_the_device() {
             assert_eq!(e.key(), Some("watchdog.device"), "{e}");
             assert!(
                 e.to_string()
-                    .starts_with(&format!("{FILE}:{}:", line(&text, "device ="))),
+                    .starts_with(&format!("{FILE}:{}:", common::line(&text, "device =", 0))),
                 "{e}"
             );
             e.to_string()
