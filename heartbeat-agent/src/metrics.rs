@@ -786,6 +786,30 @@ pub async fn serve(
     }
 }
 
+/// Unlabelled counters, one per (name, help, value) row.
+pub fn encode_counters(
+    enc: &mut DescriptorEncoder<'_>,
+    rows: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, value) in rows {
+        let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(m)?;
+    }
+    Ok(())
+}
+
+/// Unlabelled gauges, one per (name, help, value) row.
+pub fn encode_gauges(
+    enc: &mut DescriptorEncoder<'_>,
+    rows: &[(&str, &str, i64)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, value) in rows {
+        let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(m)?;
+    }
+    Ok(())
+}
+
 /// Counter rows from the summed XDP counters.
 pub fn counter_rows(
     values: &[u64; counter::COUNT as usize],

@@ -86,11 +86,7 @@ use std::{
     time::Duration,
 };
 
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
-};
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -514,37 +510,36 @@ struct WatchdogCollector(Arc<WatchdogStats>);
 impl Collector for WatchdogCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        for (name, help, v) in [
-            (
-                "heartbeat_watchdog_armed",
-                "1 while the watchdog device is open and armed (it resets the node unless fed)",
-                s.armed.load(Ordering::Relaxed),
-            ),
-            (
-                "heartbeat_watchdog_withholding",
-                "1 while the agent withholds the feeding (the node is not healthy: self-fence under way)",
-                s.withholding.load(Ordering::Relaxed),
-            ),
-        ] {
-            let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            ConstGauge::new(i64::from(v)).encode(m)?;
-        }
-        for (name, help, v) in [
-            (
-                "heartbeat_watchdog_feeds",
-                "Feeds written to the watchdog device",
-                s.feeds.load(Ordering::Relaxed),
-            ),
-            (
-                "heartbeat_watchdog_feed_errors",
-                "Feeds that could not be written",
-                s.feed_errors.load(Ordering::Relaxed),
-            ),
-        ] {
-            let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(v).encode(m)?;
-        }
-        Ok(())
+        crate::metrics::encode_gauges(
+            &mut enc,
+            &[
+                (
+                    "heartbeat_watchdog_armed",
+                    "1 while the watchdog device is open and armed (it resets the node unless fed)",
+                    i64::from(s.armed.load(Ordering::Relaxed)),
+                ),
+                (
+                    "heartbeat_watchdog_withholding",
+                    "1 while the agent withholds the feeding (the node is not healthy: self-fence under way)",
+                    i64::from(s.withholding.load(Ordering::Relaxed)),
+                ),
+            ],
+        )?;
+        crate::metrics::encode_counters(
+            &mut enc,
+            &[
+                (
+                    "heartbeat_watchdog_feeds",
+                    "Feeds written to the watchdog device",
+                    s.feeds.load(Ordering::Relaxed),
+                ),
+                (
+                    "heartbeat_watchdog_feed_errors",
+                    "Feeds that could not be written",
+                    s.feed_errors.load(Ordering::Relaxed),
+                ),
+            ],
+        )
     }
 }
 

@@ -690,7 +690,7 @@ pub fn encode_metrics(
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::{
         encoding::EncodeMetric as _,
-        metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+        metrics::{MetricType, counter::ConstCounter},
     };
     if !v.configured {
         return Ok(());
@@ -732,10 +732,7 @@ pub fn encode_metrics(
             v.decoder.corrected,
         ),
     ];
-    for (name, help, value) in counters {
-        let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(value).encode(m)?;
-    }
+    crate::metrics::encode_counters(enc, &counters)?;
     let survivor = match v.verdict {
         Verdict::Split { survivor } => i64::from(survivor.0),
         _ => 0,
@@ -752,11 +749,7 @@ pub fn encode_metrics(
             survivor,
         ),
     ];
-    for (name, help, value) in gauges {
-        let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(value).encode(m)?;
-    }
-    Ok(())
+    crate::metrics::encode_gauges(enc, &gauges)
 }
 
 #[cfg(test)]
