@@ -835,7 +835,7 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
     // after it started there. Bounded by the longest stop plus a start's
     // hand-over; a second signal cuts it short.
     if has_packages {
-        let bound = drain_bound(&sup.plan.config);
+        let bound = crate::packages::task::hand_over_bound(&sup.plan.config);
         tracing::info!(cause, bound = ?bound, "stopping: handing the packages over first");
         let began = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -886,19 +886,6 @@ pub async fn run(config_path: &Path, node: Option<&str>, opts: &RunOptions) -> R
         tracing::warn!(error = %e, "cannot remove the pins in {}", pin_dir.display());
     }
     Ok(Exit::Stopped)
-}
-
-/// How long a clean stop waits for the packages' hand-over: the longest
-/// `stop_timeout`, plus a second for the placement and the successor's
-/// report.
-fn drain_bound(config: &crate::config::ClusterConfig) -> Duration {
-    config
-        .packages
-        .iter()
-        .map(|p| p.spec.timeouts.stop)
-        .max()
-        .unwrap_or_default()
-        .saturating_add(Duration::from_secs(1))
 }
 
 /// `heartbeat-agent detach`: detaches and removes the pins an announced

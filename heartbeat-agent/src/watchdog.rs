@@ -118,13 +118,8 @@ pub const STOP_SLACK: Duration = Duration::from_secs(5);
 /// at exit), the clean stop's hand-over (the longest `stop_timeout` and a
 /// second), plus [`STOP_SLACK`].
 pub fn wind_down(cfg: &ClusterConfig) -> Duration {
-    let stops = cfg.packages.iter().map(|p| p.spec.timeouts.stop);
-    let hand_over = stops
-        .clone()
-        .max()
-        .map_or(Duration::ZERO, |m| m.saturating_add(Duration::from_secs(1)));
-    stops.fold(
-        STOP_SLACK.saturating_add(hand_over),
+    cfg.packages.iter().map(|p| p.spec.timeouts.stop).fold(
+        STOP_SLACK.saturating_add(crate::packages::task::hand_over_bound(cfg)),
         Duration::saturating_add,
     )
 }

@@ -135,6 +135,18 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the state machine is ticked at the least.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
+/// How long a clean stop waits for the packages' hand-over
+/// (`Input::Drain`): the longest `stop_timeout`, plus a second for the
+/// placement and the successor's report; nothing without packages.
+pub fn hand_over_bound(config: &crate::config::ClusterConfig) -> Duration {
+    config
+        .packages
+        .iter()
+        .map(|p| p.spec.timeouts.stop)
+        .max()
+        .map_or(Duration::ZERO, |m| m.saturating_add(Duration::from_secs(1)))
+}
+
 /// The state machine's parameters from the plan.
 pub fn params(plan: &Plan) -> Params {
     let c = &plan.config.cluster;
