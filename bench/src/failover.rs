@@ -108,46 +108,45 @@ impl Subject for Heartbeat {
         &self.c.seg
     }
     fn active(&mut self) -> anyhow::Result<usize> {
-        // A revived node may be given the package back (failback) just
-        // after the cluster first looks settled: look again once.
-        for _ in 0..2 {
-            let owner = self
-                .c
-                .wait_settled(Duration::from_secs(30))
-                .with_context(|| format!("not settled; alpha's log:\n{}", self.c.log(0)))?;
-            let answers = stable_answer(&self.c.seg, 10, Duration::from_secs(10))?;
-            if answers == owner && self.c.wait_settled(Duration::from_secs(1)) == Some(owner) {
-                return Ok(owner);
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let owner = self
-            .c
-            .wait_settled(Duration::from_secs(30))
-            .with_context(|| format!("not settled; alpha's log:\n{}", self.c.log(0)))?;
         let statuses = |c: &PackageCluster| {
             (0..NODE_NAMES.len())
                 .map(|i| format!("--- {} ---\n{}", NODE_NAMES[i], c.status_text(i)))
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        let answers =
-            stable_answer(&self.c.seg, 10, Duration::from_secs(10)).with_context(|| {
-                format!(
-                    "{} owns web; status:\n{}",
+        // A revived node may be given the package back (failback) just
+        // after the cluster first looks settled: up to three looks, each
+        // but the last confirmed by a settled cluster after the answers.
+        let mut look = 1;
+        loop {
+            let owner = self
+                .c
+                .wait_settled(Duration::from_secs(30))
+                .with_context(|| format!("not settled; alpha's log:\n{}", self.c.log(0)))?;
+            let answers =
+                stable_answer(&self.c.seg, 10, Duration::from_secs(10)).with_context(|| {
+                    format!(
+                        "{} owns web; status:\n{}",
+                        NODE_NAMES[owner],
+                        statuses(&self.c)
+                    )
+                })?;
+            if answers == owner
+                && (look == 3 || self.c.wait_settled(Duration::from_secs(1)) == Some(owner))
+            {
+                return Ok(owner);
+            }
+            if look == 3 {
+                bail!(
+                    "{} owns web but {} answers; status:\n{}",
                     NODE_NAMES[owner],
+                    NODE_NAMES[answers],
                     statuses(&self.c)
-                )
-            })?;
-        if answers != owner {
-            bail!(
-                "{} owns web but {} answers; status:\n{}",
-                NODE_NAMES[owner],
-                NODE_NAMES[answers],
-                statuses(&self.c)
-            );
+                );
+            }
+            look += 1;
+            std::thread::sleep(Duration::from_millis(500));
         }
-        Ok(owner)
     }
     fn kill(&mut self, i: usize) -> anyhow::Result<u64> {
         Ok(self.c.kill(i, self.defer_agent)?)
