@@ -267,9 +267,19 @@ fn start(c: &mut Cluster) {
     c.wait_all_up(Duration::from_secs(20));
 }
 
-/// The active card alpha's status reports for link 0.
+/// The active card alpha's status reports for link 0 (waiting, bounded,
+/// for the network manager's first report: the links can be up before it
+/// has published one).
+#[track_caller]
 fn active_card(c: &Cluster) -> String {
-    c.status("alpha").nics[0].active.clone()
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(n) = c.status("alpha").nics.first() {
+            return n.active.clone();
+        }
+        assert!(Instant::now() < end, "alpha reports no card for link 0");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// "in N us" of a nic_switched entry.
