@@ -22,6 +22,13 @@
 //! announced restart) writes the exact epoch back, so that the next agent
 //! can adopt its peers' view within the restart window (like the block
 //! allocation of sequence numbers in Chubby-style lock services).
+//!
+//! The reservation is refilled ahead of need: once less than half of it is
+//! left, the cluster task writes a new one ([`StateFile::refill`]) after a
+//! round has ended, while nothing waits on it, so that a promise inside a
+//! round writes only when an epoch jumps by more than half a reservation
+//! at once (measured: the write on the path cost a 2.4–2.8 ms slow round in
+//! one trial of ~30 of the membership bench).
 
 use std::{
     fs,
@@ -183,6 +190,19 @@ impl StateFile {
         self.write(p, Epoch(epoch.0.saturating_add(RESERVE)))
     }
 
+    /// Whether less than half of the reservation is left above the
+    /// promised epoch (a [`StateFile::refill`] is due).
+    pub fn running_low(&self) -> bool {
+        self.reserved.0.saturating_sub(self.current.epoch.0) < RESERVE / 2
+    }
+
+    /// Writes a fresh reservation, `RESERVE` above the promised epoch (the
+    /// bound only grows: every promise stays covered).
+    pub fn refill(&mut self) -> Result<(), StateError> {
+        let reserved = Epoch(self.current.epoch.0.saturating_add(RESERVE)).max(self.reserved);
+        self.write(self.current, reserved)
+    }
+
     /// Writes the exact epoch back (a clean stop), if the file holds more.
     pub fn settle(&mut self) -> Result<(), StateError> {
         if self.reserved == self.current.epoch {
@@ -319,6 +339,30 @@ mod tests {
         let s = StateFile::open(&p).unwrap();
         assert_eq!(s.current().epoch, Epoch(9));
         drop(s);
+        let _ = fs::remove_dir_all(p.parent().unwrap());
+    }
+
+    #[test]
+    fn the_reservation_is_refilled_ahead_of_need_and_only_grows() {
+        let p = tmp("refill");
+        let mut s = StateFile::open(&p).unwrap();
+        s.save_epoch(Epoch(5)).unwrap();
+        assert!(!s.running_low());
+        // Past half of the reservation: a refill is due.
+        s.save_epoch(Epoch(40)).unwrap();
+        assert!(s.running_low());
+        s.refill().unwrap();
+        assert_eq!(file_epochs(&p), "epoch = 40,reserved = 104");
+        assert!(!s.running_low());
+        // The next promises up to the new bound write nothing.
+        s.save_epoch(Epoch(100)).unwrap();
+        assert_eq!(file_epochs(&p), "epoch = 40,reserved = 104");
+        // A crash after a refill: the start assumes the whole bound.
+        let crashed = std::mem::ManuallyDrop::new(s);
+        assert_eq!(StateFile::open(&p).unwrap().current().epoch, Epoch(104));
+        let s = std::mem::ManuallyDrop::into_inner(crashed);
+        drop(s);
+        assert_eq!(file_epochs(&p), "epoch = 100,reserved = 100");
         let _ = fs::remove_dir_all(p.parent().unwrap());
     }
 }

@@ -280,6 +280,8 @@ struct Runner {
     sealer: SharedSealer,
     keys: Keys,
     state: StateFile,
+    /// When extending the epoch reservation last failed.
+    refill_failed: Option<std::time::Instant>,
     journal: JournalHandle,
     view: watch::Sender<ClusterView>,
     sockets: Vec<LinkSocket>,
@@ -337,9 +339,31 @@ impl Runner {
         for o in out {
             self.carry_out(o);
         }
+        // Between rounds, keep the epoch reservation ahead of need, so that
+        // the next round's promises make no durable write (`crate::state`).
+        // A failed write is retried at most every 10 s (the promise itself
+        // still writes, and says so, when the reservation runs out).
+        let retry_due = self
+            .refill_failed
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if !self.sm.in_round() && self.state.running_low() && retry_due {
+            match self.state.refill() {
+                Ok(()) => self.refill_failed = None,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot extend the epoch reservation");
+                    self.refill_failed = Some(std::time::Instant::now());
+                }
+            }
+        }
     }
 
     fn send(&mut self, to: Dest, msg: &Message) {
+        tracing::debug!(
+            mono_ns = crate::clock::mono_ns(),
+            kind = ?msg.msg_type(),
+            to = ?to,
+            "membership send"
+        );
         let bytes = seal(&self.sealer, msg, &self.keys);
         let to = match to {
             Dest::All => None,
@@ -575,6 +599,7 @@ impl Runner {
     }
 
     fn on_transport(&mut self, ev: &TransportEvent) {
+        tracing::debug!(mono_ns = crate::clock::mono_ns(), event = ?ev, "transport event");
         for e in self.reach.apply(ev) {
             self.journal.record(e);
         }
@@ -676,6 +701,13 @@ impl Runner {
                 }
             }
             Ok(msg) => {
+                tracing::debug!(
+                    mono_ns = crate::clock::mono_ns(),
+                    rx_ns = d.at_ns,
+                    from = msg.header.sender.0,
+                    kind = ?msg.msg.msg_type(),
+                    "membership receive"
+                );
                 self.count("received");
                 self.feed(Input::Message {
                     msg,
@@ -848,6 +880,7 @@ pub async fn run(
         sm,
         plan,
         state: ch.state,
+        refill_failed: None,
         journal,
         view: ch.view,
         sockets: ch.sockets,
@@ -919,7 +952,9 @@ pub async fn run(
                 Command::Escalate(why) => r.escalate(&why),
             },
             () = tokio::time::sleep(sleep) => {
-                r.feed(Input::Tick { now_ns: crate::clock::mono_ns() });
+                let now_ns = crate::clock::mono_ns();
+                tracing::debug!(mono_ns = now_ns, due_ns = ?deadline, "membership timer");
+                r.feed(Input::Tick { now_ns });
             }
             () = cancel.cancelled() => break,
         }
