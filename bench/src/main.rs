@@ -31,6 +31,7 @@ mod corosync;
 mod cost;
 mod counters;
 mod failover;
+mod floor;
 mod heartbeat;
 mod keepalived;
 mod load;
@@ -117,8 +118,9 @@ pub struct BenchArgs {
     pub corosync_token: Option<u32>,
     /// Only the time to agreed membership (3 nodes; SIGKILL and link cut;
     /// heartbeat at 5 ms and 500 µs, then corosync with token 500 ms or
-    /// `--corosync-token`; `--trials` per fault, default 20). A full or
-    /// quick run measures it too, after everything else.
+    /// `--corosync-token`; `--trials` per fault, default 20; `--systems`
+    /// picks rows from hb5ms, hb500us, corosync). A full or quick run
+    /// measures it too, after everything else.
     #[arg(long)]
     pub membership: bool,
     /// Only standby NIC takeover (issue #10): switch time on carrier loss
@@ -403,11 +405,20 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let results = execute(&plan)?;
         println!("{}", results.table());
     }
+    // `--membership --systems hb5ms,corosync` picks rows; a full run
+    // measures all of them.
+    let want = |name: &str| {
+        !args.membership || args.systems.is_empty() || args.systems.iter().any(|s| s == name)
+    };
+    let timings: Vec<_> = [membership::HB5MS, membership::HB500US]
+        .into_iter()
+        .filter(|t| want(&t.label.replace("heartbeat ", "hb")))
+        .collect();
     let rows = membership_run(
         trials,
         false,
-        &[membership::HB5MS, membership::HB500US],
-        Some(args.corosync_token.unwrap_or(membership::COROSYNC_TOKEN_MS)),
+        &timings,
+        want("corosync").then(|| args.corosync_token.unwrap_or(membership::COROSYNC_TOKEN_MS)),
     )?;
     println!("{}", membership::table(&rows));
     if !args.membership {
@@ -1461,6 +1472,20 @@ fn execute(plan: &Plan) -> anyhow::Result<Results> {
         }
         sys.stop();
         ran.push(sys);
+    }
+
+    // --- 3a. the floor: a bare thread waking at the heartbeat rates -------
+    for rate in [1_000, 10_000] {
+        step(format!(
+            "cost floor: a bare SCHED_FIFO thread waking {rate} times/s for {} s",
+            plan.cost_secs
+        ));
+        results.floor.push(floor::measure(
+            rate,
+            plan.cost_secs,
+            placement.map(|p| p.cpu_a),
+            load::SENDER_PRIORITY as i32,
+        ));
     }
 
     // --- 2. false failovers under load -------------------------------------

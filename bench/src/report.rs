@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use super::{
     cost::NodeCost,
     counters::WindowCounters,
+    floor::FloorRow,
     load::{Load, Scope},
     system::Node,
     xdpcost::XdpCost,
@@ -308,6 +309,8 @@ pub struct Results {
     pub detection: Vec<DetectionRow>,
     pub loads: Vec<LoadRow>,
     pub cost: Vec<CostRow>,
+    /// A bare thread waking at the heartbeat rates ([`crate::floor`]).
+    pub floor: Vec<FloorRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpCost>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -590,6 +593,23 @@ impl Results {
                     n.xdp_pct.map_or("-".into(), |x| format!("{x:.3}")),
                 );
             }
+        }
+        for f in &self.floor {
+            let _ = writeln!(
+                t,
+                "  {:<16} {:>8.3} ms/s = {:.2}% of a core, {:.0} ns per wake-up ({} wake-ups at {} /s{}): a bare thread that only sleeps to the next deadline; any sender that wakes per heartbeat pays this",
+                "floor",
+                f.pct_of_core * 10.0,
+                f.pct_of_core,
+                f.ns_per_tick,
+                f.ticks,
+                f.rate_hz,
+                if f.realtime {
+                    ", SCHED_FIFO"
+                } else {
+                    ", not realtime"
+                }
+            );
         }
         match (&self.xdp, &self.xdp_skipped) {
             (Some(x), _) => {

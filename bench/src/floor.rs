@@ -1,0 +1,122 @@
+//! The floor under the sender's cost on this machine: a bare thread that
+//! does nothing but wake on absolute deadlines at the heartbeat rate, as
+//! the agent's sender does (SCHED_FIFO at the sender's priority, pinned
+//! where node A's agent runs, `clock_nanosleep(TIMER_ABSTIME)`), with no
+//! send, no stamp, no clock read beyond the loop's own. Its CPU time per
+//! tick is what any design that wakes a user thread per heartbeat pays
+//! before it sends anything; the agent's sender row sits on top of it.
+
+use std::time::Duration;
+
+/// One rate's floor.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FloorRow {
+    /// Wake-ups per second asked for.
+    pub rate_hz: u64,
+    /// Wake-ups done.
+    pub ticks: u64,
+    /// Thread CPU (schedstat), % of one core.
+    pub pct_of_core: f64,
+    /// Thread CPU per wake-up, ns.
+    pub ns_per_tick: f64,
+    /// Whether the thread ran as SCHED_FIFO (else: the default policy).
+    pub realtime: bool,
+}
+
+/// The calling thread's CPU time so far, ns (`/proc/thread-self/schedstat`).
+fn own_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn sleep_until(deadline_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec; the remainder pointer may be null
+    // with TIMER_ABSTIME. EINTR just ends this sleep early.
+    unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &ts,
+            std::ptr::null_mut(),
+        )
+    };
+}
+
+/// Pins the calling thread to `cpu` and makes it SCHED_FIFO `priority`;
+/// returns whether the policy took.
+fn place(cpu: Option<usize>, priority: i32) -> bool {
+    if let Some(cpu) = cpu {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+        // inside it; sched_setaffinity(0) reads `size_of` bytes of it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the calling thread (0).
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+}
+
+/// Runs the bare loop at `rate_hz` for `secs` on its own thread.
+pub fn measure(rate_hz: u64, secs: u64, cpu: Option<usize>, priority: i32) -> FloorRow {
+    let period = 1_000_000_000 / rate_hz.max(1);
+    let handle = std::thread::spawn(move || {
+        let realtime = place(cpu, priority);
+        let start_cpu = own_cpu_ns().unwrap_or(0);
+        let start = mono_ns();
+        let end = start + Duration::from_secs(secs).as_nanos() as u64;
+        let mut next = start + period;
+        let mut ticks = 0u64;
+        while next < end {
+            sleep_until(next);
+            ticks += 1;
+            next += period;
+        }
+        let cpu_ns = own_cpu_ns().unwrap_or(start_cpu).saturating_sub(start_cpu);
+        let elapsed = mono_ns().saturating_sub(start).max(1);
+        FloorRow {
+            rate_hz,
+            ticks,
+            pct_of_core: cpu_ns as f64 * 100.0 / elapsed as f64,
+            ns_per_tick: cpu_ns as f64 / ticks.max(1) as f64,
+            realtime,
+        }
+    });
+    handle.join().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bare_loop_wakes_at_its_rate() {
+        let r = measure(1000, 1, None, 0);
+        // Generous: a loaded test machine may lose a few wake-ups to
+        // lateness, never gain any.
+        assert!(r.ticks > 500 && r.ticks <= 1000, "{r:?}");
+        assert!(r.ns_per_tick > 0.0, "{r:?}");
+    }
+}
