@@ -25,10 +25,10 @@ use super::{
 };
 
 /// SCHED_FIFO priority of the sender thread of the heartbeat agent.
-pub const SENDER_PRIORITY: u32 = 50;
+pub const SENDER_PRIORITY: u32 = 60;
 /// SCHED_FIFO priority of the hogs on A only: above the sender, so A's
 /// sender gets no CPU except in RT throttling's 5 % (sched_rt_runtime_us).
-pub const FIFO_ABOVE_SENDER: u32 = 60;
+pub const FIFO_ABOVE_SENDER: u32 = 70;
 /// Memory limit of the memory-pressure cgroup on A, and what its workers
 /// touch together (more than the limit: no swap here, so the cgroup hits
 /// its limit and reclaims, then its OOM killer kills a worker, which
@@ -176,7 +176,7 @@ impl Load {
                 "stress-ng --cpu 1 --sched fifo --sched-prio {FIFO_ABOVE_SENDER}{on_a} (the agent's sender: SCHED_FIFO {SENDER_PRIORITY})"
             ),
             Load::TimersA => format!(
-                "stress-ng --hrtimers 1{on_a} (its 32 workers run SCHED_RR 49, as seen with ps: above the agent's runtime thread, SCHED_FIFO 40, below its sender, 50)"
+                "stress-ng --hrtimers 1{on_a} (its 32 workers run SCHED_RR 49, as seen with ps: below every agent thread, the runtime at SCHED_FIFO 52 and the sender at 60)"
             ),
             Load::MemoryA => format!(
                 "stress-ng --vm {MEM_WORKERS} --vm-bytes {MEM_TOTAL_MB}M{on_a}, in a memory cgroup limited to {MEM_LIMIT_MB} MiB (no swap: reclaim at the limit, then the cgroup's OOM killer; stress-ng restarts its workers)"

@@ -42,8 +42,14 @@ use thiserror::Error;
 
 use crate::{clock, fastpath::StatusWriter, sequence};
 
-/// Priority of the sender thread under SCHED_FIFO.
-pub const RT_PRIORITY: i32 = 50;
+/// Priority of the sender thread under SCHED_FIFO: the highest of the
+/// agent's threads. All of them sit above the range real-time applications
+/// conventionally use (1-49) and the kernel's threaded interrupt handlers
+/// (SCHED_FIFO 50), as corosync runs at SCHED_RR 99: the agent must outrank
+/// the workloads it protects, or a busy real-time workload makes its node
+/// look hung (measured: `stress-ng --hrtimers`, whose workers run SCHED_RR
+/// 49, starved a runtime at 40 for 2 s, and the node was failed over).
+pub const RT_PRIORITY: i32 = 60;
 /// Upper bounds (ns) of the lateness histogram buckets.
 pub const LATENESS_BOUNDS_NS: [u64; 16] = [
     1_000,
@@ -278,11 +284,13 @@ pub fn open_socket(
 }
 
 /// Priority of the agent's runtime thread (the cluster, transport, journal
-/// and control tasks) under SCHED_FIFO: below the sender, so a busy task
-/// never delays a heartbeat, but above ordinary processes, so a loaded
-/// machine does not delay a membership round (corosync runs its whole
-/// process real-time for the same reason).
-pub const RUNTIME_RT_PRIORITY: i32 = 40;
+/// and control tasks, and the renewal of the packages' leases) under
+/// SCHED_FIFO: below the sender (and the watchdog's feeder), so a busy task
+/// never delays a heartbeat, but above other real-time work and interrupt
+/// threads (see [`RT_PRIORITY`]), so a loaded machine does not delay a
+/// membership round or let a lease lapse (corosync runs its whole process
+/// real-time for the same reason). What it starts runs SCHED_OTHER.
+pub const RUNTIME_RT_PRIORITY: i32 = 52;
 
 fn set_realtime() -> io::Result<()> {
     set_thread_fifo(RT_PRIORITY)

@@ -108,7 +108,7 @@ const MIN_RUNTIME_GRACE: Duration = Duration::from_secs(2);
 /// (`sender::RUNTIME_RT_PRIORITY`), below the sender's, so that a busy or
 /// spinning runtime cannot starve it (a stuck runtime is seen by its
 /// liveness stamp, not by starving the feeder), as sbd runs real-time.
-const RT_PRIORITY: i32 = 45;
+const RT_PRIORITY: i32 = 55;
 /// Slack on top of the packages' stop timeouts while the agent starts or
 /// stops (loading the program, the tasks' own wind-down).
 pub const STOP_SLACK: Duration = Duration::from_secs(5);
