@@ -186,8 +186,22 @@ fn child_guard_signals_and_drop() {
     cmd.args(["-c", "trap '' TERM; exec sleep 30"]);
     let mut stubborn = ns.spawn(&mut cmd).unwrap();
     let pid = stubborn.pid();
-    // Give sh time to install the trap before the test relies on it.
-    std::thread::sleep(Duration::from_millis(100));
+    // Wait until SIGTERM is ignored (the trap is installed; `exec` keeps
+    // it): a fixed sleep was too short once on a loaded machine.
+    let ignores_term = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?.trim();
+                u64::from_str_radix(mask, 16).ok()
+            })
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ignores_term() {
+        assert!(Instant::now() < deadline, "sh never ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     stubborn.stop().unwrap();
     let start = Instant::now();
     drop(stubborn);
