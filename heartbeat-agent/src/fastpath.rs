@@ -196,6 +196,8 @@ pub struct FastPath {
     grants: Array<MapData, u64>,
     fence: Fence,
     fence_written: BTreeMap<LeaseKey, LeaseEntry>,
+    /// When the leases were last renewed (0: never).
+    last_renew_ns: u64,
     /// The TCX egress attachments' link ids, for pinning them.
     tcx_links: Vec<(String, SchedClassifierLinkId)>,
     /// Set once the links and maps are pinned for the fence
@@ -418,6 +420,7 @@ impl FastPath {
             grants,
             fence,
             fence_written,
+            last_renew_ns: 0,
             tcx_links: Vec::new(),
             fence_pins: None,
         };
@@ -868,6 +871,72 @@ pub fn transport_event(ev: &Event) -> Option<TransportEvent> {
 /// events for the cluster), publishes a snapshot every [`SNAPSHOT_EVERY`],
 /// applies commands. Returns the [`FastPath`] when cancelled, so that the
 /// supervisor decides when XDP is detached (by dropping it).
+/// A periodic `CLOCK_MONOTONIC` timerfd the runtime waits on through its
+/// epoll: it wakes within microseconds of each period, where tokio's own
+/// timer has millisecond granularity.
+struct PreciseTick {
+    fd: AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl PreciseTick {
+    fn new(period: Duration) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain timerfd_create(2); the result is checked.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let ts = libc::timespec {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_nsec: period.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: `fd` is a timerfd; `spec` is a valid itimerspec; the old
+        // value is not asked for.
+        if unsafe { libc::timerfd_settime(raw, 0, &spec, std::ptr::null_mut()) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it until
+        // dropped: it is neither closed nor replaced while registered.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? };
+        Ok(Self { fd })
+    }
+
+    /// Waits for the next expiry (expiries missed meanwhile count as one).
+    async fn tick(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        loop {
+            let Ok(mut guard) = self.fd.readable_mut().await else {
+                // The reactor is gone (shutdown): never tick again.
+                return std::future::pending().await;
+            };
+            let mut expirations = 0u64;
+            // SAFETY: reads 8 bytes into a u64 from a timerfd.
+            let n = unsafe {
+                libc::read(
+                    guard.get_inner().as_raw_fd(),
+                    (&raw mut expirations).cast(),
+                    std::mem::size_of::<u64>(),
+                )
+            };
+            if n == 8 {
+                return;
+            }
+            guard.clear_ready();
+        }
+    }
+}
+
 pub async fn run(
     mut fp: FastPath,
     ring: EventRing,
@@ -889,10 +958,20 @@ pub async fn run(
     let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bad_events = 0u64;
-    // The fence's renewals, every heartbeat interval (at least 100 us).
-    let mut renew_tick = tokio::time::interval(Duration::from_nanos(
-        fp.params.heartbeat_interval_ns.max(100_000),
-    ));
+    // The fence's renewals, every heartbeat interval (at least 100 us), on
+    // a timerfd: tokio's timer rounds every wait up to the next whole
+    // millisecond, so its 1 ms interval ticked every 2-3 ms and a 5 ms
+    // lease was left 1-2 ms of margin (it lapsed at most failovers of the
+    // failover bench). The tokio interval stays as the fallback.
+    let renew_every = Duration::from_nanos(fp.params.heartbeat_interval_ns.max(100_000));
+    let mut precise = match PreciseTick::new(renew_every) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "no timerfd for the lease renewals; they follow the runtime's millisecond timer");
+            None
+        }
+    };
+    let mut renew_tick = tokio::time::interval(renew_every);
     renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -915,7 +994,14 @@ pub async fn run(
                 let snap = fp.snapshot(bad_events);
                 snapshot.send_replace(snap);
             }
-            _ = renew_tick.tick(), if fp.fence.renewing() => {
+            _ = async {
+                match precise.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => {
+                        renew_tick.tick().await;
+                    }
+                }
+            }, if fp.fence.renewing() => {
                 if let Err(e) = fp.renew_leases() {
                     tracing::error!(error = %e, "fast path: cannot renew the package leases");
                 }
@@ -1075,7 +1161,34 @@ impl FastPath {
     pub fn renew_leases(&mut self) -> Result<u64, FastPathError> {
         let now = clock::mono_ns();
         let (links, peers) = (&self.links, &self.params.peers);
+        let before = self.fence.pending_lapses().len();
         let n = self.fence.renew(now, |p| newest_reply_tx(links, peers, p));
+        // A lapse says why: how long ago the lease ran out, how late this
+        // renewal came, and how old each successor's newest grant is.
+        for l in &self.fence.pending_lapses()[before..] {
+            let Some((until, successors, lease_ns)) = self.fence.held(l.package) else {
+                continue;
+            };
+            let grants_age_us: Vec<(u16, u64)> = successors
+                .iter()
+                .map(|&s| {
+                    (
+                        s,
+                        now.saturating_sub(newest_reply_tx(links, peers, s)) / 1000,
+                    )
+                })
+                .collect();
+            tracing::warn!(
+                package = l.package,
+                generation = l.generation,
+                ran_out_us_ago = now.saturating_sub(until) / 1000,
+                lease_us = lease_ns / 1000,
+                since_last_renewal_us = now.saturating_sub(self.last_renew_ns) / 1000,
+                grants_age_us = ?grants_age_us,
+                "a package lease lapsed"
+            );
+        }
+        self.last_renew_ns = now;
         if n > 0 {
             self.write_leases()?;
         }
@@ -1183,7 +1296,23 @@ impl FastPath {
 
 #[cfg(test)]
 mod tests {
-    use super::Deferral;
+    use std::time::Duration;
+
+    use super::{Deferral, PreciseTick};
+
+    /// The renewal tick wakes once per period, not once per millisecond
+    /// of tokio's timer (generous bounds: a loaded machine only delays).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_precise_tick_wakes_every_period() {
+        let mut t = PreciseTick::new(Duration::from_micros(500)).unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..40 {
+            t.tick().await;
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(19), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
 
     #[test]
     fn deferral_thresholds_scale_with_node_timeout() {

@@ -267,6 +267,19 @@ impl Fence {
         n
     }
 
+    /// The lapses found and not taken yet.
+    pub fn pending_lapses(&self) -> &[LeaseLapse] {
+        &self.lapses
+    }
+
+    /// A listed package's expiry, successors and lease length (for the
+    /// fast path's account of a lapse).
+    pub fn held(&self, package: u16) -> Option<(u64, &[u16], u64)> {
+        self.packages
+            .get(&package)
+            .map(|h| (h.until_ns, h.spec.successors.as_slice(), h.spec.lease_ns))
+    }
+
     /// The lapses found since the last call.
     pub fn take_lapses(&mut self) -> Vec<LeaseLapse> {
         std::mem::take(&mut self.lapses)
