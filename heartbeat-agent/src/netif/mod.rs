@@ -237,7 +237,9 @@ fn register(map: &mut Option<BpfHashMap<MapData, u32, NicPoll>>, cards: &[Option
 struct Netif {
     ctx: Context,
     nl: Nl,
-    pkt: Option<l2::PacketSocket>,
+    /// Kept open: closing an `AF_PACKET` socket waits for an RCU grace
+    /// period (see `packages::addresses::Addresses`).
+    pkt: Option<std::sync::Arc<l2::PacketSocket>>,
     links: Vec<Managed>,
     /// Every planned interface's last known index and lifecycle counts
     /// (issue #12 row 3).
@@ -264,7 +266,7 @@ pub async fn run(ctx: Context, cancel: CancellationToken) {
         }
     };
     let pkt = match l2::PacketSocket::open() {
-        Ok(p) => Some(p),
+        Ok(p) => Some(std::sync::Arc::new(p)),
         Err(e) => {
             tracing::error!(error = %e, "network manager: cannot open a packet socket; no polls and no announcements");
             None
@@ -754,8 +756,9 @@ impl Netif {
                 .map(|ip| l2::announcement(dst.mac, *ip))
                 .collect();
             let index = dst.index;
+            let pkt = self.pkt.clone();
             tokio::spawn(async move {
-                let Ok(pkt) = l2::PacketSocket::open() else {
+                let Some(pkt) = pkt else {
                     return;
                 };
                 for n in 0..count {

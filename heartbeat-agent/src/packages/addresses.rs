@@ -26,6 +26,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -255,6 +256,14 @@ pub struct Link {
 pub struct Addresses {
     handle: Handle,
     task: tokio::task::JoinHandle<()>,
+    /// The announcements' packet socket, opened once and kept: closing an
+    /// `AF_PACKET` socket waits for an RCU grace period (`packet_release`
+    /// calls `synchronize_net`), 5–35 ms here, and a close on the runtime
+    /// thread stalled every task on it, the leases' renewal included (a
+    /// 5 ms lease lapsed at nearly every failover of the failover bench).
+    /// The OS error of the open instead when it failed (each announcement
+    /// then says why).
+    packet: Result<Arc<PacketSocket>, Option<i32>>,
 }
 
 impl Drop for Addresses {
@@ -276,7 +285,25 @@ impl Addresses {
             source,
         })?;
         let task = tokio::spawn(conn);
-        Ok(Self { handle, task })
+        let packet = PacketSocket::open()
+            .map(Arc::new)
+            .map_err(|e| e.raw_os_error());
+        Ok(Self {
+            handle,
+            task,
+            packet,
+        })
+    }
+
+    /// The kept packet socket, or why it could not be opened.
+    fn packet(&self) -> Result<Arc<PacketSocket>, AddressError> {
+        self.packet.clone().map_err(|code| AddressError::Io {
+            context: "opening a packet socket",
+            source: code.map_or_else(
+                || io::Error::other("failed when the packages task started"),
+                io::Error::from_raw_os_error,
+            ),
+        })
     }
 
     /// The index and Ethernet address of `dev`.
@@ -526,10 +553,7 @@ pub async fn announce(
     interval: Duration,
 ) -> Result<u32, AddressError> {
     let link = addrs.link(&a.dev).await?;
-    let sock = PacketSocket::open().map_err(|source| AddressError::Io {
-        context: "opening a packet socket",
-        source,
-    })?;
+    let sock = addrs.packet()?;
     let (dst, frame) = announcement(link.mac, a.addr);
     for i in 0..count {
         if i > 0 {
@@ -560,10 +584,8 @@ pub async fn announce_later(
     let link = addrs.link(&a.dev).await?;
     let (dst, frame) = announcement(link.mac, a.addr);
     let index = link.index;
+    let sock = addrs.packet()?;
     tokio::spawn(async move {
-        let Ok(sock) = PacketSocket::open() else {
-            return;
-        };
         let start = tokio::time::Instant::now();
         for d in delays {
             tokio::time::sleep_until(start + *d).await;

@@ -697,7 +697,7 @@ impl Runner {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = match cmd.spawn() {
+        let mut child = match spawn_off_runtime(cmd).await {
             Ok(child) => child,
             Err(e) => return Outcome::SpawnFailed(e.to_string()),
         };
@@ -881,6 +881,22 @@ async fn read_lines(
     if !line.is_empty() || cut > 0 {
         let chunk = send(&mut line, &mut cut);
         let _ = tx.send(chunk).await;
+    }
+}
+
+/// Starts `cmd` from a thread of the blocking pool (SCHED_OTHER: threads
+/// started by the real-time runtime thread are reset at creation), never
+/// from the runtime's own thread. A spawn waits until the child has
+/// exec'd (vfork, or fork and a close-on-exec pipe), and the child runs
+/// SCHED_OTHER until then; on a busy machine the real-time runtime would
+/// wait for it and renew no package lease meanwhile. Measured in the
+/// failover bench before this: the new owner's runtime stalled 8–35 ms
+/// while its start script was spawned, and its 5 ms lease lapsed at nearly
+/// every failover.
+pub async fn spawn_off_runtime(mut cmd: Command) -> std::io::Result<Child> {
+    match tokio::task::spawn_blocking(move || cmd.spawn()).await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
     }
 }
 

@@ -649,7 +649,7 @@ impl Task {
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .process_group(0);
-            let result = match c.spawn() {
+            let result = match crate::packages::runner::spawn_off_runtime(c).await {
                 Ok(mut child) => match tokio::time::timeout(FENCE_TIMEOUT, child.wait()).await {
                     Ok(Ok(st)) if st.success() => Ok(()),
                     Ok(Ok(st)) => Err(format!("{st}")),
