@@ -79,6 +79,49 @@ fn place(cpu: Option<usize>, priority: i32) -> bool {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
 }
 
+/// Kernel options that decide whether a sender could avoid one wake-up per
+/// heartbeat, and what a thread's CPU time includes.
+pub const PACING_OPTIONS: [&str; 4] = [
+    // Qdiscs that hold a packet until its SO_TXTIME / skb->tstamp: with
+    // one, a sender could queue several heartbeats per wake-up.
+    "CONFIG_NET_SCH_FQ",
+    "CONFIG_NET_SCH_ETF",
+    "CONFIG_NET_SCH_BPF",
+    // Off: softirq work done in a task's syscall (on a veth, the peer's
+    // XDP run and the reply's delivery) is charged to the task.
+    "CONFIG_IRQ_TIME_ACCOUNTING",
+];
+
+/// The running kernel's value of each of [`PACING_OPTIONS`] ("y", "m", or
+/// "not set"), read from `/proc/config.gz`; empty when it is not there.
+pub fn kernel_options() -> Vec<(String, String)> {
+    let Ok(out) = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+    else {
+        return Vec::new();
+    };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    options_from(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// [`kernel_options`] from a kernel config's text.
+fn options_from(config: &str) -> Vec<(String, String)> {
+    PACING_OPTIONS
+        .iter()
+        .map(|name| {
+            let set = config.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_owned)
+            });
+            ((*name).to_owned(), set.unwrap_or_else(|| "not set".into()))
+        })
+        .collect()
+}
+
 /// Runs the bare loop at `rate_hz` for `secs` on its own thread.
 pub fn measure(rate_hz: u64, secs: u64, cpu: Option<usize>, priority: i32) -> FloorRow {
     let period = 1_000_000_000 / rate_hz.max(1);
@@ -110,6 +153,17 @@ pub fn measure(rate_hz: u64, secs: u64, cpu: Option<usize>, priority: i32) -> Fl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_options_are_read_from_the_config_text() {
+        let cfg = "CONFIG_NET_SCH_FQ=m\n# CONFIG_NET_SCH_ETF is not set\nCONFIG_NET_SCH_FQ_CODEL=y\nCONFIG_IRQ_TIME_ACCOUNTING=y\n";
+        let got = options_from(cfg);
+        let value = |n: &str| got.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(value("CONFIG_NET_SCH_FQ"), Some("m"));
+        assert_eq!(value("CONFIG_NET_SCH_ETF"), Some("not set"));
+        assert_eq!(value("CONFIG_NET_SCH_BPF"), Some("not set"));
+        assert_eq!(value("CONFIG_IRQ_TIME_ACCOUNTING"), Some("y"));
+    }
 
     #[test]
     fn the_bare_loop_wakes_at_its_rate() {

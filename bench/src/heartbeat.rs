@@ -1,6 +1,7 @@
 //! heartbeat itself: `heartbeat-agent run` in each namespace, one link on
 //! the veth, `heartbeat_interval` = node_timeout / 5 (the documented
-//! recommendation), a small `agent_timeout` (the dead-man gate), and an
+//! recommendation), an `agent_timeout` (the dead-man gate: the product's
+//! default unless `--gate-intervals` is given), and an
 //! events journal per node. B's `node_down` for A is the declaration; its
 //! time is the kernel's own (`kernel_wall_ns`), the agent's handling time is
 //! kept beside it.
@@ -75,8 +76,8 @@ pub fn pretty(d: Duration) -> String {
 }
 
 impl Heartbeat {
-    /// `agent_timeout` = `gate_intervals` × heartbeat_interval.
-    pub fn new(dir: &Path, agent: &Path, node_timeout: Duration, gate_intervals: u32) -> Self {
+    /// heartbeat_interval = node_timeout / 5, the recommended ratio.
+    pub fn new(dir: &Path, agent: &Path, node_timeout: Duration, agent_timeout: Duration) -> Self {
         let interval = node_timeout / 5;
         let inst = |node, peer| Instance {
             guard: None,
@@ -91,7 +92,7 @@ impl Heartbeat {
             agent: agent.to_owned(),
             node_timeout,
             interval,
-            agent_timeout: interval * gate_intervals,
+            agent_timeout,
             a: inst(Node::A, "b"),
             b: inst(Node::B, "a"),
         }
@@ -198,7 +199,7 @@ impl System for Heartbeat {
         self.interval.as_nanos() as i64
     }
     fn max_wait(&self) -> Duration {
-        Duration::from_millis(500) + (self.node_timeout + self.agent_timeout) * 20
+        Duration::from_millis(500) + self.node_timeout * 20 + self.agent_timeout
     }
     fn settings(&self) -> String {
         format!(

@@ -311,6 +311,9 @@ pub struct Results {
     pub cost: Vec<CostRow>,
     /// A bare thread waking at the heartbeat rates ([`crate::floor`]).
     pub floor: Vec<FloorRow>,
+    /// The kernel options that bound the cost ([`crate::floor::PACING_OPTIONS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_options: Vec<(String, String)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpCost>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -608,6 +611,27 @@ impl Results {
                     ", SCHED_FIFO"
                 } else {
                     ", not realtime"
+                }
+            );
+        }
+        if !self.kernel_options.is_empty() {
+            let opts: Vec<String> = self
+                .kernel_options
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let pacing = self
+                .kernel_options
+                .iter()
+                .any(|(k, v)| k.starts_with("CONFIG_NET_SCH_") && v != "not set");
+            let _ = writeln!(
+                t,
+                "  kernel           {}: {}",
+                opts.join(", "),
+                if pacing {
+                    "a qdisc can hold packets to their SO_TXTIME, so a sender could queue several heartbeats per wake-up"
+                } else {
+                    "no qdisc here holds a packet to its SO_TXTIME, so every heartbeat costs a user-thread wake-up (the floor)"
                 }
             );
         }
