@@ -5,6 +5,12 @@
 //! send, no stamp, no clock read beyond the loop's own. Its CPU time per
 //! tick is what any design that wakes a user thread per heartbeat pays
 //! before it sends anything; the agent's sender row sits on top of it.
+//!
+//! The second floor adds the least a send can cost: one heartbeat-sized
+//! UDP datagram per wake-up, through the socket layer, UDP and IP, dropped
+//! by a netfilter rule at the OUTPUT hook of a namespace of its own, so no
+//! qdisc, driver or receiver is charged (on a veth the agent's sender also
+//! pays its peer's receive path, see CONFIG_IRQ_TIME_ACCOUNTING below).
 
 use std::time::Duration;
 
@@ -21,7 +27,22 @@ pub struct FloorRow {
     pub ns_per_tick: f64,
     /// Whether the thread ran as SCHED_FIFO (else: the default policy).
     pub realtime: bool,
+    /// Sends made, one per wake-up ([`measure_send`]; 0 for the bare loop).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sends: u64,
+    /// Of them, refused by the OUTPUT rule (EPERM), as meant.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sends_dropped: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The UDP port the send floor sends to (discard), dropped at OUTPUT.
+pub const SEND_FLOOR_PORT: u16 = 9;
+/// A heartbeat's UDP payload size.
+const SEND_FLOOR_BYTES: usize = heartbeat_common::HEADER_LEN;
 
 /// The calling thread's CPU time so far, ns (`/proc/thread-self/schedstat`).
 fn own_cpu_ns() -> Option<u64> {
@@ -123,9 +144,58 @@ fn options_from(config: &str) -> Vec<(String, String)> {
 }
 
 /// Runs the bare loop at `rate_hz` for `secs` on its own thread.
-pub fn measure(rate_hz: u64, secs: u64, cpu: Option<usize>, priority: i32) -> FloorRow {
+/// `None` only if the measuring thread died.
+pub fn measure(rate_hz: u64, secs: u64, cpu: Option<usize>, priority: i32) -> Option<FloorRow> {
+    run_loop(rate_hz, secs, cpu, priority, None)
+}
+
+/// The bare loop plus one send per wake-up, from inside the network
+/// namespace at `netns` (a `/run/netns/NAME` path), whose OUTPUT hook drops
+/// UDP to [`SEND_FLOOR_PORT`]. The namespace is the caller's to make.
+pub fn measure_send(
+    rate_hz: u64,
+    secs: u64,
+    cpu: Option<usize>,
+    priority: i32,
+    netns: std::path::PathBuf,
+) -> anyhow::Result<FloorRow> {
+    run_loop(rate_hz, secs, cpu, priority, Some(netns)).ok_or_else(|| {
+        anyhow::anyhow!("could not enter the namespace or open the socket for the send floor")
+    })
+}
+
+/// A UDP socket connected to 127.0.0.1:[`SEND_FLOOR_PORT`], made in the
+/// namespace at `netns` (entered by this thread only).
+fn send_socket(netns: &std::path::Path) -> Option<std::net::UdpSocket> {
+    use std::os::fd::AsRawFd as _;
+    let ns = std::fs::File::open(netns).ok()?;
+    // SAFETY: setns on a valid namespace fd; CLONE_NEWNET moves only the
+    // calling thread, which ends with this measurement.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return None;
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    sock.connect(("127.0.0.1", SEND_FLOOR_PORT)).ok()?;
+    Some(sock)
+}
+
+fn run_loop(
+    rate_hz: u64,
+    secs: u64,
+    cpu: Option<usize>,
+    priority: i32,
+    netns: Option<std::path::PathBuf>,
+) -> Option<FloorRow> {
+    use std::os::fd::AsRawFd as _;
     let period = 1_000_000_000 / rate_hz.max(1);
     let handle = std::thread::spawn(move || {
+        let sock = match &netns {
+            Some(path) => Some(send_socket(path)?),
+            None => None,
+        };
+        let fd = sock.as_ref().map(|s| s.as_raw_fd());
+        let payload = [0u8; SEND_FLOOR_BYTES];
+        let (mut sends, mut dropped) = (0u64, 0u64);
         let realtime = place(cpu, priority);
         let start_cpu = own_cpu_ns().unwrap_or(0);
         let start = mono_ns();
@@ -134,20 +204,38 @@ pub fn measure(rate_hz: u64, secs: u64, cpu: Option<usize>, priority: i32) -> Fl
         let mut ticks = 0u64;
         while next < end {
             sleep_until(next);
+            if let Some(fd) = fd {
+                // SAFETY: `fd` is the open socket above; `payload` is a
+                // readable buffer of the length given.
+                let rc = unsafe {
+                    libc::send(
+                        fd,
+                        payload.as_ptr().cast(),
+                        payload.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                sends += 1;
+                if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                    dropped += 1;
+                }
+            }
             ticks += 1;
             next += period;
         }
         let cpu_ns = own_cpu_ns().unwrap_or(start_cpu).saturating_sub(start_cpu);
         let elapsed = mono_ns().saturating_sub(start).max(1);
-        FloorRow {
+        Some(FloorRow {
             rate_hz,
             ticks,
             pct_of_core: cpu_ns as f64 * 100.0 / elapsed as f64,
             ns_per_tick: cpu_ns as f64 / ticks.max(1) as f64,
             realtime,
-        }
+            sends,
+            sends_dropped: dropped,
+        })
     });
-    handle.join().unwrap_or_default()
+    handle.join().ok().flatten()
 }
 
 #[cfg(test)]
@@ -167,7 +255,8 @@ mod tests {
 
     #[test]
     fn the_bare_loop_wakes_at_its_rate() {
-        let r = measure(1000, 1, None, 0);
+        let r = measure(1000, 1, None, 0).expect("the loop ran");
+        assert_eq!(r.sends, 0, "{r:?}");
         // Generous: a loaded test machine may lose a few wake-ups to
         // lateness, never gain any.
         assert!(r.ticks > 500 && r.ticks <= 1000, "{r:?}");

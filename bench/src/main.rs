@@ -61,6 +61,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
+use heartbeat_tests::Netns;
 use load::Load;
 use parse::Transition;
 use report::{
@@ -740,6 +741,33 @@ fn version_of(cmd: &[&str]) -> String {
         }
         Err(e) => format!("unavailable: {e}"),
     }
+}
+
+/// A namespace of its own for the send floor: loopback up, and an nftables
+/// OUTPUT rule that drops UDP to [`floor::SEND_FLOOR_PORT`] (deleted with
+/// the namespace).
+fn send_floor_netns() -> anyhow::Result<Netns> {
+    let ns = Netns::new("hbfloor")?;
+    let port = floor::SEND_FLOOR_PORT.to_string();
+    for args in [
+        &["nft", "add", "table", "inet", "floor"][..],
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "floor",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ],
+        &[
+            "nft", "add", "rule", "inet", "floor", "out", "udp", "dport", &port, "drop",
+        ],
+    ] {
+        ns.exec(args)
+            .with_context(|| format!("setting up the send floor: {}", args.join(" ")))?;
+    }
+    Ok(ns)
 }
 
 /// Polls until `sys` is healthy or `timeout` passes.
@@ -1491,12 +1519,39 @@ fn execute(plan: &Plan) -> anyhow::Result<Results> {
             "cost floor: a bare SCHED_FIFO thread waking {rate} times/s for {} s",
             plan.cost_secs
         ));
-        results.floor.push(floor::measure(
+        match floor::measure(
             rate,
             plan.cost_secs,
             placement.map(|p| p.cpu_a),
             load::SENDER_PRIORITY as i32,
-        ));
+        ) {
+            Some(row) => results.floor.push(row),
+            None => results
+                .notes
+                .push(format!("cost floor at {rate}/s: the measuring thread died")),
+        }
+    }
+    match send_floor_netns() {
+        Ok(ns) => {
+            for rate in [1_000, 10_000] {
+                step(format!(
+                    "cost floor: the same thread sending one {}-byte UDP datagram per wake-up (dropped at OUTPUT), {rate} times/s for {} s",
+                    heartbeat_common::HEADER_LEN,
+                    plan.cost_secs
+                ));
+                match floor::measure_send(
+                    rate,
+                    plan.cost_secs,
+                    placement.map(|p| p.cpu_a),
+                    load::SENDER_PRIORITY as i32,
+                    PathBuf::from("/run/netns").join(ns.name()),
+                ) {
+                    Ok(row) => results.floor.push(row),
+                    Err(e) => results.notes.push(format!("send floor at {rate}/s: {e:#}")),
+                }
+            }
+        }
+        Err(e) => results.notes.push(format!("send floor: {e:#}")),
     }
     results.kernel_options = floor::kernel_options();
 
